@@ -1,0 +1,106 @@
+"""Checkpoints: atomic writes, loading with clear errors, and random-number states.
+
+A TailCLIP checkpoint is a plain dict that is enough on its own to rebuild and use the model
+(issue 8): weights, config, class names, label prompts and backbone name, plus the optimiser,
+scheduler, scaler and random-number states that `--resume` needs. It holds only tensors and
+Python primitives, so it loads with ``torch.load(weights_only=True)``: opening a checkpoint
+never runs code from the file.
+"""
+import contextlib
+import os
+import pickle
+import random
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import torch
+
+FORMAT = "tailclip-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(RuntimeError):
+    """A file that is not a usable TailCLIP checkpoint."""
+
+
+def save_atomic(obj, path) -> Path:
+    """``torch.save(obj)`` to ``path`` so that an interrupted write never replaces a good file.
+
+    The bytes go to a temporary file in the same folder (same file system, so the rename is
+    atomic), are flushed to disk, and only then renamed over ``path``. On any failure,
+    Ctrl-C included, the temporary file is removed and the old ``path`` is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            torch.save(obj, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp_name, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp_name)
+        raise
+    _fsync_directory(path.parent)
+    return path
+
+
+def _fsync_directory(folder: Path) -> None:
+    # Makes the rename itself durable across a power loss; not possible on every platform.
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def load_checkpoint(path, map_location="cpu") -> dict:
+    """Load a TailCLIP checkpoint written by training; clear errors for anything else."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location=map_location, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+        raise CheckpointError(
+            f"{path} is not a TailCLIP checkpoint (unreadable or truncated: {error})"
+        ) from error
+    if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
+        raise CheckpointError(
+            f"{path} is not a TailCLIP checkpoint (no '{FORMAT}' marker); "
+            "checkpoints are written by train.py"
+        )
+    if checkpoint.get("version", 0) > VERSION:
+        raise CheckpointError(
+            f"{path} has checkpoint version {checkpoint['version']}, newer than this code "
+            f"understands ({VERSION}); update TailCLIP"
+        )
+    return checkpoint
+
+
+def rng_states() -> dict:
+    """The python, numpy, torch CPU and (when present) CUDA random-number states."""
+    name, keys, position, has_gauss, cached_gaussian = np.random.get_state()
+    return {
+        "python": random.getstate(),
+        # numpy's key array is stored as a tensor so that the checkpoint stays weights_only-safe.
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), position, has_gauss,
+                  cached_gaussian),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
+    }
+
+
+def restore_rng_states(states: dict) -> None:
+    """Inverse of `rng_states`. CUDA states are restored only when CUDA is present."""
+    random.setstate(states["python"])
+    name, keys, position, has_gauss, cached_gaussian = states["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), position, has_gauss,
+                         cached_gaussian))
+    torch.set_rng_state(states["torch"])
+    if states["cuda"] is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])

@@ -1,0 +1,333 @@
+"""Run configuration: every option, its default and its allowed values.
+
+A config file is plain Python defining ``class CFG`` whose attributes are options (as in the
+paper's repository); options it leaves out take the defaults below. ``load_config`` reads
+such a file, applies ``--set key=value`` overrides and checks everything, so that a typo or
+a wrong value fails at start-up with a message naming the key and where it came from,
+instead of being silently ignored or failing an hour into a run.
+
+``Config`` is frozen: the config that is logged is the config that runs. Derive a variant
+with ``dataclasses.replace(cfg, epochs=2)``, which checks the new values too.
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import difflib
+import re
+import runpy
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Optional
+
+DATASETS = ("voc_mlt", "coco_mlt", "synthetic_mlt", "custom")
+LOSS_TERMS = ("clip", "bal", "asl")
+CUSTOM_DATASET_FILES = ("train_list", "test_list", "class_names", "captions", "image_root")
+CUSTOM_DATASET_REQUIRED = ("train_list", "test_list", "class_names", "image_root")
+
+
+class ConfigError(ValueError):
+    """A config file, an override or a flag holds an unknown option or a bad value."""
+
+
+@dataclass(frozen=True)
+class Config:
+    """Every TailCLIP option with its default (docs/ARCHITECTURE.md lists their meaning)."""
+
+    # Data
+    dataset: str = "synthetic_mlt"
+    data_root: str = "datasets"
+    train_list: Optional[str] = None
+    test_list: Optional[str] = None
+    class_names: Optional[str] = None
+    captions: Optional[str] = None
+    image_root: Optional[str] = None
+    # Backbone
+    model_name: str = "ViT-B/16"
+    pretrained: bool = True
+    interpolate_pos_embedding: bool = False
+    # Text and images
+    class_caption: str = "a photo of a "
+    use_dataset_train_captions: bool = False
+    size: int = 224
+    max_length: int = 77
+    normalize: str = "imagenet"
+    # Loader
+    batch_size: int = 8
+    eval_batch_size: int = 64
+    num_workers: int = 4
+    # Optimisation
+    epochs: int = 50
+    lr: float = 1e-6
+    optimizer: str = "AdamW"
+    momentum: float = 0.9
+    weight_decay: float = 0.01
+    # Objective
+    loss_function: list[str] = field(default_factory=lambda: ["clip", "bal"])
+    asl_mul: float = 1.0
+    asl_gamma_neg: float = 4.0
+    asl_gamma_pos: float = 0.0
+    asl_clip: float = 0.05
+    asl_eps: float = 1e-8
+    label_smoothing: float = 0.0
+    # Re-balancing
+    use_sample_weights: bool = True
+    sample_weights_power: float = 1.0
+    use_weighted_loss: bool = True
+    class_weights_power: float = 1.0
+    # Model head and evaluation
+    label_embeddings: str = "per_step"
+    score: str = "softmax"
+    # Checkpoints
+    save_best_mAP_checkpoint: bool = True
+    save_best_tail_mAP_checkpoint: bool = True
+    save_newest_checkpoint: bool = True
+    # Execution
+    seed: int = 0
+    device: str = "auto"
+    precision: str = "auto"
+    image_cache: bool = True
+    compile: bool = False
+    skip_unreadable_images: bool = False
+    max_nonfinite_steps: int = 0
+    # Prompt learning
+    finetune: str = "full"
+    n_ctx: int = 4
+    class_specific_ctx: bool = False
+    ctx_init: bool = True
+    train_logit_scale: bool = True
+    n_visual_prompts: int = 8
+    # Output
+    run_dir: str = "runs"
+
+    def __post_init__(self) -> None:
+        coerced, problems = _check({name: getattr(self, name) for name in OPTION_NAMES})
+        if problems:
+            raise ConfigError(_format_problems(problems, lambda key: "Config"))
+        for name, value in coerced.items():
+            object.__setattr__(self, name, value)
+
+    def to_dict(self) -> dict[str, Any]:
+        """All options as a JSON-serialisable dict (for config.json and checkpoints)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "dict") -> "Config":
+        """The inverse of ``to_dict``; options missing from ``values`` take their defaults.
+
+        ``source`` names where ``values`` came from (a checkpoint path) in error messages.
+        """
+        _reject_unknown(values, source)
+        return _build(values, lambda key: source)
+
+
+OPTION_NAMES = tuple(f.name for f in dataclasses.fields(Config))
+_TYPES = typing.get_type_hints(Config)
+
+_CHOICES = {
+    "dataset": DATASETS,
+    "normalize": ("imagenet", "clip"),
+    "optimizer": ("AdamW", "Adam", "SGD"),
+    "label_embeddings": ("per_step", "per_epoch"),
+    "score": ("softmax", "sigmoid", "logits"),
+    "precision": ("auto", "bf16", "fp16", "fp32"),
+    "finetune": ("full", "prompt", "prompt+visual"),
+}
+
+
+def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: value >= low), f"must be >= {low}"
+
+
+def _above(low: float) -> tuple[Callable[[Any], bool], str]:
+    return (lambda value: value > low), f"must be > {low}"
+
+
+_UNIT_INTERVAL = ((lambda value: 0 <= value < 1), "must be in [0, 1)")
+
+_RANGES = {
+    "size": _at_least(1),
+    "max_length": _at_least(1),
+    "batch_size": _at_least(1),
+    "eval_batch_size": _at_least(1),
+    "num_workers": _at_least(0),
+    "epochs": _at_least(1),
+    "lr": _above(0),
+    "momentum": _at_least(0),
+    "weight_decay": _at_least(0),
+    "asl_mul": _at_least(0),
+    "asl_gamma_neg": _at_least(0),
+    "asl_gamma_pos": _at_least(0),
+    "asl_clip": _UNIT_INTERVAL,
+    "asl_eps": _above(0),
+    "label_smoothing": _UNIT_INTERVAL,
+    "sample_weights_power": _at_least(0),
+    "class_weights_power": _at_least(0),
+    "seed": _at_least(0),
+    "max_nonfinite_steps": _at_least(0),
+    "n_ctx": _at_least(1),
+    "n_visual_prompts": _at_least(1),
+}
+
+_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
+    """Read the ``class CFG`` of the Python file ``path``, apply ``key=value`` overrides.
+
+    Raises ``ConfigError`` naming the file (or the override) and the key for an unknown
+    option (suggesting the closest known one), a wrong type or a value out of range.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    cfg_class = runpy.run_path(str(path)).get("CFG")
+    if not isinstance(cfg_class, type):
+        raise ConfigError(f"{path}: a config file must define `class CFG` with the options as attributes")
+    # dir() rather than vars() so that a CFG may inherit options from another class.
+    values = {name: getattr(cfg_class, name) for name in dir(cfg_class)
+              if not (name.startswith("__") and name.endswith("__"))}
+    _reject_unknown(values, str(path))
+    origin = {}
+    for text in overrides:
+        key, value = parse_override(text)
+        values[key] = value
+        origin[key] = f"--set {text}"
+    return _build(values, lambda key: origin.get(key, str(path)))
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` override into ``(key, value)``.
+
+    The value is read as a Python literal (``lr=1e-5``, ``loss_function=["clip"]``) and
+    otherwise kept as plain text (``dataset=voc_mlt``, ``device=cuda:1``). Text options keep
+    the text as typed (``run_dir=2024`` is ``"2024"``; ``None`` clears an optional path);
+    boolean options accept what ``parse_bool`` accepts.
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise ConfigError(f"--set {text}: expected key=value")
+    if key not in OPTION_NAMES:
+        raise ConfigError(f"--set {text}: {key}: {_unknown_option_message(key)}")
+    kind = _TYPES[key]
+    if kind is bool:
+        try:
+            return key, parse_bool(raw.strip())
+        except ConfigError as error:
+            raise ConfigError(f"--set {text}: {key}: {error}") from None
+    try:
+        value = ast.literal_eval(raw.strip())
+    except (ValueError, SyntaxError):
+        return key, raw if kind in (str, Optional[str]) else raw.strip()
+    if kind is str and not isinstance(value, str):
+        return key, raw
+    if kind == Optional[str] and not (value is None or isinstance(value, str)):
+        return key, raw
+    return key, value
+
+
+def parse_bool(text: str) -> bool:
+    """A command-line boolean: True/true/1 or False/false/0; anything else is an error.
+
+    (``type=bool`` in argparse would turn every non-empty string, "False" included, into True.)
+    """
+    if text in ("True", "true", "1"):
+        return True
+    if text in ("False", "false", "0"):
+        return False
+    raise ConfigError(f"expected True/False/true/false/1/0, got {text!r}")
+
+
+def _build(values: dict[str, Any], origin: Callable[[str], str]) -> Config:
+    """A ``Config`` from known options, naming each bad key's ``origin`` in the error."""
+    coerced, problems = _check({**Config().to_dict(), **values})
+    if problems:
+        raise ConfigError(_format_problems(problems, origin))
+    return Config(**coerced)
+
+
+def _check(values: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """Type- and range-check every option; return the values coerced (int to float, tuple
+    to list) and a list of ``(key, problem)``."""
+    coerced, problems = {}, []
+    for key in OPTION_NAMES:
+        value = values[key]
+        coerced[key], type_problem = _check_type(value, _TYPES[key])
+        if type_problem:
+            problems.append((key, f"{type_problem}, got {type(value).__name__} {value!r}"))
+            continue
+        value_problem = _check_value(key, coerced[key])
+        if value_problem:
+            problems.append((key, f"{value_problem}, got {coerced[key]!r}"))
+    if not {key for key, _ in problems} & {"dataset", *CUSTOM_DATASET_FILES}:
+        problems.extend(_check_custom_dataset(coerced))
+    return coerced, problems
+
+
+def _check_type(value: Any, kind: Any) -> tuple[Any, Optional[str]]:
+    """Return ``(value, None)``, coerced to ``kind``, or ``(value, problem)``."""
+    if kind is bool:
+        return value, None if isinstance(value, bool) else "must be True or False"
+    # bool is an int subclass in Python; a bool where a number belongs is a mistake.
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if kind is int:
+        return value, None if is_number and isinstance(value, int) else "must be an int"
+    if kind is float:
+        return (float(value), None) if is_number else (value, "must be a number")
+    if kind is str:
+        return value, None if isinstance(value, str) else "must be a string"
+    if kind == Optional[str]:
+        return value, None if value is None or isinstance(value, str) else "must be a string or None"
+    if kind == list[str]:
+        if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
+            return list(value), None
+        return value, "must be a list of strings"
+    raise TypeError(f"no type check for {kind}")
+
+
+def _check_value(key: str, value: Any) -> Optional[str]:
+    if key in _CHOICES and value not in _CHOICES[key]:
+        return f"must be one of {', '.join(map(repr, _CHOICES[key]))}"
+    if key in _RANGES:
+        accepts, rule = _RANGES[key]
+        return None if accepts(value) else rule
+    if key == "device" and not _DEVICE_PATTERN.fullmatch(value):
+        return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
+    if key == "loss_function":
+        if not value:
+            return "must name at least one loss term"
+        if not set(value) <= set(LOSS_TERMS):
+            return f"entries must be among {', '.join(map(repr, LOSS_TERMS))}"
+        if len(set(value)) != len(value):
+            return "must not repeat a loss term"
+    return None
+
+
+def _check_custom_dataset(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """The file options are the definition of a custom dataset, and mean nothing otherwise."""
+    if values["dataset"] == "custom":
+        return [(key, "is required when dataset = 'custom'")
+                for key in CUSTOM_DATASET_REQUIRED if values[key] is None]
+    return [(key, f"is only used with dataset = 'custom', not {values['dataset']!r}")
+            for key in CUSTOM_DATASET_FILES if values[key] is not None]
+
+
+def _reject_unknown(values: dict[str, Any], source: str) -> None:
+    unknown = [key for key in values if key not in OPTION_NAMES]
+    if unknown:
+        raise ConfigError(_format_problems([(key, _unknown_option_message(key)) for key in unknown],
+                                           lambda key: source))
+
+
+def _unknown_option_message(key: str) -> str:
+    by_lower = {name.lower(): name for name in OPTION_NAMES}
+    close = difflib.get_close_matches(key.lower(), by_lower, n=1, cutoff=0.6)
+    hint = f"did you mean {by_lower[close[0]]!r}?" if close else "see docs/ARCHITECTURE.md for the options"
+    return f"unknown option; {hint}"
+
+
+def _format_problems(problems: list[tuple[str, str]], origin: Callable[[str], str]) -> str:
+    lines = [f"{origin(key)}: {key}: {message}" for key, message in problems]
+    return lines[0] if len(lines) == 1 else "invalid config:\n  " + "\n  ".join(lines)

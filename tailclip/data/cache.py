@@ -1,0 +1,228 @@
+"""Decoded-image cache: decode and resize each split's images once, then read them as uint8.
+
+The uncached path decodes and resizes every JPEG in every epoch, which on a small GPU job
+costs more than the model. Here each split is decoded once, exactly as the uncached path
+does it (PIL open -> RGB -> ``Resize((size, size))`` bilinear, antialiased, on the PIL
+image), and stored as one uint8 array ``[N, size, size, 3]`` in a ``.npy`` file that later
+epochs memory-map. Flip and normalisation run afterwards on the device, on whole batches.
+
+API
+- ``CachedImages(paths, size, cache_dir, name)``: opens (or builds) the cache of one split.
+  ``images[indices]`` -> uint8 tensor ``[B, size, size, 3]`` (``[size, size, 3]`` for an int).
+- ``to_model_input(images_uint8, mean, std, flip, generator)`` -> float ``[B, 3, H, W]``:
+  divide by 255, random horizontal flip per sample (training), normalise. Same arithmetic as
+  ``ToTensor`` + ``Normalize``, so cached and uncached inputs agree to the last bit.
+- ``CachedMultiLabelDataset(images, targets, caption_tokens)``: a map-style dataset indexed by
+  a *list* of indices, returning a whole batch ``(uint8 images, targets, tokens, indices)``.
+  Use it with a batch sampler and no automatic collation, so one memmap read serves a batch::
+
+      loader = DataLoader(dataset, sampler=BatchSampler(sampler, batch_size, drop_last),
+                          batch_size=None, num_workers=0, pin_memory=True)
+      for images, targets, tokens, index in loader:
+          x = to_model_input(images.to(device, non_blocking=True), mean, std, flip=True,
+                             generator=generator)
+
+Files: ``<cache_dir>/<name>_<key>.npy`` and its sidecar ``<name>_<key>.json``. The key hashes
+the ordered image paths (the part of the split file that decides the pixels), the size, the
+resize method, the Pillow version and ``CACHE_VERSION``, so different sizes never share a
+file. The sidecar records each source file's size and mtime; a difference (or a missing or
+unreadable cache file) rebuilds the cache, and an image that fails to decode raises
+``ImageDecodeError`` naming the file. Files are written under a temporary name and renamed,
+so an interrupted build never leaves a cache that looks valid.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import PIL
+import torch
+from PIL import Image
+from torch.utils.data import Dataset
+from tqdm import tqdm
+
+from .transforms import resize
+
+CACHE_VERSION = "1"
+RESIZE_METHOD = "torchvision.Resize(bilinear, antialias=True) on PIL RGB"  # = transforms.resize
+
+log = logging.getLogger(__name__)
+
+
+class ImageDecodeError(RuntimeError):
+    """A source image could not be read or decoded; ``path`` names it."""
+
+    def __init__(self, path: Path, reason: BaseException):
+        super().__init__(f"cannot decode image {path}: {reason}")
+        self.path = path
+
+
+def decode_resized(path: str | os.PathLike, size: int) -> np.ndarray:
+    """Decode one image as the uncached path does and return it as uint8 ``[size, size, 3]``."""
+    try:
+        with Image.open(path) as image:
+            resized = resize(size)(image.convert("RGB"))
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
+        raise ImageDecodeError(Path(path), error) from error
+    return np.asarray(resized, dtype=np.uint8)
+
+
+def _file_stamp(path: Path) -> list[int] | None:
+    """(size, mtime in ns) of a source file, None if it cannot be stat-ed."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+class CachedImages:
+    """The decoded, resized images of one split, memory-mapped from ``cache_dir``.
+
+    Opening checks the sidecar against the source files and (re)builds the cache when it is
+    missing, stale or unreadable, decoding with ``num_threads`` threads (Pillow releases the
+    GIL while decoding and resizing).
+    """
+
+    def __init__(self, paths: Sequence[str | os.PathLike], size: int, cache_dir: str | os.PathLike,
+                 name: str, num_threads: int | None = None, progress: bool = True):
+        if size <= 0:
+            raise ValueError(f"image size must be positive, got {size}")
+        self.paths = [Path(p) for p in paths]
+        self.size = size
+        self.name = name
+        self.key = self._key()
+        cache_dir = Path(cache_dir)
+        self.file = cache_dir / f"{name}_{self.key}.npy"
+        self.sidecar = cache_dir / f"{name}_{self.key}.json"
+        self.num_threads = num_threads or min(8, os.cpu_count() or 1)
+        self.progress = progress
+        opened = self._open()
+        self.array = opened if opened is not None else self._build()
+
+    def _key(self) -> str:
+        spec = {"version": CACHE_VERSION, "resize": RESIZE_METHOD, "pillow": PIL.__version__,
+                "size": self.size, "paths": [str(p) for p in self.paths]}
+        return hashlib.sha256(json.dumps(spec).encode()).hexdigest()[:16]
+
+    def _open(self) -> np.ndarray | None:
+        """The memory-mapped array if the cache on disk is complete and current, else None."""
+        try:
+            meta = json.loads(self.sidecar.read_text())
+            array = np.load(self.file, mmap_mode="r")
+        except (OSError, ValueError):
+            return None
+        files = meta.get("files", [])
+        if (meta.get("key") != self.key or len(files) != len(self.paths)
+                or array.shape != (len(self.paths), self.size, self.size, 3)):
+            return None
+        for path, recorded in zip(self.paths, files):
+            if _file_stamp(path) != recorded[1:]:
+                log.info("image cache %s is stale: %s changed", self.file.name, path)
+                return None
+        return array
+
+    def _build(self) -> np.ndarray:
+        self.file.parent.mkdir(parents=True, exist_ok=True)
+        stamps: list[list[int] | None] = [None] * len(self.paths)
+        temp = self.file.with_name(f"{self.file.name}.{os.getpid()}.tmp")
+        array = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8,
+                                          shape=(len(self.paths), self.size, self.size, 3))
+
+        def fill(i: int) -> None:
+            stamps[i] = _file_stamp(self.paths[i])  # before reading: a later edit is noticed
+            array[i] = decode_resized(self.paths[i], self.size)
+
+        pool = ThreadPoolExecutor(self.num_threads)
+        try:
+            futures = [pool.submit(fill, i) for i in range(len(self.paths))]
+            bar = tqdm(as_completed(futures), total=len(futures), disable=not self.progress,
+                       desc=f"caching {self.name} images at {self.size}px", unit="img")
+            for future in bar:
+                future.result()
+            array.flush()
+        except BaseException:
+            temp.unlink(missing_ok=True)
+            raise
+        finally:
+            pool.shutdown(cancel_futures=True)
+            del array
+        meta = {"key": self.key, "version": CACHE_VERSION, "resize": RESIZE_METHOD, "size": self.size,
+                "files": [[str(p), *s] for p, s in zip(self.paths, stamps)]}
+        sidecar_temp = self.sidecar.with_name(f"{self.sidecar.name}.{os.getpid()}.tmp")
+        sidecar_temp.write_text(json.dumps(meta))
+        os.replace(temp, self.file)
+        os.replace(sidecar_temp, self.sidecar)
+        return np.load(self.file, mmap_mode="r")
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, indices) -> torch.Tensor:
+        """uint8 images ``[B, size, size, 3]`` for a list/array/tensor of indices (copied)."""
+        if isinstance(indices, torch.Tensor):
+            indices = indices.numpy()
+        batch = self.array[indices]
+        if not batch.flags.writeable:  # a slice or single index is a view of the read-only map
+            batch = np.array(batch)
+        return torch.from_numpy(batch)
+
+    # A memmap would be pickled by value; DataLoader workers reopen the file instead.
+    def __getstate__(self):
+        state = self.__dict__.copy()
+        state["array"] = None
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.array = np.load(self.file, mmap_mode="r")
+
+
+def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
+                   flip: bool = False, generator: torch.Generator | None = None) -> torch.Tensor:
+    """uint8 ``[B, H, W, 3]`` -> normalised float32 ``[B, 3, H, W]`` (channels-last in memory).
+
+    With ``flip``, each image is mirrored horizontally with probability 1/2, drawn from
+    ``generator`` (training only). The arithmetic is ToTensor's ``/ 255`` then Normalize's
+    ``(x - mean) / std``, so the result equals the uncached transform bit for bit.
+    """
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[-1] != 3:
+        raise ValueError(f"expected uint8 images [B, H, W, 3], got {images.dtype} {list(images.shape)}")
+    if flip:
+        device = generator.device if generator is not None else images.device
+        mirrored = torch.rand(images.shape[0], generator=generator, device=device) < 0.5
+        images = torch.where(mirrored.to(images.device)[:, None, None, None], images.flip(2), images)
+    x = images.permute(0, 3, 1, 2).float().div(255)
+    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    return x.sub(mean).div(std)
+
+
+class CachedMultiLabelDataset(Dataset):
+    """Batches of ``(uint8 images [B,H,W,3], targets [B,C], caption tokens [B,L], indices [B])``.
+
+    Indexed by a list of indices (one batch from a ``BatchSampler``), so use it with
+    ``DataLoader(..., batch_size=None)``. ``targets`` and ``caption_tokens`` are the split's
+    tensors in the same order as the images.
+    """
+
+    def __init__(self, images: CachedImages, targets: torch.Tensor, caption_tokens: torch.Tensor):
+        if not len(images) == len(targets) == len(caption_tokens):
+            raise ValueError(f"length mismatch: {len(images)} images, {len(targets)} targets, "
+                             f"{len(caption_tokens)} captions")
+        self.images = images
+        self.targets = targets
+        self.caption_tokens = caption_tokens
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, indices):
+        index = torch.as_tensor(indices, dtype=torch.long).reshape(-1)
+        return self.images[index], self.targets[index], self.caption_tokens[index], index

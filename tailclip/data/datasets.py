@@ -1,0 +1,251 @@
+"""Where each benchmark's files live, the multi-label dataset, and ``build_data(cfg)``."""
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, default_collate
+
+import clip
+
+from .balance import balance_weights, class_groups
+from .captions import fit_to_context, label_caption, label_prompts
+from .splits import SplitEntry, read_captions, read_class_names, read_split
+from .synthetic import ensure_synthetic
+from .transforms import build_transform
+
+REPO_ROOT = Path(__file__).resolve().parents[2]  # relative data paths are relative to this
+SYNTHETIC_SEED = 0  # the demo data stays the same whatever the run's seed
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """A benchmark's files inside ``<data_root>/<folder>/``; split paths are relative to ``image_root``."""
+    folder: str
+    train_list: str
+    test_list: str
+    captions: str
+    class_names: str
+    image_root: str  # relative to the folder
+    download_hint: str  # how to get the images, shown when some are missing
+
+
+DATASETS = {
+    "voc_mlt": DatasetSpec("voc_mlt", "voc_lt_train.txt", "voc_lt_test.txt", "voc_lt_captions.txt",
+                           "voc_labels.txt", ".", "bash datasets/voc_mlt/download_voc_mlt.sh"),
+    "coco_mlt": DatasetSpec("coco_mlt", "coco_lt_train.txt", "coco_lt_test.txt", "coco_lt_captions.txt",
+                            "coco_labels.txt", "images", "bash datasets/coco_mlt/download_coco_mlt.sh"),
+    "synthetic_mlt": DatasetSpec("synthetic_mlt", "synthetic_lt_train.txt", "synthetic_lt_test.txt",
+                                 "synthetic_lt_captions.txt", "synthetic_labels.txt", "images",
+                                 "delete the dataset folder; it is generated again on first use"),
+}
+
+
+@dataclass(frozen=True)
+class DataFiles:
+    """Absolute paths of one dataset's files."""
+    train_list: Path
+    test_list: Path
+    class_names: Path
+    captions: Optional[Path]
+    image_root: Path
+    download_hint: str
+
+
+def resolve_path(path) -> Path:
+    """An absolute path; a relative one is taken relative to the repository root, not the cwd."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
+
+
+def dataset_files(cfg) -> DataFiles:
+    """The files of ``cfg.dataset``: a benchmark under ``cfg.data_root`` or the custom paths."""
+    if cfg.dataset == "custom":
+        return DataFiles(resolve_path(cfg.train_list), resolve_path(cfg.test_list),
+                         resolve_path(cfg.class_names),
+                         resolve_path(cfg.captions) if cfg.captions else None,
+                         resolve_path(cfg.image_root), "check the option image_root")
+    if cfg.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {cfg.dataset!r}; expected one of {[*DATASETS, 'custom']}")
+    spec = DATASETS[cfg.dataset]
+    folder = resolve_path(cfg.data_root) / spec.folder
+    return DataFiles(folder / spec.train_list, folder / spec.test_list, folder / spec.class_names,
+                     folder / spec.captions, folder / spec.image_root, spec.download_hint)
+
+
+class UnreadableImageError(OSError):
+    """An image file exists but cannot be decoded (corrupt, truncated, not an image)."""
+
+
+def load_image(path) -> Image.Image:
+    """Decode an image fully into RGB; any failure is an ``UnreadableImageError`` naming the file.
+
+    ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is left False, so a truncated JPEG fails here
+    instead of being padded with grey.
+    """
+    try:
+        with Image.open(path) as image:
+            image.load()
+            return image.convert("RGB")
+    # Pillow reports broken files as OSError, or as SyntaxError/EOFError/ValueError in some plugins.
+    except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as error:
+        raise UnreadableImageError(f"cannot read image {path}: {error}") from error
+
+
+def check_images_exist(image_root, entries, download_hint: str) -> None:
+    """Raise ``FileNotFoundError`` listing how many images are missing, the first ten, and how to get them."""
+    image_root = Path(image_root)
+    missing = [str(image_root / entry.path) for entry in entries if not (image_root / entry.path).is_file()]
+    if missing:
+        raise FileNotFoundError(
+            f"{len(missing)} of {len(entries)} images listed in the splits are missing under "
+            f"{image_root}; the first {min(len(missing), 10)}:\n  " + "\n  ".join(missing[:10])
+            + f"\nTo get them: {download_hint}")
+
+
+def multi_hot(label_sets, num_classes: int) -> torch.Tensor:
+    """Float targets [N, C] with 1 where an image has the class."""
+    targets = torch.zeros(len(label_sets), num_classes)
+    for row, labels in enumerate(label_sets):
+        targets[row, list(labels)] = 1.0
+    return targets
+
+
+class MultiLabelDataset(Dataset):
+    """Items ``(image [3, H, W] float, target [C] float multi-hot, caption_tokens [L] int64, index)``.
+
+    ``caption_tokens`` is an int64 tensor [N, L] (None: empty [0] tokens per item). With
+    ``skip_unreadable`` an image that cannot be decoded gives the item None (use
+    ``collate_skip_none``) and is logged once; ``unreadable_paths`` lists those met so far,
+    including in DataLoader worker processes.
+    """
+
+    def __init__(self, image_root, entries: list[SplitEntry], num_classes: int, transform,
+                 caption_tokens: Optional[torch.Tensor] = None, skip_unreadable: bool = False):
+        self.image_root = Path(image_root)
+        self.entries = list(entries)
+        self.label_sets = [entry.labels for entry in self.entries]
+        self.targets = multi_hot(self.label_sets, num_classes)
+        self.transform = transform
+        if caption_tokens is None:
+            caption_tokens = torch.zeros(len(self.entries), 0, dtype=torch.long)
+        if len(caption_tokens) != len(self.entries):
+            raise ValueError(f"{len(caption_tokens)} caption token rows for {len(self.entries)} images")
+        self.caption_tokens = caption_tokens
+        self.skip_unreadable = skip_unreadable
+        # Shared memory: flags set while loading in worker processes are visible here.
+        self._unreadable = torch.zeros(len(self.entries), dtype=torch.bool).share_memory_()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def image_path(self, index: int) -> Path:
+        return self.image_root / self.entries[index].path
+
+    def __getitem__(self, index: int):
+        try:
+            image = load_image(self.image_path(index))
+        except UnreadableImageError as error:
+            if not self.skip_unreadable:
+                raise
+            if not self._unreadable[index]:
+                log.warning("skipping unreadable image: %s", error)
+            self._unreadable[index] = True
+            return None
+        return self.transform(image), self.targets[index], self.caption_tokens[index], index
+
+    @property
+    def unreadable_paths(self) -> list[str]:
+        """Split paths of the images found unreadable so far (only with ``skip_unreadable``)."""
+        return [self.entries[index].path for index in torch.nonzero(self._unreadable).flatten().tolist()]
+
+
+def collate_skip_none(items):
+    """``default_collate`` of the items that are not None; None when the whole batch was unreadable.
+
+    How many images were left out is ``MultiLabelDataset.unreadable_paths`` (a count made here
+    would stay inside the DataLoader worker that ran it).
+    """
+    kept = [item for item in items if item is not None]
+    return default_collate(kept) if kept else None
+
+
+def caption_tokens(texts, context_length: int) -> torch.Tensor:
+    """Token ids [N, context_length], each caption cut to its longest whole-word prefix that fits."""
+    tokenizer = clip.get_tokenizer()
+    fitted = [fit_to_context(text, tokenizer, context_length) for text in texts]
+    return clip.tokenize(fitted, context_length=context_length)
+
+
+@dataclass
+class DataBundle:
+    """Everything training and evaluation need from the data."""
+    class_names: list[str]
+    label_prompts: list[str]  # class_caption + name, one per class
+    train: MultiLabelDataset
+    test: MultiLabelDataset
+    train_captions: list[str]  # before fitting to the context length
+    groups: dict[str, list[int]]  # "head" / "medium" / "tail" class indices
+    class_weights: torch.Tensor  # float32 [C], for the balanced loss
+    sample_weights: torch.Tensor  # float64 [N_train], for the sampler
+    files: DataFiles
+
+    @property
+    def train_label_sets(self) -> list[tuple[int, ...]]:
+        return self.train.label_sets
+
+    @property
+    def test_label_sets(self) -> list[tuple[int, ...]]:
+        return self.test.label_sets
+
+    @property
+    def train_targets(self) -> torch.Tensor:
+        return self.train.targets
+
+    @property
+    def test_targets(self) -> torch.Tensor:
+        return self.test.targets
+
+
+def _train_captions(cfg, files: DataFiles, class_names, entries) -> list[str]:
+    if not cfg.use_dataset_train_captions:
+        return [label_caption(cfg.class_caption, class_names, entry.labels) for entry in entries]
+    if files.captions is None:
+        raise ValueError("use_dataset_train_captions = True needs a caption file (option 'captions')")
+    captions = read_captions(files.captions, [entry.path for entry in entries])
+    return [captions[entry.path] for entry in entries]
+
+
+def build_data(cfg) -> DataBundle:
+    """Read, check and assemble the dataset that ``cfg`` names (see docs/ARCHITECTURE.md options)."""
+    files = dataset_files(cfg)
+    if cfg.dataset == "synthetic_mlt":
+        ensure_synthetic(files.train_list.parent, SYNTHETIC_SEED)  # the dataset folder
+    class_names = read_class_names(files.class_names)
+    num_classes = len(class_names)
+    train_entries = read_split(files.train_list, num_classes)
+    test_entries = read_split(files.test_list, num_classes)
+    check_images_exist(files.image_root, train_entries + test_entries, files.download_hint)
+
+    train_label_sets = [entry.labels for entry in train_entries]
+    try:
+        groups = class_groups(train_label_sets, num_classes)
+    except ValueError as error:  # a class without training images: say which file
+        raise ValueError(f"{files.train_list}: {error}") from None
+    class_weights, sample_weights = balance_weights(
+        train_label_sets, num_classes, cfg.class_weights_power, cfg.sample_weights_power)
+    train_captions = _train_captions(cfg, files, class_names, train_entries)
+    test_captions = [label_caption(cfg.class_caption, class_names, entry.labels) for entry in test_entries]
+
+    def dataset(entries, captions, train: bool) -> MultiLabelDataset:
+        return MultiLabelDataset(files.image_root, entries, num_classes,
+                                 build_transform(cfg.size, train, cfg.normalize),
+                                 caption_tokens(captions, cfg.max_length), cfg.skip_unreadable_images)
+
+    return DataBundle(class_names, label_prompts(cfg.class_caption, class_names),
+                      dataset(train_entries, train_captions, True),
+                      dataset(test_entries, test_captions, False),
+                      train_captions, groups, class_weights.float(), sample_weights, files)

@@ -1,0 +1,113 @@
+"""Strict readers for the benchmark's text files.
+
+Three formats, one item per line (see ``../shared/data/README.md``):
+- split file: ``relative/path.jpg <label> <label> ...`` (labels are class indices, possibly none);
+- class-name file: ``<name> <index>`` (names may contain spaces: ``traffic light 9``);
+- caption file: ``<path> <caption text>``.
+Trailing spaces and Windows line endings occur in the published files and are accepted.
+Anything else that is off is a ``SplitFormatError`` naming the file and the line, because a
+silently skipped line changes the class counts and therefore the tail metrics.
+"""
+from pathlib import Path
+from typing import Iterator, NamedTuple
+
+
+class SplitFormatError(ValueError):
+    """A benchmark text file is malformed; the message names the file (and line)."""
+
+
+class SplitEntry(NamedTuple):
+    path: str  # image path relative to the dataset's image root
+    labels: tuple[int, ...]  # class indices in file order, duplicates dropped
+
+
+def _lines(path) -> Iterator[tuple[str, int, str]]:
+    """Yield ("file:line", line number, text without trailing whitespace) per line; empty files and
+    blank lines are errors."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
+    except UnicodeDecodeError as error:
+        raise SplitFormatError(f"{path}: not UTF-8 text ({error})") from None
+    lines = text.split("\n")  # read_text turned "\r\n" into "\n"
+    if lines[-1] == "":  # the newline ending the last line
+        lines.pop()
+    if not lines:
+        raise SplitFormatError(f"{path}: file is empty")
+    for number, line in enumerate(lines, start=1):
+        line = line.rstrip()
+        if not line.strip():
+            raise SplitFormatError(f"{path}:{number}: blank line")
+        yield f"{path}:{number}", number, line
+
+
+def _two_fields(line: str, where: str, expected: str, name_first: bool) -> list[str]:
+    """Split a line in two at its first space, or at its last when the first field is a name."""
+    parts = line.strip().rsplit(maxsplit=1) if name_first else line.strip().split(maxsplit=1)
+    if len(parts) != 2:
+        raise SplitFormatError(f"{where}: expected '{expected}', got {line!r}")
+    return parts
+
+
+def _non_negative_int(token: str, where: str, what: str) -> int:
+    if not (token.isascii() and token.isdigit()):  # rejects "-1", "3.0", "x"
+        raise SplitFormatError(f"{where}: {what} {token!r} is not a non-negative integer")
+    return int(token)
+
+
+def _label(token: str, num_classes: int, where: str) -> int:
+    value = _non_negative_int(token, where, "label")
+    if value >= num_classes:
+        raise SplitFormatError(f"{where}: label {value} is out of range (there are {num_classes} classes)")
+    return value
+
+
+def read_split(path, num_classes: int) -> list[SplitEntry]:
+    """Read a split file into entries, in file order. Image paths must be unique."""
+    entries, first_seen = [], {}
+    for where, number, line in _lines(path):
+        image, *tokens = line.split()
+        if image in first_seen:
+            raise SplitFormatError(f"{where}: image {image} already listed on line {first_seen[image]}")
+        first_seen[image] = number
+        labels = [_label(token, num_classes, where) for token in tokens]
+        entries.append(SplitEntry(image, tuple(dict.fromkeys(labels))))
+    return entries
+
+
+def read_class_names(path) -> list[str]:
+    """Read ``<name> <index>`` lines; the indices must be exactly 0..C-1. Returns names by index."""
+    named = {}
+    for where, number, line in _lines(path):
+        name, token = _two_fields(line, where, "<class name> <index>", name_first=True)
+        index = _non_negative_int(token, where, "class index")
+        if index in named:
+            raise SplitFormatError(f"{where}: class index {index} already used on line {named[index][1]}")
+        named[index] = (name, number)
+    missing = sorted(set(range(max(named) + 1)) - set(named))
+    if missing:
+        raise SplitFormatError(f"{path}: class indices must run from 0 without gaps; missing {missing}")
+    names = [named[index][0] for index in range(len(named))]
+    repeated = {name for name in names if names.count(name) > 1}
+    if repeated:
+        raise SplitFormatError(f"{path}: class names used more than once: {sorted(repeated)}")
+    return names
+
+
+def read_captions(path, image_paths) -> dict[str, str]:
+    """Read ``<path> <caption>`` lines for exactly the given images (every image, once)."""
+    wanted = set(image_paths)
+    captions, first_seen = {}, {}
+    for where, number, line in _lines(path):
+        image, caption = _two_fields(line, where, "<image path> <caption>", name_first=False)
+        if image not in wanted:
+            raise SplitFormatError(f"{where}: caption for {image}, which is not in the split")
+        if image in first_seen:
+            raise SplitFormatError(f"{where}: second caption for {image} (first on line {first_seen[image]})")
+        first_seen[image] = number
+        captions[image] = caption
+    uncaptioned = [image for image in image_paths if image not in captions]
+    if uncaptioned:
+        raise SplitFormatError(
+            f"{path}: {len(uncaptioned)} images of the split have no caption, first: {uncaptioned[:3]}")
+    return captions

@@ -1,0 +1,207 @@
+"""Fetch the VOC-MLT and COCO-MLT benchmarks into `datasets/<name>/`.
+
+    python -m tailclip.download voc_mlt|coco_mlt [--root DIR] [--full] [--workers N]
+
+Split, label and caption files come from the LMPT repository at a pinned commit and are
+checked against pinned sha256 digests. Images come from the official hosts: the VOC2012
+trainval and VOC2007 test tarballs (only the listed images are extracted unless --full),
+and for COCO the 6,909 listed images one by one (about 1 GB) unless --full fetches the
+official train2017/val2017 zips (19 GB). Re-runs skip everything already in place and
+resume partial downloads.
+"""
+import argparse
+import os
+import posixpath
+import tarfile
+import zipfile
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from dataclasses import dataclass
+from pathlib import Path
+
+from tqdm import tqdm
+
+from clip.download import DownloadError, download
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+LMPT_COMMIT = "aab39caca28362bfb9d9340f9c8a5cd75614e130"
+LMPT_DATA_URL = f"https://raw.githubusercontent.com/richard-peng-xia/LMPT/{LMPT_COMMIT}/data"
+MIRROR_ENV = "TAILCLIP_DATA_MIRROR"  # replaces LMPT_DATA_URL, e.g. a local copy
+SHOWN_FAILURES = 5
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """Where one benchmark's files come from and where they go."""
+    lmpt_folder: str              # folder under the LMPT repository's data/
+    split_sha256: dict[str, str]  # split/label/caption file name -> sha256
+    image_lists: tuple[str, ...]  # split files whose first column names the images
+    image_dir: str                # image root, relative to the dataset folder
+    archives: dict[str, str]      # listed-path prefix -> official archive holding those images
+    image_url: str | None = None  # per-image host (listed path appended); None: archives only
+
+
+BENCHMARKS = {
+    "voc_mlt": Benchmark(
+        lmpt_folder="voc",
+        split_sha256={
+            "voc_lt_train.txt": "2111a5e58ae8b67a112a2b2c8aa98fe8fa926ac3e1d73e2e4e0e4844c90cc047",
+            "voc_lt_test.txt": "43b2929a86e9fe685cdf3b6b72fb90b6838ff9f9f427807e8b9502111e73750a",
+            "voc_lt_captions.txt": "a986c2d493d4258aa470fe0b48b66b12c1ec338e4341dda3fb4c46ef9865f273",
+            "voc_labels.txt": "59e82ce7a1fa096b8a80c22cc72e6c86e54c598b2e1cfe08a211f1c82a0dcb2c",
+        },
+        image_lists=("voc_lt_train.txt", "voc_lt_test.txt"),
+        image_dir=".",
+        archives={
+            "VOCdevkit/VOC2012/": "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+            "VOCdevkit/VOC2007/": "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar",
+        },
+    ),
+    "coco_mlt": Benchmark(
+        lmpt_folder="coco",
+        split_sha256={
+            "coco_lt_train.txt": "8e0c354ae2214d7ced46f4a5ae24236149296be4dcd2df74f00eba2abe6be0ce",
+            "coco_lt_test.txt": "4dda722463b0ed3aada172ce1c75f46f1391e4d2bee7643760549f916a8022e5",
+            "coco_lt_captions.txt": "4bcc3de5c20e3561f6bbe90188c00cea3adf1eab58245f761e4fd9b93319fecd",
+            "coco_labels.txt": "a16d52dc65d8bc2b7abe5875199d802e951b7af142b327f8c85b496116a87f45",
+        },
+        image_lists=("coco_lt_train.txt", "coco_lt_test.txt"),
+        image_dir="images",
+        archives={
+            "train2017/": "http://images.cocodataset.org/zips/train2017.zip",
+            "val2017/": "http://images.cocodataset.org/zips/val2017.zip",
+        },
+        image_url="http://images.cocodataset.org",
+    ),
+}
+
+
+def fetch_split_files(spec: Benchmark, dataset_dir: Path, mirror: str | None = None,
+                      progress: bool = True) -> None:
+    """Download the split/label/caption files into `dataset_dir`, verifying each sha256."""
+    base = (mirror or os.environ.get(MIRROR_ENV) or LMPT_DATA_URL).rstrip("/")
+    for name, sha256 in spec.split_sha256.items():
+        download(f"{base}/{spec.lmpt_folder}/{name}", dataset_dir, sha256=sha256, progress=progress)
+
+
+def listed_images(spec: Benchmark, dataset_dir: Path) -> list[str]:
+    """Image paths (relative to the image root) named in the split files, in file order, once each."""
+    paths = {}
+    for name in spec.image_lists:
+        for line in (dataset_dir / name).read_text().splitlines():
+            if line.strip():
+                paths[line.split()[0]] = None
+    return list(paths)
+
+
+def missing_images(image_root: Path, paths: list[str]) -> list[str]:
+    """The paths that are not a file under `image_root`."""
+    return [path for path in paths if not (image_root / path).is_file()]
+
+
+def fetch_images(base_url: str, image_root: Path, paths: list[str], workers: int,
+                 progress: bool = True) -> None:
+    """Download each image `base_url/<path>` to `image_root/<path>`, `workers` at a time."""
+    failures = []
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        jobs = {pool.submit(download, f"{base_url}/{path}", (image_root / path).parent, progress=False): path
+                for path in paths}
+        for job in tqdm(as_completed(jobs), total=len(jobs), unit="img", desc="images",
+                        disable=not progress):
+            try:
+                job.result()
+            except DownloadError as error:
+                failures.append(f"{jobs[job]} ({error.__cause__ or error})")
+    finally:  # on Ctrl-C, drop the queued downloads instead of waiting for them
+        pool.shutdown(wait=True, cancel_futures=True)
+    if failures:
+        raise DownloadError(f"{len(failures)} of {len(paths)} images could not be downloaded from "
+                            f"{base_url}, for example: {'; '.join(failures[:SHOWN_FAILURES])}. "
+                            "Run again to retry them.")
+
+
+def fetch_archives(spec: Benchmark, dataset_dir: Path, image_root: Path, missing: list[str],
+                   full: bool, progress: bool = True) -> None:
+    """Download each archive that holds a missing image, extract it into `image_root`, delete it.
+
+    Only the missing images are extracted unless `full`, which extracts whole archives.
+    """
+    for prefix, url in spec.archives.items():
+        wanted = {path for path in missing if path.startswith(prefix)}
+        if not wanted:
+            continue
+        archive = download(url, dataset_dir, progress=progress)
+        print(f"extracting {archive.name} into {image_root}")
+        try:
+            extract(archive, image_root, None if full else wanted)
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError) as error:
+            archive.unlink()
+            raise DownloadError(f"{archive} is damaged or unsafe ({error}); it was removed, "
+                                "run again to download it anew") from error
+        archive.unlink()
+
+
+def extract(archive: Path, destination: Path, members: set[str] | None = None) -> None:
+    """Extract a .tar or .zip archive (only `members`, if given) without writing outside `destination`."""
+    if zipfile.is_zipfile(archive):
+        with zipfile.ZipFile(archive) as zip_file:  # ZipFile.extract drops absolute and ".." parts
+            names = [name for name in zip_file.namelist() if members is None or name in members]
+            zip_file.extractall(destination, names)
+        return
+    with tarfile.open(archive) as tar:
+        chosen = [member for member in tar
+                  if members is None or posixpath.normpath(member.name) in members]
+        tar.extractall(destination, chosen, filter="data")  # "data" refuses links and paths leaving it
+
+
+def download_benchmark(name: str, data_root: str | Path, full: bool = False, workers: int = 16,
+                       mirror: str | None = None, spec: Benchmark | None = None,
+                       progress: bool = True) -> Path:
+    """Put benchmark `name` (split files and every listed image) into `data_root/name`; return it.
+
+    `spec` replaces the entry of `BENCHMARKS` (tests use it for fake files and hosts);
+    `mirror` replaces the LMPT address (default `$TAILCLIP_DATA_MIRROR`).
+    Raises `DownloadError` when anything is still missing at the end.
+    """
+    spec = spec or BENCHMARKS[name]
+    dataset_dir = Path(data_root).expanduser() / name
+    image_root = dataset_dir / spec.image_dir
+    print(f"{name}: split files into {dataset_dir}")
+    fetch_split_files(spec, dataset_dir, mirror, progress)
+    paths = listed_images(spec, dataset_dir)
+    missing = missing_images(image_root, paths)
+    if missing:
+        print(f"{name}: {len(missing)} of {len(paths)} listed images missing under {image_root}")
+        if spec.image_url and not full:
+            fetch_images(spec.image_url, image_root, missing, workers, progress)
+        else:
+            fetch_archives(spec, dataset_dir, image_root, missing, full, progress)
+        still_missing = missing_images(image_root, missing)
+        if still_missing:
+            raise DownloadError(f"{len(still_missing)} listed images are still missing under {image_root} "
+                                f"after the download, for example: {', '.join(still_missing[:SHOWN_FAILURES])}")
+    print(f"{name}: all {len(paths)} listed images present under {image_root}")
+    return dataset_dir
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m tailclip.download", description=__doc__.split("\n\n")[0])
+    parser.add_argument("dataset", choices=sorted(BENCHMARKS))
+    parser.add_argument("--root", default=str(REPO_ROOT / "datasets"),
+                        help="folder holding one folder per dataset, as the config's data_root "
+                             "(default: %(default)s)")
+    parser.add_argument("--full", action="store_true",
+                        help="coco_mlt: the official train2017/val2017 zips (19 GB) instead of only the "
+                             "listed images; voc_mlt: extract the whole tarballs")
+    parser.add_argument("--workers", type=int, default=16, help="parallel image downloads (default: 16)")
+    args = parser.parse_args(argv)
+    if args.workers < 1:
+        parser.error("--workers must be at least 1")
+    try:
+        download_benchmark(args.dataset, args.root, full=args.full, workers=args.workers)
+    except DownloadError as error:
+        raise SystemExit(f"error: {error}") from None
+
+
+if __name__ == "__main__":
+    main()

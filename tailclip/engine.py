@@ -1,0 +1,644 @@
+"""Training and evaluation of TailCLIP: what ``train.py`` and ``test.py`` run.
+
+One epoch: balanced sampling (seeded by (seed, epoch)), mixed-precision forward, the paper's
+objective, AdamW with a cosine schedule stepped once per epoch, then an evaluation of the
+test split (the paper's "valid" split). Every epoch is logged to TensorBoard and
+``metrics.jsonl`` and checkpointed atomically; ``resume=True`` continues from
+``newest_train_checkpoint.pt`` with the same subsequent losses as an unbroken run.
+
+Crash safety: a non-finite loss stops the run (``NonFiniteLossError``) without writing any
+checkpoint; Ctrl-C (or SIGTERM) finishes the current step, saves the newest checkpoint and
+raises ``TrainingInterrupted``.
+"""
+import contextlib
+import dataclasses
+import math
+import random
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
+from tqdm import tqdm
+
+import clip
+from tailclip.checkpoint import (FORMAT, VERSION, load_checkpoint, restore_rng_states, rng_states,
+                                 save_atomic)
+from tailclip.config import Config
+from tailclip.data import MEANS_STDS, BalancedSampler, build_data, collate_skip_none
+from tailclip.data.cache import CachedImages, CachedMultiLabelDataset, to_model_input
+from tailclip.logger import RunLogger
+from tailclip.metrics import evaluate, scores_from_logits
+from tailclip.model import TailCLIP
+from tailclip.optim import build_optimizer, build_scheduler
+from tailclip.precision import allow_tf32, autocast, grad_scaler, resolve_precision
+
+BEST_MAP_CHECKPOINT = "best_valid_mAP.pt"
+BEST_TAIL_CHECKPOINT = "best_valid_mAP_tail.pt"
+NEWEST_CHECKPOINT = "newest_train_checkpoint.pt"
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite more often than ``max_nonfinite_steps`` allows."""
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal (Ctrl-C / SIGTERM) after saving the newest checkpoint."""
+
+    def __init__(self, message: str, signal_number: int):
+        super().__init__(message)
+        self.signal_number = signal_number
+
+
+# --------------------------------------------------------------------------------------------
+# Processes. Everything rank-dependent goes through these two functions, so that distributed
+# training (issue 7) only has to change them and the sampler's rank/world arguments.
+
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, number of processes); (0, 1) outside ``torch.distributed``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """Only the main process logs, prints progress and writes checkpoints."""
+    return rank_and_world()[0] == 0
+
+
+def say(message: str) -> None:
+    """Print from the main process without breaking a tqdm bar."""
+    if is_main_process():
+        tqdm.write(message)
+
+
+# --------------------------------------------------------------------------------------------
+# Set-up
+
+def seed_everything(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and CUDA) so that a run is repeatable."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``"auto"`` is the first CUDA device when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError(f"device = {name!r} but CUDA is not available; use device = 'cpu' or 'auto'")
+    return device
+
+
+def build_clip(cfg: Config, pretrained: bool | None = None) -> clip.CLIP:
+    """The backbone ``cfg.model_name``: OpenAI weights (``cfg.pretrained``) or random ones.
+
+    Its input resolution must equal ``cfg.size``; with ``interpolate_pos_embedding`` a
+    Vision Transformer's positional embedding is resized instead.
+    """
+    pretrained = cfg.pretrained if pretrained is None else pretrained
+    if pretrained:
+        if cfg.model_name not in clip.available_models():
+            raise ValueError(f"model_name = {cfg.model_name!r} has no pretrained OpenAI weights "
+                             f"(those are: {', '.join(clip.available_models())}); "
+                             "set pretrained = False to train it from random weights")
+        model, _ = clip.load(cfg.model_name, device="cpu")
+    else:
+        model = clip.create_model(cfg.model_name)
+    native = model.visual.input_resolution
+    if native != cfg.size:
+        if not cfg.interpolate_pos_embedding:
+            raise ValueError(f"size = {cfg.size} but {cfg.model_name} takes {native}-pixel images; "
+                             f"set size = {native}, or interpolate_pos_embedding = True "
+                             "(Vision Transformers only)")
+        clip.interpolate_positional_embedding(model, cfg.size)
+    return model
+
+
+def build_model(cfg: Config, label_prompts: list[str], class_weights=None,
+                pretrained: bool | None = None) -> TailCLIP:
+    """TailCLIP on the CPU: the backbone (see `build_clip`) and the tokenised class prompts."""
+    label_tokens = clip.tokenize(label_prompts, context_length=cfg.max_length)
+    return TailCLIP(build_clip(cfg, pretrained), label_tokens, cfg, class_weights)
+
+
+def check_checkpoint_matches(checkpoint: dict, cfg: Config, class_names: list[str], path) -> None:
+    """Refuse a checkpoint trained for other classes or another architecture than ``cfg``."""
+    saved = checkpoint["config"]
+    if checkpoint["class_names"] != list(class_names):
+        raise ValueError(
+            f"{path} was trained on {len(checkpoint['class_names'])} other classes "
+            f"({', '.join(checkpoint['class_names'][:5])}, ...) than the config's dataset "
+            f"{cfg.dataset!r} ({len(class_names)} classes: {', '.join(class_names[:5])}, ...)")
+    for key in ("model_name", "size", "finetune"):
+        if saved.get(key) != getattr(cfg, key):
+            raise ValueError(f"{path} holds a model with {key} = {saved.get(key)!r}, "
+                             f"but the config has {key} = {getattr(cfg, key)!r}")
+
+
+def load_model_state(model: TailCLIP, checkpoint: dict, path) -> None:
+    """Load the checkpoint's weights, naming the file when they do not fit the model."""
+    try:
+        model.load_state_dict(checkpoint["model"])
+    except RuntimeError as error:
+        raise ValueError(f"{path}: the weights do not fit the model built from the config: "
+                         f"{error}") from None
+
+
+def model_from_checkpoint(checkpoint: dict, path="checkpoint") -> tuple[TailCLIP, Config]:
+    """Rebuild the trained model (on the CPU, eval mode) from a checkpoint alone."""
+    cfg = Config.from_dict(checkpoint["config"], source=str(path))
+    model = build_model(cfg, checkpoint["label_prompts"], pretrained=False)
+    load_model_state(model, checkpoint, path)
+    return model.eval(), cfg
+
+
+# --------------------------------------------------------------------------------------------
+# Input pipeline
+
+class _ResumableSampler(Sampler):
+    """Yields a sampler's indices after the first ``skip`` (those of steps already taken
+    before an interruption); the epoch's sequence itself depends on (seed, epoch) only."""
+
+    def __init__(self, sampler: BalancedSampler):
+        self.sampler = sampler
+        self.skip = 0
+
+    def __iter__(self):
+        return iter(list(self.sampler)[self.skip:])
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+
+def _seed_of(*keys: int) -> int:
+    """A well-mixed 63-bit seed from integers (no clashes such as seed + epoch)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class SplitBatches:
+    """A split's batches as device tensors ``(images, targets, caption_tokens, indices)``.
+
+    Cached (``image_cache``): the loader reads uint8 batches of the decoded-image cache, and
+    flip + normalisation run on the device; the flips of training step s of epoch e come
+    from a generator seeded by (seed, e, s), so they do not depend on where a run resumed.
+    Uncached: the DataLoader decodes and transforms each JPEG, flips included.
+    """
+
+    def __init__(self, loader: DataLoader, sampler: _ResumableSampler | None, batch_size: int,
+                 cached: bool, normalize: str, train: bool, seed: int):
+        self.loader = loader
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.cached = cached
+        self.mean, self.std = MEANS_STDS[normalize]
+        self.train = train
+        self.seed = seed
+
+    def steps_per_epoch(self) -> int:
+        """Batches in a whole epoch (before any skip)."""
+        if self.sampler is None:
+            return len(self.loader)
+        return math.ceil(len(self.sampler.sampler) / self.batch_size)
+
+    def batches(self, device: torch.device, epoch: int = 0, start_step: int = 0):
+        """Iterate over the epoch's batches from step ``start_step`` on."""
+        if self.sampler is not None:
+            self.sampler.sampler.set_epoch(epoch)
+            self.sampler.skip = start_step * self.batch_size
+        # Worker processes (re)started for this epoch are seeded from (seed, epoch).
+        self.loader.generator.manual_seed(_seed_of(self.seed, epoch, 1))
+        for step, batch in enumerate(self.loader, start=start_step):
+            if batch is None:  # every image of the batch was unreadable (and skipped)
+                continue
+            images, targets, tokens, index = batch
+            images = images.to(device, non_blocking=True)
+            if self.cached:
+                flips = torch.Generator().manual_seed(_seed_of(self.seed, epoch, step, 2))
+                images = to_model_input(images, self.mean, self.std, flip=self.train, generator=flips)
+            yield (images, targets.to(device, non_blocking=True),
+                   tokens.to(device, non_blocking=True), index)
+
+
+def _cache_folder(data) -> Path:
+    # Beside the split files, so that each dataset keeps its own cache.
+    return data.files.train_list.parent / "cache"
+
+
+def build_split_batches(cfg: Config, data, train: bool, device: torch.device) -> SplitBatches:
+    """The training (balanced or shuffled, per-rank slice) or test (in order) batches."""
+    dataset = data.train if train else data.test
+    rank, world = rank_and_world()
+    sampler = None
+    if train:
+        weights = data.sample_weights if cfg.use_sample_weights else None
+        sampler = _ResumableSampler(BalancedSampler(weights, len(dataset), cfg.seed, cfg.batch_size,
+                                                    rank=rank, world_size=world))
+        batch_size = cfg.batch_size // world
+    else:
+        batch_size = cfg.eval_batch_size
+    order = sampler if train else SequentialSampler(dataset)
+    cached = cfg.image_cache and not cfg.skip_unreadable_images
+    if cfg.image_cache and cfg.skip_unreadable_images:
+        say("image_cache is not used with skip_unreadable_images = True (images are decoded one by one)")
+    common = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                  generator=torch.Generator())
+    if cached:
+        images = CachedImages([dataset.image_path(i) for i in range(len(dataset))], cfg.size,
+                              _cache_folder(data), f"{'train' if train else 'test'}",
+                              progress=is_main_process())
+        loader = DataLoader(CachedMultiLabelDataset(images, dataset.targets, dataset.caption_tokens),
+                            sampler=BatchSampler(order, batch_size, drop_last=False),
+                            batch_size=None, persistent_workers=cfg.num_workers > 0, **common)
+    else:
+        # Training workers draw random flips: restarting them each epoch, seeded from
+        # (seed, epoch), keeps a resumed run identical to an unbroken one.
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=order,
+                            collate_fn=collate_skip_none,
+                            persistent_workers=cfg.num_workers > 0 and not train, **common)
+    return SplitBatches(loader, sampler, batch_size, cached, cfg.normalize, train, cfg.seed)
+
+
+# --------------------------------------------------------------------------------------------
+# Training
+
+@dataclasses.dataclass
+class TrainState:
+    """Progress of a run; saved in every checkpoint."""
+    epoch: int = 0  # finished epochs
+    step_in_epoch: int = 0  # steps of epoch `epoch` already taken (a run stopped mid-epoch)
+    global_step: int = 0
+    nonfinite_steps: int = 0
+    best_mAP: float = -math.inf
+    best_mAP_epoch: int = 0
+    best_mAP_tail: float = -math.inf
+    best_mAP_tail_epoch: int = 0
+    first_mAP: float | None = None
+    last_metrics: dict = dataclasses.field(default_factory=dict)
+
+
+class EpochMeter:
+    """One epoch's loss sums and training scores, kept on the device (no per-step sync)."""
+
+    def __init__(self):
+        self.loss_sums: dict[str, torch.Tensor] = {}
+        self.images = 0
+        self.scores: list[torch.Tensor] = []
+        self.targets: list[torch.Tensor] = []
+
+    def update(self, out: dict, targets: torch.Tensor, score_kind: str) -> None:
+        count = targets.shape[0]
+        for name, value in out.items():
+            if name.startswith("loss"):
+                self.loss_sums[name] = self.loss_sums.get(name, 0) + value.detach().float() * count
+        self.images += count
+        self.scores.append(scores_from_logits(out["logits"].detach().float(), score_kind))
+        self.targets.append(targets)
+
+    def state_dict(self) -> dict:
+        return {"loss_sums": {k: v.cpu() for k, v in self.loss_sums.items()}, "images": self.images,
+                "scores": [torch.cat(self.scores).cpu()] if self.scores else [],
+                "targets": [torch.cat(self.targets).cpu()] if self.targets else []}
+
+    def load_state_dict(self, state: dict, device: torch.device) -> None:
+        self.loss_sums = {k: v.to(device) for k, v in state["loss_sums"].items()}
+        self.images = state["images"]
+        self.scores = [t.to(device) for t in state["scores"]]
+        self.targets = [t.to(device) for t in state["targets"]]
+
+    def summary(self, groups) -> dict:
+        """``train/loss`` (and each term) per image, ``train/mAP*`` and ``train/AUROC``."""
+        if not self.images:
+            return {}
+        record = {f"train/{name}": (total / self.images).item() for name, total in self.loss_sums.items()}
+        metrics = evaluate(torch.cat(self.scores).cpu(), torch.cat(self.targets).cpu(), groups)
+        record.update({f"train/{name}": value for name, value in metrics.items() if name != "AP"})
+        return record
+
+
+class _StopOnSignal:
+    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request to stop at the next step
+    boundary, where the model and optimiser are consistent and can be saved; a second
+    Ctrl-C interrupts at once. Signal handlers only exist in the main thread; elsewhere a
+    Ctrl-C stays a plain KeyboardInterrupt."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self.signal_number = None
+        self.previous = {}
+
+    def _handle(self, signal_number, frame):
+        if self.signal_number is not None and signal_number == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signal_number = signal_number
+        say(f"\n{signal.Signals(signal_number).name}: stopping after this step to save "
+            f"{NEWEST_CHECKPOINT} (Ctrl-C again to stop at once, without saving)")
+
+    @property
+    def requested(self) -> bool:
+        return self.signal_number is not None
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc):
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+@dataclasses.dataclass
+class Trainer:
+    """What one training step needs."""
+    model: TailCLIP
+    forward: torch.nn.Module  # the model, or its torch.compile'd version
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    precision: str
+    device: torch.device
+    max_nonfinite_steps: int
+
+
+def train_step(trainer: Trainer, images, targets, tokens, state: TrainState, epoch: int) -> dict | None:
+    """One optimisation step; returns the model outputs, or None for a skipped non-finite loss."""
+    with autocast(trainer.precision, trainer.device):
+        out = trainer.forward(images, tokens, targets)
+    loss = out["loss"]
+    if not torch.isfinite(loss):
+        state.nonfinite_steps += 1
+        message = (f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step "
+                   f"{state.step_in_epoch + 1} (global step {state.global_step + 1})")
+        if state.nonfinite_steps > trainer.max_nonfinite_steps:
+            raise NonFiniteLossError(
+                f"{message}: stopping after {state.nonfinite_steps} non-finite step(s) "
+                f"(max_nonfinite_steps = {trainer.max_nonfinite_steps}); no checkpoint was written")
+        say(f"{message}: step skipped ({state.nonfinite_steps} of {trainer.max_nonfinite_steps} allowed)")
+        trainer.optimizer.zero_grad(set_to_none=True)
+        return None
+    trainer.scaler.scale(loss).backward()
+    trainer.scaler.step(trainer.optimizer)
+    trainer.scaler.update()
+    trainer.optimizer.zero_grad(set_to_none=True)
+    return out
+
+
+def train_one_epoch(trainer: Trainer, batches: SplitBatches, state: TrainState, meter: EpochMeter,
+                    epoch: int, epochs: int, stop: _StopOnSignal | None = None) -> None:
+    """Train on the epoch's batches from ``state.step_in_epoch`` on, updating ``state`` and
+    ``meter``; returns early (with the state at a step boundary) when ``stop`` is requested."""
+    model = trainer.model
+    model.train()
+    if model.label_embedding_mode == "per_epoch" and state.step_in_epoch == 0:
+        with autocast(trainer.precision, trainer.device):
+            model.refresh_label_embeddings()
+    lr = trainer.optimizer.param_groups[0]["lr"]
+    bar = tqdm(total=batches.steps_per_epoch(), initial=state.step_in_epoch, leave=False,
+               desc=f"epoch {epoch + 1}/{epochs}", unit="step", disable=not is_main_process(),
+               dynamic_ncols=True)
+    started, seen = time.perf_counter(), 0
+    for images, targets, tokens, _ in batches.batches(trainer.device, epoch, state.step_in_epoch):
+        out = train_step(trainer, images, targets, tokens, state, epoch)
+        if out is not None:
+            meter.update(out, targets, model.score_kind)
+            seen += targets.shape[0]
+            bar.set_postfix(loss=f"{out['loss'].item():.4f}", lr=f"{lr:.2e}",
+                            img_s=f"{seen / (time.perf_counter() - started):.1f}", refresh=False)
+        state.step_in_epoch += 1
+        state.global_step += 1
+        bar.update()
+        if stop is not None and stop.requested:
+            break
+    bar.close()
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Result of `evaluate_model`: mean loss, ``evaluate`` metrics and the raw outputs (CPU)."""
+    loss: float
+    metrics: dict
+    scores: torch.Tensor
+    targets: torch.Tensor
+    image_emb: torch.Tensor | None = None
+
+
+def _encode_in_chunks(encode, tokens: torch.Tensor, chunk: int, device) -> torch.Tensor:
+    return torch.cat([encode(tokens[i:i + chunk].to(device)) for i in range(0, len(tokens), chunk)])
+
+
+@torch.no_grad()
+def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, device: torch.device,
+                   precision: str, groups=None, keep_embeddings: bool = False,
+                   chunk: int = 256) -> Evaluation:
+    """Score a split: batched, the class prompts encoded once, scores kept on the device and
+    moved to the CPU in one transfer at the end.
+
+    ``batches`` yields device ``(images, targets, caption_tokens, indices)``;
+    ``caption_tokens`` are the split's caption token ids [N, L], needed for the contrastive
+    term of the loss: each distinct caption is encoded once (test captions repeat a lot).
+    """
+    model.eval()
+    uses_captions = "clip" in model.objective.loss_function
+    with autocast(precision, device):
+        label_emb = model.encode_labels()
+        if uses_captions:
+            distinct, caption_of_image = torch.unique(caption_tokens, dim=0, return_inverse=True)
+            caption_emb = _encode_in_chunks(model.encode_texts, distinct, chunk, device)
+            caption_of_image = caption_of_image.to(device)
+    loss_sum = torch.zeros((), device=device)
+    scores, targets, embeddings = [], [], []
+    for images, batch_targets, _, index in batches:
+        with autocast(precision, device):
+            image_emb = model.encode_images(images)
+            logits = model.class_logits(image_emb, label_emb)
+            out = model.objective(
+                image_emb=image_emb,
+                caption_emb=caption_emb[caption_of_image[index.to(device)]] if uses_captions else None,
+                logit_scale=model.clip_model.logit_scale.exp(), logits=logits, targets=batch_targets)
+        loss_sum += out["loss"].float() * batch_targets.shape[0]
+        scores.append(scores_from_logits(logits.float(), model.score_kind))
+        targets.append(batch_targets)
+        if keep_embeddings:
+            embeddings.append(image_emb.float())
+    scores, targets = torch.cat(scores).cpu(), torch.cat(targets).cpu()
+    image_emb = torch.cat(embeddings).cpu() if keep_embeddings else None
+    return Evaluation(loss=loss_sum.item() / len(targets), metrics=evaluate(scores, targets, groups),
+                      scores=scores, targets=targets, image_emb=image_emb)
+
+
+def _training_checkpoint(cfg: Config, data, trainer: Trainer, state: TrainState,
+                         meter: EpochMeter) -> dict:
+    """Everything needed to resume training, or to use the model without the data."""
+    return {
+        "format": FORMAT,
+        "version": VERSION,
+        "model": trainer.model.state_dict(),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "state": dataclasses.asdict(state),
+        "epoch_progress": meter.state_dict() if state.step_in_epoch else None,
+        "label_embeddings": trainer.model.cached_label_emb if state.step_in_epoch else None,
+        "config": cfg.to_dict(),
+        "backbone": cfg.model_name,
+        "class_names": list(data.class_names),
+        "label_prompts": list(data.label_prompts),
+        "groups": data.groups,
+        "rng": rng_states(),
+    }
+
+
+def _resume(checkpoint: dict, trainer: Trainer, meter: EpochMeter) -> TrainState:
+    """Restore model, optimiser, schedule, scaler, progress and random states."""
+    trainer.model.load_state_dict(checkpoint["model"])
+    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+    trainer.scheduler.load_state_dict(checkpoint["scheduler"])
+    trainer.scaler.load_state_dict(checkpoint["scaler"])
+    state = TrainState(**checkpoint["state"])
+    if checkpoint["epoch_progress"] is not None:
+        meter.load_state_dict(checkpoint["epoch_progress"], trainer.device)
+    if checkpoint["label_embeddings"] is not None:
+        trainer.model.cached_label_emb = checkpoint["label_embeddings"].to(trainer.device)
+    restore_rng_states(checkpoint["rng"])
+    return state
+
+
+def _report_config_changes(checkpoint: dict, cfg: Config) -> None:
+    changed = {key: (value, getattr(cfg, key)) for key, value in checkpoint["config"].items()
+               if getattr(cfg, key, value) != value}
+    for key, (old, new) in changed.items():
+        say(f"resume: {key} was {old!r} in the checkpoint, is {new!r} now")
+
+
+def _epoch_line(epoch: int, epochs: int, record: dict) -> str:
+    def pct(key):
+        return _percent(record.get(key))
+    return (f"epoch {epoch}/{epochs}  train loss {record.get('train/loss', math.nan):.4f}  "
+            f"val loss {record['val/loss']:.4f}  val mAP {pct('val/mAP')} "
+            f"(head {pct('val/mAP_head')}, medium {pct('val/mAP_medium')}, tail {pct('val/mAP_tail')})  "
+            f"AUROC {pct('val/AUROC')}  {record['time/epoch_s']:.1f} s, "
+            f"{record['time/train_images_per_s']:.0f} img/s")
+
+
+def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
+    """Train per ``cfg`` into ``<cfg.run_dir>/<run_name>/``; returns a summary of the run.
+
+    Raises ``NonFiniteLossError`` (nothing saved) and ``TrainingInterrupted`` (newest
+    checkpoint saved); ``train.py`` turns them into exit codes.
+    """
+    run_dir = Path(cfg.run_dir) / run_name
+    checkpoint = load_checkpoint(run_dir / NEWEST_CHECKPOINT) if resume else None
+    device = resolve_device(cfg.device)
+    precision = resolve_precision(cfg.precision, device)
+    if device.type == "cuda":
+        allow_tf32()
+    seed_everything(cfg.seed)
+
+    data = build_data(cfg)
+    if checkpoint is not None:
+        check_checkpoint_matches(checkpoint, cfg, data.class_names, run_dir / NEWEST_CHECKPOINT)
+        _report_config_changes(checkpoint, cfg)
+    model = build_model(cfg, data.label_prompts, data.class_weights).to(device)
+    if device.type == "cuda" and not isinstance(model.clip_model.visual, clip.model.VisionTransformer):
+        model = model.to(memory_format=torch.channels_last)  # cuDNN's fast layout for ResNets
+    optimizer = build_optimizer(cfg, model.parameters(), device)
+    trainer = Trainer(model, torch.compile(model) if cfg.compile else model, optimizer,
+                      build_scheduler(cfg, optimizer), grad_scaler(precision, device), precision,
+                      device, cfg.max_nonfinite_steps)
+    train_batches = build_split_batches(cfg, data, train=True, device=device)
+    test_batches = build_split_batches(cfg, data, train=False, device=device)
+    class_counts = data.train_targets.sum(0)
+
+    meter = EpochMeter()
+    state = _resume(checkpoint, trainer, meter) if checkpoint is not None else TrainState()
+    if checkpoint is not None:
+        say(f"resuming {run_dir} after epoch {state.epoch}, step {state.step_in_epoch}")
+    elif (run_dir / NEWEST_CHECKPOINT).exists():
+        say(f"{run_dir} holds an earlier run: starting afresh (resume it with --resume)")
+    logger = RunLogger(run_dir, enabled=is_main_process(),
+                       resume_epoch=state.epoch if checkpoint is not None else None)
+    logger.log_config(cfg.to_dict())
+    say(f"training {cfg.model_name} on {cfg.dataset} ({len(data.train)} train, {len(data.test)} test "
+        f"images) on {device}, {precision}, {cfg.epochs} epochs -> {run_dir}")
+
+    def save(names: list[str]) -> None:
+        if not is_main_process() or not names:
+            return
+        content = _training_checkpoint(cfg, data, trainer, state, meter)
+        for name in names:
+            save_atomic(content, run_dir / name)
+
+    with logger, _StopOnSignal() as stop:
+        for epoch in range(state.epoch, cfg.epochs):
+            started = time.perf_counter()
+            lr = optimizer.param_groups[0]["lr"]
+            images_before = meter.images
+            train_one_epoch(trainer, train_batches, state, meter, epoch, cfg.epochs, stop)
+            if stop.requested:
+                save([NEWEST_CHECKPOINT])
+                raise TrainingInterrupted(
+                    f"stopped by {signal.Signals(stop.signal_number).name} at epoch {epoch + 1}, "
+                    f"step {state.step_in_epoch}; saved {run_dir / NEWEST_CHECKPOINT} "
+                    "(continue with --resume)", stop.signal_number)
+            train_seconds = time.perf_counter() - started
+            record = {**meter.summary(data.groups), "lr": lr,
+                      "time/train_images_per_s": (meter.images - images_before) / train_seconds}
+
+            evaluation = evaluate_model(model, test_batches.batches(device), data.test.caption_tokens,
+                                        device, precision, data.groups)
+            trainer.scheduler.step()
+            state.epoch, state.step_in_epoch, meter = epoch + 1, 0, EpochMeter()
+            record.update({"val/loss": evaluation.loss,
+                           **{f"val/{k}": v for k, v in evaluation.metrics.items() if k != "AP"}})
+            names = _update_best(state, record, cfg)
+            record.update({"best/val_mAP": state.best_mAP, "best/val_mAP_tail": state.best_mAP_tail,
+                           "time/eval_s": time.perf_counter() - started - train_seconds,
+                           "time/epoch_s": time.perf_counter() - started})
+            logger.log_epoch(state.epoch, record)
+            logger.log_evaluation(state.epoch, evaluation.scores, evaluation.targets,
+                                  evaluation.metrics["AP"], data.class_names, data.groups, class_counts)
+            say(_epoch_line(state.epoch, cfg.epochs, record))
+            save(names)
+        summary = _summary(state, run_dir)
+        logger.log_hparams(cfg.to_dict(), {f"hparam/{key}": value for key, value in summary.items()
+                                           if "mAP" in key and "epoch" not in key})
+    say(f"val mAP: {_percent(summary['first_val_mAP'])} after epoch 1 -> "
+        f"{_percent(summary['last_val_mAP'])} after epoch {state.epoch}; best "
+        f"{_percent(state.best_mAP)} (epoch {state.best_mAP_epoch}), best tail mAP "
+        f"{_percent(state.best_mAP_tail)} (epoch {state.best_mAP_tail_epoch})")
+    return summary
+
+
+def _update_best(state: TrainState, record: dict, cfg: Config) -> list[str]:
+    """Update the progress after an evaluation; the checkpoint files to write."""
+    names = [NEWEST_CHECKPOINT] if cfg.save_newest_checkpoint else []
+    if record["val/mAP"] > state.best_mAP:
+        state.best_mAP, state.best_mAP_epoch = record["val/mAP"], state.epoch
+        names += [BEST_MAP_CHECKPOINT] if cfg.save_best_mAP_checkpoint else []
+    if record.get("val/mAP_tail", math.nan) > state.best_mAP_tail:
+        state.best_mAP_tail, state.best_mAP_tail_epoch = record["val/mAP_tail"], state.epoch
+        names += [BEST_TAIL_CHECKPOINT] if cfg.save_best_tail_mAP_checkpoint else []
+    if state.first_mAP is None:
+        state.first_mAP = record["val/mAP"]
+    state.last_metrics = {key: value for key, value in record.items() if key.startswith("val/")}
+    return names
+
+
+def _summary(state: TrainState, run_dir: Path) -> dict:
+    return {"run_dir": str(run_dir), "epochs": state.epoch, "first_val_mAP": state.first_mAP,
+            "last_val_mAP": state.last_metrics.get("val/mAP"),
+            "best_val_mAP": state.best_mAP, "best_val_mAP_epoch": state.best_mAP_epoch,
+            "best_val_mAP_tail": state.best_mAP_tail,
+            "best_val_mAP_tail_epoch": state.best_mAP_tail_epoch}
+
+
+def _percent(value) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"

@@ -1,0 +1,123 @@
+"""Run logging: TensorBoard events and one JSON line per epoch in ``runs/<run>/``.
+
+Only the main process of a distributed run writes (``enabled=False`` elsewhere makes every
+method a no-op), so callers never check the rank themselves.
+"""
+import json
+import math
+from pathlib import Path
+
+from torch.utils.tensorboard import SummaryWriter
+
+from tailclip import visualize
+
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "config.json"
+
+
+class RunLogger:
+    """TensorBoard `SummaryWriter` plus ``metrics.jsonl`` for one run folder.
+
+    Every scalar is logged against the 1-based epoch number. When a run resumes after
+    ``resume_epoch`` finished epochs, records of later epochs (written by the interrupted
+    run after its last checkpoint) are dropped from ``metrics.jsonl`` and hidden in
+    TensorBoard, so the resumed run's lines replace them instead of duplicating them.
+    """
+
+    def __init__(self, run_dir, enabled: bool = True, resume_epoch: int | None = None):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.writer = None
+        if not enabled:
+            return
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.metrics_path = self.run_dir / METRICS_FILE
+        if resume_epoch is None:
+            # A fresh run under an existing name replaces that run's logs.
+            self.metrics_path.unlink(missing_ok=True)
+            for events in self.run_dir.glob("events.out.tfevents.*"):
+                events.unlink()
+            self.writer = SummaryWriter(self.run_dir)
+        else:
+            self._truncate_metrics(resume_epoch)
+            self.writer = SummaryWriter(self.run_dir, purge_step=resume_epoch + 1)
+
+    def _truncate_metrics(self, last_epoch: int) -> None:
+        if not self.metrics_path.exists():
+            return
+        lines = self.metrics_path.read_text().splitlines(keepends=True)
+        kept = [line for line in lines if _record_epoch(line) <= last_epoch]
+        self.metrics_path.write_text("".join(kept))
+
+    def log_config(self, config: dict) -> None:
+        """Write the effective config to ``config.json`` and to TensorBoard's text tab."""
+        if not self.enabled:
+            return
+        text = json.dumps(config, indent=2, sort_keys=True)
+        (self.run_dir / CONFIG_FILE).write_text(text + "\n")
+        # Markdown code block so that TensorBoard keeps the indentation.
+        self.writer.add_text("config", "```\n" + text + "\n```", global_step=0)
+
+    def log_epoch(self, epoch: int, record: dict) -> None:
+        """Log ``record``'s numbers as scalars at ``epoch`` and append it to metrics.jsonl.
+
+        Keys are TensorBoard tags (``train/loss``, ``val/mAP``, ``lr``, ...); non-numeric
+        values go to the JSON line only.
+        """
+        if not self.enabled:
+            return
+        for tag, value in record.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                self.writer.add_scalar(tag, value, global_step=epoch)
+        self.writer.flush()
+        line = json.dumps({"epoch": epoch, **{k: _json_value(v) for k, v in record.items()}})
+        with open(self.metrics_path, "a") as f:
+            f.write(line + "\n")
+            f.flush()
+
+    def log_evaluation(self, epoch: int, scores, targets, ap, class_names, groups,
+                       class_counts=None) -> None:
+        """Pictures of an evaluation: per-class AP bars and the tail classes' PR curves."""
+        if not self.enabled:
+            return
+        visualize.log_evaluation_figures(self.writer, epoch, scores, targets, ap, class_names,
+                                         groups, class_counts=class_counts)
+        self.writer.flush()
+
+    def log_hparams(self, hparams: dict, metrics: dict, epoch: int | None = None) -> None:
+        """The config with the final metrics, for TensorBoard's HParams tab."""
+        if not self.enabled:
+            return
+        visualize.log_hparams(self.writer, hparams, metrics, epoch)
+        self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def _record_epoch(line: str) -> float:
+    # A line cut short by a crash is dropped as if it came from a later epoch.
+    try:
+        return json.loads(line)["epoch"]
+    except (ValueError, KeyError, TypeError):
+        return math.inf
+
+
+def _json_value(value):
+    # JSON has no NaN/inf; write them as null rather than producing an invalid line.
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def read_metrics(run_dir) -> list[dict]:
+    """The records of ``runs/<run>/metrics.jsonl``, in order."""
+    path = Path(run_dir) / METRICS_FILE
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]

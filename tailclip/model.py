@@ -1,0 +1,110 @@
+"""TailCLIP: a CLIP model fine-tuned end to end with class prompts as the classifier.
+
+Class logits are ``logit_scale.exp() * cos(image, class prompt)`` (the scale is trained and
+not clamped, as in the paper); the loss is ``tailclip.losses.build_objective(cfg)``.
+"""
+import torch
+import torch.nn as nn
+
+from .losses import build_objective
+from .metrics import SCORE_KINDS, scores_from_logits
+
+LABEL_EMBEDDING_MODES = ("per_step", "per_epoch")
+
+
+def _l2_normalise(x: torch.Tensor) -> torch.Tensor:
+    return x / x.norm(dim=-1, keepdim=True)
+
+
+class TailCLIP(nn.Module):
+    """Wraps a ``clip.CLIP`` model with the tokenised class prompts [C, context_length].
+
+    ``cfg.label_embeddings``: "per_step" (the published code) encodes the class prompts in
+    every training step, with gradient; "per_epoch" (the paper's first version) uses the
+    embeddings cached by ``refresh_label_embeddings()``, which the training loop calls at the
+    start of each epoch (the first forward fills the cache if it is empty). Evaluation
+    (``predict_logits``) always encodes the prompts with the current weights.
+    ``class_weights`` [C] are BAL's class weights (used when ``cfg.use_weighted_loss``).
+    All CLIP parameters are trained (full fine-tuning).
+    """
+
+    def __init__(self, clip_model: nn.Module, label_tokens: torch.Tensor, cfg, class_weights=None):
+        super().__init__()
+        if cfg.label_embeddings not in LABEL_EMBEDDING_MODES:
+            raise ValueError(f"unknown label_embeddings {cfg.label_embeddings!r}; "
+                             f"known: {list(LABEL_EMBEDDING_MODES)}")
+        if cfg.score not in SCORE_KINDS:
+            raise ValueError(f"unknown score {cfg.score!r}; known: {list(SCORE_KINDS)}")
+        if label_tokens.dim() != 2:
+            raise ValueError(f"label_tokens must be [classes, context_length], got {tuple(label_tokens.shape)}")
+        self.clip_model = clip_model
+        for parameter in self.clip_model.parameters():
+            parameter.requires_grad_(True)
+        self.label_embedding_mode = cfg.label_embeddings
+        self.score_kind = cfg.score
+        self.objective = build_objective(cfg, class_weights)
+        # Derived from the class names and the weights: not part of a checkpoint.
+        self.register_buffer("label_tokens", label_tokens, persistent=False)
+        self.register_buffer("cached_label_emb", None, persistent=False)
+
+    @property
+    def num_classes(self) -> int:
+        return self.label_tokens.shape[0]
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """L2-normalised image embeddings [N, D]."""
+        return _l2_normalise(self.clip_model.encode_image(images))
+
+    def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor:
+        """L2-normalised text embeddings [N, D] of token ids [N, context_length]."""
+        return _l2_normalise(self.clip_model.encode_text(tokens))
+
+    def encode_labels(self) -> torch.Tensor:
+        """L2-normalised embeddings [C, D] of the class prompts, with the current weights."""
+        return self.encode_texts(self.label_tokens)
+
+    @torch.no_grad()
+    def refresh_label_embeddings(self) -> None:
+        """Encode the class prompts without gradient and cache them ("per_epoch" mode)."""
+        self.cached_label_emb = self.encode_labels()
+
+    def class_logits(self, image_emb: torch.Tensor, label_emb: torch.Tensor) -> torch.Tensor:
+        """``logit_scale.exp() * image_emb @ label_emb.T`` [N, C]."""
+        return self.clip_model.logit_scale.exp() * image_emb @ label_emb.T
+
+    def _training_label_embeddings(self) -> torch.Tensor:
+        if self.label_embedding_mode == "per_step":
+            return self.encode_labels()
+        if self.cached_label_emb is None:
+            self.refresh_label_embeddings()
+        return self.cached_label_emb
+
+    def forward(self, images, caption_tokens, targets, class_weights=None) -> dict:
+        """Training step outputs: ``loss``, each selected ``loss_<term>``, the class
+        ``logits`` [N, C] and ``image_emb`` [N, D]. ``caption_tokens`` may be None when the
+        "clip" term is not selected; ``class_weights`` replace the model's for this call.
+        """
+        image_emb = self.encode_images(images)
+        uses_captions = "clip" in self.objective.loss_function
+        caption_emb = self.encode_texts(caption_tokens) if uses_captions else None
+        logits = self.class_logits(image_emb, self._training_label_embeddings())
+        out = self.objective(
+            image_emb=image_emb,
+            caption_emb=caption_emb,
+            logit_scale=self.clip_model.logit_scale.exp(),
+            logits=logits,
+            targets=targets,
+            class_weights=class_weights,
+        )
+        return {**out, "logits": logits, "image_emb": image_emb}
+
+    def predict_logits(self, images: torch.Tensor, label_emb: torch.Tensor = None) -> torch.Tensor:
+        """Class logits [N, C] for evaluation; pass ``label_emb = encode_labels()`` to encode
+        the prompts once for many batches."""
+        if label_emb is None:
+            label_emb = self.encode_labels()
+        return self.class_logits(self.encode_images(images), label_emb)
+
+    def predict_scores(self, images: torch.Tensor, label_emb: torch.Tensor = None) -> torch.Tensor:
+        """Scores [N, C] of kind ``cfg.score`` ("softmax", "sigmoid" or "logits")."""
+        return scores_from_logits(self.predict_logits(images, label_emb), self.score_kind)

@@ -1,0 +1,170 @@
+"""Prediction on new images from a checkpoint alone (the library side of ``predict.py``).
+
+A training checkpoint carries the backbone name, the config, the class names and the class
+prompts, so neither the training data nor a config file is needed: ``load_predictor`` rebuilds
+the model, ``predict_files`` scores image files in batches and keeps going past files that
+cannot be decoded, ``write_results`` saves the outcome as CSV or JSON.
+"""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
+                              ".ppm", ".pgm", ".pbm"})
+OUTPUT_FORMATS = (".csv", ".json")
+
+
+@dataclass
+class Result:
+    """The outcome for one file: class scores [C] (float32, CPU), or why it was not read."""
+
+    path: str
+    scores: torch.Tensor | None = None
+    error: str | None = None
+
+
+def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Result]]:
+    """Image files named by ``inputs`` (files, or folders searched recursively) in order.
+
+    Folders contribute files whose extension is in ``IMAGE_EXTENSIONS`` (any case), sorted;
+    a file named directly is always tried. Returns ``(images, not_read)``, where ``not_read``
+    holds inputs that do not exist and folder entries skipped for their extension, each with
+    the reason, so that the caller can report them.
+    """
+    images, not_read = [], []
+    for item in map(Path, inputs):
+        if item.is_dir():
+            for path in sorted(p for p in item.rglob("*") if p.is_file()):
+                if path.suffix.lower() in IMAGE_EXTENSIONS:
+                    images.append(path)
+                else:
+                    not_read.append(Result(str(path), error=f"not an image file "
+                                                               f"(extension {path.suffix!r})"))
+        elif item.is_file():
+            images.append(item)
+        else:
+            not_read.append(Result(str(item), error="no such file or folder"))
+    return images, not_read
+
+
+def read_rgb(path: str | Path) -> Image.Image:
+    """The fully decoded RGB image; a non-image or truncated file raises here, not later."""
+    with Image.open(path) as image:
+        return image.convert("RGB")  # convert() decodes every pixel
+
+
+class ImageFiles(Dataset):
+    """Items ``(index, tensor or None, error or None)``; a file that fails to decode gives the
+    error text instead of raising, so one bad file never stops a batch."""
+
+    def __init__(self, paths: Sequence[Path], transform):
+        self.paths, self.transform = list(paths), transform
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            image = read_rgb(self.paths[index])
+        except Exception as error:  # noqa: BLE001 -- PIL raises many types for bad files
+            return index, None, f"cannot read image: {error}"
+        return index, self.transform(image), None
+
+
+def collate_readable(items):
+    """Batch of ``ImageFiles`` items -> (indices of decoded images, their stacked tensors,
+    [(index, error)] of the others)."""
+    good = [(index, tensor) for index, tensor, _ in items if tensor is not None]
+    bad = [(index, error) for index, tensor, error in items if tensor is None]
+    tensors = torch.stack([tensor for _, tensor in good]) if good else None
+    return [index for index, _ in good], tensors, bad
+
+
+def predict_files(predictor, paths: Sequence[Path], batch_size: int = 32,
+                  num_workers: int = 0) -> Iterator[Result]:
+    """Score image files in batches; yields one ``Result`` per path, in order.
+
+    ``predictor`` maps a batch of transformed images to scores (``Predictor``) and has the
+    ``transform`` to apply. Files that cannot be decoded give a ``Result`` with ``error``.
+    """
+    loader = DataLoader(ImageFiles(paths, predictor.transform), batch_size=batch_size,
+                        num_workers=num_workers, collate_fn=collate_readable)
+    for indices, images, failures in loader:
+        results = {index: Result(str(paths[index]), error=error) for index, error in failures}
+        if images is not None:
+            for index, row in zip(indices, predictor(images)):
+                results[index] = Result(str(paths[index]), scores=row)
+        yield from (results[index] for index in sorted(results))
+
+
+def ranked_classes(scores: torch.Tensor, class_names: Sequence[str], top_k: int,
+                   threshold: float | None = None) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+    """``(top_k best (class, score) pairs, all pairs with score >= threshold)``, best first.
+
+    The second list is empty when ``threshold`` is None."""
+    order = torch.argsort(scores, descending=True, stable=True).tolist()
+    pairs = [(class_names[c], float(scores[c])) for c in order]
+    above = [pair for pair in pairs if threshold is not None and pair[1] >= threshold]
+    return pairs[:top_k], above
+
+
+def write_results(path: str | Path, results: Sequence[Result], class_names: Sequence[str],
+                  top_k: int, threshold: float | None = None, metadata: dict | None = None) -> Path:
+    """Write predictions as CSV or JSON, chosen by the extension of ``path``.
+
+    CSV: one row per file, columns ``path, error, class_1, score_1, ..., class_k, score_k``
+    and, with a threshold, ``above_threshold`` (class names joined by ";"); a file that could
+    not be read has only ``path`` and ``error``. JSON: ``metadata`` fields plus
+    ``predictions`` (``path``, ``top_k`` list of ``{"class", "score"}``, ``above_threshold``)
+    and ``unreadable`` (``path``, ``error``).
+    """
+    path = Path(path)
+    check_output_path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    k = min(top_k, len(class_names))
+    if path.suffix.lower() == ".json":
+        predictions, unreadable = [], []
+        for result in results:
+            if result.scores is None:
+                unreadable.append({"path": result.path, "error": result.error})
+                continue
+            top, above = ranked_classes(result.scores, class_names, k, threshold)
+            entry = {"path": result.path, "top_k": [{"class": c, "score": s} for c, s in top]}
+            if threshold is not None:
+                entry["above_threshold"] = [{"class": c, "score": s} for c, s in above]
+            predictions.append(entry)
+        document = {**(metadata or {}), "top_k": k, "threshold": threshold,
+                    "classes": list(class_names), "predictions": predictions,
+                    "unreadable": unreadable}
+        path.write_text(json.dumps(document, indent=2) + "\n")
+        return path
+    header = ["path", "error"] + [f"{kind}_{rank}" for rank in range(1, k + 1)
+                                  for kind in ("class", "score")]
+    header += ["above_threshold"] if threshold is not None else []
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(header)
+        for result in results:
+            if result.scores is None:
+                writer.writerow([result.path, result.error])
+                continue
+            top, above = ranked_classes(result.scores, class_names, k, threshold)
+            row = [result.path, ""] + [value for c, s in top for value in (c, f"{s:.6g}")]
+            row += [";".join(c for c, _ in above)] if threshold is not None else []
+            writer.writerow(row)
+    return path
+
+
+def check_output_path(path: str | Path) -> None:
+    """Refuse an output file whose format is unknown, before any work is done."""
+    if Path(path).suffix.lower() not in OUTPUT_FORMATS:
+        raise ValueError(f"--output {path}: unknown format; use a file name ending in "
+                         f"{' or '.join(OUTPUT_FORMATS)}")

@@ -1,0 +1,176 @@
+"""Prompt learning on a frozen CLIP: `finetune = "prompt"` and `"prompt+visual"` (issue 9).
+
+"prompt" (CoOp, Zhou et al., IJCV 2022): the words of the class prompt become `n_ctx`
+learnable context vectors, shared by all classes or one set per class
+(`class_specific_ctx`). Class `c`'s prompt is the token sequence of "X X X X <name c>" whose
+X embeddings are replaced by the context vectors; with `ctx_init` they start as the token
+embeddings of `class_caption`, so the untrained model is exactly the zero-shot TailCLIP.
+"prompt+visual" adds `n_visual_prompts` learnable tokens to the ViT's input (VPT-shallow,
+Jia et al., ECCV 2022). Every CLIP weight is frozen except, with `train_logit_scale`,
+`logit_scale`; losses, sampler and metrics are TailCLIP's, unchanged.
+
+Checkpoints hold only the trained tensors and the backbone name (`trainable_state_dict`),
+and load on top of the same backbone (`load_trainable_state_dict`).
+"""
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import clip
+from clip.architectures import vit_names
+from clip.model import VisionTransformer
+
+from .data.captions import label_prompts
+from .model import TailCLIP
+
+PROMPT_MODES = ("prompt", "prompt+visual")
+CONTEXT_PLACEHOLDER = "X"  # one BPE token; its embeddings are replaced by the context vectors
+
+
+def initial_context(clip_model: nn.Module, cfg, num_classes: int) -> torch.Tensor:
+    """The context vectors' starting value: [n_ctx, width], or [num_classes, n_ctx, width]
+    with `cfg.class_specific_ctx`.
+
+    With `cfg.ctx_init`: the token embeddings of `cfg.class_caption` (for every class), which
+    must be exactly `n_ctx` tokens long; an error otherwise, since a silently truncated or
+    padded caption would no longer be the zero-shot prompt. Else normal(std=0.02) (CoOp).
+    """
+    width, device = clip_model.token_embedding.embedding_dim, clip_model.token_embedding.weight.device
+    shape = (num_classes, cfg.n_ctx, width) if cfg.class_specific_ctx else (cfg.n_ctx, width)
+    if not cfg.ctx_init:
+        return torch.randn(shape, device=device) * 0.02
+    caption_ids = clip.get_tokenizer().encode(cfg.class_caption)
+    if len(caption_ids) != cfg.n_ctx:
+        raise ValueError(
+            f"ctx_init initialises the n_ctx = {cfg.n_ctx} context vectors from class_caption "
+            f"{cfg.class_caption!r}, which is {len(caption_ids)} tokens long: set n_ctx = "
+            f"{len(caption_ids)}, change class_caption, or set ctx_init = False")
+    with torch.no_grad():
+        caption_embedding = clip_model.token_embedding(torch.tensor(caption_ids, device=device)).float()
+    return caption_embedding.expand(shape).clone()
+
+
+class PromptLearner(nn.Module):
+    """Learnable context vectors and the class prompts' token embeddings built from them.
+
+    `forward()` gives the token embeddings [C, context_length, width] of every class prompt
+    (start token, context vectors, class-name tokens, end token, padding), to be encoded by
+    `clip_model.encode_text_embeddings(..., self.eot_index)`. The fixed parts are buffers
+    derived from the frozen token embedding, so they are not saved with the context.
+    """
+
+    def __init__(self, clip_model: nn.Module, class_names, cfg):
+        super().__init__()
+        placeholder_caption = " ".join([CONTEXT_PLACEHOLDER] * cfg.n_ctx) + " "
+        tokens = clip.tokenize(label_prompts(placeholder_caption, class_names),
+                               context_length=clip_model.context_length)
+        tokens = tokens.to(clip_model.token_embedding.weight.device)
+        with torch.no_grad():
+            embedded = clip_model.token_embedding(tokens)
+        self.register_buffer("token_prefix", embedded[:, :1].clone(), persistent=False)  # start token
+        self.register_buffer("token_suffix", embedded[:, 1 + cfg.n_ctx:].clone(), persistent=False)
+        self.register_buffer("eot_index", tokens.argmax(dim=-1), persistent=False)
+
+        self.context = nn.Parameter(initial_context(clip_model, cfg, len(class_names)))
+
+    def forward(self) -> torch.Tensor:
+        num_classes = self.token_prefix.shape[0]
+        context = self.context if self.context.dim() == 3 else self.context.expand(num_classes, -1, -1)
+        return torch.cat([self.token_prefix, context.to(self.token_prefix.dtype), self.token_suffix], dim=1)
+
+
+def visual_prompt_tokens(visual: VisionTransformer, count: int) -> nn.Parameter:
+    """`count` VPT prompt tokens [count, width], uniform in +-sqrt(6 / (3 * patch^2 + width))
+    (Xavier-uniform for the patch embedding's fan-in and fan-out, as VPT)."""
+    width = visual.conv1.out_channels
+    bound = math.sqrt(6 / (3 * visual.patch_size ** 2 + width))
+    return nn.Parameter(torch.empty(count, width, device=visual.conv1.weight.device).uniform_(-bound, bound))
+
+
+class PromptTailCLIP(TailCLIP):
+    """TailCLIP whose class prompts (and, for "prompt+visual", ViT inputs) carry learned
+    prompts while every CLIP weight stays frozen; forward, losses and prediction are
+    TailCLIP's. Captions for the contrastive loss go through the frozen text tower.
+
+    The frozen backbone is kept in eval mode whatever `train()` says, so that BatchNorm
+    statistics (ResNets) never change: a checkpoint of the prompts alone reproduces the model.
+    """
+
+    def __init__(self, clip_model: nn.Module, label_tokens: torch.Tensor, class_names, cfg,
+                 class_weights=None):
+        if cfg.finetune not in PROMPT_MODES:
+            raise ValueError(f"PromptTailCLIP needs finetune in {list(PROMPT_MODES)}, got {cfg.finetune!r}")
+        if cfg.label_embeddings != "per_step":
+            raise ValueError(
+                f"finetune = {cfg.finetune!r} trains the class prompts, which needs label_embeddings = "
+                f"'per_step' ({cfg.label_embeddings!r} encodes them without gradient)")
+        if cfg.finetune == "prompt+visual" and not isinstance(clip_model.visual, VisionTransformer):
+            raise ValueError(
+                f"finetune = 'prompt+visual' needs a Vision Transformer backbone ({', '.join(vit_names())}); "
+                f"model_name {cfg.model_name!r} has a ResNet image tower (use finetune = 'prompt')")
+        if len(class_names) != label_tokens.shape[0]:
+            raise ValueError(f"{len(class_names)} class names but {label_tokens.shape[0]} class prompts")
+        super().__init__(clip_model, label_tokens, cfg, class_weights)
+        for parameter in self.clip_model.parameters():
+            parameter.requires_grad_(False)
+        self.clip_model.logit_scale.requires_grad_(cfg.train_logit_scale)
+        self.backbone_name = cfg.model_name
+        self.prompt_learner = PromptLearner(clip_model, class_names, cfg)
+        self.visual_prompts = (visual_prompt_tokens(clip_model.visual, cfg.n_visual_prompts)
+                               if cfg.finetune == "prompt+visual" else None)
+        self.clip_model.eval()
+
+    def train(self, mode: bool = True) -> "PromptTailCLIP":
+        super().train(mode)
+        self.clip_model.eval()
+        return self
+
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        return F.normalize(self.clip_model.encode_image(images, prompt_tokens=self.visual_prompts), dim=-1)
+
+    def encode_labels(self) -> torch.Tensor:
+        prompts = self.prompt_learner()
+        return F.normalize(self.clip_model.encode_text_embeddings(prompts, self.prompt_learner.eot_index), dim=-1)
+
+
+def build_tailclip(clip_model: nn.Module, label_tokens: torch.Tensor, class_names, cfg,
+                   class_weights=None) -> TailCLIP:
+    """The model `cfg.finetune` asks for: `TailCLIP` ("full") or `PromptTailCLIP`."""
+    if cfg.finetune == "full":
+        return TailCLIP(clip_model, label_tokens, cfg, class_weights)
+    return PromptTailCLIP(clip_model, label_tokens, class_names, cfg, class_weights)
+
+
+def trainable_state_dict(model: nn.Module) -> dict:
+    """What a prompt-mode checkpoint stores: the backbone name and a copy of every trainable
+    parameter, `{"backbone": name, "parameters": {parameter name: tensor on the CPU}}`."""
+    return {
+        "backbone": model.backbone_name,
+        "parameters": {name: parameter.detach().to("cpu", copy=True)
+                       for name, parameter in model.named_parameters() if parameter.requires_grad},
+    }
+
+
+def load_trainable_state_dict(model: nn.Module, state: dict) -> None:
+    """Copy `trainable_state_dict`'s output into `model` (built on the same backbone, with the
+    same class count and prompt options). Strict: another backbone, a missing or unexpected
+    parameter, or a shape mismatch raises `ValueError` naming it."""
+    if state.get("backbone") != model.backbone_name:
+        raise ValueError(f"the prompts were trained on backbone {state.get('backbone')!r}, "
+                         f"this model's backbone is {model.backbone_name!r}")
+    trainable = {name: parameter for name, parameter in model.named_parameters() if parameter.requires_grad}
+    saved = state["parameters"]
+    missing, unexpected = sorted(trainable.keys() - saved.keys()), sorted(saved.keys() - trainable.keys())
+    if missing or unexpected:
+        raise ValueError(f"trained parameters do not match the model (check finetune, n_ctx, "
+                         f"class_specific_ctx, n_visual_prompts, train_logit_scale): missing {missing}, "
+                         f"unexpected {unexpected}")
+    for name, parameter in trainable.items():
+        if saved[name].shape != parameter.shape:
+            raise ValueError(f"trained parameter {name} has shape {tuple(saved[name].shape)}, "
+                             f"the model's has {tuple(parameter.shape)}")
+    with torch.no_grad():
+        for name, parameter in trainable.items():
+            parameter.copy_(saved[name])

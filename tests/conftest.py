@@ -1,0 +1,34 @@
+"""Shared test fixtures.
+
+The real benchmark split files and the CLIP vocabulary live in ``../shared/data`` beside the
+checkout. Tests that need them skip when the folder is absent on a developer machine, but
+fail when ``CI`` is set: a CI run that silently skipped them would prove nothing.
+"""
+import os
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
+BPE_FILE = SHARED_DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+
+# Point the tokenizer at the shared vocabulary so that no test ever needs the network.
+if BPE_FILE.exists() and "TAILCLIP_BPE_PATH" not in os.environ:
+    os.environ["TAILCLIP_BPE_PATH"] = str(BPE_FILE)
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """Path of ``../shared/data``; missing is a failure under CI, a skip elsewhere."""
+    if not SHARED_DATA.is_dir():
+        message = f"shared reference data not found at {SHARED_DATA}"
+        if os.environ.get("CI"):
+            pytest.fail(message)
+        pytest.skip(message)
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def repo_root() -> Path:
+    return REPO_ROOT

@@ -1,0 +1,146 @@
+"""Checkpoint files (atomic writes, clear load errors, RNG states) and the run logger."""
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from tailclip import checkpoint as ckpt
+from tailclip.logger import RunLogger, read_metrics
+
+
+def _checkpoint(value: float) -> dict:
+    return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "model": {"w": torch.full((4,), value)}}
+
+
+def test_save_atomic_round_trip_leaves_no_temporary_file(tmp_path):
+    path = ckpt.save_atomic(_checkpoint(1.0), tmp_path / "sub" / "a.pt")
+    assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], torch.ones(4))
+    assert [p.name for p in path.parent.iterdir()] == ["a.pt"]
+
+
+@pytest.mark.parametrize("failure", [OSError("disk full"), KeyboardInterrupt()])
+def test_failure_during_write_keeps_the_old_checkpoint(tmp_path, monkeypatch, failure):
+    path = ckpt.save_atomic(_checkpoint(1.0), tmp_path / "best.pt")
+    old_bytes = path.read_bytes()
+
+    def save_half_then_fail(obj, f):
+        f.write(old_bytes[: len(old_bytes) // 2])  # a partial file exists when the failure hits
+        raise failure
+
+    monkeypatch.setattr(ckpt.torch, "save", save_half_then_fail)
+    with pytest.raises(type(failure)):
+        ckpt.save_atomic(_checkpoint(2.0), path)
+    assert path.read_bytes() == old_bytes
+    assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], torch.ones(4))
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+
+
+def test_failed_rename_removes_the_temporary_file(tmp_path, monkeypatch):
+    path = ckpt.save_atomic(_checkpoint(1.0), tmp_path / "best.pt")
+
+    def fail_replace(src, dst):
+        raise OSError("rename failed")
+
+    monkeypatch.setattr(ckpt.os, "replace", fail_replace)
+    with pytest.raises(OSError, match="rename failed"):
+        ckpt.save_atomic(_checkpoint(2.0), path)
+    assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
+    assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], torch.ones(4))
+
+
+def test_load_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="nope.pt"):
+        ckpt.load_checkpoint(tmp_path / "nope.pt")
+
+    text = tmp_path / "text.pt"
+    text.write_text("not a checkpoint at all\n")
+    with pytest.raises(ckpt.CheckpointError, match="text.pt is not a TailCLIP checkpoint"):
+        ckpt.load_checkpoint(text)
+
+    plain = tmp_path / "plain.pt"
+    torch.save({"w": torch.zeros(2)}, plain)  # a bare state dict, e.g. from another project
+    with pytest.raises(ckpt.CheckpointError, match="plain.pt is not a TailCLIP checkpoint"):
+        ckpt.load_checkpoint(plain)
+
+    truncated = tmp_path / "truncated.pt"
+    full = ckpt.save_atomic(_checkpoint(1.0), tmp_path / "full.pt").read_bytes()
+    truncated.write_bytes(full[: len(full) // 2])
+    with pytest.raises(ckpt.CheckpointError, match="truncated.pt"):
+        ckpt.load_checkpoint(truncated)
+
+    newer = ckpt.save_atomic({**_checkpoint(1.0), "version": ckpt.VERSION + 1}, tmp_path / "new.pt")
+    with pytest.raises(ckpt.CheckpointError, match="newer than this code"):
+        ckpt.load_checkpoint(newer)
+
+
+def _draw() -> tuple:
+    return random.random(), np.random.rand(3).tolist(), torch.rand(3).tolist()
+
+
+def test_rng_states_survive_a_checkpoint_file(tmp_path):
+    random.seed(1)
+    np.random.seed(2)
+    torch.manual_seed(3)
+    np.random.randn()  # leaves a cached gaussian in numpy's state
+    path = ckpt.save_atomic({**_checkpoint(0.0), "rng": ckpt.rng_states()}, tmp_path / "c.pt")
+    expected = _draw()
+    _draw()  # move every generator on
+    ckpt.restore_rng_states(ckpt.load_checkpoint(path)["rng"])
+    assert _draw() == expected
+
+
+def _scalars(run_dir) -> dict:
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    return {tag: [(e.step, e.value) for e in events.Scalars(tag)] for tag in events.Tags()["scalars"]}
+
+
+def test_logger_writes_jsonl_tensorboard_and_config(tmp_path):
+    logger = RunLogger(tmp_path)
+    logger.log_config({"lr": 1e-6, "model_name": "ViT-tiny"})
+    logger.log_epoch(1, {"train/loss": 2.0, "val/mAP": 40.0, "note": "text", "val/nan": float("nan")})
+    logger.log_epoch(2, {"train/loss": 1.5, "val/mAP": 55.0})
+    logger.close()
+
+    assert json.loads((tmp_path / "config.json").read_text()) == {"lr": 1e-6, "model_name": "ViT-tiny"}
+    records = read_metrics(tmp_path)
+    assert records[0] == {"epoch": 1, "train/loss": 2.0, "val/mAP": 40.0, "note": "text", "val/nan": None}
+    assert [r["val/mAP"] for r in records] == [40.0, 55.0]
+    scalars = _scalars(tmp_path)
+    assert scalars["val/mAP"] == [(1, 40.0), (2, 55.0)]
+    assert "note" not in scalars
+
+
+def test_resumed_logger_drops_records_after_the_checkpoint(tmp_path):
+    logger = RunLogger(tmp_path)
+    for epoch in (1, 2, 3):
+        logger.log_epoch(epoch, {"val/mAP": float(epoch)})
+    logger.close()
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"epoch": 4, "val/m')  # a line cut short by kill -9
+
+    logger = RunLogger(tmp_path, resume_epoch=2)  # the last checkpoint was after epoch 2
+    logger.log_epoch(3, {"val/mAP": 30.0})
+    logger.close()
+    assert [(r["epoch"], r["val/mAP"]) for r in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+    assert _scalars(tmp_path)["val/mAP"] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+def test_fresh_run_replaces_old_logs_and_disabled_logger_writes_nothing(tmp_path):
+    old = RunLogger(tmp_path)
+    old.log_epoch(1, {"val/mAP": 1.0})
+    old.close()
+    new = RunLogger(tmp_path)
+    new.log_epoch(1, {"val/mAP": 9.0})
+    new.close()
+    assert _scalars(tmp_path)["val/mAP"] == [(1, 9.0)]
+    assert len(read_metrics(tmp_path)) == 1
+
+    quiet = RunLogger(tmp_path / "rank1", enabled=False)
+    quiet.log_config({"a": 1})
+    quiet.log_epoch(1, {"val/mAP": 1.0})
+    quiet.close()
+    assert not (tmp_path / "rank1").exists()

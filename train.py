@@ -1,0 +1,52 @@
+"""Train TailCLIP: ``python train.py --config=configs/demo.py [--set key=value ...] [--resume]``.
+
+Writes ``<run_dir>/<run name>/``: TensorBoard events, ``metrics.jsonl``, ``config.json`` and
+the checkpoints ``best_valid_mAP.pt``, ``best_valid_mAP_tail.pt`` and
+``newest_train_checkpoint.pt``. The run name is the config file's stem unless ``--run-name``.
+Exit codes: 0 done, 1 error (a non-finite loss included), 130 stopped by Ctrl-C (143 by
+SIGTERM) after saving the newest checkpoint.
+"""
+import argparse
+import sys
+from pathlib import Path
+
+from tailclip.config import ConfigError, load_config
+from tailclip.engine import NonFiniteLossError, TrainingInterrupted, train
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", required=True, help="a config file defining `class CFG`")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config option (repeatable), e.g. --set epochs=2")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run from its newest_train_checkpoint.pt")
+    parser.add_argument("--run-name", help="name of the run folder (default: the config's stem)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    run_name = args.run_name or Path(args.config).stem
+    try:
+        train(cfg, run_name, resume=args.resume)
+    except NonFiniteLossError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+    except TrainingInterrupted as error:
+        print(str(error), file=sys.stderr)
+        return 128 + error.signal_number
+    except KeyboardInterrupt:
+        print("interrupted; nothing saved since the last checkpoint", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
