@@ -3,14 +3,16 @@
 Writes ``<run_dir>/<run name>/``: TensorBoard events, ``metrics.jsonl``, ``config.json`` and
 the checkpoints ``best_valid_mAP.pt``, ``best_valid_mAP_tail.pt`` and
 ``newest_train_checkpoint.pt``. The run name is the config file's stem unless ``--run-name``.
-Exit codes: 0 done, 1 error (a non-finite loss included), 130 stopped by Ctrl-C (143 by
-SIGTERM) after saving the newest checkpoint.
+Exit codes: 0 done, 1 error (a bad config or input, a non-finite loss), 130 stopped by
+Ctrl-C (143 by SIGTERM) after saving the newest checkpoint.
 """
 import argparse
 import sys
 from pathlib import Path
 
-from tailclip.config import ConfigError, load_config
+from tailclip.checkpoint import CheckpointError
+from tailclip.config import load_config
+from tailclip.data.cache import ImageDecodeError
 from tailclip.engine import NonFiniteLossError, TrainingInterrupted, train
 
 
@@ -30,13 +32,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     try:
         cfg = load_config(args.config, args.overrides)
-    except ConfigError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    run_name = args.run_name or Path(args.config).stem
-    try:
-        train(cfg, run_name, resume=args.resume)
-    except NonFiniteLossError as error:
+        train(cfg, args.run_name or Path(args.config).stem, resume=args.resume)
+    # Errors about the user's inputs: a message, not a traceback (ConfigError is a ValueError).
+    except (ValueError, OSError, CheckpointError, ImageDecodeError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except TrainingInterrupted as error:

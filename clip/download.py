@@ -49,7 +49,7 @@ def download(url: str, root: str | Path, sha256: str | None = None, filename: st
     name = filename or Path(urllib.parse.unquote(urllib.parse.urlparse(url).path)).name
     if not name:
         raise ValueError(f"cannot tell a file name from {url!r}; pass filename=")
-    target = Path(root).expanduser() / name
+    target = Path(root).expanduser().absolute() / name
     expected = sha256.lower() if sha256 else None
     if target.is_file():
         if expected is None or sha256_of(target) == expected:

@@ -8,7 +8,6 @@ never runs code from the file.
 """
 import contextlib
 import os
-import pickle
 import random
 import tempfile
 from pathlib import Path
@@ -35,6 +34,7 @@ def save_atomic(obj, path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
             f.flush()
@@ -46,6 +46,12 @@ def save_atomic(obj, path) -> Path:
         raise
     _fsync_directory(path.parent)
     return path
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _fsync_directory(folder: Path) -> None:
@@ -65,7 +71,7 @@ def load_checkpoint(path, map_location="cpu") -> dict:
         raise FileNotFoundError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as error:
+    except Exception as error:  # noqa: BLE001 -- garbage makes the unpickler fail in many ways
         raise CheckpointError(
             f"{path} is not a TailCLIP checkpoint (unreadable or truncated: {error})"
         ) from error

@@ -13,6 +13,7 @@ import argparse
 import os
 import posixpath
 import tarfile
+import urllib.error
 import zipfile
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -102,16 +103,26 @@ def fetch_images(base_url: str, image_root: Path, paths: list[str], workers: int
                  progress: bool = True) -> None:
     """Download each image `base_url/<path>` to `image_root/<path>`, `workers` at a time."""
     failures = []
+
+    def fetch(path: str) -> DownloadError | None:
+        try:
+            download(f"{base_url}/{path}", (image_root / path).parent, progress=False)
+        except DownloadError as error:
+            failures.append(f"{path} ({error.__cause__ or error})")
+            return error
+        return None
+
+    # The first image goes alone: when the host gives no HTTP answer at all (offline, DNS),
+    # stop at once instead of failing thousands of times.
+    first_error = fetch(paths[0])
+    if first_error is not None and not isinstance(first_error.__cause__, urllib.error.HTTPError):
+        raise first_error
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
-        jobs = {pool.submit(download, f"{base_url}/{path}", (image_root / path).parent, progress=False): path
-                for path in paths}
-        for job in tqdm(as_completed(jobs), total=len(jobs), unit="img", desc="images",
-                        disable=not progress):
-            try:
-                job.result()
-            except DownloadError as error:
-                failures.append(f"{jobs[job]} ({error.__cause__ or error})")
+        jobs = [pool.submit(fetch, path) for path in paths[1:]]
+        for _ in tqdm(as_completed(jobs), total=len(paths), initial=1, unit="img", desc="images",
+                      disable=not progress):
+            pass
     finally:  # on Ctrl-C, drop the queued downloads instead of waiting for them
         pool.shutdown(wait=True, cancel_futures=True)
     if failures:

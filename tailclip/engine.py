@@ -99,7 +99,7 @@ def resolve_device(name: str) -> torch.device:
 def build_clip(cfg: Config, pretrained: bool | None = None) -> clip.CLIP:
     """The backbone ``cfg.model_name``: OpenAI weights (``cfg.pretrained``) or random ones.
 
-    Its input resolution must equal ``cfg.size``; with ``interpolate_pos_embedding`` a
+    Its text context must equal ``cfg.max_length`` and its input resolution ``cfg.size``; with ``interpolate_pos_embedding`` a
     Vision Transformer's positional embedding is resized instead.
     """
     pretrained = cfg.pretrained if pretrained is None else pretrained
@@ -111,6 +111,9 @@ def build_clip(cfg: Config, pretrained: bool | None = None) -> clip.CLIP:
         model, _ = clip.load(cfg.model_name, device="cpu")
     else:
         model = clip.create_model(cfg.model_name)
+    if cfg.max_length != model.context_length:
+        raise ValueError(f"max_length = {cfg.max_length} but {cfg.model_name}'s text tower takes "
+                         f"{model.context_length} tokens; set max_length = {model.context_length}")
     native = model.visual.input_resolution
     if native != cfg.size:
         if not cfg.interpolate_pos_embedding:
@@ -535,7 +538,11 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
     checkpoint saved); ``train.py`` turns them into exit codes.
     """
     run_dir = Path(cfg.run_dir) / run_name
-    checkpoint = load_checkpoint(run_dir / NEWEST_CHECKPOINT) if resume else None
+    checkpoint = None
+    if resume:
+        if not (run_dir / NEWEST_CHECKPOINT).is_file():
+            raise FileNotFoundError(f"cannot resume: no {run_dir / NEWEST_CHECKPOINT}")
+        checkpoint = load_checkpoint(run_dir / NEWEST_CHECKPOINT)
     device = resolve_device(cfg.device)
     precision = resolve_precision(cfg.precision, device)
     if device.type == "cuda":
@@ -576,6 +583,14 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
         for name in names:
             save_atomic(content, run_dir / name)
 
+    def stop_here() -> TrainingInterrupted:
+        save([NEWEST_CHECKPOINT])
+        where = f"after epoch {state.epoch}" + (f", step {state.step_in_epoch} of epoch {state.epoch + 1}"
+                                                 if state.step_in_epoch else "")
+        return TrainingInterrupted(f"stopped by {signal.Signals(stop.signal_number).name} {where}; "
+                                   f"saved {run_dir / NEWEST_CHECKPOINT} (continue with --resume)",
+                                   stop.signal_number)
+
     with logger, _StopOnSignal() as stop:
         for epoch in range(state.epoch, cfg.epochs):
             started = time.perf_counter()
@@ -583,11 +598,7 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
             images_before = meter.images
             train_one_epoch(trainer, train_batches, state, meter, epoch, cfg.epochs, stop)
             if stop.requested:
-                save([NEWEST_CHECKPOINT])
-                raise TrainingInterrupted(
-                    f"stopped by {signal.Signals(stop.signal_number).name} at epoch {epoch + 1}, "
-                    f"step {state.step_in_epoch}; saved {run_dir / NEWEST_CHECKPOINT} "
-                    "(continue with --resume)", stop.signal_number)
+                raise stop_here()
             train_seconds = time.perf_counter() - started
             record = {**meter.summary(data.groups), "lr": lr,
                       "time/train_images_per_s": (meter.images - images_before) / train_seconds}
@@ -607,6 +618,8 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
                                   evaluation.metrics["AP"], data.class_names, data.groups, class_counts)
             say(_epoch_line(state.epoch, cfg.epochs, record))
             save(names)
+            if stop.requested and state.epoch < cfg.epochs:
+                raise stop_here()
         summary = _summary(state, run_dir)
         logger.log_hparams(cfg.to_dict(), {f"hparam/{key}": value for key, value in summary.items()
                                            if "mAP" in key and "epoch" not in key})
@@ -618,14 +631,19 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
 
 
 def _update_best(state: TrainState, record: dict, cfg: Config) -> list[str]:
-    """Update the progress after an evaluation; the checkpoint files to write."""
-    names = [NEWEST_CHECKPOINT] if cfg.save_newest_checkpoint else []
+    """Update the progress after an evaluation; the checkpoint files to write.
+
+    The newest checkpoint comes last: once it records a best value, that best file exists
+    (a run killed in between redoes the epoch on --resume).
+    """
+    names = []
     if record["val/mAP"] > state.best_mAP:
         state.best_mAP, state.best_mAP_epoch = record["val/mAP"], state.epoch
         names += [BEST_MAP_CHECKPOINT] if cfg.save_best_mAP_checkpoint else []
     if record.get("val/mAP_tail", math.nan) > state.best_mAP_tail:
         state.best_mAP_tail, state.best_mAP_tail_epoch = record["val/mAP_tail"], state.epoch
         names += [BEST_TAIL_CHECKPOINT] if cfg.save_best_tail_mAP_checkpoint else []
+    names += [NEWEST_CHECKPOINT] if cfg.save_newest_checkpoint else []
     if state.first_mAP is None:
         state.first_mAP = record["val/mAP"]
     state.last_metrics = {key: value for key, value in record.items() if key.startswith("val/")}

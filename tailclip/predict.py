@@ -14,8 +14,13 @@ from pathlib import Path
 from typing import Iterable, Iterator, Sequence
 
 import torch
-from PIL import Image
 from torch.utils.data import DataLoader, Dataset
+
+from tailclip.checkpoint import load_checkpoint
+from tailclip.data.datasets import UnreadableImageError, load_image
+from tailclip.data.transforms import build_transform
+from tailclip.engine import model_from_checkpoint, resolve_device
+from tailclip.precision import autocast, resolve_precision
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm"})
@@ -29,6 +34,50 @@ class Result:
     path: str
     scores: torch.Tensor | None = None
     error: str | None = None
+
+
+class Predictor:
+    """A trained TailCLIP ready for inference: ``predictor(images) -> scores [N, C]`` (CPU).
+
+    ``transform`` turns a PIL RGB image into the model's input (the config's size and
+    normalisation, no flip). Scores are of the config's ``score`` kind. The class prompts are
+    encoded once, at the first call.
+    """
+
+    def __init__(self, model, class_names: Sequence[str], transform, device: torch.device,
+                 precision: str = "fp32", metadata: dict | None = None):
+        self.model = model.eval().to(device)
+        self.class_names = list(class_names)
+        self.transform = transform
+        self.device = device
+        self.precision = precision
+        self.metadata = metadata or {}
+        self.label_emb = None
+
+    @torch.no_grad()
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        with autocast(self.precision, self.device):
+            if self.label_emb is None:
+                self.label_emb = self.model.encode_labels()
+            scores = self.model.predict_scores(images.to(self.device), self.label_emb)
+        return scores.float().cpu()
+
+
+def load_predictor(checkpoint_path: str | Path, device: str = "auto") -> Predictor:
+    """A ``Predictor`` from a training checkpoint alone (no data, no config file needed).
+
+    The architecture comes from the checkpoint's config (backbone name, size), the weights
+    and class prompts from the checkpoint itself. ``device``: "auto" (CUDA when available),
+    "cpu", "cuda" or "cuda:N"; bf16 autocast on CUDA, float32 on the CPU.
+    """
+    checkpoint = load_checkpoint(checkpoint_path)
+    model, cfg = model_from_checkpoint(checkpoint, checkpoint_path)
+    device = resolve_device(device)
+    metadata = {"checkpoint": str(checkpoint_path), "backbone": cfg.model_name,
+                "score": cfg.score}
+    return Predictor(model, checkpoint["class_names"],
+                     build_transform(cfg.size, train=False, normalize=cfg.normalize), device,
+                     resolve_precision("auto", device), metadata)
 
 
 def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Result]]:
@@ -55,12 +104,6 @@ def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Result]]
     return images, not_read
 
 
-def read_rgb(path: str | Path) -> Image.Image:
-    """The fully decoded RGB image; a non-image or truncated file raises here, not later."""
-    with Image.open(path) as image:
-        return image.convert("RGB")  # convert() decodes every pixel
-
-
 class ImageFiles(Dataset):
     """Items ``(index, tensor or None, error or None)``; a file that fails to decode gives the
     error text instead of raising, so one bad file never stops a batch."""
@@ -73,9 +116,9 @@ class ImageFiles(Dataset):
 
     def __getitem__(self, index: int):
         try:
-            image = read_rgb(self.paths[index])
-        except Exception as error:  # noqa: BLE001 -- PIL raises many types for bad files
-            return index, None, f"cannot read image: {error}"
+            image = load_image(self.paths[index])
+        except UnreadableImageError as error:
+            return index, None, f"cannot read image: {error.__cause__}"
         return index, self.transform(image), None
 
 
@@ -106,7 +149,7 @@ def predict_files(predictor, paths: Sequence[Path], batch_size: int = 32,
 
 
 def ranked_classes(scores: torch.Tensor, class_names: Sequence[str], top_k: int,
-                   threshold: float | None = None) -> tuple[list[tuple[str, float]], list[tuple[str, float]]]:
+                   threshold: float | None = None) -> tuple[list[tuple[str, float]], ...]:
     """``(top_k best (class, score) pairs, all pairs with score >= threshold)``, best first.
 
     The second list is empty when ``threshold`` is None."""
@@ -122,7 +165,7 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
 
     CSV: one row per file, columns ``path, error, class_1, score_1, ..., class_k, score_k``
     and, with a threshold, ``above_threshold`` (class names joined by ";"); a file that could
-    not be read has only ``path`` and ``error``. JSON: ``metadata`` fields plus
+    not be read has only ``path`` and ``error`` filled in. JSON: ``metadata`` fields plus
     ``predictions`` (``path``, ``top_k`` list of ``{"class", "score"}``, ``above_threshold``)
     and ``unreadable`` (``path``, ``error``).
     """
@@ -154,7 +197,7 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
         writer.writerow(header)
         for result in results:
             if result.scores is None:
-                writer.writerow([result.path, result.error])
+                writer.writerow([result.path, result.error] + [""] * (len(header) - 2))
                 continue
             top, above = ranked_classes(result.scores, class_names, k, threshold)
             row = [result.path, ""] + [value for c, s in top for value in (c, f"{s:.6g}")]

@@ -96,6 +96,8 @@ class PromptTailCLIP(TailCLIP):
 
     The frozen backbone is kept in eval mode whatever `train()` says, so that BatchNorm
     statistics (ResNets) never change: a checkpoint of the prompts alone reproduces the model.
+    `label_tokens` are the zero-shot prompts TailCLIP takes; the class embeddings come from
+    the `PromptLearner` built from `class_names` (in the same order).
     """
 
     def __init__(self, clip_model: nn.Module, label_tokens: torch.Tensor, class_names, cfg,
@@ -143,7 +145,7 @@ def build_tailclip(clip_model: nn.Module, label_tokens: torch.Tensor, class_name
     return PromptTailCLIP(clip_model, label_tokens, class_names, cfg, class_weights)
 
 
-def trainable_state_dict(model: nn.Module) -> dict:
+def trainable_state_dict(model: PromptTailCLIP) -> dict:
     """What a prompt-mode checkpoint stores: the backbone name and a copy of every trainable
     parameter, `{"backbone": name, "parameters": {parameter name: tensor on the CPU}}`."""
     return {
@@ -153,7 +155,7 @@ def trainable_state_dict(model: nn.Module) -> dict:
     }
 
 
-def load_trainable_state_dict(model: nn.Module, state: dict) -> None:
+def load_trainable_state_dict(model: PromptTailCLIP, state: dict) -> None:
     """Copy `trainable_state_dict`'s output into `model` (built on the same backbone, with the
     same class count and prompt options). Strict: another backbone, a missing or unexpected
     parameter, or a shape mismatch raises `ValueError` naming it."""

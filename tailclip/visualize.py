@@ -161,8 +161,9 @@ def log_hparams(writer, hparams_dict: Mapping, metrics_dict: Mapping[str, float]
     Values the plugin cannot hold (lists, tuples, dicts, None, ...) are written as their
     ``str``; int, float, bool and str are kept. The metrics are also written as scalars with
     their own tags (choose tags not used elsewhere, e.g. "hparam/mAP"), which the plugin
-    reads; a metric whose value is None (never measured) is left out. Unlike ``SummaryWriter.add_hparams`` this writes into the run's own event file
-    instead of a new timestamped sub-run.
+    reads; a metric whose value is None (never measured) is left out. Unlike
+    ``SummaryWriter.add_hparams`` this writes into the run's own event file instead of a new
+    timestamped sub-run.
     """
     clean = {key: value if isinstance(value, (bool, int, float, str)) else str(value)
              for key, value in hparams_dict.items()}
@@ -189,9 +190,7 @@ def log_evaluation_figures(writer, step: int, scores, targets, ap,
     ``final_metrics`` are given, the HParams entry (``log_hparams``).
     """
     writer.add_figure(f"{prefix}/per_class_ap",
-                      per_class_ap_figure(ap, class_names, groups, class_counts,
-                                          title=f"step {step}"),
-                      step)
+                      per_class_ap_figure(ap, class_names, groups, class_counts), step)
     scores, targets = _as_numpy(scores), _as_numpy(targets)
     for c in groups.get("tail", ()):
         if targets[:, c].sum() == 0:

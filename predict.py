@@ -1,0 +1,97 @@
+"""Predict the classes of new images with a trained TailCLIP checkpoint.
+
+    python predict.py --checkpoint=runs/demo/best_valid_mAP.pt photos/ extra.jpg \\
+        [--top-k 5] [--threshold 0.3] [--output results.csv|results.json]
+
+Folders are searched recursively for image files (.jpg, .jpeg, .png, .bmp, .gif, .webp,
+.tif, .tiff, ... in any case). The checkpoint alone is enough: no training data or config
+file is needed. Prints the top-k classes with their scores (the config's `score` kind) for
+each image, and the classes at or above --threshold when given. Files that cannot be read
+(not an image, corrupt or truncated) are reported and skipped, and listed at the end.
+Exit codes: 0 when at least one image was read, 1 when none could be, 2 for bad arguments
+or an unusable checkpoint.
+"""
+import argparse
+import os
+import sys
+
+from tailclip.checkpoint import CheckpointError
+from tailclip.predict import (check_output_path, find_images, load_predictor, predict_files,
+                              ranked_classes, write_results)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    summary, details = __doc__.split("\n\n", 1)
+    parser = argparse.ArgumentParser(description=summary, epilog=details,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
+    parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
+    parser.add_argument("--top-k", type=int, default=5,
+                        help="classes printed per image (default 5)")
+    parser.add_argument("--threshold", type=float,
+                        help="also list every class whose score is >= this value")
+    parser.add_argument("--output", help="write the predictions to this .csv or .json file")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
+                        help="image-decoding processes (0: decode in this process)")
+    parser.add_argument("--device", default="auto",
+                        help="auto (CUDA when available), cpu, cuda, cuda:N")
+    args = parser.parse_args(argv)
+    for name in ("top_k", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    if args.workers < 0:
+        parser.error("--workers must be at least 0")
+    if args.output:
+        try:
+            check_output_path(args.output)
+        except ValueError as error:
+            parser.error(str(error))
+    return args
+
+
+def describe(path: str, top: list, above: list, threshold) -> str:
+    """One output line: the image and its best classes with scores."""
+    line = f"{path}: " + ", ".join(f"{name} {score:.4f}" for name, score in top)
+    if threshold is not None:
+        line += f"  [>= {threshold:g}: {', '.join(name for name, _ in above) or 'none'}]"
+    return line
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        predictor = load_predictor(args.checkpoint, args.device)
+    except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as error:
+        print(f"predict.py: error: {error}", file=sys.stderr)
+        return 2
+    images, not_read = find_images(args.inputs)
+    results = []
+    for result in predict_files(predictor, images, args.batch_size, args.workers):
+        results.append(result)
+        if result.scores is None:
+            print(f"warning: skipped {result.path}: {result.error}", file=sys.stderr)
+            continue
+        top, above = ranked_classes(result.scores, predictor.class_names, args.top_k,
+                                    args.threshold)
+        print(describe(result.path, top, above, args.threshold), flush=True)
+
+    unreadable = not_read + [result for result in results if result.scores is None]
+    read = sum(result.scores is not None for result in results)
+    if args.output:
+        path = write_results(args.output, results + not_read, predictor.class_names, args.top_k,
+                             args.threshold, predictor.metadata)
+        print(f"wrote {read} predictions to {path}", file=sys.stderr)
+    if unreadable:
+        print(f"{len(unreadable)} file(s) could not be read:", file=sys.stderr)
+        for result in unreadable:
+            print(f"  {result.path}: {result.error}", file=sys.stderr)
+    if read == 0:
+        print(f"predict.py: error: no image {'could be read' if images else 'found'}",
+              file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,293 @@
+"""Several processes (GPUs, nodes) under ``torchrun``: set-up, the global batch, sharded evaluation.
+
+``torchrun --nproc_per_node=N train.py --config=...`` starts N processes and sets ``RANK``,
+``LOCAL_RANK`` and ``WORLD_SIZE``; without them everything here is a single process and a
+no-op. N processes with ``batch_size`` B (the global batch, B / N per process) compute the
+same loss and take the same optimiser step as one process with batch B:
+
+- Every process computes the whole objective on the global batch (``GlobalBatchObjective``):
+  image and caption embeddings, class logits and targets of all processes are gathered, with
+  gradient, and the loss value is the single-process one in every process. BAL is computed
+  on the gathered logits as well, because it normalises them by the maximum over the whole
+  batch (a per-process maximum would change it).
+- The gather's backward sums, for each process's own rows, the gradients that all N
+  processes send back, so a process's gradient through its rows is N times the
+  single-process gradient of those rows; ``DistributedDataParallel`` averages over the N
+  processes, which leaves exactly the single-process gradient (the sum over all rows).
+  Parameters that the loss uses directly (``logit_scale`` in the contrastive term) get the
+  full gradient in every process, which the average keeps. So no loss is rescaled.
+- Evaluation: process r scores ``DistributedSampler``'s strided shard (images r, r + N, ...,
+  padded by repeating the first images so that all shards are equally long);
+  ``gather_eval`` brings the scores back in dataset order, padding duplicates dropped, so the
+  metrics are computed once, on exactly the single-process predictions.
+"""
+import contextlib
+import dataclasses
+import datetime
+import os
+import warnings
+
+import torch
+import torch.distributed as dist
+import torch.distributed._functional_collectives as funcol
+import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DistributedSampler, SequentialSampler
+
+# Processes waiting while the first one downloads weights or builds an image cache can wait
+# far longer than NCCL's default 10-minute collective timeout; they wait in a CPU group.
+PREPARATION_TIMEOUT = datetime.timedelta(hours=2)
+_host_group = None  # created by the first `barrier`
+
+
+@dataclasses.dataclass(frozen=True)
+class DistInfo:
+    """This process's place in the run; ``rank 0 of 1`` on the CPU or GPU when alone."""
+    rank: int
+    local_rank: int
+    world_size: int
+    device: torch.device
+    is_main: bool
+
+
+def rank_and_world() -> tuple[int, int]:
+    """(this process's rank, number of processes); (0, 1) outside ``torch.distributed``."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def is_main_process() -> bool:
+    """Only the main process (rank 0) logs, prints progress and writes checkpoints."""
+    return rank_and_world()[0] == 0
+
+
+def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
+    """The device that config option ``device`` names for this process.
+
+    ``"auto"`` is CUDA when available, else the CPU. With several processes, ``"auto"`` and
+    ``"cuda"`` mean this process's own GPU, ``cuda:LOCAL_RANK``.
+    """
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type != "cuda":
+        return device
+    if not torch.cuda.is_available():
+        raise RuntimeError(f"device = {name!r} but CUDA is not available; use device = 'cpu' or 'auto'")
+    if world_size == 1:
+        return device
+    if device.index is not None:
+        raise ValueError(f"device = {name!r} names one GPU, but torchrun started {world_size} "
+                         "processes, one per GPU: use device = 'auto' or 'cuda' (process "
+                         "LOCAL_RANK takes cuda:LOCAL_RANK) and pick GPUs with CUDA_VISIBLE_DEVICES")
+    if local_rank >= torch.cuda.device_count():
+        raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) "
+                           "are visible: --nproc_per_node must not exceed the GPUs of a node")
+    return torch.device("cuda", local_rank)
+
+
+def init_distributed(cfg_device: str = "auto") -> DistInfo:
+    """Join the process group that torchrun describes in the environment (``RANK``,
+    ``LOCAL_RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT``): backend NCCL on CUDA,
+    gloo on the CPU, each process on its GPU ``cuda:LOCAL_RANK``.
+
+    Without torchrun (or with one process) nothing is initialised and the result describes a
+    single process on ``resolve_device(cfg_device)``. Safe to call again: an existing group
+    (set up by this function or by the caller) is used as it is.
+    """
+    if dist.is_available() and dist.is_initialized():
+        rank, world = rank_and_world()
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        return DistInfo(rank, local_rank, world, resolve_device(cfg_device, local_rank, world), rank == 0)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world == 1:
+        return DistInfo(0, 0, 1, resolve_device(cfg_device), True)
+    rank, local_rank = int(os.environ["RANK"]), int(os.environ["LOCAL_RANK"])
+    device = resolve_device(cfg_device, local_rank, world)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        dist.init_process_group("nccl", device_id=device)
+    else:
+        dist.init_process_group("gloo")
+    return DistInfo(rank, local_rank, world, device, rank == 0)
+
+
+def cleanup() -> None:
+    """Leave the process group (if any); call once at the end of the process."""
+    global _host_group
+    _host_group = None
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def local_batch_size(global_batch: int, world_size: int) -> int:
+    """Each process's share of the global batch; an error unless it divides evenly."""
+    if global_batch % world_size:
+        raise ValueError(f"batch_size = {global_batch} is the global batch and must divide evenly "
+                         f"among the {world_size} processes: use a multiple of {world_size} (the "
+                         "learning rate is not rescaled with the number of processes)")
+    return global_batch // world_size
+
+
+def barrier() -> None:
+    """Wait until every process gets here (no-op alone). The wait may be long (the main
+    process downloading weights or writing a checkpoint): it goes through a CPU group whose
+    timeout is ``PREPARATION_TIMEOUT``, not NCCL's 10 minutes."""
+    global _host_group
+    if rank_and_world()[1] == 1:
+        return
+    if _host_group is None:
+        _host_group = dist.new_group(backend="gloo", timeout=PREPARATION_TIMEOUT)
+    dist.barrier(group=_host_group)
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Run the block in rank 0 first, then in every other node's local rank 0, then in the
+    remaining processes: downloads and caches are written once (per node when nodes do not
+    share a file system) and found complete by the processes that come later."""
+    rank = rank_and_world()[0]
+    local_rank = int(os.environ.get("LOCAL_RANK", rank))
+    turn = 0 if rank == 0 else 1 if local_rank == 0 else 2
+    for _ in range(turn):
+        barrier()
+    yield
+    for _ in range(2 - turn):
+        barrier()
+
+
+def _collective_device() -> torch.device:
+    # NCCL exchanges CUDA tensors only; gloo CPU tensors.
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def max_over_processes(value: int) -> int:
+    """The largest of the processes' ``value``s, in every process; e.g. the number of a stop
+    signal that only some processes received (0 elsewhere), so that all stop at one step."""
+    if rank_and_world()[1] == 1:
+        return value
+    tensor = torch.tensor([value], device=_collective_device())
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    return int(tensor.item())
+
+
+def reduce_mean(value: float, weight: float = 1.0) -> float:
+    """The mean over processes of a per-process ``value``, each weighted by ``weight`` (e.g.
+    the number of images it averages); ``value`` itself with one process. For logging."""
+    if rank_and_world()[1] == 1:
+        return float(value)
+    totals = torch.tensor([float(value) * weight, float(weight)], dtype=torch.float64,
+                          device=_collective_device())
+    dist.all_reduce(totals)
+    return (totals[0] / totals[1]).item()
+
+
+def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
+    """Every process's ``tensor`` (same shape everywhere) concatenated along dim 0 in rank
+    order. Differentiable: the backward returns to each process the sum of the gradients
+    that all processes computed for its rows (a reduce-scatter). ``tensor`` with one process.
+    """
+    if rank_and_world()[1] == 1:
+        return tensor
+    # torch.distributed.nn.functional.all_gather is deprecated in favour of this function,
+    # which also works under torch.compile.
+    return funcol.all_gather_single(tensor.contiguous(), 0, dist.group.WORLD)
+
+
+def _all_gather_rows(tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Concatenate every process's rows in rank order; process r holds ``counts[r]`` rows."""
+    padded = tensor.new_zeros((max(counts), *tensor.shape[1:]))
+    padded[:len(tensor)] = tensor
+    parts = [torch.empty_like(padded) for _ in counts]
+    dist.all_gather(parts, padded)
+    return torch.cat([part[:count] for part, count in zip(parts, counts)])
+
+
+def gather_eval(indices: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Evaluation outputs of all processes, in dataset order, each image once.
+
+    ``indices`` [n] are the dataset indices of the rows of ``tensors`` (scores, targets,
+    embeddings, ...) that this process computed. Every process gets ``[indices, *tensors]``
+    with the rows of all processes sorted by dataset index, padding duplicates (an index
+    scored by two processes) dropped, and images that no process scored (unreadable ones
+    skipped) absent, as in a single-process evaluation. Shards may differ in length.
+    """
+    device = tensors[0].device if tensors else indices.device
+    indices = indices.to(device)
+    world = rank_and_world()[1]
+    if world > 1:
+        counts = [torch.zeros(1, dtype=torch.long, device=device) for _ in range(world)]
+        dist.all_gather(counts, torch.tensor([len(indices)], device=device))
+        counts = [int(count) for count in counts]
+        indices, *tensors = [_all_gather_rows(t.to(device), counts) for t in (indices, *tensors)]
+    order = torch.argsort(indices, stable=True)
+    sorted_indices = indices[order]
+    first = torch.ones_like(sorted_indices, dtype=torch.bool)
+    first[1:] = sorted_indices[1:] != sorted_indices[:-1]
+    keep = order[first]
+    return [indices[keep], *(t[keep] for t in tensors)]
+
+
+def shard_sampler(dataset):
+    """The evaluation order of this process: the whole split in order when alone, else
+    ``DistributedSampler``'s strided, padded shard (see the module docstring)."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return SequentialSampler(dataset)
+    return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False, drop_last=False)
+
+
+class GlobalBatchObjective(nn.Module):
+    """A TailCLIP objective computed on the global batch.
+
+    In training mode the inputs of all processes (caption and image embeddings, class
+    logits, targets) are gathered with ``all_gather_with_grad`` before ``objective`` is
+    applied, so that every process returns the single-process loss (see the module
+    docstring for the gradients). The output adds ``global_logits`` (detached) and
+    ``global_targets``, the gathered batch, for training metrics. In evaluation mode each
+    process applies ``objective`` to its own batch.
+    """
+
+    def __init__(self, objective: nn.Module):
+        super().__init__()
+        self.objective = objective
+
+    @property
+    def loss_function(self) -> tuple:
+        return self.objective.loss_function
+
+    def forward(self, image_emb, caption_emb, logit_scale, logits, targets, class_weights=None):
+        if not self.training:
+            return self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights)
+        if caption_emb is not None:  # image embeddings only enter the contrastive term
+            image_emb, caption_emb = all_gather_with_grad(image_emb), all_gather_with_grad(caption_emb)
+        logits, targets = all_gather_with_grad(logits), all_gather_with_grad(targets)
+        out = self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights)
+        return {**out, "global_logits": logits.detach(), "global_targets": targets}
+
+
+def distribute_model(model: nn.Module, device: torch.device,
+                     find_unused_parameters: bool = False) -> nn.Module:
+    """The module to call for training steps: ``model`` itself with one process, else
+    ``model`` wrapped in ``DistributedDataParallel``.
+
+    With several processes ``model`` is changed in place: its ``objective`` becomes a
+    ``GlobalBatchObjective``, and on CUDA its batch norms (ResNet backbones) become
+    ``SyncBatchNorm``, so that batch statistics too are those of the global batch. Keep
+    using ``model`` itself for evaluation and checkpoints (its state dict is unchanged).
+    """
+    if rank_and_world()[1] == 1:
+        return model
+    if any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
+        if device.type == "cuda":
+            nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        elif is_main_process():
+            warnings.warn("batch norm statistics are per process on the CPU (SyncBatchNorm "
+                          "needs CUDA): training differs slightly from a single process",
+                          stacklevel=2)
+    model.objective = GlobalBatchObjective(model.objective)
+    return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
+                                   find_unused_parameters=find_unused_parameters)

@@ -1,0 +1,186 @@
+"""Tests of tailclip.model.TailCLIP on the tiny random ViT backbone."""
+import itertools
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+import clip
+from tailclip.losses import BalancedAsymmetricLoss, clip_contrastive_loss
+from tailclip.metrics import evaluate
+from tailclip.model import TailCLIP
+
+CLASS_NAMES = ["red", "green", "blue", "yellow", "cyan"]
+
+
+def make_cfg(**overrides):
+    cfg = dict(loss_function=["clip", "bal"], asl_mul=1.0, asl_gamma_neg=4.0, asl_gamma_pos=0.0,
+               asl_clip=0.05, asl_eps=1e-8, label_smoothing=0.0, use_weighted_loss=True,
+               label_embeddings="per_step", score="softmax")
+    cfg.update(overrides)
+    return SimpleNamespace(**cfg)
+
+
+def label_tokens(names=CLASS_NAMES):
+    return clip.tokenize(["a photo of a " + name for name in names])
+
+
+def tiny_model(seed=0, class_weights=None, **overrides):
+    torch.manual_seed(seed)
+    return TailCLIP(clip.create_model("ViT-tiny"), label_tokens(), make_cfg(**overrides), class_weights)
+
+
+def small_batch(seed=0, batch=4):
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(batch, 3, 64, 64, generator=g)
+    targets = (torch.rand(batch, len(CLASS_NAMES), generator=g) < 0.4).float()
+    targets[:, 0] = 1  # every row has a label, class 0 is a positive everywhere
+    captions = clip.tokenize([f"a photo of a thing {i}" for i in range(batch)])
+    return images, captions, targets
+
+
+def test_embeddings_are_normalised_and_logits_are_scaled_cosines():
+    model = tiny_model()
+    images, captions, _ = small_batch()
+    image_emb = model.encode_images(images)
+    text_emb = model.encode_texts(captions)
+    label_emb = model.encode_labels()
+    for emb in (image_emb, text_emb, label_emb):
+        assert torch.allclose(emb.norm(dim=-1), torch.ones(emb.shape[0]), atol=1e-5)
+    raw_image = model.clip_model.encode_image(images)
+    raw_label = model.clip_model.encode_text(label_tokens())
+    cosine = torch.nn.functional.cosine_similarity(raw_image[:, None], raw_label[None], dim=-1)
+    expected = model.clip_model.logit_scale.exp() * cosine
+    assert torch.allclose(model.class_logits(image_emb, label_emb), expected, atol=1e-4)
+    assert torch.allclose(model.predict_logits(images), expected, atol=1e-4)
+    assert torch.equal(model.predict_logits(images, label_emb), model.class_logits(image_emb, label_emb))
+    assert torch.allclose(model.predict_scores(images).sum(dim=1), torch.ones(len(images)))
+
+
+def test_forward_returns_the_loss_terms_logits_and_embeddings():
+    weights = torch.rand(len(CLASS_NAMES))
+    model = tiny_model(class_weights=weights, asl_mul=2.0, label_smoothing=0.1)
+    images, captions, targets = small_batch()
+    out = model(images, captions, targets)
+    assert {"loss", "loss_clip", "loss_bal", "logits", "image_emb"} <= set(out)
+    image_emb = model.encode_images(images)
+    logits = model.class_logits(image_emb, model.encode_labels())
+    scale = model.clip_model.logit_scale.exp()
+    clip_term = clip_contrastive_loss(image_emb, model.encode_texts(captions), scale)
+    bal_term = BalancedAsymmetricLoss(label_smoothing=0.1, class_weights=weights)(logits, targets)
+    assert torch.allclose(out["logits"], logits)
+    assert out["loss_clip"].item() == pytest.approx(clip_term.item(), rel=1e-5)
+    assert out["loss_bal"].item() == pytest.approx(bal_term.item(), rel=1e-5)
+    assert out["loss"].item() == pytest.approx(clip_term.item() + 2.0 * bal_term.item(), rel=1e-5)
+    # Class weights given to forward replace the model's for that call.
+    other = torch.rand(len(CLASS_NAMES))
+    replaced = model(images, captions, targets, class_weights=other)["loss_bal"]
+    expected = BalancedAsymmetricLoss(label_smoothing=0.1, class_weights=other)(logits, targets)
+    assert replaced.item() == pytest.approx(expected.item(), rel=1e-5)
+
+
+def test_captions_are_not_needed_without_the_clip_term():
+    model = tiny_model(loss_function=["bal"])
+    images, _, targets = small_batch()
+    out = model(images, None, targets)
+    assert set(out) == {"loss", "loss_bal", "logits", "image_emb"}
+
+
+def text_tower_gradient(model, images, captions, targets):
+    model.zero_grad(set_to_none=True)
+    model(images, captions, targets)["loss"].backward()
+    grad = model.clip_model.text_projection.grad
+    return None if grad is None else grad.abs().sum().item()
+
+
+def test_per_step_label_embeddings_carry_gradient_and_per_epoch_ones_do_not():
+    images, captions, targets = small_batch()
+    per_step = tiny_model(loss_function=["bal"])
+    assert text_tower_gradient(per_step, images, None, targets) > 0
+    per_epoch = tiny_model(loss_function=["bal"], label_embeddings="per_epoch")
+    assert text_tower_gradient(per_epoch, images, None, targets) is None
+    assert per_epoch.clip_model.visual.proj.grad.abs().sum() > 0
+
+
+def test_per_epoch_label_embeddings_are_cached_until_refreshed():
+    model = tiny_model(label_embeddings="per_epoch")
+    images, captions, targets = small_batch()
+    first = model(images, captions, targets)["logits"].detach()
+    cached = model.cached_label_emb.clone()
+    assert torch.allclose(cached, model.encode_labels())
+    with torch.no_grad():
+        model.clip_model.text_projection.mul_(-1)  # what a training step might do
+    assert torch.equal(model(images, captions, targets)["logits"].detach(), first)
+    model.refresh_label_embeddings()
+    assert torch.allclose(model.cached_label_emb, -cached, atol=1e-6)
+    assert not model.cached_label_emb.requires_grad
+    # Evaluation uses the current weights, not the cache.
+    assert torch.allclose(model.predict_logits(images), -first, atol=1e-4)
+
+
+def test_all_parameters_are_trainable_and_buffers_stay_out_of_the_state_dict():
+    torch.manual_seed(0)
+    backbone = clip.create_model("ViT-tiny")
+    backbone.visual.requires_grad_(False)
+    model = TailCLIP(backbone, label_tokens(), make_cfg(label_embeddings="per_epoch"), torch.ones(5))
+    assert all(p.requires_grad for p in model.parameters())
+    model.refresh_label_embeddings()
+    assert set(model.state_dict()) == {f"clip_model.{k}" for k in backbone.state_dict()}
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (dict(label_embeddings="per_batch"), "'per_batch'.*per_step"),
+    (dict(score="probit"), "'probit'.*softmax"),
+    (dict(loss_function=["clip", "focal"]), "'focal'"),
+])
+def test_rejects_bad_configuration(overrides, match):
+    with pytest.raises(ValueError, match=match):
+        tiny_model(**overrides)
+
+
+def test_rejects_label_tokens_of_the_wrong_shape():
+    with pytest.raises(ValueError, match="label_tokens"):
+        TailCLIP(clip.create_model("ViT-tiny"), label_tokens()[0], make_cfg())
+
+
+# ------------------------------------------------------------------------------------------
+# SLOW-ISH (about 10 s on 2 idle CPU cores): end-to-end overfitting of a tiny TailCLIP.
+# ------------------------------------------------------------------------------------------
+
+SQUARE_COLOURS = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0), (0, 1, 1)]
+
+
+def coloured_squares(seed=0):
+    """16 images 64x64: class c is a 16-pixel square of its colour at its own place, on a
+    dark noisy background; label sets are the 5 single classes, the 10 pairs and one triple."""
+    label_sets = [(c,) for c in range(5)] + list(itertools.combinations(range(5), 2)) + [(0, 1, 2)]
+    g = torch.Generator().manual_seed(seed)
+    images = torch.rand(len(label_sets), 3, 64, 64, generator=g) * 0.2
+    targets = torch.zeros(len(label_sets), 5)
+    for i, labels in enumerate(label_sets):
+        for c in labels:
+            targets[i, c] = 1
+            top, left = 4 + 30 * (c // 3), 4 + 20 * (c % 3)
+            images[i, :, top:top + 16, left:left + 16] = torch.tensor(SQUARE_COLOURS[c])[:, None, None]
+    captions = clip.tokenize(["a photo of a " + ", ".join(CLASS_NAMES[c] for c in labels)
+                              for labels in label_sets])
+    return images, captions, targets
+
+
+@pytest.mark.timeout(120)
+def test_tiny_tailclip_overfits_a_batch_of_16_images():
+    images, captions, targets = coloured_squares()
+    model = tiny_model(seed=0, use_weighted_loss=False)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-9,
+                                  weight_decay=0.01)
+    history = []
+    for step in range(300):
+        out = model(images, captions, targets)
+        optimizer.zero_grad(set_to_none=True)
+        out["loss"].backward()
+        optimizer.step()
+        history.append(evaluate(out["logits"].detach().softmax(dim=-1), targets)["mAP"])
+        if history[-1] == 1.0:
+            break
+    assert history[-1] == 1.0, f"training mAP after {len(history)} steps: {history[-1]:.3f}"
+    assert history[0] < 0.9
