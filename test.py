@@ -18,12 +18,14 @@ import sys
 from pathlib import Path
 
 from tailclip import visualize
+from tailclip.batches import build_split_batches
 from tailclip.checkpoint import CheckpointError, load_checkpoint
 from tailclip.config import ConfigError, load_config, parse_bool
 from tailclip.data import build_data
-from tailclip.engine import (BEST_MAP_CHECKPOINT, build_model, build_split_batches,
-                             check_checkpoint_matches, evaluate_model, load_model_state,
-                             resolve_device, seed_everything)
+from tailclip.distributed import resolve_device
+from tailclip.engine import (BEST_MAP_CHECKPOINT, build_model, check_checkpoint_matches,
+                             evaluate_model, load_model_state, seed_everything)
+from tailclip.logger import json_safe
 from tailclip.metrics import pd_nd_ratio, subset_metrics
 from tailclip.precision import resolve_precision
 
@@ -149,7 +151,7 @@ def main(argv=None) -> int:
     stem = "zeroshot" if args.zeroshot else Path(report["checkpoint"]).stem
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / f"test_{stem}.json"
-    output.write_text(json.dumps(report, indent=2) + "\n")
+    output.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     chart = visualize.save_per_class_ap_png(
         run_dir / f"per_class_ap_{stem}.png", list(report["per_class_AP"].values()),
         list(report["per_class_AP"]), report["groups"], report["class_counts"], title=stem)

@@ -44,6 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import clip  # noqa: E402
 from tailclip import engine  # noqa: E402
+from tailclip.batches import SplitBatches, build_split_batches  # noqa: E402
 from tailclip.config import Config  # noqa: E402
 from tailclip.data import BalancedSampler, build_data  # noqa: E402
 from tailclip.metrics import evaluate  # noqa: E402
@@ -172,7 +173,8 @@ def peak_flops(device: torch.device, math: str, override_tflops: float | None) -
         return override_tflops * 1e12, "--peak-tflops"
     if device.type == "cpu":
         dtype = torch.bfloat16 if math == "bf16" else torch.float32
-        return cpu_matmul_peak(dtype), f"{str(dtype)[6:]} matmul measured, {torch.get_num_threads()} threads"
+        threads = torch.get_num_threads()
+        return cpu_matmul_peak(dtype), f"{str(dtype)[6:]} matmul measured with {threads} torch threads"
     name = torch.cuda.get_device_name(device)
     for key, peaks in GPU_PEAK_TFLOPS:
         if key in name:
@@ -201,13 +203,13 @@ def jpeg_batches(loader: DataLoader, device: torch.device, epochs=None):
             yield images.to(device), targets.to(device), tokens.to(device), index
 
 
-def engine_batches(split: "engine.SplitBatches", device: torch.device):
+def engine_batches(split: SplitBatches, device: torch.device):
     """Ours: the engine's batches, epoch after epoch."""
     for epoch in itertools.count():
         yield from split.batches(device, epoch)
 
 
-def images_per_s(batches, device, seconds: float = 1.0, warmup: int = 2) -> float:
+def images_per_s(batches, device, seconds: float = 3.0, warmup: int = 2) -> float:
     """Images/s of drawing batches for ``seconds`` (after ``warmup`` untimed batches)."""
     for _ in range(warmup):
         next(batches)
@@ -218,7 +220,7 @@ def images_per_s(batches, device, seconds: float = 1.0, warmup: int = 2) -> floa
     return images / (time.perf_counter() - start)
 
 
-def train_images_per_s(trainer: "engine.Trainer", batches, warmup: int, steps: int) -> float:
+def train_images_per_s(trainer: engine.Trainer, batches, warmup: int, steps: int) -> float:
     """Images/s of ``steps`` steps of ``engine.train_step`` after ``warmup`` untimed ones."""
     state, images = engine.TrainState(), 0
     trainer.model.train()
@@ -234,7 +236,7 @@ def train_images_per_s(trainer: "engine.Trainer", batches, warmup: int, steps: i
 
 
 @torch.inference_mode()
-def evaluate_per_image(model, batches, device, groups) -> torch.Tensor:
+def evaluate_per_image(model, batches, groups) -> torch.Tensor:
     """The paper's evaluation loop: one image per forward pass, each score row moved to the CPU."""
     model.eval()
     label_emb = model.encode_labels()
@@ -298,50 +300,53 @@ class Bench:
         if train:
             sampler = BalancedSampler(self.data.sample_weights, len(self.data.train), self.cfg.seed,
                                       self.cfg.batch_size)
-            return DataLoader(self.data.train, self.cfg.batch_size, sampler=sampler, num_workers=self.args.workers)
+            return DataLoader(self.data.train, self.cfg.batch_size, sampler=sampler,
+                              num_workers=self.args.workers)
         return DataLoader(self.data.test, 1, num_workers=self.args.workers)
 
     def input_pipeline(self) -> dict:
         say(f"input pipeline: ours ({self.args.input}) ...")
-        ours = engine.build_split_batches(self.cfg, self.data, train=True, device=self.device)
+        start = time.perf_counter()  # with the cache: built on the first run, opened afterwards
+        ours = build_split_batches(self.cfg, self.data, train=True, device=self.device)
+        build_split_batches(self.cfg, self.data, train=False, device=self.device)
+        setup_seconds = time.perf_counter() - start
         ours_rate = images_per_s(engine_batches(ours, self.device), self.device)
         say("input pipeline: paper (JPEG DataLoader) ...")
         paper_rate = images_per_s(jpeg_batches(self.paper_loader(train=True), self.device), self.device)
-        return {"ours": ours_rate, "paper": paper_rate}
+        return {"ours": ours_rate, "paper": paper_rate, "ours_setup_seconds": setup_seconds}
+
+    def _train(self, model, optimizer, precision: str, batches) -> dict:
+        """Images/s and peak memory of training ``model`` with the engine's step."""
+        trainer = engine.Trainer(model, model, optimizer, build_scheduler(self.cfg, optimizer),
+                                 grad_scaler(precision, self.device), precision, self.device, 0)
+        rate, _, memory = timed(lambda: train_images_per_s(trainer, batches, self.args.warmup, self.args.steps),
+                                self.device)
+        return {"images_per_s": rate, "peak_mib": memory, "math": math_mode(precision, self.device)}
 
     def training(self) -> dict:
-        steps, warmup = self.args.steps, self.args.warmup
-        results = {}
         say(f"training: ours ({self.precision}, {self.args.input}) ...")
         set_tf32(self.device, ours=True)
         model = self.model(ours=True)
-        batches = engine_batches(engine.build_split_batches(self.cfg, self.data, True, self.device), self.device)
+        split = build_split_batches(self.cfg, self.data, train=True, device=self.device)
+        batches = engine_batches(split, self.device)
         images, targets, tokens, _ = next(batches)
-        flops_per_image = count_training_flops(model, images, targets, tokens, self.precision, self.device) / len(targets)
-        optimizer = build_optimizer(self.cfg, model.parameters(), self.device)
-        trainer = engine.Trainer(model, model, optimizer, build_scheduler(self.cfg, optimizer),
-                                 grad_scaler(self.precision, self.device), self.precision, self.device, 0)
-        rate, _, memory = timed(lambda: train_images_per_s(trainer, batches, warmup, steps), self.device)
-        results["ours"] = {"images_per_s": rate, "peak_mib": memory, "math": math_mode(self.precision, self.device)}
-        del model, optimizer, trainer
+        flops = count_training_flops(model, images, targets, tokens, self.precision, self.device)
+        results = {"flops_per_image": flops / len(targets),
+                   "ours": self._train(model, build_optimizer(self.cfg, model.parameters(), self.device),
+                                       self.precision, batches)}
 
         say("training: paper path (fp32, JPEG DataLoader, plain AdamW) ...")
         set_tf32(self.device, ours=False)
         model = self.model(ours=False)
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, betas=(0.9, 0.98), eps=1e-9,
                                       weight_decay=self.cfg.weight_decay)
-        trainer = engine.Trainer(model, model, optimizer, build_scheduler(self.cfg, optimizer),
-                                 grad_scaler("fp32", self.device), "fp32", self.device, 0)
-        batches = jpeg_batches(self.paper_loader(train=True), self.device)
-        rate, _, memory = timed(lambda: train_images_per_s(trainer, batches, warmup, steps), self.device)
-        results["paper"] = {"images_per_s": rate, "peak_mib": memory, "math": math_mode("fp32", self.device)}
+        results["paper"] = self._train(model, optimizer, "fp32", jpeg_batches(self.paper_loader(True), self.device))
 
-        for path in results.values():
+        for path in (results["ours"], results["paper"]):
             peak, source = peak_flops(self.device, path["math"], self.args.peak_tflops)
-            achieved = flops_per_image * path["images_per_s"]
+            achieved = results["flops_per_image"] * path["images_per_s"]
             path.update(tflops=achieved / 1e12, peak_tflops=peak and peak / 1e12, peak_source=source,
                         mfu=peak and achieved / peak)
-        results["flops_per_image"] = flops_per_image
         return results
 
     def evaluation(self) -> dict:
@@ -349,7 +354,7 @@ class Bench:
         say(f"evaluation: ours (batched, {self.args.input}) over {len(test)} images ...")
         set_tf32(self.device, ours=True)
         model = self.model(ours=True)
-        batches = engine.build_split_batches(self.cfg, self.data, train=False, device=self.device)
+        batches = build_split_batches(self.cfg, self.data, train=False, device=self.device)
         ours, seconds, memory = timed(lambda: engine.evaluate_model(
             model, batches.batches(self.device), test.caption_tokens, self.device, self.precision,
             self.data.groups), self.device)
@@ -360,8 +365,8 @@ class Bench:
         set_tf32(self.device, ours=False)
         model = self.model(ours=False)
         batches = itertools.islice(jpeg_batches(self.paper_loader(train=False), self.device, range(1)), limit)
-        paper, seconds, memory = timed(lambda: evaluate_per_image(model, batches, self.device, self.data.groups),
-                                       self.device)
+        paper, seconds, memory = timed(
+            lambda: evaluate_per_image(model, batches, self.data.groups), self.device)
         results["paper"] = {"images_per_s": limit / seconds, "seconds": seconds * len(test) / limit,
                             "measured_images": limit, "peak_mib": memory}
         results["max_abs_score_difference"] = (ours.scores[:limit] - paper).abs().max().item()
@@ -390,13 +395,17 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--ours-workers", type=int, default=None,
                         help="num_workers of ours (default: 0 with the cache, a memmap read costs less "
                              "than a hand-over from a worker process; --workers with --input loader)")
-    parser.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch intra-op threads (default on the CPU: the cores the JPEG workers leave "
+                             "free, at least 1; OpenMP threads that share cores with them stall)")
     parser.add_argument("--data-dir", type=Path, default=Path(tempfile.gettempdir()) / "tailclip-bench")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, if not known")
     parser.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
     args = parser.parse_args(argv)
     if args.ours_workers is None:
         args.ours_workers = 0 if args.input == "cache" else args.workers
+    if args.threads is None and args.device == "cpu":
+        args.threads = max(1, (os.cpu_count() or 1) - args.workers)
     return args
 
 
@@ -431,8 +440,8 @@ def report(args, cfg: Config, env: dict, results: dict) -> str:
     rows += [("evaluation", name, evaluation[key]["images_per_s"], f"{evaluation[key]['peak_mib']:.0f}", "", "")
              for key, name in (("ours", f"ours batched {args.eval_batch_size}"), ("paper", paper_eval))]
     lines = [f"{args.model} at {cfg.size} px, batch {cfg.batch_size}, {env['device']} "
-             f"({env['torch_threads']} threads; DataLoader workers: paper {args.workers}, ours {args.ours_workers}), "
-             f"torch {env['torch']}",
+             f"({env['torch_threads']} torch threads; DataLoader workers: paper {args.workers}, "
+             f"ours {args.ours_workers}), torch {env['torch']}",
              f"{'phase':<15} {'path':<26} {'images/s':>10} {'peak MiB':>9} {'TFLOP/s':>8} {'MFU':>6}"]
     lines += [f"{a:<15} {b:<26} {c:>10.1f} {d:>9} {e:>8} {f:>6}" for a, b, c, d, e, f in rows]
     lines += ["",
@@ -441,6 +450,8 @@ def report(args, cfg: Config, env: dict, results: dict) -> str:
               f"evaluation of {args.test_images} test images: ours {evaluation['ours']['seconds']:.1f} s, paper "
               f"{evaluation['paper']['seconds']:.1f} s{'' if args.paper_eval_images is None else ' (scaled)'}; "
               f"max |score difference| {evaluation['max_abs_score_difference']:.1e}",
+              f"ours: both splits' batches set up in {inputs['ours_setup_seconds']:.1f} s"
+              + (" (the decoded-image cache: built on the first run, opened afterwards)" if args.input == "cache" else ""),
               f"training FLOPs per image (forward + backward): {train['flops_per_image'] / 1e9:.3f} GFLOP; "
               f"peak FLOP/s: {train['ours']['peak_source']}",
               f"total {results['total_seconds']:.0f} s"]

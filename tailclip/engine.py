@@ -10,7 +10,6 @@ Crash safety: a non-finite loss stops the run (``NonFiniteLossError``) without w
 checkpoint; Ctrl-C (or SIGTERM) finishes the current step, saves the newest checkpoint and
 raises ``TrainingInterrupted``.
 """
-import contextlib
 import dataclasses
 import math
 import random
@@ -21,21 +20,21 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.distributed as dist
-from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
 from tqdm import tqdm
 
 import clip
+from tailclip.batches import SplitBatches, build_split_batches
 from tailclip.checkpoint import (FORMAT, VERSION, load_checkpoint, restore_rng_states, rng_states,
                                  save_atomic)
 from tailclip.config import Config
-from tailclip.data import MEANS_STDS, BalancedSampler, build_data, collate_skip_none
-from tailclip.data.cache import CachedImages, CachedMultiLabelDataset, to_model_input
-from tailclip.logger import RunLogger
+from tailclip.data import build_data
+from tailclip.distributed import is_main_process, resolve_device
+from tailclip.logger import RunLogger, say
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer, build_scheduler
 from tailclip.precision import allow_tf32, autocast, grad_scaler, resolve_precision
+from tailclip.prompt_learning import build_tailclip
 
 BEST_MAP_CHECKPOINT = "best_valid_mAP.pt"
 BEST_TAIL_CHECKPOINT = "best_valid_mAP_tail.pt"
@@ -55,28 +54,6 @@ class TrainingInterrupted(Exception):
 
 
 # --------------------------------------------------------------------------------------------
-# Processes. Everything rank-dependent goes through these two functions, so that distributed
-# training (issue 7) only has to change them and the sampler's rank/world arguments.
-
-def rank_and_world() -> tuple[int, int]:
-    """(this process's rank, number of processes); (0, 1) outside ``torch.distributed``."""
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def is_main_process() -> bool:
-    """Only the main process logs, prints progress and writes checkpoints."""
-    return rank_and_world()[0] == 0
-
-
-def say(message: str) -> None:
-    """Print from the main process without breaking a tqdm bar."""
-    if is_main_process():
-        tqdm.write(message)
-
-
-# --------------------------------------------------------------------------------------------
 # Set-up
 
 def seed_everything(seed: int) -> None:
@@ -86,21 +63,12 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def resolve_device(name: str) -> torch.device:
-    """``"auto"`` is the first CUDA device when there is one, else the CPU."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device = {name!r} but CUDA is not available; use device = 'cpu' or 'auto'")
-    return device
-
-
 def build_clip(cfg: Config, pretrained: bool | None = None) -> clip.CLIP:
     """The backbone ``cfg.model_name``: OpenAI weights (``cfg.pretrained``) or random ones.
 
-    Its text context must equal ``cfg.max_length`` and its input resolution ``cfg.size``; with ``interpolate_pos_embedding`` a
-    Vision Transformer's positional embedding is resized instead.
+    Its text context must equal ``cfg.max_length`` and its input resolution ``cfg.size``;
+    with ``interpolate_pos_embedding`` a Vision Transformer's positional embedding is
+    resized instead.
     """
     pretrained = cfg.pretrained if pretrained is None else pretrained
     if pretrained:
@@ -126,9 +94,16 @@ def build_clip(cfg: Config, pretrained: bool | None = None) -> clip.CLIP:
 
 def build_model(cfg: Config, label_prompts: list[str], class_weights=None,
                 pretrained: bool | None = None) -> TailCLIP:
-    """TailCLIP on the CPU: the backbone (see `build_clip`) and the tokenised class prompts."""
+    """The model ``cfg.finetune`` asks for, on the CPU: `TailCLIP` (full fine-tuning) or the
+    prompt-learning `PromptTailCLIP`, on the backbone of `build_clip`.
+
+    ``label_prompts`` are the class prompts, ``cfg.class_caption + name`` for each class.
+    """
+    if not all(prompt.startswith(cfg.class_caption) for prompt in label_prompts):
+        raise ValueError(f"class prompts must start with class_caption {cfg.class_caption!r}")
+    class_names = [prompt[len(cfg.class_caption):] for prompt in label_prompts]
     label_tokens = clip.tokenize(label_prompts, context_length=cfg.max_length)
-    return TailCLIP(build_clip(cfg, pretrained), label_tokens, cfg, class_weights)
+    return build_tailclip(build_clip(cfg, pretrained), label_tokens, class_names, cfg, class_weights)
 
 
 def check_checkpoint_matches(checkpoint: dict, cfg: Config, class_names: list[str], path) -> None:
@@ -160,112 +135,6 @@ def model_from_checkpoint(checkpoint: dict, path="checkpoint") -> tuple[TailCLIP
     model = build_model(cfg, checkpoint["label_prompts"], pretrained=False)
     load_model_state(model, checkpoint, path)
     return model.eval(), cfg
-
-
-# --------------------------------------------------------------------------------------------
-# Input pipeline
-
-class _ResumableSampler(Sampler):
-    """Yields a sampler's indices after the first ``skip`` (those of steps already taken
-    before an interruption); the epoch's sequence itself depends on (seed, epoch) only."""
-
-    def __init__(self, sampler: BalancedSampler):
-        self.sampler = sampler
-        self.skip = 0
-
-    def __iter__(self):
-        return iter(list(self.sampler)[self.skip:])
-
-    def __len__(self) -> int:
-        return len(self.sampler) - self.skip
-
-
-def _seed_of(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integers (no clashes such as seed + epoch)."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
-
-
-class SplitBatches:
-    """A split's batches as device tensors ``(images, targets, caption_tokens, indices)``.
-
-    Cached (``image_cache``): the loader reads uint8 batches of the decoded-image cache, and
-    flip + normalisation run on the device; the flips of training step s of epoch e come
-    from a generator seeded by (seed, e, s), so they do not depend on where a run resumed.
-    Uncached: the DataLoader decodes and transforms each JPEG, flips included.
-    """
-
-    def __init__(self, loader: DataLoader, sampler: _ResumableSampler | None, batch_size: int,
-                 cached: bool, normalize: str, train: bool, seed: int):
-        self.loader = loader
-        self.sampler = sampler
-        self.batch_size = batch_size
-        self.cached = cached
-        self.mean, self.std = MEANS_STDS[normalize]
-        self.train = train
-        self.seed = seed
-
-    def steps_per_epoch(self) -> int:
-        """Batches in a whole epoch (before any skip)."""
-        if self.sampler is None:
-            return len(self.loader)
-        return math.ceil(len(self.sampler.sampler) / self.batch_size)
-
-    def batches(self, device: torch.device, epoch: int = 0, start_step: int = 0):
-        """Iterate over the epoch's batches from step ``start_step`` on."""
-        if self.sampler is not None:
-            self.sampler.sampler.set_epoch(epoch)
-            self.sampler.skip = start_step * self.batch_size
-        # Worker processes (re)started for this epoch are seeded from (seed, epoch).
-        self.loader.generator.manual_seed(_seed_of(self.seed, epoch, 1))
-        for step, batch in enumerate(self.loader, start=start_step):
-            if batch is None:  # every image of the batch was unreadable (and skipped)
-                continue
-            images, targets, tokens, index = batch
-            images = images.to(device, non_blocking=True)
-            if self.cached:
-                flips = torch.Generator().manual_seed(_seed_of(self.seed, epoch, step, 2))
-                images = to_model_input(images, self.mean, self.std, flip=self.train, generator=flips)
-            yield (images, targets.to(device, non_blocking=True),
-                   tokens.to(device, non_blocking=True), index)
-
-
-def _cache_folder(data) -> Path:
-    # Beside the split files, so that each dataset keeps its own cache.
-    return data.files.train_list.parent / "cache"
-
-
-def build_split_batches(cfg: Config, data, train: bool, device: torch.device) -> SplitBatches:
-    """The training (balanced or shuffled, per-rank slice) or test (in order) batches."""
-    dataset = data.train if train else data.test
-    rank, world = rank_and_world()
-    sampler = None
-    if train:
-        weights = data.sample_weights if cfg.use_sample_weights else None
-        sampler = _ResumableSampler(BalancedSampler(weights, len(dataset), cfg.seed, cfg.batch_size,
-                                                    rank=rank, world_size=world))
-        batch_size = cfg.batch_size // world
-    else:
-        batch_size = cfg.eval_batch_size
-    order = sampler if train else SequentialSampler(dataset)
-    cached = cfg.image_cache and not cfg.skip_unreadable_images
-    if cfg.image_cache and cfg.skip_unreadable_images:
-        say("image_cache is not used with skip_unreadable_images = True (images are decoded one by one)")
-    common = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                  generator=torch.Generator())
-    if cached:
-        images = CachedImages([dataset.image_path(i) for i in range(len(dataset))], cfg.size,
-                              _cache_folder(data), f"{'train' if train else 'test'}",
-                              progress=is_main_process())
-        loader = DataLoader(CachedMultiLabelDataset(images, dataset.targets, dataset.caption_tokens),
-                            sampler=BatchSampler(order, batch_size, drop_last=False),
-                            batch_size=None, persistent_workers=cfg.num_workers > 0, **common)
-    else:
-        # Training workers draw random flips: restarting them each epoch, seeded from
-        # (seed, epoch), keeps a resumed run identical to an unbroken one.
-        loader = DataLoader(dataset, batch_size=batch_size, sampler=order,
-                            collate_fn=collate_skip_none,
-                            persistent_workers=cfg.num_workers > 0 and not train, **common)
-    return SplitBatches(loader, sampler, batch_size, cached, cfg.normalize, train, cfg.seed)
 
 
 # --------------------------------------------------------------------------------------------

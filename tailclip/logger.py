@@ -8,11 +8,19 @@ import math
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
+from tqdm import tqdm
 
 from tailclip import visualize
+from tailclip.distributed import is_main_process
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+
+
+def say(message: str) -> None:
+    """Print from the main process only, without breaking a tqdm progress bar."""
+    if is_main_process():
+        tqdm.write(message)
 
 
 class RunLogger:
@@ -70,7 +78,7 @@ class RunLogger:
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 self.writer.add_scalar(tag, value, global_step=epoch)
         self.writer.flush()
-        line = json.dumps({"epoch": epoch, **{k: _json_value(v) for k, v in record.items()}})
+        line = json.dumps(json_safe({"epoch": epoch, **record}), allow_nan=False)
         with open(self.metrics_path, "a") as f:
             f.write(line + "\n")
             f.flush()
@@ -110,10 +118,15 @@ def _record_epoch(line: str) -> float:
         return math.inf
 
 
-def _json_value(value):
-    # JSON has no NaN/inf; write them as null rather than producing an invalid line.
+def json_safe(value):
+    """``value`` with every NaN or infinite float (nested in dicts and lists too) replaced
+    by None: JSON has no NaN, and strict readers reject Python's ``NaN`` extension."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
+    if isinstance(value, dict):
+        return {key: json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(item) for item in value]
     return value
 
 

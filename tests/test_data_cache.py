@@ -9,8 +9,8 @@ from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from tailclip.data import cache
-from tailclip.data.cache import (CachedImages, CachedMultiLabelDataset, ImageDecodeError,
-                                 to_model_input)
+from tailclip.data import UnreadableImageError
+from tailclip.data.cache import CachedImages, CachedMultiLabelDataset, to_model_input
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -128,14 +128,23 @@ def test_different_sizes_never_share_a_cache(images, tmp_path):
     np.testing.assert_array_equal(open_cache(images, 8, tmp_path)[0].numpy(), pil_resized(images[0], 8))
 
 
-@pytest.mark.parametrize("corruption", ["garbage", "truncated"])
+@pytest.mark.parametrize("corruption", ["garbage", "truncated", "missing"])
 def test_corrupt_source_raises_naming_the_file(images, tmp_path, corruption):
     data = images[3].read_bytes()
-    images[3].write_bytes(b"not a jpeg" * 20 if corruption == "garbage" else data[: len(data) // 2])
-    with pytest.raises(ImageDecodeError, match=str(images[3])) as raised:
+    if corruption == "missing":
+        images[3].unlink()
+    else:
+        images[3].write_bytes(b"not a jpeg" * 20 if corruption == "garbage" else data[: len(data) // 2])
+    with pytest.raises(UnreadableImageError, match=str(images[3])):
         open_cache(images, 16, tmp_path)
-    assert raised.value.path == images[3]
     assert not any((tmp_path / ".cache").iterdir()), "a failed build left files behind"
+
+
+def test_source_corrupted_after_caching_is_reported(images, tmp_path):
+    open_cache(images, 16, tmp_path)
+    images[1].write_bytes(b"broken")
+    with pytest.raises(UnreadableImageError, match=str(images[1])):
+        open_cache(images, 16, tmp_path)
 
 
 def test_pickles_without_the_pixels(images, tmp_path):

@@ -12,6 +12,7 @@ import torch
 
 import clip
 from tailclip import engine
+from tailclip.batches import build_split_batches
 from tailclip.checkpoint import load_checkpoint
 from tailclip.config import Config, load_config
 from tailclip.data import build_data
@@ -146,7 +147,7 @@ def test_epoch_meter_averages_per_image():
 
 def test_cached_training_batches_do_not_depend_on_where_an_epoch_starts():
     cfg = dataclasses.replace(load_config(REPO / "configs" / "demo.py"), batch_size=128)
-    batches = engine.build_split_batches(cfg, build_data(cfg), train=True, device=CPU)
+    batches = build_split_batches(cfg, build_data(cfg), train=True, device=CPU)
     assert batches.cached and batches.steps_per_epoch() == math.ceil(1142 / 128)
     whole = list(batches.batches(CPU, epoch=1))
     resumed = list(batches.batches(CPU, epoch=1, start_step=6))  # as after a stop at step 6
@@ -240,6 +241,3 @@ def test_model_rebuilt_from_checkpoint_alone(tiny_model):
     with pytest.raises(ValueError, match="run/best.pt: the weights do not fit"):
         engine.model_from_checkpoint(checkpoint, "run/best.pt")
 
-
-def test_single_process_is_the_main_process():
-    assert engine.rank_and_world() == (0, 1) and engine.is_main_process()

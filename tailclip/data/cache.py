@@ -2,9 +2,10 @@
 
 The uncached path decodes and resizes every JPEG in every epoch, which on a small GPU job
 costs more than the model. Here each split is decoded once, exactly as the uncached path
-does it (PIL open -> RGB -> ``Resize((size, size))`` bilinear, antialiased, on the PIL
-image), and stored as one uint8 array ``[N, size, size, 3]`` in a ``.npy`` file that later
-epochs memory-map. Flip and normalisation run afterwards on the device, on whole batches.
+does it (``datasets.load_image``, then ``transforms.resize(size)``: ``Resize((size, size))``,
+bilinear, antialiased, on the PIL RGB image), and stored as one uint8 array
+``[N, size, size, 3]`` in a ``.npy`` file that later epochs memory-map. Flip and
+normalisation run afterwards on the device, on whole batches.
 
 API
 - ``CachedImages(paths, size, cache_dir, name)``: opens (or builds) the cache of one split.
@@ -27,8 +28,8 @@ the ordered image paths (the part of the split file that decides the pixels), th
 resize method, the Pillow version and ``CACHE_VERSION``, so different sizes never share a
 file. The sidecar records each source file's size and mtime; a difference (or a missing or
 unreadable cache file) rebuilds the cache, and an image that fails to decode raises
-``ImageDecodeError`` naming the file. Files are written under a temporary name and renamed,
-so an interrupted build never leaves a cache that looks valid.
+``UnreadableImageError`` naming the file, as the uncached path does. Files are written under
+a temporary name and renamed, so an interrupted build never leaves a cache that looks valid.
 """
 from __future__ import annotations
 
@@ -43,34 +44,22 @@ from typing import Sequence
 import numpy as np
 import PIL
 import torch
-from PIL import Image
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from .datasets import UnreadableImageError, load_image
 from .transforms import resize
 
 CACHE_VERSION = "1"
 RESIZE_METHOD = "torchvision.Resize(bilinear, antialias=True) on PIL RGB"  # = transforms.resize
 
 log = logging.getLogger(__name__)
-
-
-class ImageDecodeError(RuntimeError):
-    """A source image could not be read or decoded; ``path`` names it."""
-
-    def __init__(self, path: Path, reason: BaseException):
-        super().__init__(f"cannot decode image {path}: {reason}")
-        self.path = path
+ImageDecodeError = UnreadableImageError  # earlier name, still imported by train.py
 
 
 def decode_resized(path: str | os.PathLike, size: int) -> np.ndarray:
     """Decode one image as the uncached path does and return it as uint8 ``[size, size, 3]``."""
-    try:
-        with Image.open(path) as image:
-            resized = resize(size)(image.convert("RGB"))
-    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as error:
-        raise ImageDecodeError(Path(path), error) from error
-    return np.asarray(resized, dtype=np.uint8)
+    return np.asarray(resize(size)(load_image(path)), dtype=np.uint8)
 
 
 def _file_stamp(path: Path) -> list[int] | None:

@@ -1,0 +1,125 @@
+"""A split's batches on the device, from the decoded-image cache or the JPEG DataLoader.
+
+Training batches follow ``BalancedSampler``'s sequence for (seed, epoch), this process's
+slice of each global batch; test batches go through the split in order. A run resumed in
+the middle of an epoch skips the steps already taken and sees the batches an unbroken run
+would have seen: the order depends on (seed, epoch) only, cached-path flips on (seed,
+epoch, step), and JPEG-path flips on torch's generator, whose state the checkpoint restores
+(in DataLoader workers: seeded from (seed, epoch), exact at epoch boundaries).
+"""
+import math
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
+
+from tailclip.config import Config
+from tailclip.data import MEANS_STDS, BalancedSampler, collate_skip_none
+from tailclip.data.cache import CachedImages, CachedMultiLabelDataset, to_model_input
+from tailclip.distributed import is_main_process, local_batch_size, main_process_first, rank_and_world
+from tailclip.logger import say
+
+
+class ResumableSampler(Sampler):
+    """Yields a sampler's indices after the first ``skip`` (those of steps already taken
+    before an interruption); the epoch's sequence itself depends on (seed, epoch) only."""
+
+    def __init__(self, sampler: BalancedSampler):
+        self.sampler = sampler
+        self.skip = 0
+
+    def __iter__(self):
+        return iter(list(self.sampler)[self.skip:])
+
+    def __len__(self) -> int:
+        return len(self.sampler) - self.skip
+
+
+def seed_of(*keys: int) -> int:
+    """A well-mixed 63-bit seed from integers (no clashes such as seed + epoch)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class SplitBatches:
+    """A split's batches as device tensors ``(images, targets, caption_tokens, indices)``.
+
+    Cached (``image_cache``): the loader reads uint8 batches of the decoded-image cache, and
+    flip + normalisation run on the device; the flips of training step s of epoch e come
+    from a generator seeded by (seed, e, s), so they do not depend on where a run resumed.
+    Uncached: the DataLoader decodes and transforms each JPEG, flips included.
+    """
+
+    def __init__(self, loader: DataLoader, sampler: ResumableSampler | None, batch_size: int,
+                 cached: bool, normalize: str, train: bool, seed: int):
+        self.loader = loader
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.cached = cached
+        self.mean, self.std = MEANS_STDS[normalize]
+        self.train = train
+        self.seed = seed
+
+    def steps_per_epoch(self) -> int:
+        """Batches in a whole epoch (before any skip)."""
+        if self.sampler is None:
+            return len(self.loader)
+        return math.ceil(len(self.sampler.sampler) / self.batch_size)
+
+    def batches(self, device: torch.device, epoch: int = 0, start_step: int = 0):
+        """Iterate over the epoch's batches from step ``start_step`` on."""
+        if self.sampler is not None:
+            self.sampler.sampler.set_epoch(epoch)
+            self.sampler.skip = start_step * self.batch_size
+        # Worker processes (re)started for this epoch are seeded from (seed, epoch).
+        self.loader.generator.manual_seed(seed_of(self.seed, epoch, 1))
+        for step, batch in enumerate(self.loader, start=start_step):
+            if batch is None:  # every image of the batch was unreadable (and skipped)
+                continue
+            images, targets, tokens, index = batch
+            images = images.to(device, non_blocking=True)
+            if self.cached:
+                flips = torch.Generator().manual_seed(seed_of(self.seed, epoch, step, 2))
+                images = to_model_input(images, self.mean, self.std, flip=self.train, generator=flips)
+            yield (images, targets.to(device, non_blocking=True),
+                   tokens.to(device, non_blocking=True), index)
+
+
+def cache_folder(data) -> Path:
+    # Beside the split files, so that each dataset keeps its own cache.
+    return data.files.train_list.parent / "cache"
+
+
+def build_split_batches(cfg: Config, data, train: bool, device: torch.device) -> SplitBatches:
+    """The training (balanced or shuffled, per-rank slice) or test (in order) batches."""
+    dataset = data.train if train else data.test
+    rank, world = rank_and_world()
+    sampler = None
+    if train:
+        batch_size = local_batch_size(cfg.batch_size, world)
+        weights = data.sample_weights if cfg.use_sample_weights else None
+        sampler = ResumableSampler(BalancedSampler(weights, len(dataset), cfg.seed, cfg.batch_size,
+                                                   rank=rank, world_size=world))
+    else:
+        batch_size = cfg.eval_batch_size
+    order = sampler if train else SequentialSampler(dataset)
+    cached = cfg.image_cache and not cfg.skip_unreadable_images
+    if cfg.image_cache and cfg.skip_unreadable_images:
+        say("image_cache is not used with skip_unreadable_images = True (images are decoded one by one)")
+    common = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
+                  generator=torch.Generator())
+    if cached:
+        with main_process_first():  # one process builds the cache, the others open it
+            images = CachedImages([dataset.image_path(i) for i in range(len(dataset))], cfg.size,
+                                  cache_folder(data), "train" if train else "test",
+                                  progress=is_main_process())
+        loader = DataLoader(CachedMultiLabelDataset(images, dataset.targets, dataset.caption_tokens),
+                            sampler=BatchSampler(order, batch_size, drop_last=False),
+                            batch_size=None, persistent_workers=cfg.num_workers > 0, **common)
+    else:
+        # Training workers draw random flips: restarting them each epoch, seeded from
+        # (seed, epoch), keeps a resumed run identical to an unbroken one.
+        loader = DataLoader(dataset, batch_size=batch_size, sampler=order,
+                            collate_fn=collate_skip_none,
+                            persistent_workers=cfg.num_workers > 0 and not train, **common)
+    return SplitBatches(loader, sampler, batch_size, cached, cfg.normalize, train, cfg.seed)
