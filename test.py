@@ -8,8 +8,10 @@
 scores the CLIP weights the config names (OpenAI's, or random ones from ``seed`` with
 ``pretrained = False``) with the class prompts, without any training. Prints mAP (total /
 head / medium / tail), AUROC, the multi-label and single-label subsets and the PD/ND
-ratios, and writes them to ``<run>/test_<checkpoint stem or "zeroshot">.json`` with the
-per-class AP chart ``<run>/per_class_ap_<same>.png``.
+ratios, and writes them to ``<run>/test_<checkpoint stem or "zeroshot">.json`` (strict
+JSON: an undefined value, such as the AP of a class without test images, is null) with the
+per-class AP chart ``<run>/per_class_ap.png`` (``per_class_ap_zeroshot.png`` for
+``--zeroshot``; the chart of the last checkpoint evaluated).
 """
 import argparse
 import json
@@ -22,9 +24,9 @@ from tailclip.batches import build_split_batches
 from tailclip.checkpoint import CheckpointError, load_checkpoint
 from tailclip.config import ConfigError, load_config, parse_bool
 from tailclip.data import build_data
-from tailclip.distributed import resolve_device
+from tailclip.distributed import cleanup, init_distributed, is_main_process, main_process_first
 from tailclip.engine import (BEST_MAP_CHECKPOINT, build_model, check_checkpoint_matches,
-                             evaluate_model, load_model_state, seed_everything)
+                             evaluate_model, seed_everything, trained_model)
 from tailclip.logger import json_safe
 from tailclip.metrics import pd_nd_ratio, subset_metrics
 from tailclip.precision import resolve_precision
@@ -72,19 +74,19 @@ def _without_ap(metrics: dict) -> dict:
 
 def run_test(cfg, run_dir: Path, checkpoint_name: str | None, zeroshot: bool) -> dict:
     """Evaluate and return the report that ``test.py`` prints and writes."""
-    device = resolve_device(cfg.device)
+    device = init_distributed(cfg.device).device  # under torchrun, each process scores a shard
     precision = resolve_precision(cfg.precision, device)
     seed_everything(cfg.seed)  # the random weights of a zero-shot run with pretrained = False
-    data = build_data(cfg)
-    if zeroshot:
-        model, source, epoch = build_model(cfg, data.label_prompts, data.class_weights), "zeroshot", 0
-    else:
-        path = resolve_checkpoint(checkpoint_name or BEST_MAP_CHECKPOINT, run_dir)
-        checkpoint = load_checkpoint(path)
-        check_checkpoint_matches(checkpoint, cfg, data.class_names, path)
-        model = build_model(cfg, data.label_prompts, data.class_weights, pretrained=False)
-        load_model_state(model, checkpoint, path)
-        source, epoch = str(path), checkpoint["state"]["epoch"]
+    with main_process_first():  # one process per node generates the data, downloads weights
+        data = build_data(cfg)
+        if zeroshot:
+            model, source, epoch = build_model(cfg, data.label_prompts, data.class_weights), "zeroshot", 0
+        else:
+            path = resolve_checkpoint(checkpoint_name or BEST_MAP_CHECKPOINT, run_dir)
+            checkpoint = load_checkpoint(path)
+            check_checkpoint_matches(checkpoint, cfg, data.class_names, path)
+            model = trained_model(checkpoint, cfg, data.label_prompts, path, data.class_weights)
+            source, epoch = str(path), checkpoint["state"]["epoch"]
     model.to(device)
     batches = build_split_batches(cfg, data, train=False, device=device)
     result = evaluate_model(model, batches.batches(device), data.test.caption_tokens, device,
@@ -144,16 +146,21 @@ def main(argv=None) -> int:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(cfg.run_dir) / (args.run_name or Path(args.config).stem)
         report = run_test(cfg, run_dir, args.checkpoint, args.zeroshot)
+        writes = is_main_process()  # under torchrun only rank 0 prints and writes
     except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
+    finally:
+        cleanup()
+    if not writes:
+        return 0
     print(format_table(report))
     stem = "zeroshot" if args.zeroshot else Path(report["checkpoint"]).stem
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / f"test_{stem}.json"
     output.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
     chart = visualize.save_per_class_ap_png(
-        run_dir / f"per_class_ap_{stem}.png", list(report["per_class_AP"].values()),
+        run_dir / ("per_class_ap_zeroshot.png" if args.zeroshot else "per_class_ap.png"), list(report["per_class_AP"].values()),
         list(report["per_class_AP"]), report["groups"], report["class_counts"], title=stem)
     print(f"wrote {output} and {chart}")
     return 0

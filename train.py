@@ -3,6 +3,7 @@
 Writes ``<run_dir>/<run name>/``: TensorBoard events, ``metrics.jsonl``, ``config.json`` and
 the checkpoints ``best_valid_mAP.pt``, ``best_valid_mAP_tail.pt`` and
 ``newest_train_checkpoint.pt``. The run name is the config file's stem unless ``--run-name``.
+Several GPUs or nodes: ``torchrun --nproc_per_node=N train.py ...`` (see the README).
 Exit codes: 0 done, 1 error (a bad config or input, a non-finite loss), 130 stopped by
 Ctrl-C (143 by SIGTERM) after saving the newest checkpoint.
 """
@@ -13,6 +14,7 @@ from pathlib import Path
 from tailclip.checkpoint import CheckpointError
 from tailclip.config import load_config
 from tailclip.data.cache import ImageDecodeError
+from tailclip.distributed import cleanup
 from tailclip.engine import NonFiniteLossError, TrainingInterrupted, train
 
 
@@ -43,6 +45,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; nothing saved since the last checkpoint", file=sys.stderr)
         return 130
+    finally:
+        cleanup()  # leave the process group of a torchrun launch
     return 0
 
 

@@ -330,11 +330,19 @@ class CLIP(nn.Module):
 
     def encode_text_embeddings(self, x: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
         """The text tower from token embeddings `x` [N, context_length, width] (before the
-        positional embedding), pooled at positions `eot_index` [N]."""
+        positional embedding), pooled at positions `eot_index` [N].
+
+        Positions after the last `eot_index` of the batch are dropped before the transformer:
+        under the causal mask no pooled position attends to them, so the result is the same
+        and short prompts cost a fraction of the full context. (Not under `torch.compile`,
+        where a data-dependent length would break the graph.)"""
         if x.shape[1] != self.positional_embedding.shape[0]:
             raise ValueError(f"text embeddings have {x.shape[1]} positions, the model's context length "
                              f"is {self.positional_embedding.shape[0]}")
-        x = x + self.positional_embedding.type(x.dtype)
+        length = x.shape[1]
+        if len(eot_index) and not torch.compiler.is_compiling():
+            length = int(eot_index.max()) + 1
+        x = x[:, :length] + self.positional_embedding[:length].type(x.dtype)
         x = self.ln_final(self.transformer(x))
         return x[torch.arange(x.shape[0], device=x.device), eot_index] @ self.text_projection
 

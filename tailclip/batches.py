@@ -1,7 +1,8 @@
 """A split's batches on the device, from the decoded-image cache or the JPEG DataLoader.
 
 Training batches follow ``BalancedSampler``'s sequence for (seed, epoch), this process's
-slice of each global batch; test batches go through the split in order. A run resumed in
+slice of each global batch; test batches go through the split in order (with several
+processes: this process's share of those batches, ``tailclip.distributed.eval_shard``). A run resumed in
 the middle of an epoch skips the steps already taken and sees the batches an unbroken run
 would have seen: the order depends on (seed, epoch) only, cached-path flips on (seed,
 epoch, step), and JPEG-path flips on torch's generator, whose state the checkpoint restores
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Sampler, SequentialSampler
+from torch.utils.data import BatchSampler, DataLoader, Sampler
 
 from tailclip.config import Config
 from tailclip.data import MEANS_STDS, BalancedSampler, collate_skip_none
 from tailclip.data.cache import CachedImages, CachedMultiLabelDataset, to_model_input
-from tailclip.distributed import is_main_process, local_batch_size, main_process_first, rank_and_world
+from tailclip.distributed import (eval_shard, is_main_process, local_batch_size,
+                                  main_process_first, rank_and_world)
 from tailclip.logger import say
 
 
@@ -80,6 +82,9 @@ class SplitBatches:
             images = images.to(device, non_blocking=True)
             if self.cached:
                 flips = torch.Generator().manual_seed(seed_of(self.seed, epoch, step, 2))
+                # This process's images are slice `rank` of the global batch: skipping the
+                # draws of the slices before it gives each image its single-process flip.
+                torch.rand(rank_and_world()[0] * len(images), generator=flips)
                 images = to_model_input(images, self.mean, self.std, flip=self.train, generator=flips)
             yield (images, targets.to(device, non_blocking=True),
                    tokens.to(device, non_blocking=True), index)
@@ -102,7 +107,7 @@ def build_split_batches(cfg: Config, data, train: bool, device: torch.device) ->
                                                    rank=rank, world_size=world))
     else:
         batch_size = cfg.eval_batch_size
-    order = sampler if train else SequentialSampler(dataset)
+    order = sampler if train else eval_shard(len(dataset), batch_size)
     cached = cfg.image_cache and not cfg.skip_unreadable_images
     if cfg.image_cache and cfg.skip_unreadable_images:
         say("image_cache is not used with skip_unreadable_images = True (images are decoded one by one)")

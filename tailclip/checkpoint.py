@@ -48,6 +48,16 @@ def save_atomic(obj, path) -> Path:
     return path
 
 
+def remove_partial_writes(folder) -> list[Path]:
+    """Delete the temporary files of `save_atomic` writes that never finished (a process
+    killed while writing leaves one behind; it can be as large as a checkpoint) and return
+    their paths. Call it only when no other process writes checkpoints into ``folder``."""
+    leftovers = sorted(Path(folder).glob(".*.pt.*.tmp"))
+    for leftover in leftovers:
+        leftover.unlink(missing_ok=True)
+    return leftovers
+
+
 def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)

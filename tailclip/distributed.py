@@ -16,10 +16,10 @@ same loss and take the same optimiser step as one process with batch B:
   processes, which leaves exactly the single-process gradient (the sum over all rows).
   Parameters that the loss uses directly (``logit_scale`` in the contrastive term) get the
   full gradient in every process, which the average keeps. So no loss is rescaled.
-- Evaluation: process r scores ``DistributedSampler``'s strided shard (images r, r + N, ...,
-  padded by repeating the first images so that all shards are equally long);
-  ``gather_eval`` brings the scores back in dataset order, padding duplicates dropped, so the
-  metrics are computed once, on exactly the single-process predictions.
+- Evaluation: the single-process batches (``eval_batch_size`` consecutive images) are dealt
+  out, process r scoring batches r, r + N, r + 2N, ... (``eval_shard``); ``gather_eval``
+  brings the scores back in dataset order, so that the metrics are computed once, on
+  exactly the single-process predictions, and the loss is the mean of the same batch losses.
 """
 import contextlib
 import dataclasses
@@ -32,7 +32,6 @@ import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DistributedSampler, SequentialSampler
 
 # Processes waiting while the first one downloads weights or builds an image cache can wait
 # far longer than NCCL's default 10-minute collective timeout; they wait in a CPU group.
@@ -174,14 +173,13 @@ def max_over_processes(value: int) -> int:
     return int(tensor.item())
 
 
-def reduce_mean(value: float, weight: float = 1.0) -> float:
-    """The mean over processes of a per-process ``value``, each weighted by ``weight`` (e.g.
-    the number of images it averages); ``value`` itself with one process. For logging."""
-    if rank_and_world()[1] == 1:
-        return float(value)
-    totals = torch.tensor([float(value) * weight, float(weight)], dtype=torch.float64,
-                          device=_collective_device())
-    dist.all_reduce(totals)
+def reduce_mean(total: float, count: float) -> float:
+    """A mean over all processes, each holding the ``total`` of its ``count`` items (e.g. the
+    sum of its images' losses): the sum of the totals over the sum of the counts. For logging."""
+    totals = torch.tensor([float(total), float(count)], dtype=torch.float64)
+    if rank_and_world()[1] > 1:
+        totals = totals.to(_collective_device())
+        dist.all_reduce(totals)
     return (totals[0] / totals[1]).item()
 
 
@@ -211,9 +209,10 @@ def gather_eval(indices: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Ten
 
     ``indices`` [n] are the dataset indices of the rows of ``tensors`` (scores, targets,
     embeddings, ...) that this process computed. Every process gets ``[indices, *tensors]``
-    with the rows of all processes sorted by dataset index, padding duplicates (an index
-    scored by two processes) dropped, and images that no process scored (unreadable ones
-    skipped) absent, as in a single-process evaluation. Shards may differ in length.
+    with the rows of all processes sorted by dataset index, duplicates (an index scored by
+    two processes, such as ``DistributedSampler``'s padding) dropped, and images that no
+    process scored (unreadable ones skipped) absent, as in a single-process evaluation.
+    Shards may differ in length.
     """
     device = tensors[0].device if tensors else indices.device
     indices = indices.to(device)
@@ -231,13 +230,14 @@ def gather_eval(indices: torch.Tensor, *tensors: torch.Tensor) -> list[torch.Ten
     return [indices[keep], *(t[keep] for t in tensors)]
 
 
-def shard_sampler(dataset):
-    """The evaluation order of this process: the whole split in order when alone, else
-    ``DistributedSampler``'s strided, padded shard (see the module docstring)."""
+def eval_shard(num_items: int, batch_size: int) -> list[int]:
+    """The dataset indices this process evaluates, in order: of the single-process batches
+    (``batch_size`` consecutive indices), process r of N takes batches r, r + N, r + 2N, ...;
+    alone, every index. Cut into batches of ``batch_size``, a shard is made of whole
+    single-process batches, so every batch-level quantity (the contrastive loss) is the same."""
     rank, world = rank_and_world()
-    if world == 1:
-        return SequentialSampler(dataset)
-    return DistributedSampler(dataset, num_replicas=world, rank=rank, shuffle=False, drop_last=False)
+    starts = range(rank * batch_size, num_items, world * batch_size)
+    return [i for start in starts for i in range(start, min(start + batch_size, num_items))]
 
 
 class GlobalBatchObjective(nn.Module):

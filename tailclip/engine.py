@@ -9,6 +9,11 @@ test split (the paper's "valid" split). Every epoch is logged to TensorBoard and
 Crash safety: a non-finite loss stops the run (``NonFiniteLossError``) without writing any
 checkpoint; Ctrl-C (or SIGTERM) finishes the current step, saves the newest checkpoint and
 raises ``TrainingInterrupted``.
+
+Under torchrun (``tailclip.distributed``) every process trains its slice of each global batch
+in ``DistributedDataParallel`` and computes the single-process loss of the whole batch; the
+training metrics see the whole batch, evaluation is sharded and gathered, and only rank 0
+prints, logs and writes checkpoints.
 """
 import dataclasses
 import math
@@ -24,17 +29,21 @@ from tqdm import tqdm
 
 import clip
 from tailclip.batches import SplitBatches, build_split_batches
-from tailclip.checkpoint import (FORMAT, VERSION, load_checkpoint, restore_rng_states, rng_states,
-                                 save_atomic)
+from tailclip.checkpoint import (FORMAT, VERSION, load_checkpoint, remove_partial_writes,
+                                 restore_rng_states, rng_states, save_atomic)
 from tailclip.config import Config
 from tailclip.data import build_data
-from tailclip.distributed import is_main_process, resolve_device
+from tailclip.distributed import (barrier, distribute_model, gather_eval, init_distributed,
+                                  is_main_process, main_process_first, max_over_processes,
+                                  rank_and_world, reduce_mean)
+from tailclip.distributed import resolve_device  # noqa: F401  (imported from here by predict.py)
 from tailclip.logger import RunLogger, say
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer, build_scheduler
 from tailclip.precision import allow_tf32, autocast, grad_scaler, resolve_precision
-from tailclip.prompt_learning import build_tailclip
+from tailclip.prompt_learning import (PROMPT_MODES, PromptTailCLIP, build_tailclip,
+                                      load_trainable_state_dict, trainable_state_dict)
 
 BEST_MAP_CHECKPOINT = "best_valid_mAP.pt"
 BEST_TAIL_CHECKPOINT = "best_valid_mAP_tail.pt"
@@ -120,21 +129,50 @@ def check_checkpoint_matches(checkpoint: dict, cfg: Config, class_names: list[st
                              f"but the config has {key} = {getattr(cfg, key)!r}")
 
 
+def saves_trained_parameters_only(cfg: Config) -> bool:
+    """Whether checkpoints hold only the trained parameters (`trainable_state_dict`, a few
+    hundred KB): in the prompt modes on OpenAI's weights, which are rebuilt from the backbone
+    name. A random backbone (``pretrained = False``) cannot be, so its checkpoints hold
+    every weight, as full fine-tuning's do."""
+    return cfg.finetune in PROMPT_MODES and cfg.pretrained
+
+
+def model_state(model: TailCLIP, cfg: Config) -> dict:
+    """A checkpoint's ``model`` entry and its ``model_format``, "trainable" or "state_dict"."""
+    if saves_trained_parameters_only(cfg):
+        return {"model_format": "trainable", "model": trainable_state_dict(model)}
+    return {"model_format": "state_dict", "model": model.state_dict()}
+
+
 def load_model_state(model: TailCLIP, checkpoint: dict, path) -> None:
     """Load the checkpoint's weights, naming the file when they do not fit the model."""
     try:
-        model.load_state_dict(checkpoint["model"])
-    except RuntimeError as error:
+        if checkpoint.get("model_format") == "trainable":
+            if not isinstance(model, PromptTailCLIP):
+                raise ValueError("it holds prompts, and the config asks for full fine-tuning")
+            load_trainable_state_dict(model, checkpoint["model"])
+        else:
+            model.load_state_dict(checkpoint["model"])
+    except (RuntimeError, ValueError) as error:
         raise ValueError(f"{path}: the weights do not fit the model built from the config: "
                          f"{error}") from None
+
+
+def trained_model(checkpoint: dict, cfg: Config, label_prompts: list[str], path,
+                  class_weights=None) -> TailCLIP:
+    """The checkpoint's model (on the CPU) for ``cfg``: prompts saved alone go on top of the
+    pretrained backbone they were trained on (loaded, or downloaded once, by name); other
+    checkpoints hold every weight, so the backbone starts from random ones."""
+    pretrained = checkpoint.get("model_format") == "trainable"
+    model = build_model(cfg, label_prompts, class_weights, pretrained=pretrained)
+    load_model_state(model, checkpoint, path)
+    return model
 
 
 def model_from_checkpoint(checkpoint: dict, path="checkpoint") -> tuple[TailCLIP, Config]:
     """Rebuild the trained model (on the CPU, eval mode) from a checkpoint alone."""
     cfg = Config.from_dict(checkpoint["config"], source=str(path))
-    model = build_model(cfg, checkpoint["label_prompts"], pretrained=False)
-    load_model_state(model, checkpoint, path)
-    return model.eval(), cfg
+    return trained_model(checkpoint, cfg, checkpoint["label_prompts"], path).eval(), cfg
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,12 +203,15 @@ class EpochMeter:
         self.targets: list[torch.Tensor] = []
 
     def update(self, out: dict, targets: torch.Tensor, score_kind: str) -> None:
+        # With several processes, the whole global batch (`GlobalBatchObjective`'s outputs):
+        # every process keeps the single-process meter.
+        logits, targets = out.get("global_logits", out["logits"]), out.get("global_targets", targets)
         count = targets.shape[0]
         for name, value in out.items():
             if name.startswith("loss"):
                 self.loss_sums[name] = self.loss_sums.get(name, 0) + value.detach().float() * count
         self.images += count
-        self.scores.append(scores_from_logits(out["logits"].detach().float(), score_kind))
+        self.scores.append(scores_from_logits(logits.detach().float(), score_kind))
         self.targets.append(targets)
 
     def state_dict(self) -> dict:
@@ -217,6 +258,13 @@ class _StopOnSignal:
     def requested(self) -> bool:
         return self.signal_number is not None
 
+    def agree(self) -> bool:
+        """``requested``, agreed by all processes: a signal that reached any of them stops
+        all of them at this step, with the same signal number. Every process must call it
+        at the same points."""
+        self.signal_number = max_over_processes(self.signal_number or 0) or None
+        return self.requested
+
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
             self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
@@ -231,7 +279,8 @@ class _StopOnSignal:
 class Trainer:
     """What one training step needs."""
     model: TailCLIP
-    forward: torch.nn.Module  # the model, or its torch.compile'd version
+    forward: torch.nn.Module  # the model (in DistributedDataParallel with several processes),
+    # or its torch.compile'd version
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -276,18 +325,18 @@ def train_one_epoch(trainer: Trainer, batches: SplitBatches, state: TrainState, 
     bar = tqdm(total=batches.steps_per_epoch(), initial=state.step_in_epoch, leave=False,
                desc=f"epoch {epoch + 1}/{epochs}", unit="step", disable=not is_main_process(),
                dynamic_ncols=True)
-    started, seen = time.perf_counter(), 0
+    started, seen, world = time.perf_counter(), 0, rank_and_world()[1]
     for images, targets, tokens, _ in batches.batches(trainer.device, epoch, state.step_in_epoch):
         out = train_step(trainer, images, targets, tokens, state, epoch)
         if out is not None:
             meter.update(out, targets, model.score_kind)
-            seen += targets.shape[0]
+            seen += targets.shape[0] * world  # every process has an equal share of the batch
             bar.set_postfix(loss=f"{out['loss'].item():.4f}", lr=f"{lr:.2e}",
                             img_s=f"{seen / (time.perf_counter() - started):.1f}", refresh=False)
         state.step_in_epoch += 1
         state.global_step += 1
         bar.update()
-        if stop is not None and stop.requested:
+        if stop is not None and stop.agree():
             break
     bar.close()
 
@@ -316,6 +365,9 @@ def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, devic
     ``batches`` yields device ``(images, targets, caption_tokens, indices)``;
     ``caption_tokens`` are the split's caption token ids [N, L], needed for the contrastive
     term of the loss: each distinct caption is encoded once (test captions repeat a lot).
+    With several processes, ``batches`` is this process's share of the single-process
+    batches (``build_split_batches``): the outputs of all processes are gathered in dataset
+    order, and every process returns the single-process loss, scores and metrics.
     """
     model.eval()
     uses_captions = "clip" in model.objective.loss_function
@@ -326,7 +378,9 @@ def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, devic
             caption_emb = _encode_in_chunks(model.encode_texts, distinct, chunk, device)
             caption_of_image = caption_of_image.to(device)
     loss_sum = torch.zeros((), device=device)
-    scores, targets, embeddings = [], [], []
+    # Empty first entries: with several processes, one may have no batch at all.
+    scores, targets = ([torch.empty(0, label_emb.shape[0], device=device)] for _ in range(2))
+    embeddings, indices = [torch.empty(0, label_emb.shape[1], device=device)], [torch.empty(0, dtype=torch.long)]
     for images, batch_targets, _, index in batches:
         with autocast(precision, device):
             image_emb = model.encode_images(images)
@@ -338,12 +392,14 @@ def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, devic
         loss_sum += out["loss"].float() * batch_targets.shape[0]
         scores.append(scores_from_logits(logits.float(), model.score_kind))
         targets.append(batch_targets)
+        indices.append(index)
         if keep_embeddings:
             embeddings.append(image_emb.float())
-    scores, targets = torch.cat(scores).cpu(), torch.cat(targets).cpu()
-    image_emb = torch.cat(embeddings).cpu() if keep_embeddings else None
-    return Evaluation(loss=loss_sum.item() / len(targets), metrics=evaluate(scores, targets, groups),
-                      scores=scores, targets=targets, image_emb=image_emb)
+    loss = reduce_mean(loss_sum.item(), count=sum(len(index) for index in indices))
+    outputs = [torch.cat(scores), torch.cat(targets)] + ([torch.cat(embeddings)] if keep_embeddings else [])
+    _, scores, targets, *image_emb = (t.cpu() for t in gather_eval(torch.cat(indices), *outputs))
+    return Evaluation(loss=loss, metrics=evaluate(scores, targets, groups), scores=scores,
+                      targets=targets, image_emb=image_emb[0] if keep_embeddings else None)
 
 
 def _training_checkpoint(cfg: Config, data, trainer: Trainer, state: TrainState,
@@ -352,7 +408,7 @@ def _training_checkpoint(cfg: Config, data, trainer: Trainer, state: TrainState,
     return {
         "format": FORMAT,
         "version": VERSION,
-        "model": trainer.model.state_dict(),
+        **model_state(trainer.model, cfg),
         "optimizer": trainer.optimizer.state_dict(),
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict(),
@@ -370,7 +426,7 @@ def _training_checkpoint(cfg: Config, data, trainer: Trainer, state: TrainState,
 
 def _resume(checkpoint: dict, trainer: Trainer, meter: EpochMeter) -> TrainState:
     """Restore model, optimiser, schedule, scaler, progress and random states."""
-    trainer.model.load_state_dict(checkpoint["model"])
+    load_model_state(trainer.model, checkpoint, NEWEST_CHECKPOINT)
     trainer.optimizer.load_state_dict(checkpoint["optimizer"])
     trainer.scheduler.load_state_dict(checkpoint["scheduler"])
     trainer.scaler.load_state_dict(checkpoint["scaler"])
@@ -393,18 +449,23 @@ def _report_config_changes(checkpoint: dict, cfg: Config) -> None:
 def _epoch_line(epoch: int, epochs: int, record: dict) -> str:
     def pct(key):
         return _percent(record.get(key))
-    return (f"epoch {epoch}/{epochs}  train loss {record.get('train/loss', math.nan):.4f}  "
+    line = (f"epoch {epoch}/{epochs}  train loss {record.get('train/loss', math.nan):.4f}  "
             f"val loss {record['val/loss']:.4f}  val mAP {pct('val/mAP')} "
             f"(head {pct('val/mAP_head')}, medium {pct('val/mAP_medium')}, tail {pct('val/mAP_tail')})  "
             f"AUROC {pct('val/AUROC')}  {record['time/epoch_s']:.1f} s, "
             f"{record['time/train_images_per_s']:.0f} img/s")
+    if "data/unreadable_train_images" in record:
+        line += (f"  unreadable images left out: {record['data/unreadable_train_images']} train, "
+                 f"{record['data/unreadable_test_images']} test")
+    return line
 
 
 def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
     """Train per ``cfg`` into ``<cfg.run_dir>/<run_name>/``; returns a summary of the run.
 
     Raises ``NonFiniteLossError`` (nothing saved) and ``TrainingInterrupted`` (newest
-    checkpoint saved); ``train.py`` turns them into exit codes.
+    checkpoint saved); ``train.py`` turns them into exit codes. Under torchrun, joins the
+    process group (``init_distributed``; the caller ends it with ``distributed.cleanup``).
     """
     run_dir = Path(cfg.run_dir) / run_name
     checkpoint = None
@@ -412,21 +473,26 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
         if not (run_dir / NEWEST_CHECKPOINT).is_file():
             raise FileNotFoundError(f"cannot resume: no {run_dir / NEWEST_CHECKPOINT}")
         checkpoint = load_checkpoint(run_dir / NEWEST_CHECKPOINT)
-    device = resolve_device(cfg.device)
+    processes = init_distributed(cfg.device)
+    device = processes.device
     precision = resolve_precision(cfg.precision, device)
     if device.type == "cuda":
         allow_tf32()
     seed_everything(cfg.seed)
 
-    data = build_data(cfg)
-    if checkpoint is not None:
-        check_checkpoint_matches(checkpoint, cfg, data.class_names, run_dir / NEWEST_CHECKPOINT)
-        _report_config_changes(checkpoint, cfg)
-    model = build_model(cfg, data.label_prompts, data.class_weights).to(device)
+    with main_process_first():  # one process per node generates the data, downloads weights
+        data = build_data(cfg)
+        if checkpoint is not None:
+            check_checkpoint_matches(checkpoint, cfg, data.class_names, run_dir / NEWEST_CHECKPOINT)
+            _report_config_changes(checkpoint, cfg)
+        model = build_model(cfg, data.label_prompts, data.class_weights).to(device)
     if device.type == "cuda" and not isinstance(model.clip_model.visual, clip.model.VisionTransformer):
         model = model.to(memory_format=torch.channels_last)  # cuDNN's fast layout for ResNets
+    # The text tower is idle in a step only when it encodes neither captions nor class prompts.
+    idle_text_tower = cfg.label_embeddings == "per_epoch" and "clip" not in cfg.loss_function
+    forward = distribute_model(model, device, find_unused_parameters=idle_text_tower)
     optimizer = build_optimizer(cfg, model.parameters(), device)
-    trainer = Trainer(model, torch.compile(model) if cfg.compile else model, optimizer,
+    trainer = Trainer(model, torch.compile(forward) if cfg.compile else forward, optimizer,
                       build_scheduler(cfg, optimizer), grad_scaler(precision, device), precision,
                       device, cfg.max_nonfinite_steps)
     train_batches = build_split_batches(cfg, data, train=True, device=device)
@@ -439,11 +505,15 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
         say(f"resuming {run_dir} after epoch {state.epoch}, step {state.step_in_epoch}")
     elif (run_dir / NEWEST_CHECKPOINT).exists():
         say(f"{run_dir} holds an earlier run: starting afresh (resume it with --resume)")
+    if is_main_process():
+        for leftover in remove_partial_writes(run_dir):
+            say(f"removed {leftover}, left by an interrupted checkpoint write")
     logger = RunLogger(run_dir, enabled=is_main_process(),
                        resume_epoch=state.epoch if checkpoint is not None else None)
     logger.log_config(cfg.to_dict())
+    where = f"{processes.world_size} processes ({device.type})" if processes.world_size > 1 else device
     say(f"training {cfg.model_name} on {cfg.dataset} ({len(data.train)} train, {len(data.test)} test "
-        f"images) on {device}, {precision}, {cfg.epochs} epochs -> {run_dir}")
+        f"images) on {where}, {precision}, {cfg.epochs} epochs -> {run_dir}")
 
     def save(names: list[str]) -> None:
         if not is_main_process() or not names:
@@ -454,6 +524,7 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
 
     def stop_here() -> TrainingInterrupted:
         save([NEWEST_CHECKPOINT])
+        barrier()  # the other processes exit only once the checkpoint is written
         where = f"after epoch {state.epoch}" + (f", step {state.step_in_epoch} of epoch {state.epoch + 1}"
                                                  if state.step_in_epoch else "")
         return TrainingInterrupted(f"stopped by {signal.Signals(stop.signal_number).name} {where}; "
@@ -466,7 +537,7 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
             lr = optimizer.param_groups[0]["lr"]
             images_before = meter.images
             train_one_epoch(trainer, train_batches, state, meter, epoch, cfg.epochs, stop)
-            if stop.requested:
+            if stop.agree():
                 raise stop_here()
             train_seconds = time.perf_counter() - started
             record = {**meter.summary(data.groups), "lr": lr,
@@ -478,6 +549,9 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
             state.epoch, state.step_in_epoch, meter = epoch + 1, 0, EpochMeter()
             record.update({"val/loss": evaluation.loss,
                            **{f"val/{k}": v for k, v in evaluation.metrics.items() if k != "AP"}})
+            if cfg.skip_unreadable_images:  # images left out so far (this process's count)
+                record.update({f"data/unreadable_{split}_images": len(getattr(data, split).unreadable_paths)
+                               for split in ("train", "test")})
             names = _update_best(state, record, cfg)
             record.update({"best/val_mAP": state.best_mAP, "best/val_mAP_tail": state.best_mAP_tail,
                            "time/eval_s": time.perf_counter() - started - train_seconds,
@@ -487,7 +561,7 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
                                   evaluation.metrics["AP"], data.class_names, data.groups, class_counts)
             say(_epoch_line(state.epoch, cfg.epochs, record))
             save(names)
-            if stop.requested and state.epoch < cfg.epochs:
+            if stop.agree() and state.epoch < cfg.epochs:
                 raise stop_here()
         summary = _summary(state, run_dir)
         logger.log_hparams(cfg.to_dict(), {f"hparam/{key}": value for key, value in summary.items()

@@ -102,12 +102,12 @@ class BalancedAsymmetricLoss(nn.Module):
         self.eps = eps
         self.label_smoothing = label_smoothing
         if class_weights is not None:
-            class_weights = self._checked_weights(class_weights)
+            class_weights = self._checked_weights(class_weights).float()
         self.register_buffer("class_weights", class_weights, persistent=False)
 
     @staticmethod
     def _checked_weights(class_weights, num_classes=None) -> torch.Tensor:
-        class_weights = torch.as_tensor(class_weights, dtype=torch.float32)
+        class_weights = torch.as_tensor(class_weights)
         if class_weights.dim() != 1:
             raise ValueError(f"class_weights must be 1-D, got shape {tuple(class_weights.shape)}")
         if num_classes is not None and class_weights.numel() != num_classes:
@@ -125,7 +125,7 @@ class BalancedAsymmetricLoss(nn.Module):
         num_classes = logits.shape[1]
         weights = self.class_weights if class_weights is None else class_weights
         if weights is not None:
-            weights = self._checked_weights(weights, num_classes).to(logits.device)
+            weights = self._checked_weights(weights, num_classes).to(logits)
 
         pos_targets = targets
         if self.label_smoothing > 0:

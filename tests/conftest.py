@@ -5,9 +5,14 @@ checkout. Tests that need them skip when the folder is absent on a developer mac
 fail when ``CI`` is set: a CI run that silently skipped them would prove nothing.
 """
 import os
+import threading
+from functools import partial
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+
+from local_http import RangeRequestHandler
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
@@ -32,3 +37,20 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture
+def http_server(tmp_path):
+    """A ThreadingHTTPServer on 127.0.0.1 serving `server.root`; `server.url` is its address."""
+    root = tmp_path / "served"
+    root.mkdir()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeRequestHandler, directory=str(root)))
+    server.root, server.url = root, f"http://127.0.0.1:{server.server_port}"
+    server.requests, server.body_bytes_sent = [], 0
+    server.honour_range, server.cut_after = True, None
+    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
+    thread.start()
+    yield server
+    server.shutdown()
+    server.server_close()
+    thread.join()

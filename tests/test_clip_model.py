@@ -134,15 +134,32 @@ def test_encode_text_is_encode_text_embeddings_at_eot(vit_tiny, tokens):
 
 def test_text_tower_is_causal(vit_tiny):
     torch.manual_seed(1)
-    x = torch.randn(1, 77, 64)
-    pool_at = torch.tensor([5])
+    x = torch.randn(2, 77, 64)
+    # The second text pools at the last position, so the whole context goes through the
+    # transformer (no trimming) and only the causal mask shields position 5 from later ones.
+    pool_at = torch.tensor([5, 76])
     later_changed, earlier_changed = x.clone(), x.clone()
-    later_changed[:, 6:] += 1.0
-    earlier_changed[:, 4] += 1.0
+    later_changed[0, 6:] += 1.0
+    earlier_changed[0, 4] += 1.0
     with torch.no_grad():
-        base = vit_tiny.encode_text_embeddings(x, pool_at)
-        assert torch.equal(vit_tiny.encode_text_embeddings(later_changed, pool_at), base)
-        assert not torch.allclose(vit_tiny.encode_text_embeddings(earlier_changed, pool_at), base)
+        base = vit_tiny.encode_text_embeddings(x, pool_at)[0]
+        torch.testing.assert_close(vit_tiny.encode_text_embeddings(later_changed, pool_at)[0], base,
+                                   rtol=0, atol=1e-6)
+        assert not torch.allclose(vit_tiny.encode_text_embeddings(earlier_changed, pool_at)[0], base)
+
+
+def test_text_tower_stops_at_the_batchs_last_end_of_text_token(vit_tiny, tokens):
+    full_context = clip.tokenize("word " * 100, truncate=True)  # end of text at position 76
+    lengths = []
+    hook = vit_tiny.transformer.register_forward_hook(lambda module, args, out: lengths.append(args[0].shape[1]))
+    try:
+        with torch.no_grad():
+            trimmed = vit_tiny.encode_text(tokens)
+            untrimmed = vit_tiny.encode_text(torch.cat([tokens, full_context]))[:len(tokens)]
+    finally:
+        hook.remove()
+    assert lengths == [tokens.argmax(-1).max().item() + 1, 77] and lengths[0] < 20
+    torch.testing.assert_close(trimmed, untrimmed, rtol=0, atol=1e-5)
 
 
 def test_text_embeddings_of_wrong_length_are_refused(vit_tiny):

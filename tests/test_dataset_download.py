@@ -11,7 +11,7 @@ import pytest
 
 from clip.download import DownloadError, sha256_of
 from tailclip.download import BENCHMARKS, download_benchmark, listed_images, main
-from test_download import free_port, http_server  # noqa: F401  (the server fixture)
+from local_http import free_port
 
 VOC_IMAGES = {
     "VOCdevkit/VOC2012/JPEGImages/2008_000001.jpg": b"jpeg 1",

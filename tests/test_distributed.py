@@ -1,32 +1,47 @@
 """Distributed training (issue 7): 2 CPU processes (gloo) against one process.
 
-The two-process test spawns the processes once and checks, on the tiny ViT with the same
-weights everywhere: one training step on a global batch split in two gives the
-single-process loss, gradients and updated weights; sharded evaluation gathers exactly the
-single-process predictions and metrics; and the small collectives (stop flags, means,
-rank-0-first preparation) behave.
+The two-process tests spawn the processes once. With the tiny ViT and the same weights
+everywhere, each process checks against itself alone: the engine's training step on its
+half of a global batch gives the single-process loss and updated weights, and the engine's
+sharded evaluation gives exactly the single-process predictions and metrics. The small
+collectives (stop agreement, means, rank-0-first preparation) are checked on the way. The
+last test runs ``torchrun train.py`` with 2 processes against ``python train.py``.
 """
 import copy
+import json
 import os
+import signal
 import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 import torch.multiprocessing as mp
 
 import clip
-from tailclip import distributed
+from tailclip import distributed, engine
 from tailclip.config import Config
-from tailclip.metrics import evaluate
+from tailclip.data import ensure_synthetic
+from tailclip.data.datasets import SYNTHETIC_SEED
+from tailclip.logger import read_metrics
 from tailclip.model import TailCLIP
+from tailclip.optim import build_optimizer, build_scheduler
+from tailclip.precision import grad_scaler
 
+REPO = Path(__file__).resolve().parents[1]
+CPU = torch.device("cpu")
 WORLD = 2
 GLOBAL_BATCH = 8
 NUM_CLASSES = 5
-EVAL_IMAGES = 11  # odd: the second shard is padded with a duplicate of image 0
+EVAL_IMAGES = 11  # in batches of 4: [0-3] [4-7] [8-10], to processes 0, 1, 0
 GROUPS = {"head": [0, 1], "medium": [2], "tail": [3, 4]}
 SOT, EOT = 49406, 49407
-LR = 1.0  # plain SGD: the update is the gradient itself, so a gradient scale error shows
+# Plain SGD with lr 1: the update is the gradient itself, so a gradient scale error shows
+# (an Adam step hardly depends on the gradient's scale).
+SGD = Config(model_name="ViT-tiny", pretrained=False, size=64, optimizer="SGD", lr=1.0,
+             momentum=0.0, weight_decay=0.0, label_smoothing=0.1)
 
 
 def _free_port() -> int:
@@ -53,74 +68,68 @@ def _random_targets(count: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def _problem():
-    """A tiny TailCLIP (fixed seed) and a training batch and evaluation set for it."""
+    """A tiny TailCLIP (fixed seed), a training batch and an evaluation set."""
     generator = torch.Generator().manual_seed(1)
-    cfg = Config(model_name="ViT-tiny", pretrained=False, size=64, label_smoothing=0.1)
     torch.manual_seed(0)
-    model = TailCLIP(clip.create_model("ViT-tiny"), _random_tokens(NUM_CLASSES, generator), cfg,
+    model = TailCLIP(clip.create_model("ViT-tiny"), _random_tokens(NUM_CLASSES, generator), SGD,
                      class_weights=torch.rand(NUM_CLASSES, generator=generator))
     batch = (torch.randn(GLOBAL_BATCH, 3, 64, 64, generator=generator),
              _random_tokens(GLOBAL_BATCH, generator), _random_targets(GLOBAL_BATCH, generator))
     evaluation = (torch.randn(EVAL_IMAGES, 3, 64, 64, generator=generator),
-                  _random_targets(EVAL_IMAGES, generator))
+                  _random_targets(EVAL_IMAGES, generator), _random_tokens(EVAL_IMAGES, generator))
     return model, batch, evaluation
 
 
-def _sgd_step(forward, parameters, images, tokens, targets) -> dict:
-    """One SGD step; returns the outputs, the gradients and the updated weights."""
-    optimizer = torch.optim.SGD(parameters(), lr=LR)
-    out = forward(images, tokens, targets)
-    out["loss"].backward()
-    gradients = {name: p.grad.clone() for name, p in parameters(named=True)}
-    optimizer.step()
-    return {"out": {k: v.detach() for k, v in out.items()}, "gradients": gradients,
-            "weights": {name: p.detach().clone() for name, p in parameters(named=True)}}
+def _train_step(forward, model, images, tokens, targets) -> dict:
+    """The engine's training step; the outputs and the updated weights."""
+    optimizer = build_optimizer(SGD, model.parameters(), CPU)
+    trainer = engine.Trainer(model, forward, optimizer, build_scheduler(SGD, optimizer),
+                             grad_scaler("fp32", CPU), "fp32", CPU, max_nonfinite_steps=0)
+    out = engine.train_step(trainer, images, targets, tokens, engine.TrainState(), epoch=0)
+    return {"out": {name: value.detach() for name, value in out.items()},
+            "weights": {name: p.detach().clone() for name, p in model.named_parameters()}}
 
 
-def _parameters(model):
-    def parameters(named=False):
-        return model.named_parameters() if named else model.parameters()
-    return parameters
-
-
-def _scores(model, images) -> torch.Tensor:
-    model.eval()
-    with torch.no_grad():
-        return model.predict_scores(images)
+def _evaluate(model, images, targets, tokens, order: list[int]) -> engine.Evaluation:
+    """The engine's evaluation of the images ``order`` (all, or a shard) in batches of 4."""
+    batches = [(images[i], targets[i], tokens[i], torch.tensor(i))
+               for i in (order[start:start + 4] for start in range(0, len(order), 4))]
+    return engine.evaluate_model(model, batches, tokens, CPU, "fp32", GROUPS)
 
 
 def _worker(rank: int, port: int, folder: str) -> None:
+    torch.set_num_threads(1)
+    model, (images, tokens, targets), evaluation_set = _problem()
+    # The single-process references, computed by this process alone before joining the group.
+    single_evaluation = _evaluate(model, *evaluation_set, list(range(EVAL_IMAGES)))
+    reference = copy.deepcopy(model)
+    single_step = _train_step(reference, reference, images, tokens, targets)
+
     os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.set_num_threads(1)
     info = distributed.init_distributed("cpu")
     try:
-        model, (images, tokens, targets), (eval_images, eval_targets) = _problem()
-        result = {"info": info, "targets": targets}
+        result = {"info": info, "targets": targets, "single": single_step,
+                  "single_evaluation": single_evaluation}
+        shard = distributed.eval_shard(EVAL_IMAGES, batch_size=4)
+        result["shard"] = shard
+        result["evaluation"] = _evaluate(model, *evaluation_set, shard)
+        # More processes than batches: process 1 scores nothing.
+        result["empty"] = _evaluate(model, *evaluation_set, distributed.eval_shard(4, batch_size=4))
 
-        # The single-process step on the whole global batch, computed here as the reference.
-        reference = copy.deepcopy(model)
-        result["single"] = _sgd_step(reference, _parameters(reference), images, tokens, targets)
-
-        # The same step with this process's half of the batch.
         local = slice(rank * GLOBAL_BATCH // WORLD, (rank + 1) * GLOBAL_BATCH // WORLD)
         wrapped = distributed.distribute_model(model, info.device)
-        result["distributed"] = _sgd_step(wrapped, _parameters(model), images[local],
-                                          tokens[local], targets[local])
+        result["distributed"] = _train_step(wrapped, model, images[local], tokens[local], targets[local])
 
-        # Evaluation: this process's shard, gathered; and everything in this one process.
-        shard = list(distributed.shard_sampler(range(EVAL_IMAGES)))
-        result["shard"] = shard
-        result["gathered"] = distributed.gather_eval(
-            torch.tensor(shard), _scores(model, eval_images[shard]), eval_targets[shard])
-        result["single_scores"] = _scores(model, eval_images)
-        result["eval_targets"] = eval_targets
-        # Shards of different lengths (an image skipped as unreadable in process 1).
-        kept = [index for index in shard if index != 9]
+        # Image 9 skipped as unreadable, image 0 scored twice.
+        kept = [index for index in shard if index != 9] + [0]
         result["uneven"] = distributed.gather_eval(torch.tensor(kept), torch.tensor(kept) * 10.0)
-
+        stop = engine._StopOnSignal()  # a signal that reached process 1 only
+        stop.signal_number = signal.SIGTERM if rank == 1 else None
+        result["stop"] = (stop.agree(), stop.signal_number)
         result["max"] = (distributed.max_over_processes(15 * rank), distributed.max_over_processes(0))
-        result["mean"] = distributed.reduce_mean(float(rank + 1), weight=rank + 1)  # (1 + 4) / 3
+        # Totals 4 and 2 of 1 and 3 items: 6 / 4 (not the mean of 4 / 1 and 2 / 3).
+        result["mean"] = distributed.reduce_mean([4.0, 2.0][rank], count=[1, 3][rank])
         marker = os.path.join(folder, "prepared")
         with distributed.main_process_first():
             result["found_prepared"] = os.path.exists(marker)
@@ -145,57 +154,61 @@ def _max_difference(a: dict, b: dict) -> float:
 
 def test_processes_know_their_place(two_processes):
     for rank, result in enumerate(two_processes):
-        assert result["info"] == distributed.DistInfo(rank, rank, WORLD, torch.device("cpu"), rank == 0)
+        assert result["info"] == distributed.DistInfo(rank, rank, WORLD, CPU, rank == 0)
 
 
 def test_step_equals_single_process_step(two_processes):
+    initial = {name: p.detach() for name, p in _problem()[0].named_parameters()}
     for result in two_processes:
         single, multi = result["single"], result["distributed"]
-        assert abs(multi["out"]["loss"].item() - single["out"]["loss"].item()) < 1e-5
-        for term in ("loss_clip", "loss_bal"):
-            assert abs(multi["out"][term].item() - single["out"][term].item()) < 1e-5
+        for term in ("loss", "loss_clip", "loss_bal"):
+            assert abs(multi["out"][term].item() - single["out"][term].item()) < 1e-5, term
         # The training metrics see the whole global batch, in order.
-        assert torch.allclose(multi["out"]["global_logits"], single["out"]["logits"], atol=1e-5)
+        assert torch.allclose(multi["out"]["global_logits"], single["out"]["logits"], rtol=0, atol=1e-5)
         assert torch.equal(multi["out"]["global_targets"], result["targets"])
-        # Relative to the gradient's size: a factor of 2 (a scaling mistake) is far off.
-        for name, gradient in single["gradients"].items():
-            scale = gradient.abs().max().item()
-            assert (multi["gradients"][name] - gradient).abs().max().item() <= 1e-4 * scale + 1e-7, name
         assert _max_difference(multi["weights"], single["weights"]) < 1e-5
+        # The updates (lr x gradient) agree relative to their size too: a factor of 2 from a
+        # scaling mistake would be far off even for parameters with small gradients.
+        for name, before in initial.items():
+            update, expected = before - multi["weights"][name], before - single["weights"][name]
+            error = (update - expected).abs().max().item()
+            assert error <= 1e-3 * expected.abs().max().item() + 1e-7, name
+        assert _max_difference(single["weights"], initial) > 1e-3  # the step did something
     first, second = two_processes
     assert _max_difference(first["distributed"]["weights"], second["distributed"]["weights"]) == 0
 
 
-def test_the_step_changes_the_weights(two_processes):
-    """Guards the comparison above against a step that does nothing."""
-    model = _problem()[0]
-    initial = {name: p.detach() for name, p in model.named_parameters()}
-    assert _max_difference(two_processes[0]["single"]["weights"], initial) > 1e-3
-
-
 def test_distributed_evaluation_equals_single_process(two_processes):
     shards = [result["shard"] for result in two_processes]
-    assert shards == [list(range(0, EVAL_IMAGES, 2)), [*range(1, EVAL_IMAGES, 2), 0]]
+    assert shards == [[0, 1, 2, 3, 8, 9, 10], [4, 5, 6, 7]]
     for result in two_processes:
-        indices, scores, targets = result["gathered"]
-        assert indices.tolist() == list(range(EVAL_IMAGES))
-        assert torch.equal(targets, result["eval_targets"])
-        assert torch.allclose(scores, result["single_scores"], rtol=0, atol=1e-6)
-        assert evaluate(scores, targets, GROUPS) == evaluate(result["single_scores"], targets, GROUPS)
+        single, multi = result["single_evaluation"], result["evaluation"]
+        assert torch.equal(multi.targets, single.targets)  # in dataset order
+        assert torch.allclose(multi.scores, single.scores, rtol=0, atol=1e-6)
+        assert multi.metrics == single.metrics
+        assert multi.loss == pytest.approx(single.loss, rel=1e-6)  # the same batches
 
 
-def test_gather_eval_accepts_shards_of_different_lengths(two_processes):
-    expected = [i for i in range(EVAL_IMAGES) if i != 9]  # process 1's last real image skipped
+def test_gather_eval_drops_duplicates_and_missing_images(two_processes):
+    expected = [i for i in range(EVAL_IMAGES) if i != 9]
     for result in two_processes:
         indices, values = result["uneven"]
         assert indices.tolist() == expected
         assert values.tolist() == [10.0 * i for i in expected]
 
 
+def test_a_process_without_evaluation_batches(two_processes):
+    single = two_processes[0]["single_evaluation"]
+    for result in two_processes:
+        assert torch.equal(result["empty"].targets, single.targets[:4])
+        assert torch.allclose(result["empty"].scores, single.scores[:4], rtol=0, atol=1e-6)
+
+
 def test_small_collectives(two_processes):
     for result in two_processes:
+        assert result["stop"] == (True, signal.SIGTERM)
         assert result["max"] == (15, 0)
-        assert result["mean"] == pytest.approx(5 / 3)
+        assert result["mean"] == pytest.approx(1.5)
     assert [result["found_prepared"] for result in two_processes] == [False, True]
 
 
@@ -205,13 +218,13 @@ def test_small_collectives(two_processes):
 def test_single_process_without_torchrun(monkeypatch):
     for name in ("RANK", "LOCAL_RANK", "WORLD_SIZE"):
         monkeypatch.delenv(name, raising=False)
-    assert distributed.init_distributed("cpu") == distributed.DistInfo(0, 0, 1, torch.device("cpu"), True)
+    assert distributed.init_distributed("cpu") == distributed.DistInfo(0, 0, 1, CPU, True)
     assert distributed.rank_and_world() == (0, 1) and distributed.is_main_process()
     model = torch.nn.Linear(2, 2)
-    assert distributed.distribute_model(model, torch.device("cpu")) is model
+    assert distributed.distribute_model(model, CPU) is model
     tensor = torch.arange(3.0)
     assert distributed.all_gather_with_grad(tensor) is tensor
-    assert distributed.reduce_mean(2.5, weight=4) == 2.5
+    assert distributed.reduce_mean(10.0, count=4) == 2.5
     assert distributed.max_over_processes(2) == 2
     distributed.barrier()
     with distributed.main_process_first():
@@ -242,3 +255,57 @@ def test_a_single_gpu_index_is_refused_with_several_processes(monkeypatch):
         distributed.resolve_device("cuda:1", local_rank=0, world_size=2)
     with pytest.raises(RuntimeError, match="LOCAL_RANK 2 but only 2 GPU"):
         distributed.resolve_device("cuda", local_rank=2, world_size=2)
+
+
+# ---------------------------------------------------------------------------------------
+# torchrun + train.py
+
+@pytest.fixture(scope="module")
+def small_dataset(tmp_path_factory) -> list[str]:
+    """``--set`` options for a small dataset cut from the synthetic one: 48 training images
+    (every class among them) and 40 test images."""
+    folder = tmp_path_factory.mktemp("small_dataset")
+    source = REPO / "datasets" / "synthetic_mlt"
+    ensure_synthetic(source, SYNTHETIC_SEED)
+    lines = (source / "synthetic_lt_train.txt").read_text().splitlines()
+    chosen, covered = [], set()
+    for line in lines:  # an image for each class not covered yet
+        labels = set(line.split()[1:])
+        if not labels <= covered:
+            chosen.append(line)
+            covered |= labels
+    chosen += [line for line in lines if line not in chosen][:48 - len(chosen)]
+    (folder / "train.txt").write_text("\n".join(chosen) + "\n")
+    test_lines = (source / "synthetic_lt_test.txt").read_text().splitlines()[:40]
+    (folder / "test.txt").write_text("\n".join(test_lines) + "\n")
+    return ["dataset=custom", f"train_list={folder / 'train.txt'}", f"test_list={folder / 'test.txt'}",
+            f"class_names={source / 'synthetic_labels.txt'}", f"image_root={source / 'images'}",
+            "epochs=1", "batch_size=16", "eval_batch_size=16", f"run_dir={folder / 'runs'}"]
+
+
+def _train_py(launcher: list[str], options: list[str], run_name: str) -> str:
+    command = [*launcher, "train.py", "--config=configs/demo.py", f"--run-name={run_name}"]
+    result = subprocess.run(command + [f"--set={option}" for option in options], cwd=REPO,
+                            capture_output=True, text=True, timeout=150)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result.stdout
+
+
+def test_torchrun_train_py_with_two_processes_matches_one(small_dataset):
+    runs = Path(small_dataset[-1].split("=", 1)[1])
+    two = _train_py([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                     "--nproc_per_node=2"], small_dataset, "two")
+    one = _train_py([sys.executable], small_dataset, "one")
+    # Rank 0 alone prints, logs and writes checkpoints.
+    assert "on 2 processes (cpu)" in two and two.count("epoch 1/1") == 1
+    assert sorted(p.name for p in (runs / "two").glob("*.pt")) == sorted(
+        ["best_valid_mAP.pt", "best_valid_mAP_tail.pt", "newest_train_checkpoint.pt"])
+    assert len(list((runs / "two").glob("events.out.tfevents.*"))) == 1
+    (record_two,), (record_one,) = read_metrics(runs / "two"), read_metrics(runs / "one")
+    assert json.loads((runs / "two" / "config.json").read_text())["batch_size"] == 16
+    # Same batches, flips, losses and evaluation as one process, to float rounding over 3
+    # steps (the first step's loss agrees to 1e-5, see test_step_equals_single_process_step).
+    for key in ("train/loss", "train/loss_clip", "train/loss_bal", "val/loss"):
+        assert record_two[key] == pytest.approx(record_one[key], rel=1e-4), key
+    for key in ("train/mAP", "val/mAP", "val/mAP_tail"):
+        assert record_two[key] == pytest.approx(record_one[key], abs=1e-4), key

@@ -2,78 +2,15 @@
 import hashlib
 import os
 import socket
-import threading
 import time
-import urllib.parse
-from functools import partial
-from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 
 import pytest
 
 from clip.download import DownloadError, download, sha256_of
+from local_http import free_port
 
 PAYLOAD = os.urandom(300_000)
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()
-
-
-class RangeRequestHandler(SimpleHTTPRequestHandler):
-    """Serves files from `directory`, honours `Range: bytes=N-`, and records every request.
-
-    Server switches: `honour_range` (False: answer 200 with the whole file, as some servers
-    do) and `cut_after` (send only that many body bytes, then drop the connection).
-    """
-
-    def do_GET(self):
-        server = self.server
-        range_header = self.headers.get("Range")
-        server.requests.append((self.path, range_header))
-        path = Path(self.directory) / urllib.parse.unquote(self.path.lstrip("/"))
-        if not path.is_file():
-            self.send_error(404)
-            return
-        data = path.read_bytes()
-        start = int(range_header.removeprefix("bytes=").removesuffix("-")) if range_header else 0
-        if not server.honour_range or start == 0:
-            self.send_response(200)
-            start = 0
-        elif start >= len(data):
-            self.send_response(416)
-            self.send_header("Content-Range", f"bytes */{len(data)}")
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        else:
-            self.send_response(206)
-            self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
-        body = data[start:]
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        sent = body if server.cut_after is None else body[:server.cut_after]
-        self.wfile.write(sent)
-        server.body_bytes_sent += len(sent)
-        if server.cut_after is not None:
-            self.close_connection = True
-
-    def log_message(self, *args):
-        pass
-
-
-@pytest.fixture
-def http_server(tmp_path):
-    """A ThreadingHTTPServer on 127.0.0.1 serving `server.root`; `server.url` is its address."""
-    root = tmp_path / "served"
-    root.mkdir()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), partial(RangeRequestHandler, directory=str(root)))
-    server.root, server.url = root, f"http://127.0.0.1:{server.server_port}"
-    server.requests, server.body_bytes_sent = [], 0
-    server.honour_range, server.cut_after = True, None
-    thread = threading.Thread(target=server.serve_forever, args=(0.05,), daemon=True)
-    thread.start()
-    yield server
-    server.shutdown()
-    server.server_close()
-    thread.join()
 
 
 @pytest.fixture
@@ -179,12 +116,6 @@ def test_http_error_names_status_and_what_to_do(http_server, tmp_path):
     with pytest.raises(DownloadError, match=r"404.*by hand"):
         download(f"{http_server.url}/absent.pt", tmp_path, progress=False)
     assert not (tmp_path / "absent.pt").exists()
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def test_unreachable_host_fails_fast_with_by_hand_message(tmp_path):

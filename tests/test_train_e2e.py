@@ -98,7 +98,7 @@ def test_test_py_on_best_checkpoint_and_zeroshot(demo_run, test_py, capsys):
     subsets = report["subsets"]
     assert subsets["multi_label"]["num_images"] + subsets["single_label"]["num_images"] == 1500
     assert {"PD", "ND", "PD_ND", "PD_ND_head", "PD_ND_medium", "PD_ND_tail"} <= set(report["pd_nd"])
-    assert (run_dir / "per_class_ap_best_valid_mAP.png").read_bytes().startswith(b"\x89PNG")
+    assert (run_dir / "per_class_ap.png").read_bytes().startswith(b"\x89PNG")
 
     assert test_py(["--config=configs/demo.py", "--zeroshot=True", "--set", f"run_dir={runs}"]) == 0
     zeroshot = json.loads((run_dir / "test_zeroshot.json").read_text())

@@ -106,6 +106,16 @@ def check_images_exist(image_root, entries, download_hint: str) -> None:
             + f"\nTo get them: {download_hint}")
 
 
+def check_dataset_files(files: DataFiles, dataset: str) -> None:
+    """Raise ``FileNotFoundError`` naming the split or class-name files that do not exist."""
+    missing = [str(path) for path in (files.train_list, files.test_list, files.class_names)
+               if not path.is_file()]
+    if missing:
+        hint = ("check the options train_list, test_list and class_names" if dataset == "custom"
+                else files.download_hint)
+        raise FileNotFoundError(f"dataset {dataset!r}: missing {', '.join(missing)}\nTo get them: {hint}")
+
+
 def multi_hot(label_sets, num_classes: int) -> torch.Tensor:
     """Float targets [N, C] with 1 where an image has the class."""
     targets = torch.zeros(len(label_sets), num_classes)
@@ -224,17 +234,21 @@ def build_data(cfg) -> DataBundle:
     files = dataset_files(cfg)
     if cfg.dataset == "synthetic_mlt":
         ensure_synthetic(files.train_list.parent, SYNTHETIC_SEED)  # the dataset folder
+    check_dataset_files(files, cfg.dataset)
     class_names = read_class_names(files.class_names)
     num_classes = len(class_names)
-    train_entries = read_split(files.train_list, num_classes)
-    test_entries = read_split(files.test_list, num_classes)
+    train_entries = read_split(files.train_list, num_classes, files.class_names)
+    test_entries = read_split(files.test_list, num_classes, files.class_names)
     check_images_exist(files.image_root, train_entries + test_entries, files.download_hint)
 
     train_label_sets = [entry.labels for entry in train_entries]
     try:
         groups = class_groups(train_label_sets, num_classes)
-    except ValueError as error:  # a class without training images: say which file
-        raise ValueError(f"{files.train_list}: {error}") from None
+    except ValueError as error:  # a class without training images: say which file and class
+        present = set().union(*train_label_sets)
+        empty = [f"{index} {name!r}" for index, name in enumerate(class_names) if index not in present]
+        raise ValueError(f"{files.train_list}: {error}; they are {', '.join(empty[:10])}"
+                         f"{', ...' if len(empty) > 10 else ''} in {files.class_names}") from None
     class_weights, sample_weights = balance_weights(
         train_label_sets, num_classes, cfg.class_weights_power, cfg.sample_weights_power)
     train_captions = _train_captions(cfg, files, class_names, train_entries)

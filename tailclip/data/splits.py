@@ -55,22 +55,26 @@ def _non_negative_int(token: str, where: str, what: str) -> int:
     return int(token)
 
 
-def _label(token: str, num_classes: int, where: str) -> int:
-    value = _non_negative_int(token, where, "label")
+def _label(token: str, num_classes: int, where: str, class_file) -> int:
+    value = _non_negative_int(token, where, "label (a class index)")
     if value >= num_classes:
-        raise SplitFormatError(f"{where}: label {value} is out of range (there are {num_classes} classes)")
+        raise SplitFormatError(f"{where}: label {value} is out of range: unknown class "
+                               f"({class_file or 'the class-name file'} defines {num_classes} "
+                               f"classes, 0 to {num_classes - 1})")
     return value
 
 
-def read_split(path, num_classes: int) -> list[SplitEntry]:
-    """Read a split file into entries, in file order. Image paths must be unique."""
+def read_split(path, num_classes: int, class_file=None) -> list[SplitEntry]:
+    """Read a split file into entries, in file order. Image paths must be unique.
+
+    ``class_file`` (the class-name file the labels index) is named in label errors."""
     entries, first_seen = [], {}
     for where, number, line in _lines(path):
         image, *tokens = line.split()
         if image in first_seen:
             raise SplitFormatError(f"{where}: image {image} already listed on line {first_seen[image]}")
         first_seen[image] = number
-        labels = [_label(token, num_classes, where) for token in tokens]
+        labels = [_label(token, num_classes, where, class_file) for token in tokens]
         entries.append(SplitEntry(image, tuple(dict.fromkeys(labels))))
     return entries
 
