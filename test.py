@@ -11,7 +11,8 @@ head / medium / tail), AUROC, the multi-label and single-label subsets and the P
 ratios, and writes them to ``<run>/test_<checkpoint stem or "zeroshot">.json`` (strict
 JSON: an undefined value, such as the AP of a class without test images, is null) with the
 per-class AP chart ``<run>/per_class_ap.png`` (``per_class_ap_zeroshot.png`` for
-``--zeroshot``; the chart of the last checkpoint evaluated).
+``--zeroshot``; the chart of the last checkpoint evaluated). Under ``torchrun`` the
+processes share the test images and rank 0 prints and writes.
 """
 import argparse
 import json

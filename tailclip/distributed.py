@@ -18,7 +18,7 @@ same loss and take the same optimiser step as one process with batch B:
   full gradient in every process, which the average keeps. So no loss is rescaled.
 - Evaluation: the single-process batches (``eval_batch_size`` consecutive images) are dealt
   out, process r scoring batches r, r + N, r + 2N, ... (``eval_shard``); ``gather_eval``
-  brings the scores back in dataset order, so that the metrics are computed once, on
+  brings the scores back in dataset order, so that every process computes the metrics on
   exactly the single-process predictions, and the loss is the mean of the same batch losses.
 """
 import contextlib

@@ -36,7 +36,6 @@ from tailclip.data import build_data
 from tailclip.distributed import (barrier, distribute_model, gather_eval, init_distributed,
                                   is_main_process, main_process_first, max_over_processes,
                                   rank_and_world, reduce_mean)
-from tailclip.distributed import resolve_device  # noqa: F401  (imported from here by predict.py)
 from tailclip.logger import RunLogger, say
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP

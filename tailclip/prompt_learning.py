@@ -55,10 +55,11 @@ def initial_context(clip_model: nn.Module, cfg, num_classes: int) -> torch.Tenso
 class PromptLearner(nn.Module):
     """Learnable context vectors and the class prompts' token embeddings built from them.
 
-    `forward()` gives the token embeddings [C, context_length, width] of every class prompt
-    (start token, context vectors, class-name tokens, end token, padding), to be encoded by
-    `clip_model.encode_text_embeddings(..., self.eot_index)`. The fixed parts are buffers
-    derived from the frozen token embedding, so they are not saved with the context.
+    `forward(token_embedding)` gives the token embeddings [C, context_length, width] of every
+    class prompt (start token, context vectors, class-name tokens, end token, padding), to be
+    encoded by `clip_model.encode_text_embeddings(..., self.eot_index)`. The fixed parts are
+    embedded by the frozen `token_embedding` at each call, not kept: they always match the
+    backbone's current weights, also once a checkpoint's weights are loaded into it.
     """
 
     def __init__(self, clip_model: nn.Module, class_names, cfg):
@@ -67,18 +68,17 @@ class PromptLearner(nn.Module):
         tokens = clip.tokenize(label_prompts(placeholder_caption, class_names),
                                context_length=clip_model.context_length)
         tokens = tokens.to(clip_model.token_embedding.weight.device)
-        with torch.no_grad():
-            embedded = clip_model.token_embedding(tokens)
-        self.register_buffer("token_prefix", embedded[:, :1].clone(), persistent=False)  # start token
-        self.register_buffer("token_suffix", embedded[:, 1 + cfg.n_ctx:].clone(), persistent=False)
+        self.n_ctx = cfg.n_ctx
+        self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("eot_index", tokens.argmax(dim=-1), persistent=False)
 
         self.context = nn.Parameter(initial_context(clip_model, cfg, len(class_names)))
 
-    def forward(self) -> torch.Tensor:
-        num_classes = self.token_prefix.shape[0]
-        context = self.context if self.context.dim() == 3 else self.context.expand(num_classes, -1, -1)
-        return torch.cat([self.token_prefix, context.to(self.token_prefix.dtype), self.token_suffix], dim=1)
+    def forward(self, token_embedding: nn.Embedding) -> torch.Tensor:
+        with torch.no_grad():
+            embedded = token_embedding(self.tokens)
+        context = self.context if self.context.dim() == 3 else self.context.expand(len(self.tokens), -1, -1)
+        return torch.cat([embedded[:, :1], context.to(embedded.dtype), embedded[:, 1 + self.n_ctx:]], dim=1)
 
 
 def visual_prompt_tokens(visual: VisionTransformer, count: int) -> nn.Parameter:
@@ -133,7 +133,7 @@ class PromptTailCLIP(TailCLIP):
         return F.normalize(self.clip_model.encode_image(images, prompt_tokens=self.visual_prompts), dim=-1)
 
     def encode_labels(self) -> torch.Tensor:
-        prompts = self.prompt_learner()
+        prompts = self.prompt_learner(self.clip_model.token_embedding)
         return F.normalize(self.clip_model.encode_text_embeddings(prompts, self.prompt_learner.eot_index), dim=-1)
 
 

@@ -5,7 +5,8 @@ everywhere, each process checks against itself alone: the engine's training step
 half of a global batch gives the single-process loss and updated weights, and the engine's
 sharded evaluation gives exactly the single-process predictions and metrics. The small
 collectives (stop agreement, means, rank-0-first preparation) are checked on the way. The
-last test runs ``torchrun train.py`` with 2 processes against ``python train.py``.
+last test runs ``torchrun train.py`` and ``torchrun test.py`` with 2 processes against
+``python train.py`` and ``python test.py`` on a small dataset.
 """
 import copy
 import json
@@ -283,29 +284,43 @@ def small_dataset(tmp_path_factory) -> list[str]:
             "epochs=1", "batch_size=16", "eval_batch_size=16", f"run_dir={folder / 'runs'}"]
 
 
-def _train_py(launcher: list[str], options: list[str], run_name: str) -> str:
-    command = [*launcher, "train.py", "--config=configs/demo.py", f"--run-name={run_name}"]
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+
+
+def _run(launcher: list[str], script: str, options: list[str], *arguments: str) -> str:
+    command = [*launcher, script, "--config=configs/demo.py", *arguments]
     result = subprocess.run(command + [f"--set={option}" for option in options], cwd=REPO,
                             capture_output=True, text=True, timeout=150)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result.stdout
 
 
-def test_torchrun_train_py_with_two_processes_matches_one(small_dataset):
+def test_torchrun_train_and_test_with_two_processes_match_one(small_dataset):
     runs = Path(small_dataset[-1].split("=", 1)[1])
-    two = _train_py([sys.executable, "-m", "torch.distributed.run", "--standalone",
-                     "--nproc_per_node=2"], small_dataset, "two")
-    one = _train_py([sys.executable], small_dataset, "one")
+    two = _run(TORCHRUN, "train.py", small_dataset, "--run-name=two")
+    one = _run([sys.executable], "train.py", small_dataset, "--run-name=one")
     # Rank 0 alone prints, logs and writes checkpoints.
     assert "on 2 processes (cpu)" in two and two.count("epoch 1/1") == 1
+    assert "on 2 processes" not in one
     assert sorted(p.name for p in (runs / "two").glob("*.pt")) == sorted(
         ["best_valid_mAP.pt", "best_valid_mAP_tail.pt", "newest_train_checkpoint.pt"])
     assert len(list((runs / "two").glob("events.out.tfevents.*"))) == 1
     (record_two,), (record_one,) = read_metrics(runs / "two"), read_metrics(runs / "one")
     assert json.loads((runs / "two" / "config.json").read_text())["batch_size"] == 16
-    # Same batches, flips, losses and evaluation as one process, to float rounding over 3
-    # steps (the first step's loss agrees to 1e-5, see test_step_equals_single_process_step).
+    # The same batches, flips and evaluation batches as one process: equal to float
+    # rounding over 3 steps (the first step's agree to 1e-5, test_step_equals_single_process_step).
     for key in ("train/loss", "train/loss_clip", "train/loss_bal", "val/loss"):
         assert record_two[key] == pytest.approx(record_one[key], rel=1e-4), key
-    for key in ("train/mAP", "val/mAP", "val/mAP_tail"):
+    for key in ("train/mAP", "val/mAP", "val/mAP_tail", "val/AUROC"):
         assert record_two[key] == pytest.approx(record_one[key], abs=1e-4), key
+
+    # test.py on the 2-process checkpoint: 2 processes, then 1.
+    printed = _run(TORCHRUN, "test.py", small_dataset, "--run-name=two")
+    assert printed.count("all images") == 1  # rank 0's table only
+    checkpoint = runs / "two" / "best_valid_mAP.pt"
+    _run([sys.executable], "test.py", small_dataset, "--run-name=one", f"--checkpoint={checkpoint}")
+    report_two, report_one = (json.loads((runs / name / "test_best_valid_mAP.json").read_text())
+                              for name in ("two", "one"))
+    assert report_two["num_images"] == report_one["num_images"] == 40
+    assert report_two["metrics"] == pytest.approx(report_one["metrics"], abs=1e-6, nan_ok=True)
+    assert report_two["loss"] == pytest.approx(report_one["loss"], rel=1e-5)
