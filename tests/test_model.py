@@ -145,7 +145,8 @@ def test_rejects_label_tokens_of_the_wrong_shape():
 
 
 # ------------------------------------------------------------------------------------------
-# SLOW-ISH (about 10 s on 2 idle CPU cores): end-to-end overfitting of a tiny TailCLIP.
+# SLOW TEST (about 7 s on one CPU core): end-to-end
+# overfitting of a tiny TailCLIP on a batch of 16 synthetic images.
 # ------------------------------------------------------------------------------------------
 
 QUADRANT_COLOURS = [(1, 0, 0), (0, 1, 0), (0, 0, 1), (1, 1, 0)]
@@ -168,14 +169,27 @@ def coloured_quadrants(seed=0):
     return (images - 0.5) / 0.25, captions, targets  # normalised, as the data pipeline does
 
 
-@pytest.mark.timeout(120)
-def test_tiny_tailclip_overfits_a_batch_of_16_images():
+@pytest.fixture
+def one_thread():
+    # These matrices are tiny: one thread is as fast, and far faster when other processes
+    # share the cores (2 threads were 4-15x slower per step on a busy 2-core machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def test_tiny_tailclip_overfits_a_batch_of_16_images(one_thread):
+    # clip + lambda * BAL with lambda = 10 (a value of the paper's lambda sweep): from a random
+    # backbone, BAL on max-normalised logits has small gradients next to the contrastive
+    # term, and with lambda = 1 some seeds stall. With this recipe seeds 0-19 reached mAP 1.0
+    # in 22-226 steps (seed 0: 100 steps, about 7 s).
     images, captions, targets = coloured_quadrants()
-    model = tiny_model(seed=0, names=CLASS_NAMES[:4], use_weighted_loss=False)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, betas=(0.9, 0.98), eps=1e-9,
+    model = tiny_model(seed=0, names=CLASS_NAMES[:4], use_weighted_loss=False, asl_mul=10.0)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=5e-4, betas=(0.9, 0.98), eps=1e-9,
                                   weight_decay=0.01)
     history = []
-    for step in range(300):
+    for _ in range(400):
         out = model(images, captions, targets)
         optimizer.zero_grad(set_to_none=True)
         out["loss"].backward()
@@ -183,5 +197,5 @@ def test_tiny_tailclip_overfits_a_batch_of_16_images():
         history.append(evaluate(out["logits"].detach().softmax(dim=-1), targets)["mAP"])
         if history[-1] == 1.0:
             break
-    assert history[-1] == 1.0, f"training mAP after {len(history)} steps: {history[-1]:.3f}"
     assert history[0] < 0.9
+    assert history[-1] == 1.0, f"training mAP after {len(history)} steps: {history[-1]:.3f}"

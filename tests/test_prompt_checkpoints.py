@@ -74,7 +74,8 @@ def test_pretrained_backbone_saves_the_trained_parameters_only(openai_weights):
     assert entry["model_format"] == "trainable" and entry["model"]["backbone"] == "ViT-tiny"
     assert set(entry["model"]["parameters"]) == {"prompt_learner.context", "clip_model.logit_scale"}
     # A few KB instead of the whole tiny CLIP (its 49408-token embedding alone is 12.6 MB).
-    assert serialized_size(entry) < 100_000 < 1_000_000 < serialized_size(model.state_dict())
+    assert serialized_size(entry) < 100_000
+    assert serialized_size(model.state_dict()) > 10_000_000
 
     images = torch.randn(3, 3, 64, 64)
     rebuilt = engine.trained_model(entry, PROMPT_CFG, PROMPTS, "prompts.pt")
@@ -101,6 +102,7 @@ def test_random_backbone_saves_every_weight():
     assert torch.equal(logits(rebuilt, images), logits(model, images))
 
 
+@pytest.mark.filterwarnings("ignore:classes .* have no positive image")  # test.py's subsets of 8 images
 def test_prompt_run_with_resume_test_and_predict(openai_weights, tmp_path, monkeypatch, capsys):
     root = write_dataset(tmp_path / "data")
     config = write_config(tmp_path / "prompts.py", root, tmp_path / "runs", pretrained=True, epochs=2,

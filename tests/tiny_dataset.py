@@ -14,8 +14,9 @@ CLASS_NAMES = ["cat", "dog", "red car", "tree"]
 TRAIN_LABELS = [[i % 4] + ([(i + 1) % 4] if i % 3 == 0 else []) for i in range(16)]
 TEST_LABELS = [[i % 4] + ([(i + 2) % 4] if i % 2 == 0 else []) for i in range(8)]
 # A tiny random CLIP on the CPU, one epoch, the main process only.
-TINY_OPTIONS = dict(model_name="ViT-tiny", pretrained=False, size=64, device="cpu", precision="fp32",
-                    num_workers=0, epochs=1, batch_size=8, eval_batch_size=8, lr=1e-3)
+TINY_OPTIONS = {"model_name": "ViT-tiny", "pretrained": False, "size": 64, "device": "cpu",
+                "precision": "fp32", "num_workers": 0, "epochs": 1, "batch_size": 8,
+                "eval_batch_size": 8, "lr": 1e-3}
 
 
 def split_lines(split: str, label_sets) -> list[str]:
