@@ -55,8 +55,9 @@ def asymmetric_loss(probs, pos_targets, neg_targets, gamma_pos, gamma_neg, clip,
     loss = loss + neg_targets * torch.log(neg_probs.clamp(min=eps))
     if gamma_neg > 0 or gamma_pos > 0:
         # The base is >= 0 except with smoothed targets on a negative whose p < clip
-        # (t = a / C > 0 and q = 1): there a fractional power would be NaN. Clamping at 0
-        # changes nothing wherever the base is already >= 0.
+        # (t = a / C > 0 and q = 1, base = -p a / C): a fractional power of it is NaN (an
+        # integer one a ~1e-15 value of either sign). Clamping at 0 changes nothing
+        # wherever the base is already >= 0.
         base = (1 - probs * pos_targets - neg_probs * neg_targets).clamp(min=0)
         loss = loss * torch.pow(base, gamma_pos * pos_targets + gamma_neg * neg_targets)
     return -loss.mean()
