@@ -27,7 +27,7 @@ from tailclip.config import ConfigError, load_config, parse_bool
 from tailclip.data import build_data
 from tailclip.distributed import cleanup, init_distributed, is_main_process, main_process_first
 from tailclip.engine import (BEST_MAP_CHECKPOINT, build_model, check_checkpoint_matches,
-                             evaluate_model, seed_everything, trained_model)
+                             evaluate_model, seed_everything, set_cpu_threads, trained_model)
 from tailclip.logger import json_safe
 from tailclip.metrics import pd_nd_ratio, subset_metrics
 from tailclip.precision import resolve_precision
@@ -77,6 +77,7 @@ def run_test(cfg, run_dir: Path, checkpoint_name: str | None, zeroshot: bool) ->
     """Evaluate and return the report that ``test.py`` prints and writes."""
     device = init_distributed(cfg.device).device  # under torchrun, each process scores a shard
     precision = resolve_precision(cfg.precision, device)
+    set_cpu_threads(cfg.num_threads)
     seed_everything(cfg.seed)  # the random weights of a zero-shot run with pretrained = False
     with main_process_first():  # one process per node generates the data, downloads weights
         data = build_data(cfg)

@@ -265,6 +265,7 @@ class CLIP(nn.Module):
                  transformer_width: int, transformer_heads: int, transformer_layers: int):
         super().__init__()
         self.context_length = context_length
+        self.trim_text_context = True  # see encode_text_embeddings
 
         if isinstance(vision_layers, (tuple, list)):
             self.visual = ModifiedResNet(layers=tuple(vision_layers), output_dim=embed_dim,
@@ -334,13 +335,14 @@ class CLIP(nn.Module):
 
         Positions after the last `eot_index` of the batch are dropped before the transformer:
         under the causal mask no pooled position attends to them, so the result is the same
-        and short prompts cost a fraction of the full context. (Not under `torch.compile`,
-        where a data-dependent length would break the graph.)"""
+        and short prompts cost a fraction of the full context. Not under `torch.compile`,
+        where a data-dependent length would break the graph, nor with `trim_text_context =
+        False`: OpenAI's computation over the whole context (the benchmark's paper path)."""
         if x.shape[1] != self.positional_embedding.shape[0]:
             raise ValueError(f"text embeddings have {x.shape[1]} positions, the model's context length "
                              f"is {self.positional_embedding.shape[0]}")
         length = x.shape[1]
-        if len(eot_index) and not torch.compiler.is_compiling():
+        if self.trim_text_context and len(eot_index) and not torch.compiler.is_compiling():
             length = int(eot_index.max()) + 1
         x = x[:, :length] + self.positional_embedding[:length].type(x.dtype)
         x = self.ln_final(self.transformer(x))

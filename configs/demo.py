@@ -1,8 +1,10 @@
-"""A few-minute demo on any computer: the whole TailCLIP pipeline, no download.
+"""A half-minute demo on any computer: the whole TailCLIP pipeline, no download.
 
 The synthetic long-tailed dataset (generated into datasets/synthetic_mlt/ on first use) and
-a tiny CLIP with random weights, trained on the CPU. The mAP starts near chance and rises
-within a few epochs; the absolute numbers mean nothing about the paper's benchmarks.
+a tiny CLIP with random weights, trained on the CPU. The test mAP starts near chance (14.6,
+evaluated before training) and about doubles within a few epochs (31-32): from 1,142 images
+the tiny Vision Transformer learns the shapes' colours but hardly their forms. The absolute
+numbers mean nothing about the paper's benchmarks.
 
 Run: python train.py --config=configs/demo.py
 """
@@ -44,9 +46,12 @@ class CFG:
     use_weighted_loss = True
     class_weights_power = 1.0
 
-    # The CPU in float32, in the main process: with the decoded-image cache, worker
-    # processes would only add start-up time on a small machine
+    # The CPU in float32, one thread: the tiny model's operations gain little from a second
+    # thread (1.2-1.5x on 2 nearly free cores) and run 2-10x slower with two when other
+    # programs keep the cores busy. The decoded-image cache is read in the main process
+    # (worker processes would only add start-up time).
     device = "cpu"
+    num_threads = 1
     precision = "fp32"
     num_workers = 0
     image_cache = True

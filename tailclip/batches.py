@@ -111,20 +111,22 @@ def build_split_batches(cfg: Config, data, train: bool, device: torch.device) ->
     cached = cfg.image_cache and not cfg.skip_unreadable_images
     if cfg.image_cache and cfg.skip_unreadable_images:
         say("image_cache is not used with skip_unreadable_images = True (images are decoded one by one)")
-    common = dict(num_workers=cfg.num_workers, pin_memory=device.type == "cuda",
-                  generator=torch.Generator())
+    common = dict(pin_memory=device.type == "cuda", generator=torch.Generator())
     if cached:
         with main_process_first():  # one process builds the cache, the others open it
             images = CachedImages([dataset.image_path(i) for i in range(len(dataset))], cfg.size,
                                   cache_folder(data), "train" if train else "test",
                                   progress=is_main_process())
+        # Read in this process whatever num_workers says: a batch is one slice of the memory
+        # map, far cheaper to copy here than to hand over from a worker process (364,000 vs
+        # 11,000 images/s with 2 workers, 64-pixel images, 2 CPU cores).
         loader = DataLoader(CachedMultiLabelDataset(images, dataset.targets, dataset.caption_tokens),
                             sampler=BatchSampler(order, batch_size, drop_last=False),
-                            batch_size=None, persistent_workers=cfg.num_workers > 0, **common)
+                            batch_size=None, num_workers=0, **common)
     else:
         # Training workers draw random flips: restarting them each epoch, seeded from
         # (seed, epoch), keeps a resumed run identical to an unbroken one.
         loader = DataLoader(dataset, batch_size=batch_size, sampler=order,
-                            collate_fn=collate_skip_none,
+                            collate_fn=collate_skip_none, num_workers=cfg.num_workers,
                             persistent_workers=cfg.num_workers > 0 and not train, **common)
     return SplitBatches(loader, sampler, batch_size, cached, cfg.normalize, train, cfg.seed)

@@ -86,6 +86,7 @@ class Config:
     # Execution
     seed: int = 0
     device: str = "auto"
+    num_threads: int = 0
     precision: str = "auto"
     image_cache: bool = True
     compile: bool = False
@@ -152,6 +153,7 @@ _RANGES = {
     "batch_size": _at_least(1),
     "eval_batch_size": _at_least(1),
     "num_workers": _at_least(0),
+    "num_threads": _at_least(0),
     "epochs": _at_least(1),
     "lr": _above(0),
     "momentum": _at_least(0),

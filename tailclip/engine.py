@@ -2,9 +2,11 @@
 
 One epoch: balanced sampling (seeded by (seed, epoch)), mixed-precision forward, the paper's
 objective, AdamW with a cosine schedule stepped once per epoch, then an evaluation of the
-test split (the paper's "valid" split). Every epoch is logged to TensorBoard and
-``metrics.jsonl`` and checkpointed atomically; ``resume=True`` continues from
-``newest_train_checkpoint.pt`` with the same subsequent losses as an unbroken run.
+test split (the paper's "valid" split); one evaluation before the first epoch gives the
+starting point (the untrained or zero-shot model) that the final summary compares with.
+Every epoch is logged to TensorBoard and ``metrics.jsonl`` and checkpointed atomically;
+``resume=True`` continues from ``newest_train_checkpoint.pt`` with the same subsequent losses
+as an unbroken run.
 
 Crash safety: a non-finite loss stops the run (``NonFiniteLossError``) without writing any
 checkpoint; Ctrl-C (or SIGTERM) finishes the current step, saves the newest checkpoint and
@@ -69,6 +71,15 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def set_cpu_threads(num_threads: int) -> None:
+    """``torch.set_num_threads(num_threads)``, unless 0 (torch's default, one per core).
+
+    A tiny model's operations are too small to gain from a second thread, and threads that
+    wait for each other slow a run several times over on cores other programs are using."""
+    if num_threads:
+        torch.set_num_threads(num_threads)
 
 
 def build_clip(cfg: Config, pretrained: bool | None = None) -> clip.CLIP:
@@ -188,7 +199,7 @@ class TrainState:
     best_mAP_epoch: int = 0
     best_mAP_tail: float = -math.inf
     best_mAP_tail_epoch: int = 0
-    first_mAP: float | None = None
+    start_mAP: float | None = None  # before training: the untrained (or zero-shot) model
     last_metrics: dict = dataclasses.field(default_factory=dict)
 
 
@@ -445,13 +456,21 @@ def _report_config_changes(checkpoint: dict, cfg: Config) -> None:
         say(f"resume: {key} was {old!r} in the checkpoint, is {new!r} now")
 
 
-def _epoch_line(epoch: int, epochs: int, record: dict) -> str:
+def _val_record(evaluation: Evaluation) -> dict:
+    return {"val/loss": evaluation.loss, **{f"val/{k}": v for k, v in evaluation.metrics.items() if k != "AP"}}
+
+
+def _val_line(record: dict) -> str:
     def pct(key):
         return _percent(record.get(key))
-    line = (f"epoch {epoch}/{epochs}  train loss {record.get('train/loss', math.nan):.4f}  "
-            f"val loss {record['val/loss']:.4f}  val mAP {pct('val/mAP')} "
+    return (f"val loss {record['val/loss']:.4f}  val mAP {pct('val/mAP')} "
             f"(head {pct('val/mAP_head')}, medium {pct('val/mAP_medium')}, tail {pct('val/mAP_tail')})  "
-            f"AUROC {pct('val/AUROC')}  {record['time/epoch_s']:.1f} s, "
+            f"AUROC {pct('val/AUROC')}")
+
+
+def _epoch_line(epoch: int, epochs: int, record: dict) -> str:
+    line = (f"epoch {epoch}/{epochs}  train loss {record.get('train/loss', math.nan):.4f}  "
+            f"{_val_line(record)}  {record['time/epoch_s']:.1f} s, "
             f"{record['time/train_images_per_s']:.0f} img/s")
     if "data/unreadable_train_images" in record:
         line += (f"  unreadable images left out: {record['data/unreadable_train_images']} train, "
@@ -477,6 +496,7 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
     precision = resolve_precision(cfg.precision, device)
     if device.type == "cuda":
         allow_tf32()
+    set_cpu_threads(cfg.num_threads)
     seed_everything(cfg.seed)
 
     with main_process_first():  # one process per node generates the data, downloads weights
@@ -530,7 +550,15 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
                                    f"saved {run_dir / NEWEST_CHECKPOINT} (continue with --resume)",
                                    stop.signal_number)
 
+    def validate() -> Evaluation:
+        return evaluate_model(model, test_batches.batches(device), data.test.caption_tokens, device,
+                              precision, data.groups)
+
     with logger, _StopOnSignal() as stop:
+        if checkpoint is None:  # where training starts from, for the summary at the end
+            start = _val_record(validate())
+            state.start_mAP = start["val/mAP"]
+            say(f"epoch 0/{cfg.epochs} (before training)  {_val_line(start)}")
         for epoch in range(state.epoch, cfg.epochs):
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
@@ -542,12 +570,10 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
             record = {**meter.summary(data.groups), "lr": lr,
                       "time/train_images_per_s": (meter.images - images_before) / train_seconds}
 
-            evaluation = evaluate_model(model, test_batches.batches(device), data.test.caption_tokens,
-                                        device, precision, data.groups)
+            evaluation = validate()
             trainer.scheduler.step()
             state.epoch, state.step_in_epoch, meter = epoch + 1, 0, EpochMeter()
-            record.update({"val/loss": evaluation.loss,
-                           **{f"val/{k}": v for k, v in evaluation.metrics.items() if k != "AP"}})
+            record.update(_val_record(evaluation))
             if cfg.skip_unreadable_images:  # images left out so far (this process's count)
                 record.update({f"data/unreadable_{split}_images": len(getattr(data, split).unreadable_paths)
                                for split in ("train", "test")})
@@ -565,8 +591,8 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
         summary = _summary(state, run_dir)
         logger.log_hparams(cfg.to_dict(), {f"hparam/{key}": value for key, value in summary.items()
                                            if "mAP" in key and "epoch" not in key})
-    say(f"val mAP: {_percent(summary['first_val_mAP'])} after epoch 1 -> "
-        f"{_percent(summary['last_val_mAP'])} after epoch {state.epoch}; best "
+    say(f"val mAP: start {_percent(summary['start_val_mAP'])} (before training) -> end "
+        f"{_percent(summary['last_val_mAP'])} (after epoch {state.epoch}); best "
         f"{_percent(state.best_mAP)} (epoch {state.best_mAP_epoch}), best tail mAP "
         f"{_percent(state.best_mAP_tail)} (epoch {state.best_mAP_tail_epoch})")
     return summary
@@ -586,14 +612,12 @@ def _update_best(state: TrainState, record: dict, cfg: Config) -> list[str]:
         state.best_mAP_tail, state.best_mAP_tail_epoch = record["val/mAP_tail"], state.epoch
         names += [BEST_TAIL_CHECKPOINT] if cfg.save_best_tail_mAP_checkpoint else []
     names += [NEWEST_CHECKPOINT] if cfg.save_newest_checkpoint else []
-    if state.first_mAP is None:
-        state.first_mAP = record["val/mAP"]
     state.last_metrics = {key: value for key, value in record.items() if key.startswith("val/")}
     return names
 
 
 def _summary(state: TrainState, run_dir: Path) -> dict:
-    return {"run_dir": str(run_dir), "epochs": state.epoch, "first_val_mAP": state.first_mAP,
+    return {"run_dir": str(run_dir), "epochs": state.epoch, "start_val_mAP": state.start_mAP,
             "last_val_mAP": state.last_metrics.get("val/mAP"),
             "best_val_mAP": state.best_mAP, "best_val_mAP_epoch": state.best_mAP_epoch,
             "best_val_mAP_tail": state.best_mAP_tail,

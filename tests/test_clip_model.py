@@ -154,11 +154,15 @@ def test_text_tower_stops_at_the_batchs_last_end_of_text_token(vit_tiny, tokens)
     try:
         with torch.no_grad():
             trimmed = vit_tiny.encode_text(tokens)
-            untrimmed = vit_tiny.encode_text(torch.cat([tokens, full_context]))[:len(tokens)]
+            beside_a_full_context = vit_tiny.encode_text(torch.cat([tokens, full_context]))[:len(tokens)]
+            vit_tiny.trim_text_context = False
+            untrimmed = vit_tiny.encode_text(tokens)
     finally:
+        vit_tiny.trim_text_context = True
         hook.remove()
-    assert lengths == [tokens.argmax(-1).max().item() + 1, 77] and lengths[0] < 20
+    assert lengths == [tokens.argmax(-1).max().item() + 1, 77, 77] and lengths[0] < 20
     torch.testing.assert_close(trimmed, untrimmed, rtol=0, atol=1e-5)
+    torch.testing.assert_close(beside_a_full_context, untrimmed, rtol=0, atol=1e-5)
 
 
 def test_text_embeddings_of_wrong_length_are_refused(vit_tiny):

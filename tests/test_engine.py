@@ -242,3 +242,14 @@ def test_model_rebuilt_from_checkpoint_alone(tiny_model):
     with pytest.raises(ValueError, match="run/best.pt: the weights do not fit"):
         engine.model_from_checkpoint(checkpoint, "run/best.pt")
 
+
+
+def test_num_threads_sets_torchs_cpu_threads_and_0_keeps_them():
+    before = torch.get_num_threads()
+    try:
+        engine.set_cpu_threads(1)
+        assert torch.get_num_threads() == 1
+        engine.set_cpu_threads(0)
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

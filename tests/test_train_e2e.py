@@ -51,7 +51,8 @@ def test_training_writes_checkpoints_metrics_and_tensorboard(demo_run):
             assert math.isfinite(record[tag]), (tag, record)
     # Cosine annealing from lr to 0 over 2 epochs, stepped per epoch: lr, then lr / 2.
     assert [r["lr"] for r in records] == pytest.approx([5e-4, 2.5e-4])
-    assert "val mAP:" in output and "after epoch 2" in output
+    assert "epoch 0/2 (before training)" in output
+    assert "val mAP: start " in output and "(after epoch 2)" in output
 
     events = EventAccumulator(str(run_dir))
     events.Reload()
@@ -105,6 +106,9 @@ def test_test_py_on_best_checkpoint_and_zeroshot(demo_run, test_py, capsys):
     assert zeroshot["checkpoint"] == "zeroshot" and zeroshot["epoch"] == 0
     # The untrained random weights rank classes far worse than the trained ones.
     assert zeroshot["metrics"]["mAP"] < report["metrics"]["mAP"] - 0.05
+    # They are the weights train.py evaluated before its first epoch (the same seed).
+    start = load_checkpoint(run_dir / "newest_train_checkpoint.pt")["state"]["start_mAP"]
+    assert zeroshot["metrics"]["mAP"] == pytest.approx(start, abs=1e-9)
 
 
 def _custom_config(tmp_path: Path, class_names_file: Path) -> Path:
