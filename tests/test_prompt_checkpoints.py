@@ -8,9 +8,7 @@ nothing is downloaded."""
 import dataclasses
 import io
 import json
-import os
 import runpy
-import signal
 from pathlib import Path
 
 import pytest
@@ -22,6 +20,7 @@ from tailclip.checkpoint import load_checkpoint
 from tailclip.config import Config
 from tailclip.logger import read_metrics
 from tailclip.model import TailCLIP
+from interrupt import ctrl_c_on_forward_call
 from tiny_dataset import CLASS_NAMES, TEST_LABELS, write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,15 +110,7 @@ def test_prompt_run_with_resume_test_and_predict(openai_weights, tmp_path, monke
     train_main = runpy.run_path(str(REPO / "train.py"))["main"]
 
     # Ctrl-C in step 1 of epoch 2 (2 steps per epoch): the newest checkpoint is saved there.
-    forward, calls = TailCLIP.forward, []
-
-    def forward_then_ctrl_c(self, *args, **kwargs):
-        calls.append(None)
-        if len(calls) == 3:
-            os.kill(os.getpid(), signal.SIGINT)
-        return forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(TailCLIP, "forward", forward_then_ctrl_c)
+    forward = ctrl_c_on_forward_call(monkeypatch, 3)
     assert train_main([f"--config={config}"]) == 130
     monkeypatch.setattr(TailCLIP, "forward", forward)
     for name in ("best_valid_mAP.pt", "best_valid_mAP_tail.pt", "newest_train_checkpoint.pt"):

@@ -6,7 +6,6 @@ These runs decode JPEGs without the image cache, so that the random flips come f
 global torch generator and only an exact restore of the random states gives equal losses
 (with the cache, flips are seeded per step: test_engine checks those batches)."""
 import math
-import os
 import runpy
 import signal
 import subprocess
@@ -19,7 +18,8 @@ import torch
 
 from tailclip.checkpoint import load_checkpoint
 from tailclip.logger import read_metrics
-from tailclip.model import TailCLIP
+
+from interrupt import ctrl_c_on_forward_call
 
 REPO = Path(__file__).resolve().parents[1]
 NEWEST = "newest_train_checkpoint.pt"
@@ -78,16 +78,7 @@ def test_killed_then_interrupted_run_resumes_identically(train_main, straight, t
         assert load_checkpoint(run_dir / name)["state"]["epoch"] == 1
 
     # 2. --resume, and Ctrl-C during step 4 of epoch 2: the step finishes, then the run saves
-    forward = TailCLIP.forward
-    calls = []
-
-    def forward_then_ctrl_c(self, *args, **kwargs):
-        calls.append(None)
-        if len(calls) == 4:
-            os.kill(os.getpid(), signal.SIGINT)
-        return forward(self, *args, **kwargs)
-
-    monkeypatch.setattr(TailCLIP, "forward", forward_then_ctrl_c)
+    ctrl_c_on_forward_call(monkeypatch, 4)
     assert train_main(train_args(tmp_path, "broken", "--resume")) == 130
     monkeypatch.undo()
     saved = load_checkpoint(run_dir / NEWEST)["state"]
