@@ -5,13 +5,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+import open_clip  # the reference implementation (requirements-dev.txt)
 
 import clip
 from clip.architectures import ARCHITECTURES, CHECKPOINT_URLS
 from clip.model import infer_architecture
 from clip.transform import CLIP_MEAN, CLIP_STD, clip_transform
-
-open_clip = pytest.importorskip("open_clip")
 
 # Our names -> open_clip's model config names.
 OPEN_CLIP_NAMES = {

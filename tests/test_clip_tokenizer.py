@@ -1,14 +1,12 @@
 """The tokenizer against open_clip's (the independent reference), on the benchmarks' real text."""
-import os
 from pathlib import Path
 
 import pytest
 import torch
+import open_clip  # the reference implementation (requirements-dev.txt)
 
 import clip
 from clip import tokenizer as clip_tokenizer
-
-open_clip = pytest.importorskip("open_clip")
 
 SOT, EOT = 49406, 49407
 
@@ -90,10 +88,9 @@ def test_get_tokenizer_is_cached():
     assert clip.get_tokenizer() is clip.get_tokenizer()
 
 
-def test_bpe_path_lookup_order(monkeypatch, tmp_path):
-    shared = os.environ.get("TAILCLIP_BPE_PATH")
-    if not shared:
-        pytest.skip("TAILCLIP_BPE_PATH unset (shared data missing)")
+def test_bpe_path_lookup_order(monkeypatch, tmp_path, shared_data):
+    shared = str(shared_data / "clip" / "bpe_simple_vocab_16e6.txt.gz")
+    monkeypatch.setenv("TAILCLIP_BPE_PATH", shared)
     assert clip_tokenizer.bpe_path() == Path(shared)
 
     monkeypatch.setenv("TAILCLIP_BPE_PATH", str(tmp_path / "missing.txt.gz"))
