@@ -290,7 +290,9 @@ class Bench:
 
     def model(self, ours: bool):
         model = copy.deepcopy(self.initial_model).to(self.device)
-        model.clip_model.trim_text_context = ours  # OpenAI's code runs all 77 text positions
+        if not ours:  # OpenAI's code runs the text tower over all 77 positions
+            full_context = clip.tokenize(self.data.label_prompts, context_length=self.cfg.max_length)
+            model.label_tokens = full_context.to(self.device)
         resnet = not isinstance(model.clip_model.visual, clip.model.VisionTransformer)
         if ours and resnet and self.device.type == "cuda":  # as engine.train
             model = model.to(memory_format=torch.channels_last)

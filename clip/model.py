@@ -265,7 +265,6 @@ class CLIP(nn.Module):
                  transformer_width: int, transformer_heads: int, transformer_layers: int):
         super().__init__()
         self.context_length = context_length
-        self.trim_text_context = True  # see encode_text_embeddings
 
         if isinstance(vision_layers, (tuple, list)):
             self.visual = ModifiedResNet(layers=tuple(vision_layers), output_dim=embed_dim,
@@ -325,26 +324,21 @@ class CLIP(nn.Module):
         return self.visual(images.type(self.dtype), prompt_tokens=prompt_tokens)
 
     def encode_text(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Text embeddings [N, embed_dim] (not normalised) of token ids [N, context_length]."""
+        """Text embeddings [N, embed_dim] (not normalised) of token ids [N, L], L at most the
+        context length: `clip.trim_padding(tokens)` gives the same embeddings, faster."""
         # The end-of-text token has the largest id, so argmax finds where to pool.
         return self.encode_text_embeddings(self.token_embedding(tokens).type(self.dtype), tokens.argmax(dim=-1))
 
     def encode_text_embeddings(self, x: torch.Tensor, eot_index: torch.Tensor) -> torch.Tensor:
-        """The text tower from token embeddings `x` [N, context_length, width] (before the
-        positional embedding), pooled at positions `eot_index` [N].
-
-        Positions after the last `eot_index` of the batch are dropped before the transformer:
-        under the causal mask no pooled position attends to them, so the result is the same
-        and short prompts cost a fraction of the full context. Not under `torch.compile`,
-        where a data-dependent length would break the graph, nor with `trim_text_context =
-        False`: OpenAI's computation over the whole context (the benchmark's paper path)."""
-        if x.shape[1] != self.positional_embedding.shape[0]:
-            raise ValueError(f"text embeddings have {x.shape[1]} positions, the model's context length "
-                             f"is {self.positional_embedding.shape[0]}")
-        length = x.shape[1]
-        if self.trim_text_context and len(eot_index) and not torch.compiler.is_compiling():
-            length = int(eot_index.max()) + 1
-        x = x[:, :length] + self.positional_embedding[:length].type(x.dtype)
+        """The text tower from token embeddings `x` [N, L, width] (before the positional
+        embedding), pooled at positions `eot_index` [N]. L may be shorter than the context
+        length: the positions after the last `eot_index` change no pooled embedding (causal
+        mask), so they may be left out (`clip.trim_padding`)."""
+        context_length = self.positional_embedding.shape[0]
+        if x.shape[1] > context_length:
+            raise ValueError(f"text embeddings have {x.shape[1]} positions, more than the model's context "
+                             f"length {context_length}")
+        x = x + self.positional_embedding[:x.shape[1]].type(x.dtype)
         x = self.ln_final(self.transformer(x))
         return x[torch.arange(x.shape[0], device=x.device), eot_index] @ self.text_projection
 

@@ -157,3 +157,17 @@ def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = 
             ids = ids[:context_length - 1] + [tokenizer.eot_token]
         result[row, :len(ids)] = torch.tensor(ids)
     return result
+
+
+def trim_padding(tokens: torch.Tensor) -> torch.Tensor:
+    """Token ids [N, L] cut after the batch's last end-of-text token: [N, L'] with L' <= L.
+
+    The text tower gives the same embeddings for both (under its causal mask no pooled
+    position sees the padding after it), and short prompts cost a fraction of the whole
+    context. Call it where the ids are made, on the CPU: on a GPU the length it reads would
+    make the host wait for the device.
+    """
+    if tokens.shape[0] == 0:
+        return tokens
+    # The end-of-text token has the largest id: argmax finds it, as the text tower's pooling.
+    return tokens[:, :int(tokens.argmax(dim=-1).max()) + 1]

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Sampler
 
+from clip import trim_padding
 from tailclip.config import Config
 from tailclip.data import MEANS_STDS, BalancedSampler, collate_skip_none
 from tailclip.data.cache import CachedImages, CachedMultiLabelDataset, to_model_input
@@ -87,7 +88,7 @@ class SplitBatches:
                 torch.rand(rank_and_world()[0] * len(images), generator=flips)
                 images = to_model_input(images, self.mean, self.std, flip=self.train, generator=flips)
             yield (images, targets.to(device, non_blocking=True),
-                   tokens.to(device, non_blocking=True), index)
+                   trim_padding(tokens).to(device, non_blocking=True), index)
 
 
 def cache_folder(data) -> Path:

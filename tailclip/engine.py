@@ -195,6 +195,7 @@ class TrainState:
     step_in_epoch: int = 0  # steps of epoch `epoch` already taken (a run stopped mid-epoch)
     global_step: int = 0
     nonfinite_steps: int = 0
+    last_loss: float = math.nan  # of the last step taken (for the progress bar)
     best_mAP: float = -math.inf
     best_mAP_epoch: int = 0
     best_mAP_tail: float = -math.inf
@@ -300,13 +301,18 @@ class Trainer:
 
 
 def train_step(trainer: Trainer, images, targets, tokens, state: TrainState, epoch: int) -> dict | None:
-    """One optimisation step; returns the model outputs, or None for a skipped non-finite loss."""
+    """One optimisation step; returns the model outputs (the loss also as a number in
+    ``state.last_loss``), or None for a skipped non-finite loss."""
     with autocast(trainer.precision, trainer.device):
         out = trainer.forward(images, tokens, targets)
-    loss = out["loss"]
-    if not torch.isfinite(loss):
+    trainer.scaler.scale(out["loss"]).backward()
+    # The step's one wait for the device, once the backward pass is queued: a non-finite
+    # loss leaves only non-finite gradients behind, dropped here before any weight changes.
+    # With several processes the loss is that of the global batch, so all agree.
+    state.last_loss = out["loss"].item()
+    if not math.isfinite(state.last_loss):
         state.nonfinite_steps += 1
-        message = (f"non-finite loss ({loss.item()}) at epoch {epoch + 1}, step "
+        message = (f"non-finite loss ({state.last_loss}) at epoch {epoch + 1}, step "
                    f"{state.step_in_epoch + 1} (global step {state.global_step + 1})")
         if state.nonfinite_steps > trainer.max_nonfinite_steps:
             raise NonFiniteLossError(
@@ -315,7 +321,6 @@ def train_step(trainer: Trainer, images, targets, tokens, state: TrainState, epo
         say(f"{message}: step skipped ({state.nonfinite_steps} of {trainer.max_nonfinite_steps} allowed)")
         trainer.optimizer.zero_grad(set_to_none=True)
         return None
-    trainer.scaler.scale(loss).backward()
     trainer.scaler.step(trainer.optimizer)
     trainer.scaler.update()
     trainer.optimizer.zero_grad(set_to_none=True)
@@ -341,7 +346,7 @@ def train_one_epoch(trainer: Trainer, batches: SplitBatches, state: TrainState, 
         if out is not None:
             meter.update(out, targets, model.score_kind)
             seen += targets.shape[0] * world  # every process has an equal share of the batch
-            bar.set_postfix(loss=f"{out['loss'].item():.4f}", lr=f"{lr:.2e}",
+            bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{lr:.2e}",
                             img_s=f"{seen / (time.perf_counter() - started):.1f}", refresh=False)
         state.step_in_epoch += 1
         state.global_step += 1
@@ -385,7 +390,7 @@ def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, devic
         label_emb = model.encode_labels()
         if uses_captions:
             distinct, caption_of_image = torch.unique(caption_tokens, dim=0, return_inverse=True)
-            caption_emb = _encode_in_chunks(model.encode_texts, distinct, chunk, device)
+            caption_emb = _encode_in_chunks(model.encode_texts, clip.trim_padding(distinct), chunk, device)
             caption_of_image = caption_of_image.to(device)
     loss_sum = torch.zeros((), device=device)
     # Empty first entries: with several processes, one may have no batch at all.

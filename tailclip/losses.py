@@ -20,6 +20,17 @@ def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
+def similarity_logits(logit_scale: torch.Tensor, emb: torch.Tensor, other_emb: torch.Tensor) -> torch.Tensor:
+    """``logit_scale * emb @ other_emb.T`` [N, M] in (at least) float32, also under autocast.
+
+    In bf16 a cosine of ~0.25 is rounded to a multiple of 2^-10, which a logit scale of 100
+    turns into steps of ~0.1 between logits: enough to reorder close classes. The matmul is
+    small ([N, D] x [D, C or N]), so float32 costs nothing measurable.
+    """
+    with torch.autocast(device_type=emb.device.type, enabled=False):
+        return _at_least_float32(logit_scale) * _at_least_float32(emb) @ _at_least_float32(other_emb).T
+
+
 def _check_focusing_settings(gamma_neg: float, gamma_pos: float, clip, eps: float) -> None:
     if gamma_neg < 0 or gamma_pos < 0:
         raise ValueError(f"gamma_neg and gamma_pos must be >= 0, got {gamma_neg} and {gamma_pos}")
@@ -178,12 +189,9 @@ def clip_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
             f"image and text embeddings must both be [batch, dim], got "
             f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
         )
-    # Under autocast the matmul would run in bf16/fp16; the loss is computed in float32.
-    with torch.autocast(device_type=image_emb.device.type, enabled=False):
-        image_emb, text_emb = _at_least_float32(image_emb), _at_least_float32(text_emb)
-        logits = _at_least_float32(logit_scale) * image_emb @ text_emb.T
-        labels = torch.arange(logits.shape[0], device=logits.device)
-        return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
+    logits = similarity_logits(logit_scale, image_emb, text_emb)
+    labels = torch.arange(logits.shape[0], device=logits.device)
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
 class TailCLIPObjective(nn.Module):

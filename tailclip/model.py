@@ -6,13 +6,17 @@ not clamped, as in the paper); the loss is ``tailclip.losses.build_objective(cfg
 import torch
 import torch.nn as nn
 
-from .losses import build_objective
+from clip import trim_padding
+
+from .losses import build_objective, similarity_logits
 from .metrics import SCORE_KINDS, scores_from_logits
 
 LABEL_EMBEDDING_MODES = ("per_step", "per_epoch")
 
 
-def _l2_normalise(x: torch.Tensor) -> torch.Tensor:
+def l2_normalise(x: torch.Tensor) -> torch.Tensor:
+    # bf16/fp16 features (autocast) are normalised in float32, as the logits are computed.
+    x = x.to(torch.promote_types(x.dtype, torch.float32))
     return x / x.norm(dim=-1, keepdim=True)
 
 
@@ -44,7 +48,7 @@ class TailCLIP(nn.Module):
         self.score_kind = cfg.score
         self.objective = build_objective(cfg, class_weights)
         # Derived from the class names and the weights: not part of a checkpoint.
-        self.register_buffer("label_tokens", label_tokens, persistent=False)
+        self.register_buffer("label_tokens", trim_padding(label_tokens), persistent=False)
         self.register_buffer("cached_label_emb", None, persistent=False)
 
     @property
@@ -53,11 +57,11 @@ class TailCLIP(nn.Module):
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings [N, D]."""
-        return _l2_normalise(self.clip_model.encode_image(images))
+        return l2_normalise(self.clip_model.encode_image(images))
 
     def encode_texts(self, tokens: torch.Tensor) -> torch.Tensor:
         """L2-normalised text embeddings [N, D] of token ids [N, context_length]."""
-        return _l2_normalise(self.clip_model.encode_text(tokens))
+        return l2_normalise(self.clip_model.encode_text(tokens))
 
     def encode_labels(self) -> torch.Tensor:
         """L2-normalised embeddings [C, D] of the class prompts, with the current weights."""
@@ -69,8 +73,8 @@ class TailCLIP(nn.Module):
         self.cached_label_emb = self.encode_labels()
 
     def class_logits(self, image_emb: torch.Tensor, label_emb: torch.Tensor) -> torch.Tensor:
-        """``logit_scale.exp() * image_emb @ label_emb.T`` [N, C]."""
-        return self.clip_model.logit_scale.exp() * image_emb @ label_emb.T
+        """``logit_scale.exp() * image_emb @ label_emb.T`` [N, C], in float32 under autocast."""
+        return similarity_logits(self.clip_model.logit_scale.exp(), image_emb, label_emb)
 
     def _training_label_embeddings(self) -> torch.Tensor:
         if self.label_embedding_mode == "per_step":

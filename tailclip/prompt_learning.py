@@ -16,14 +16,13 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 import clip
 from clip.architectures import vit_names
 from clip.model import VisionTransformer
 
 from .data.captions import label_prompts
-from .model import TailCLIP
+from .model import TailCLIP, l2_normalise
 
 PROMPT_MODES = ("prompt", "prompt+visual")
 CONTEXT_PLACEHOLDER = "X"  # one BPE token; its embeddings are replaced by the context vectors
@@ -65,8 +64,8 @@ class PromptLearner(nn.Module):
     def __init__(self, clip_model: nn.Module, class_names, cfg):
         super().__init__()
         placeholder_caption = " ".join([CONTEXT_PLACEHOLDER] * cfg.n_ctx) + " "
-        tokens = clip.tokenize(label_prompts(placeholder_caption, class_names),
-                               context_length=clip_model.context_length)
+        tokens = clip.trim_padding(clip.tokenize(label_prompts(placeholder_caption, class_names),
+                                                 context_length=clip_model.context_length))
         tokens = tokens.to(clip_model.token_embedding.weight.device)
         self.n_ctx = cfg.n_ctx
         self.register_buffer("tokens", tokens, persistent=False)
@@ -130,11 +129,11 @@ class PromptTailCLIP(TailCLIP):
         return self
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.clip_model.encode_image(images, prompt_tokens=self.visual_prompts), dim=-1)
+        return l2_normalise(self.clip_model.encode_image(images, prompt_tokens=self.visual_prompts))
 
     def encode_labels(self) -> torch.Tensor:
         prompts = self.prompt_learner(self.clip_model.token_embedding)
-        return F.normalize(self.clip_model.encode_text_embeddings(prompts, self.prompt_learner.eot_index), dim=-1)
+        return l2_normalise(self.clip_model.encode_text_embeddings(prompts, self.prompt_learner.eot_index))
 
 
 def build_tailclip(clip_model: nn.Module, label_tokens: torch.Tensor, class_names, cfg,

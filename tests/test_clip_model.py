@@ -146,27 +146,26 @@ def test_text_tower_is_causal(vit_tiny):
         assert not torch.allclose(vit_tiny.encode_text_embeddings(earlier_changed, pool_at)[0], base)
 
 
-def test_text_tower_stops_at_the_batchs_last_end_of_text_token(vit_tiny, tokens):
+def test_tokens_trimmed_after_the_last_end_of_text_give_the_same_embeddings(vit_tiny, tokens):
     full_context = clip.tokenize("word " * 100, truncate=True)  # end of text at position 76
     lengths = []
     hook = vit_tiny.transformer.register_forward_hook(lambda module, args, out: lengths.append(args[0].shape[1]))
     try:
         with torch.no_grad():
-            trimmed = vit_tiny.encode_text(tokens)
-            beside_a_full_context = vit_tiny.encode_text(torch.cat([tokens, full_context]))[:len(tokens)]
-            vit_tiny.trim_text_context = False
+            trimmed = vit_tiny.encode_text(clip.trim_padding(tokens))
+            beside_a_full_context = vit_tiny.encode_text(clip.trim_padding(torch.cat([tokens, full_context])))
             untrimmed = vit_tiny.encode_text(tokens)
     finally:
-        vit_tiny.trim_text_context = True
         hook.remove()
-    assert lengths == [tokens.argmax(-1).max().item() + 1, 77, 77] and lengths[0] < 20
+    # "two cats on a sofa, sleeping": start, 7 word and comma tokens, end of text.
+    assert lengths == [9, 77, 77]
     torch.testing.assert_close(trimmed, untrimmed, rtol=0, atol=1e-5)
-    torch.testing.assert_close(beside_a_full_context, untrimmed, rtol=0, atol=1e-5)
+    torch.testing.assert_close(beside_a_full_context[:len(tokens)], untrimmed, rtol=0, atol=1e-5)
 
 
-def test_text_embeddings_of_wrong_length_are_refused(vit_tiny):
-    with pytest.raises(ValueError, match="context length is 77"):
-        vit_tiny.encode_text_embeddings(torch.zeros(1, 10, 64), torch.tensor([3]))
+def test_text_longer_than_the_context_is_refused(vit_tiny):
+    with pytest.raises(ValueError, match="78 positions, more than the model's context length 77"):
+        vit_tiny.encode_text_embeddings(torch.zeros(1, 78, 64), torch.tensor([3]))
 
 
 def test_visual_prompt_tokens_enter_after_class_and_positions_before_ln_pre(vit_tiny):

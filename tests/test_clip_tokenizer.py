@@ -56,6 +56,16 @@ def test_known_ids_and_empty_text():
     assert empty.shape == (1, 77) and empty[0, :2].tolist() == [SOT, EOT] and not empty[0, 2:].any()
 
 
+def test_trim_padding_cuts_after_the_batchs_last_end_of_text():
+    tokens = clip.tokenize(["a photo of a cat", "x", ""])
+    trimmed = clip.trim_padding(tokens)
+    # The longest text: start, five word ids, end.
+    assert trimmed.shape == (3, 7) and torch.equal(trimmed, tokens[:, :7])
+    assert trimmed[0, -1] == EOT and not tokens[:, 7:].any()
+    assert clip.trim_padding(clip.tokenize("cat " * 75)).shape == (1, 77)
+    assert clip.trim_padding(tokens[:0]).shape == (0, 77)
+
+
 def test_over_long_text_raises_naming_it_unless_truncated():
     text = "a very long caption " * 30
     with pytest.raises(ValueError, match="a very long caption"):

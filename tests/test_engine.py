@@ -175,13 +175,18 @@ def test_nonfinite_loss_skips_then_stops(tiny_model, monkeypatch):
     before = {name: value.clone() for name, value in tiny_model.state_dict().items()}
     trainer = _trainer(tiny_model, max_nonfinite_steps=1)
     forward = TailCLIP.forward
-    monkeypatch.setattr(TailCLIP, "forward", lambda self, *a: {**forward(self, *a),
-                                                                "loss": torch.tensor(float("nan"))})
+    def nan_loss(self, *args):
+        out = forward(self, *args)
+        return {**out, "loss": out["loss"] * float("nan")}  # NaN gradients too
+
+    monkeypatch.setattr(TailCLIP, "forward", nan_loss)
     state = engine.TrainState(epoch=2, step_in_epoch=4, global_step=11)
     assert engine.train_step(trainer, images, targets, tokens, state, epoch=2) is None
     assert state.nonfinite_steps == 1
     for name, value in tiny_model.state_dict().items():  # a skipped step changes nothing
         assert torch.equal(value, before[name]), name
+    assert all(parameter.grad is None for parameter in tiny_model.parameters())
+    assert not trainer.optimizer.state  # nor the optimiser's moments
     with pytest.raises(engine.NonFiniteLossError,
                        match=r"non-finite loss \(nan\) at epoch 3, step 5 \(global step 12\).*"
                              r"max_nonfinite_steps = 1"):

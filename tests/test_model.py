@@ -58,6 +58,22 @@ def test_embeddings_are_normalised_and_logits_are_scaled_cosines():
     assert torch.allclose(model.predict_scores(images).sum(dim=1), torch.ones(len(images)))
 
 
+
+def test_logits_under_bf16_autocast_are_float32_cosines_of_the_bf16_features():
+    model = tiny_model()
+    images, captions, targets = small_batch()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        raw_image = model.clip_model.encode_image(images)
+        raw_label = model.clip_model.encode_text(model.label_tokens)
+        out = model(images, captions, targets)
+    assert raw_image.dtype == torch.bfloat16  # the backbone did run in bf16
+    assert out["logits"].dtype == out["image_emb"].dtype == torch.float32
+    # The head, computed in float64 from the backbone's bf16 outputs: a bf16 head would be off
+    # by up to half a bf16 step of the logit (~0.1 at logit scale 100 and cosines of ~0.25).
+    cosine = torch.nn.functional.cosine_similarity(raw_image.double()[:, None], raw_label.double()[None], dim=-1)
+    expected = model.clip_model.logit_scale.exp().double() * cosine
+    assert torch.allclose(out["logits"].double(), expected, rtol=0, atol=1e-5)
+
 def test_forward_returns_the_loss_terms_logits_and_embeddings():
     weights = torch.rand(len(CLASS_NAMES))
     model = tiny_model(class_weights=weights, asl_mul=2.0, label_smoothing=0.1)
