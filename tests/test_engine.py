@@ -1,5 +1,6 @@
 """The training engine's parts: backbone checks, optimiser and schedule, batched evaluation,
 mixed precision, non-finite losses, Ctrl-C handling, rebuilding a model from a checkpoint."""
+import copy
 import dataclasses
 import math
 import os
@@ -164,10 +165,29 @@ def test_cached_training_batches_do_not_depend_on_where_an_epoch_starts():
     assert torch.all(mirrored | unchanged) and 0.3 < mirrored.float().mean() < 0.7  # random flips
 
 
-def _trainer(model, max_nonfinite_steps):
+def _trainer(model, max_nonfinite_steps, forward=None):
     optimizer = build_optimizer(TINY, model.parameters(), CPU)
-    return engine.Trainer(model, model, optimizer, build_scheduler(TINY, optimizer),
+    return engine.Trainer(model, model if forward is None else forward, optimizer, build_scheduler(TINY, optimizer),
                           torch.amp.GradScaler("cpu", enabled=False), "fp32", CPU, max_nonfinite_steps)
+
+
+def test_compiled_training_step_has_no_graph_break_and_matches_eager(tiny_model):
+    # `compile = True`: the forward pass must trace as one graph (fullgraph raises at a graph
+    # break) also as the batch size and caption length change. The "aot_eager" backend traces
+    # forward and backward as inductor does without its minute of C++ compilation per shape.
+    eager = copy.deepcopy(tiny_model)
+    compiled = copy.deepcopy(tiny_model)
+    trainers = [_trainer(eager, 0), _trainer(compiled, 0, torch.compile(compiled, backend="aot_eager",
+                                                                        fullgraph=True))]
+    states = [engine.TrainState(), engine.TrainState()]
+    for count, seed in [(6, 1), (7, 2), (5, 3)]:
+        images, targets, tokens = tiny_batch(count, seed)
+        tokens = clip.trim_padding(tokens) if seed != 3 else tokens  # the last: the whole context
+        for trainer, state in zip(trainers, states):
+            engine.train_step(trainer, images, targets, tokens, state, epoch=0)
+        assert states[1].last_loss == pytest.approx(states[0].last_loss, rel=1e-5)
+    for (name, value), other in zip(eager.state_dict().items(), compiled.state_dict().values()):
+        torch.testing.assert_close(other, value, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_nonfinite_loss_skips_then_stops(tiny_model, monkeypatch):
