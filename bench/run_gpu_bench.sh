@@ -5,7 +5,8 @@
 #
 #   bash bench/run_gpu_bench.sh [RESULTS_DIR]     # default: $OUT when set, else bench/results
 #
-# Writes gpu.txt, bench.log and one JSON per run into RESULTS_DIR (6 files).
+# Writes gpu.txt, bench.log and one JSON per run into RESULTS_DIR (6 files); then trains the
+# demo config on the GPU in bf16 and in fp32 (seed 0) and logs both mAP lines in bench.log.
 # Needs python3 (or $PYTHON) with torch, torchvision, pillow, numpy, scipy, scikit-learn, tqdm,
 # regex and ftfy, and the CLIP vocabulary. On a machine without network or ftfy, put the ftfy
 # and wcwidth wheels and bpe_simple_vocab_16e6.txt.gz into .whl/ (git-ignored) and carry it:
@@ -37,5 +38,12 @@ for model in RN50 ViT-B/16; do
       --input cache --paper-eval-images 1000 --json "$results/$name.json" 2>&1 | tee -a "$results/bench.log" \
       || { echo "=== FAILED: $model, batch $batch" | tee -a "$results/bench.log"; failed=1; }
   done
+done
+# Issue 6's bf16 target on the GPU: the demo config (seed 0) in bf16 and in fp32.
+for precision in bf16 fp32; do
+  echo "=== demo, cuda, $precision" | tee -a "$results/bench.log"
+  "$python" train.py --config=configs/demo.py --set device=cuda --set precision="$precision" \
+    --set run_dir="/tmp/tailclip-demo-$precision" 2>&1 | grep -E "^(epoch|val mAP)" | tee -a "$results/bench.log" \
+    || { echo "=== FAILED: demo, $precision" | tee -a "$results/bench.log"; failed=1; }
 done
 exit $failed
