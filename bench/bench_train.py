@@ -282,7 +282,8 @@ class Bench:
                      model_name=args.model, pretrained=False, size=args.size or clip.model_resolution(args.model),
                      interpolate_pos_embedding=args.size is not None, batch_size=args.batch_size,
                      eval_batch_size=args.eval_batch_size, num_workers=args.ours_workers, lr=1e-5,
-                     device=args.device, precision=args.precision, image_cache=args.input == "cache")
+                     device=args.device, precision=args.precision, image_cache=args.input == "cache",
+                     compile=args.compile)
         data = build_data(cfg)
         engine.seed_everything(cfg.seed)
         model = engine.build_model(cfg, data.label_prompts, data.class_weights)
@@ -319,16 +320,18 @@ class Bench:
         paper_rate = images_per_s(jpeg_batches(self.paper_loader(train=True), self.device), self.device)
         return {"ours": ours_rate, "paper": paper_rate, "ours_setup_seconds": setup_seconds}
 
-    def _train(self, model, optimizer, precision: str, batches) -> dict:
-        """Images/s and peak memory of training ``model`` with the engine's step."""
-        trainer = engine.Trainer(model, model, optimizer, build_scheduler(self.cfg, optimizer),
+    def _train(self, model, optimizer, precision: str, batches, compile_model: bool = False) -> dict:
+        """Images/s and peak memory of training ``model`` with the engine's step (through
+        ``torch.compile`` as ``engine.train`` with ``compile_model``)."""
+        forward = torch.compile(model) if compile_model else model
+        trainer = engine.Trainer(model, forward, optimizer, build_scheduler(self.cfg, optimizer),
                                  grad_scaler(precision, self.device), precision, self.device, 0)
         rate, _, memory = timed(lambda: train_images_per_s(trainer, batches, self.args.warmup, self.args.steps),
                                 self.device)
         return {"images_per_s": rate, "peak_mib": memory, "math": math_mode(precision, self.device)}
 
     def training(self) -> dict:
-        say(f"training: ours ({self.precision}, {self.args.input}) ...")
+        say(f"training: ours ({self.precision}, {self.args.input}{', compiled' if self.cfg.compile else ''}) ...")
         set_tf32(self.device, ours=True)
         model = self.model(ours=True)
         split = build_split_batches(self.cfg, self.data, train=True, device=self.device)
@@ -337,7 +340,7 @@ class Bench:
         flops = count_training_flops(model, images, targets, tokens, self.precision, self.device)
         results = {"flops_per_image": flops / len(targets),
                    "ours": self._train(model, build_optimizer(self.cfg, model.parameters(), self.device),
-                                       self.precision, batches)}
+                                       self.precision, batches, self.cfg.compile)}
 
         say("training: paper path (fp32, JPEG DataLoader, plain AdamW) ...")
         set_tf32(self.device, ours=False)
@@ -389,7 +392,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--input", choices=["cache", "loader"], default="cache",
                         help="ours: decoded-image cache, or the tuned JPEG DataLoader")
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per path")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed training steps per path")
+    parser.add_argument("--warmup", type=int, default=None,
+                        help="untimed training steps per path (default 3; 10 with --compile, whose "
+                             "first steps compile for the first shapes, then for variable caption lengths)")
+    parser.add_argument("--compile", action="store_true", help="ours: the forward pass through torch.compile")
     parser.add_argument("--train-images", type=int, default=1142, help="as VOC-MLT's training split")
     parser.add_argument("--test-images", type=int, default=4952, help="as VOC-MLT's test split")
     parser.add_argument("--paper-eval-images", type=int, default=None,
@@ -408,6 +414,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.ours_workers is None:
         args.ours_workers = 0 if args.input == "cache" else args.workers
+    if args.warmup is None:
+        args.warmup = 10 if args.compile else 3
     if args.threads is None and args.device == "cpu":
         args.threads = max(1, (os.cpu_count() or 1) - args.workers)
     return args
@@ -439,7 +447,8 @@ def report(args, cfg: Config, env: dict, results: dict) -> str:
             ("input pipeline", "paper JPEG DataLoader", inputs["paper"], "", "", "")]
     rows += [("training", name, train[key]["images_per_s"], f"{train[key]['peak_mib']:.0f}",
               f"{train[key]['tflops']:.3f}", mfu(train[key]))
-             for key, name in (("ours", f"ours {train['ours']['math']} {args.input}"),
+             for key, name in (("ours", f"ours {train['ours']['math']} {args.input}"
+                                        + (" compiled" if args.compile else "")),
                                ("paper", f"paper {train['paper']['math']} JPEG"))]
     rows += [("evaluation", name, evaluation[key]["images_per_s"], f"{evaluation[key]['peak_mib']:.0f}", "", "")
              for key, name in (("ours", f"ours batched {args.eval_batch_size}"), ("paper", paper_eval))]
