@@ -8,7 +8,10 @@ would have seen: the order depends on (seed, epoch) only, cached-path flips on (
 epoch, step), and JPEG-path flips on torch's generator, whose state the checkpoint restores
 (in DataLoader workers: seeded from (seed, epoch), exact at epoch boundaries).
 """
+import contextlib
 import math
+import queue
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +47,47 @@ def seed_of(*keys: int) -> int:
     return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
+def read_ahead(iterable, depth: int):
+    """The items of ``iterable``, read up to ``depth`` items ahead by a background thread
+    (``depth = 0``: read here, when asked for). An exception of the thread is raised here;
+    closing the generator (a loop left early) stops the thread."""
+    if depth == 0:
+        yield from iterable
+        return
+    items, stop, end = queue.Queue(maxsize=depth), threading.Event(), object()
+
+    def put(entry) -> bool:
+        while not stop.is_set():
+            with contextlib.suppress(queue.Full):
+                items.put(entry, timeout=0.05)
+                return True
+        return False
+
+    def read() -> None:
+        try:
+            for item in iterable:
+                if not put((item, None)):
+                    return
+        except BaseException as error:  # noqa: BLE001 - raised again in the consumer
+            put((end, error))
+            return
+        put((end, None))
+
+    thread = threading.Thread(target=read, name="tailclip-read-ahead", daemon=True)
+    thread.start()
+    try:
+        while True:
+            item, error = items.get()
+            if item is end:
+                if error is not None:
+                    raise error
+                return
+            yield item
+    finally:
+        stop.set()
+        thread.join()
+
+
 class SplitBatches:
     """A split's batches as device tensors ``(images, targets, caption_tokens, indices)``.
 
@@ -51,11 +95,20 @@ class SplitBatches:
     flip + normalisation run on the device; the flips of training step s of epoch e come
     from a generator seeded by (seed, e, s), so they do not depend on where a run resumed.
     Uncached: the DataLoader decodes and transforms each JPEG, flips included.
+
+    ``read_ahead`` (cached only): batches the loader reads in a background thread ahead of
+    the one in use, so that on a GPU the next batch is gathered from the cache and pinned
+    while the device computes, not in the wait after each step.
     """
 
     def __init__(self, loader: DataLoader, sampler: ResumableSampler | None, batch_size: int,
-                 cached: bool, normalize: str, train: bool, seed: int):
+                 cached: bool, normalize: str, train: bool, seed: int, read_ahead: int = 0):
+        if read_ahead and not cached:
+            # The JPEG path draws its flips from torch's global generator as it reads: read
+            # ahead, it would draw before a checkpoint what the steps after it use.
+            raise ValueError("read_ahead needs the decoded-image cache")
         self.loader = loader
+        self.read_ahead = read_ahead
         self.sampler = sampler
         self.batch_size = batch_size
         self.cached = cached
@@ -76,19 +129,26 @@ class SplitBatches:
             self.sampler.skip = start_step * self.batch_size
         # Worker processes (re)started for this epoch are seeded from (seed, epoch).
         self.loader.generator.manual_seed(seed_of(self.seed, epoch, 1))
-        for step, batch in enumerate(self.loader, start=start_step):
-            if batch is None:  # every image of the batch was unreadable (and skipped)
-                continue
-            images, targets, tokens, index = batch
-            images = images.to(device, non_blocking=True)
-            if self.cached:
-                flips = torch.Generator().manual_seed(seed_of(self.seed, epoch, step, 2))
-                # This process's images are slice `rank` of the global batch: skipping the
-                # draws of the slices before it gives each image its single-process flip.
-                torch.rand(rank_and_world()[0] * len(images), generator=flips)
-                images = to_model_input(images, self.mean, self.std, flip=self.train, generator=flips)
-            yield (images, targets.to(device, non_blocking=True),
-                   trim_padding(tokens).to(device, non_blocking=True), index)
+        with contextlib.closing(read_ahead(self.loader, self.read_ahead)) as loaded:
+            for step, batch in enumerate(loaded, start=start_step):
+                if batch is None:  # every image of the batch was unreadable (and skipped)
+                    continue
+                yield self._on_device(batch, device, epoch, step)
+
+    def _on_device(self, batch, device: torch.device, epoch: int, step: int) -> tuple:
+        images, targets, tokens, index = batch
+        images = images.to(device, non_blocking=True)
+        if self.cached:
+            flips = torch.Generator().manual_seed(seed_of(self.seed, epoch, step, 2))
+            # This process's images are slice `rank` of the global batch: skipping the
+            # draws of the slices before it gives each image its single-process flip.
+            torch.rand(rank_and_world()[0] * len(images), generator=flips)
+            images = to_model_input(images, self.mean, self.std, flip=self.train, generator=flips)
+        # The length is read on the CPU and the whole (pinned) ids are copied: the device
+        # never waits for the length, nor for a copy from pageable memory.
+        length = trim_padding(tokens).shape[1]
+        return (images, targets.to(device, non_blocking=True),
+                tokens.to(device, non_blocking=True)[:, :length], index)
 
 
 def cache_folder(data) -> Path:
@@ -130,4 +190,6 @@ def build_split_batches(cfg: Config, data, train: bool, device: torch.device) ->
         loader = DataLoader(dataset, batch_size=batch_size, sampler=order,
                             collate_fn=collate_skip_none, num_workers=cfg.num_workers,
                             persistent_workers=cfg.num_workers > 0 and not train, **common)
-    return SplitBatches(loader, sampler, batch_size, cached, cfg.normalize, train, cfg.seed)
+    # On the CPU a reading thread would take cores from the model.
+    return SplitBatches(loader, sampler, batch_size, cached, cfg.normalize, train, cfg.seed,
+                        read_ahead=2 if cached and device.type == "cuda" else 0)

@@ -186,11 +186,19 @@ def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[fl
     if flip:
         device = generator.device if generator is not None else images.device
         mirrored = torch.rand(images.shape[0], generator=generator, device=device) < 0.5
-        images = torch.where(mirrored.to(images.device)[:, None, None, None], images.flip(2), images)
+        images = torch.where(_on(images.device, mirrored)[:, None, None, None], images.flip(2), images)
     x = images.permute(0, 3, 1, 2).float().div(255)
-    mean = torch.as_tensor(mean, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.as_tensor(std, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    mean = _on(x.device, torch.tensor(mean, dtype=x.dtype).view(1, 3, 1, 1))
+    std = _on(x.device, torch.tensor(std, dtype=x.dtype).view(1, 3, 1, 1))
     return x.sub(mean).div(std)
+
+
+def _on(device: torch.device, small: torch.Tensor) -> torch.Tensor:
+    # A copy from pageable host memory to a GPU waits for all the work queued on the device;
+    # from pinned memory it is queued like a kernel (the pinned block is kept until it is done).
+    if device.type != "cuda":
+        return small.to(device)
+    return small.pin_memory().to(device, non_blocking=True)
 
 
 class CachedMultiLabelDataset(Dataset):
