@@ -190,9 +190,9 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     """
     if rank_and_world()[1] == 1:
         return tensor
-    # torch.distributed.nn.functional.all_gather is deprecated in favour of this function,
-    # which also works under torch.compile.
-    return funcol.all_gather_single(tensor.contiguous(), 0, dist.group.WORLD)
+    # The functional collective (torch.distributed.nn.functional.all_gather is deprecated)
+    # also works under torch.compile; all_gather_tensor_autograd exists from torch 2.3 on.
+    return funcol.all_gather_tensor_autograd(tensor.contiguous(), 0, dist.group.WORLD)
 
 
 def _all_gather_rows(tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
