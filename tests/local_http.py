@@ -38,8 +38,10 @@ class RangeRequestHandler(SimpleHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         sent = body if server.cut_after is None else body[:server.cut_after]
-        self.wfile.write(sent)
+        # Counted before the write: once the bytes are out, the client (the test) may read
+        # them and check the count before this thread runs on.
         server.body_bytes_sent += len(sent)
+        self.wfile.write(sent)
         if server.cut_after is not None:
             self.close_connection = True
 
