@@ -97,9 +97,10 @@ def test_bf16_loss_agrees_with_fp32(tiny_model):
         full = tiny_model(images, tokens, targets)
         with autocast("bf16", CPU):
             mixed = tiny_model(images, tokens, targets)
-    # bf16 keeps 8 bits of mantissa: the class logits (|z| up to ~15) move by ~0.05, which BAL's
-    # max-normalised, gamma_neg = 4 focusing turns into a difference of a few percent.
-    tolerance = {"loss": 2e-2, "loss_clip": 1e-3, "loss_bal": 5e-2}
+    # bf16 keeps 8 bits of mantissa: through the backbone the class logits move by ~0.03 (the
+    # head itself is float32), which BAL's max-normalised, gamma_neg = 4 focusing turns into
+    # ~1% (measured on batches of seeds 0-2: at most 0.3%, 0.09% and 1.3% for the terms below).
+    tolerance = {"loss": 1e-2, "loss_clip": 2e-3, "loss_bal": 3e-2}
     for name, rel in tolerance.items():
         assert mixed[name].dtype == torch.float32  # losses are computed in float32
         assert mixed[name].item() == pytest.approx(full[name].item(), rel=rel), name
