@@ -13,7 +13,6 @@ from pathlib import Path
 
 from tailclip.checkpoint import CheckpointError
 from tailclip.config import load_config
-from tailclip.data.cache import ImageDecodeError
 from tailclip.distributed import cleanup
 from tailclip.engine import NonFiniteLossError, TrainingInterrupted, train
 
@@ -35,8 +34,9 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         train(cfg, args.run_name or Path(args.config).stem, resume=args.resume)
-    # Errors about the user's inputs: a message, not a traceback (ConfigError is a ValueError).
-    except (ValueError, OSError, CheckpointError, ImageDecodeError, NonFiniteLossError) as error:
+    # Errors about the user's inputs: a message, not a traceback (ConfigError is a ValueError,
+    # an unreadable image an OSError).
+    except (ValueError, OSError, CheckpointError, NonFiniteLossError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     except TrainingInterrupted as error:

@@ -54,9 +54,10 @@ def initial_context(clip_model: nn.Module, cfg, num_classes: int) -> torch.Tenso
 class PromptLearner(nn.Module):
     """Learnable context vectors and the class prompts' token embeddings built from them.
 
-    `forward(token_embedding)` gives the token embeddings [C, context_length, width] of every
-    class prompt (start token, context vectors, class-name tokens, end token, padding), to be
-    encoded by `clip_model.encode_text_embeddings(..., self.eot_index)`. The fixed parts are
+    `forward(token_embedding)` gives the token embeddings [C, L, width] of every class prompt
+    (start token, context vectors, class-name tokens, end token, padding up to the longest
+    prompt's end: `clip.trim_padding`), to be encoded by
+    `clip_model.encode_text_embeddings(..., self.eot_index)`. The fixed parts are
     embedded by the frozen `token_embedding` at each call, not kept: they always match the
     backbone's current weights, also once a checkpoint's weights are loaded into it.
     """

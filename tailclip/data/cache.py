@@ -47,14 +47,13 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
-from .datasets import UnreadableImageError, load_image
+from .datasets import load_image
 from .transforms import resize
 
 CACHE_VERSION = "1"
 RESIZE_METHOD = "torchvision.Resize(bilinear, antialias=True) on PIL RGB"  # = transforms.resize
 
 log = logging.getLogger(__name__)
-ImageDecodeError = UnreadableImageError  # earlier name, still imported by train.py
 
 
 def decode_resized(path: str | os.PathLike, size: int) -> np.ndarray:
