@@ -149,7 +149,9 @@ def main(argv=None) -> int:
         run_dir = Path(cfg.run_dir) / (args.run_name or Path(args.config).stem)
         report = run_test(cfg, run_dir, args.checkpoint, args.zeroshot)
         writes = is_main_process()  # under torchrun only rank 0 prints and writes
-    except (ConfigError, CheckpointError, FileNotFoundError, ValueError) as error:
+    # Errors about the user's inputs, as train.py reports them (an unreadable image is an
+    # OSError, as a missing file).
+    except (ConfigError, CheckpointError, OSError, ValueError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

@@ -163,3 +163,13 @@ def test_unreadable_images_are_skipped_and_counted(train_main, tmp_path, capsys,
     assert "unreadable images left out: 1 train, 1 test" in capsys.readouterr().out
     [record] = read_metrics(tmp_path / "runs" / "tiny")
     assert (record["data/unreadable_train_images"], record["data/unreadable_test_images"]) == (1, 1)
+
+
+def test_test_py_names_an_unreadable_test_image(tmp_path, capsys):
+    # test.py reads the test split as train.py does: a truncated image is a message naming
+    # it and exit code 1, not a traceback.
+    root, args = tiny(tmp_path)
+    truncate(root / "images/test/03.jpg")
+    test_main = runpy.run_path(str(REPO / "test.py"))["main"]
+    assert test_main([*args, "--zeroshot=True"]) == 1
+    check_message(capsys.readouterr().err, [f"cannot read image {root / 'images/test/03.jpg'}"], [])
