@@ -133,12 +133,17 @@ def barrier() -> None:
     """Wait until every process gets here (no-op alone). The wait may be long (the main
     process downloading weights or writing a checkpoint): it goes through a CPU group whose
     timeout is ``PREPARATION_TIMEOUT``, not NCCL's 10 minutes."""
+    if rank_and_world()[1] > 1:
+        dist.barrier(group=_host_processes())
+
+
+def _host_processes():
+    """All processes in a gloo group (created by the first caller: every process must call
+    this at the same point), for exchanges of host values that must not wait for a GPU."""
     global _host_group
-    if rank_and_world()[1] == 1:
-        return
     if _host_group is None:
         _host_group = dist.new_group(backend="gloo", timeout=PREPARATION_TIMEOUT)
-    dist.barrier(group=_host_group)
+    return _host_group
 
 
 @contextlib.contextmanager
@@ -168,8 +173,9 @@ def max_over_processes(value: int) -> int:
     signal that only some processes received (0 elsewhere), so that all stop at one step."""
     if rank_and_world()[1] == 1:
         return value
-    tensor = torch.tensor([value], device=_collective_device())
-    dist.all_reduce(tensor, op=dist.ReduceOp.MAX)
+    # Asked at every training step: through the host group, so that no GPU waits for it.
+    tensor = torch.tensor([value])
+    dist.all_reduce(tensor, op=dist.ReduceOp.MAX, group=_host_processes())
     return int(tensor.item())
 
 
