@@ -291,7 +291,8 @@ def _run(launcher: list[str], script: str, options: list[str], *arguments: str) 
     command = [*launcher, script, "--config=configs/demo.py", *arguments]
     result = subprocess.run(command + [f"--set={option}" for option in options], cwd=REPO,
                             capture_output=True, text=True, timeout=150)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    # A long stderr tail: a failing rank's own error comes before torchrun's report of it.
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-15000:]
     return result.stdout
 
 
