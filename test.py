@@ -26,8 +26,9 @@ from tailclip.checkpoint import CheckpointError, load_checkpoint
 from tailclip.config import ConfigError, load_config, parse_bool
 from tailclip.data import build_data
 from tailclip.distributed import cleanup, init_distributed, is_main_process, main_process_first
-from tailclip.engine import (BEST_MAP_CHECKPOINT, build_model, check_checkpoint_matches,
-                             evaluate_model, seed_everything, set_cpu_threads, trained_model)
+from tailclip.evaluation import evaluate_model
+from tailclip.factory import build_model, seed_everything, set_cpu_threads
+from tailclip.run_folder import BEST_MAP_CHECKPOINT, check_checkpoint_matches, trained_model
 from tailclip.logger import json_safe
 from tailclip.metrics import pd_nd_ratio, subset_metrics
 from tailclip.precision import resolve_precision

@@ -14,7 +14,7 @@ from pathlib import Path
 from tailclip.checkpoint import CheckpointError
 from tailclip.config import load_config
 from tailclip.distributed import cleanup
-from tailclip.engine import NonFiniteLossError, TrainingInterrupted, train
+from tailclip.training import NonFiniteLossError, TrainingInterrupted, train
 
 
 def parse_args(argv=None) -> argparse.Namespace:

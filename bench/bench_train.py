@@ -3,14 +3,14 @@
 Generates synthetic JPEGs of VOC size (500x375) in the VOC-MLT layout (kept in ``--data-dir``
 and reused), then measures in one process, on the same data and from the same initial weights:
 
-- input pipeline, images/s: ours (the engine's batches: decoded-image cache, flip and
+- input pipeline, images/s: ours (our batches: decoded-image cache, flip and
   normalise on the device as a batch; or with ``--input loader`` its tuned JPEG DataLoader) vs
   the paper's JPEG DataLoader (decode, resize, flip, normalise per image in worker processes);
-- training, images/s: ours (the engine's ``train_step``, ``--precision``, fused AdamW, text
+- training, images/s: ours (``training.train_step``, ``--precision``, fused AdamW, text
   tower cut at the last end-of-text token, TF32 on CUDA, channels-last ResNets) vs the paper
   path (same step in float32 over the whole 77-token context, JPEG DataLoader, plain AdamW,
   PyTorch's default TF32 flags);
-- evaluation of the test split, images/s: ours (``engine.evaluate_model``: batched, prompts
+- evaluation of the test split, images/s: ours (``evaluation.evaluate_model``: batched, prompts
   encoded once, scores kept on the device) vs the paper path (JPEG DataLoader, one image per
   forward pass in a Python loop, prompts also encoded once); both end with the same metrics;
 - peak memory (``torch.cuda.max_memory_allocated`` per phase on a GPU; on the CPU the process's
@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import clip  # noqa: E402
-from tailclip import engine  # noqa: E402
+from tailclip import evaluation, factory, run_folder, training  # noqa: E402
 from tailclip.batches import SplitBatches, build_split_batches  # noqa: E402
 from tailclip.config import Config  # noqa: E402
 from tailclip.data import BalancedSampler, build_data  # noqa: E402
@@ -143,7 +143,7 @@ def peak_memory_mib(device: torch.device) -> float:
 
 
 def set_tf32(device: torch.device, ours: bool) -> None:
-    """Ours allows TF32 everywhere (as ``engine.train``); the paper ran with PyTorch's defaults."""
+    """Ours allows TF32 everywhere (as ``training.train``); the paper ran with PyTorch's defaults."""
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = ours
         torch.backends.cudnn.allow_tf32 = True
@@ -204,8 +204,8 @@ def jpeg_batches(loader: DataLoader, device: torch.device, epochs=None):
             yield images.to(device), targets.to(device), tokens.to(device), index
 
 
-def engine_batches(split: SplitBatches, device: torch.device):
-    """Ours: the engine's batches, epoch after epoch."""
+def our_batches(split: SplitBatches, device: torch.device):
+    """Ours: our batches, epoch after epoch."""
     for epoch in itertools.count():
         yield from split.batches(device, epoch)
 
@@ -221,16 +221,16 @@ def images_per_s(batches, device, seconds: float = 3.0, warmup: int = 2) -> floa
     return images / (time.perf_counter() - start)
 
 
-def train_images_per_s(trainer: engine.Trainer, batches, warmup: int, steps: int) -> float:
-    """Images/s of ``steps`` steps of ``engine.train_step`` after ``warmup`` untimed ones."""
-    state, images = engine.TrainState(), 0
+def train_images_per_s(trainer: training.Trainer, batches, warmup: int, steps: int) -> float:
+    """Images/s of ``steps`` steps of ``training.train_step`` after ``warmup`` untimed ones."""
+    state, images = run_folder.TrainState(), 0
     trainer.model.train()
     for step in range(warmup + steps):
         if step == warmup:
             synchronize(trainer.device)
             start = time.perf_counter()
         batch_images, targets, tokens, _ = next(batches)
-        engine.train_step(trainer, batch_images, targets, tokens, state, epoch=0)
+        training.train_step(trainer, batch_images, targets, tokens, state, epoch=0)
         images += len(targets) if step >= warmup else 0
     synchronize(trainer.device)
     return images / (time.perf_counter() - start)
@@ -285,8 +285,8 @@ class Bench:
                      device=args.device, precision=args.precision, image_cache=args.input == "cache",
                      compile=args.compile)
         data = build_data(cfg)
-        engine.seed_everything(cfg.seed)
-        model = engine.build_model(cfg, data.label_prompts, data.class_weights)
+        factory.seed_everything(cfg.seed)
+        model = factory.build_model(cfg, data.label_prompts, data.class_weights)
         return cls(args, device, cfg, data, model, resolve_precision(cfg.precision, device))
 
     def model(self, ours: bool):
@@ -295,7 +295,7 @@ class Bench:
             full_context = clip.tokenize(self.data.label_prompts, context_length=self.cfg.max_length)
             model.label_tokens = full_context.to(self.device)
         resnet = not isinstance(model.clip_model.visual, clip.model.VisionTransformer)
-        if ours and resnet and self.device.type == "cuda":  # as engine.train
+        if ours and resnet and self.device.type == "cuda":  # as training.train
             model = model.to(memory_format=torch.channels_last)
         return model
 
@@ -315,16 +315,16 @@ class Bench:
         ours = build_split_batches(self.cfg, self.data, train=True, device=self.device)
         build_split_batches(self.cfg, self.data, train=False, device=self.device)
         setup_seconds = time.perf_counter() - start
-        ours_rate = images_per_s(engine_batches(ours, self.device), self.device)
+        ours_rate = images_per_s(our_batches(ours, self.device), self.device)
         say("input pipeline: paper (JPEG DataLoader) ...")
         paper_rate = images_per_s(jpeg_batches(self.paper_loader(train=True), self.device), self.device)
         return {"ours": ours_rate, "paper": paper_rate, "ours_setup_seconds": setup_seconds}
 
     def _train(self, model, optimizer, precision: str, batches, compile_model: bool = False) -> dict:
-        """Images/s and peak memory of training ``model`` with the engine's step (through
-        ``torch.compile`` as ``engine.train`` with ``compile_model``)."""
+        """Images/s and peak memory of training ``model`` with our step (through
+        ``torch.compile`` as ``training.train`` with ``compile_model``)."""
         forward = torch.compile(model) if compile_model else model
-        trainer = engine.Trainer(model, forward, optimizer, build_scheduler(self.cfg, optimizer),
+        trainer = training.Trainer(model, forward, optimizer, build_scheduler(self.cfg, optimizer),
                                  grad_scaler(precision, self.device), precision, self.device, 0)
         rate, _, memory = timed(lambda: train_images_per_s(trainer, batches, self.args.warmup, self.args.steps),
                                 self.device)
@@ -335,7 +335,7 @@ class Bench:
         set_tf32(self.device, ours=True)
         model = self.model(ours=True)
         split = build_split_batches(self.cfg, self.data, train=True, device=self.device)
-        batches = engine_batches(split, self.device)
+        batches = our_batches(split, self.device)
         images, targets, tokens, _ = next(batches)
         flops = count_training_flops(model, images, targets, tokens, self.precision, self.device)
         results = {"flops_per_image": flops / len(targets),
@@ -362,7 +362,7 @@ class Bench:
         set_tf32(self.device, ours=True)
         model = self.model(ours=True)
         batches = build_split_batches(self.cfg, self.data, train=False, device=self.device)
-        ours, seconds, memory = timed(lambda: engine.evaluate_model(
+        ours, seconds, memory = timed(lambda: evaluation.evaluate_model(
             model, batches.batches(self.device), test.caption_tokens, self.device, self.precision,
             self.data.groups), self.device)
         results = {"ours": {"images_per_s": len(test) / seconds, "seconds": seconds, "peak_mib": memory}}

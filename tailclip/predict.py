@@ -20,7 +20,7 @@ from tailclip.checkpoint import load_checkpoint
 from tailclip.data.datasets import UnreadableImageError, load_image
 from tailclip.data.transforms import build_transform
 from tailclip.distributed import resolve_device
-from tailclip.engine import model_from_checkpoint
+from tailclip.run_folder import model_from_checkpoint
 from tailclip.precision import autocast, resolve_precision
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",

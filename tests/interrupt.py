@@ -7,7 +7,7 @@ from tailclip.model import TailCLIP
 
 def ctrl_c_on_forward_call(monkeypatch, call_number: int):
     """Send SIGINT to this process when ``TailCLIP.forward`` is called for the
-    ``call_number``-th time (the step still finishes: the engine stops at step boundaries).
+    ``call_number``-th time (the step still finishes: training stops at step boundaries).
     Returns the original ``forward``, to put back without undoing other patches."""
     forward, calls = TailCLIP.forward, []
 

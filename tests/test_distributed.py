@@ -1,8 +1,8 @@
 """Distributed training (issue 7): 2 CPU processes (gloo) against one process.
 
 The two-process tests spawn the processes once. With the tiny ViT and the same weights
-everywhere, each process checks against itself alone: the engine's training step on its
-half of a global batch gives the single-process loss and updated weights, and the engine's
+everywhere, each process checks against itself alone: the training step on its
+half of a global batch gives the single-process loss and updated weights, and the
 sharded evaluation gives exactly the single-process predictions and metrics. The small
 collectives (stop agreement, means, rank-0-first preparation) are checked on the way. The
 last test runs ``torchrun train.py`` and ``torchrun test.py`` with 2 processes against
@@ -22,7 +22,7 @@ import torch
 import torch.multiprocessing as mp
 
 import clip
-from tailclip import distributed, engine
+from tailclip import distributed, evaluation, run_folder, training
 from tailclip.config import Config
 from tailclip.data import ensure_synthetic
 from tailclip.data.datasets import SYNTHETIC_SEED
@@ -82,20 +82,20 @@ def _problem():
 
 
 def _train_step(forward, model, images, tokens, targets) -> dict:
-    """The engine's training step; the outputs and the updated weights."""
+    """The training step (`training.train_step`); the outputs and the updated weights."""
     optimizer = build_optimizer(SGD, model.parameters(), CPU)
-    trainer = engine.Trainer(model, forward, optimizer, build_scheduler(SGD, optimizer),
+    trainer = training.Trainer(model, forward, optimizer, build_scheduler(SGD, optimizer),
                              grad_scaler("fp32", CPU), "fp32", CPU, max_nonfinite_steps=0)
-    out = engine.train_step(trainer, images, targets, tokens, engine.TrainState(), epoch=0)
+    out = training.train_step(trainer, images, targets, tokens, run_folder.TrainState(), epoch=0)
     return {"out": {name: value.detach() for name, value in out.items()},
             "weights": {name: p.detach().clone() for name, p in model.named_parameters()}}
 
 
-def _evaluate(model, images, targets, tokens, order: list[int]) -> engine.Evaluation:
-    """The engine's evaluation of the images ``order`` (all, or a shard) in batches of 4."""
+def _evaluate(model, images, targets, tokens, order: list[int]) -> evaluation.Evaluation:
+    """`evaluation.evaluate_model` of the images ``order`` (all, or a shard) in batches of 4."""
     batches = [(images[i], targets[i], tokens[i], torch.tensor(i))
                for i in (order[start:start + 4] for start in range(0, len(order), 4))]
-    return engine.evaluate_model(model, batches, tokens, CPU, "fp32", GROUPS)
+    return evaluation.evaluate_model(model, batches, tokens, CPU, "fp32", GROUPS)
 
 
 def _worker(rank: int, port: int, folder: str) -> None:
@@ -125,7 +125,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
         # Image 9 skipped as unreadable, image 0 scored twice.
         kept = [index for index in shard if index != 9] + [0]
         result["uneven"] = distributed.gather_eval(torch.tensor(kept), torch.tensor(kept) * 10.0)
-        stop = engine._StopOnSignal()  # a signal that reached process 1 only
+        stop = training._StopOnSignal()  # a signal that reached process 1 only
         stop.signal_number = signal.SIGTERM if rank == 1 else None
         result["stop"] = (stop.agree(), stop.signal_number)
         result["max"] = (distributed.max_over_processes(15 * rank), distributed.max_over_processes(0))

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from tailclip.checkpoint import load_checkpoint
-from tailclip.engine import model_from_checkpoint
+from tailclip.run_folder import model_from_checkpoint
 from tailclip.logger import read_metrics
 from tiny_dataset import write_config, write_dataset
 

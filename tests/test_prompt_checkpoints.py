@@ -15,7 +15,7 @@ import pytest
 import torch
 
 import clip
-from tailclip import engine
+from tailclip import factory, run_folder
 from tailclip.checkpoint import load_checkpoint
 from tailclip.config import Config
 from tailclip.logger import read_metrics
@@ -60,7 +60,7 @@ def logits(model, images) -> torch.Tensor:
 
 def trained_prompt_model(cfg: Config):
     """A prompt model whose trained parameters moved away from their start."""
-    model = engine.build_model(cfg, PROMPTS)
+    model = factory.build_model(cfg, PROMPTS)
     with torch.no_grad():
         model.prompt_learner.context.add_(torch.randn_like(model.prompt_learner.context))
         model.clip_model.logit_scale.add_(0.5)
@@ -69,7 +69,7 @@ def trained_prompt_model(cfg: Config):
 
 def test_pretrained_backbone_saves_the_trained_parameters_only(openai_weights):
     model = trained_prompt_model(PROMPT_CFG)
-    entry = engine.model_state(model, PROMPT_CFG)
+    entry = run_folder.model_state(model, PROMPT_CFG)
     assert entry["model_format"] == "trainable" and entry["model"]["backbone"] == "ViT-tiny"
     assert set(entry["model"]["parameters"]) == {"prompt_learner.context", "clip_model.logit_scale"}
     # A few KB instead of the whole tiny CLIP (its 49408-token embedding alone is 12.6 MB).
@@ -77,26 +77,26 @@ def test_pretrained_backbone_saves_the_trained_parameters_only(openai_weights):
     assert serialized_size(model.state_dict()) > 10_000_000
 
     images = torch.randn(3, 3, 64, 64)
-    rebuilt = engine.trained_model(entry, PROMPT_CFG, PROMPTS, "prompts.pt")
+    rebuilt = run_folder.trained_model(entry, PROMPT_CFG, PROMPTS, "prompts.pt")
     assert torch.equal(logits(rebuilt, images), logits(model, images))
-    assert not torch.equal(logits(engine.build_model(PROMPT_CFG, PROMPTS), images), logits(model, images))
+    assert not torch.equal(logits(factory.build_model(PROMPT_CFG, PROMPTS), images), logits(model, images))
 
     with pytest.raises(ValueError, match="prompts.pt: the weights do not fit.*holds prompts"):
-        engine.load_model_state(engine.build_model(dataclasses.replace(PROMPT_CFG, finetune="full"), PROMPTS),
+        run_folder.load_model_state(factory.build_model(dataclasses.replace(PROMPT_CFG, finetune="full"), PROMPTS),
                                 entry, "prompts.pt")
 
 
 def test_random_backbone_saves_every_weight():
     cfg = dataclasses.replace(PROMPT_CFG, pretrained=False)
-    assert not engine.saves_trained_parameters_only(cfg)
-    assert not engine.saves_trained_parameters_only(dataclasses.replace(PROMPT_CFG, finetune="full"))
+    assert not run_folder.saves_trained_parameters_only(cfg)
+    assert not run_folder.saves_trained_parameters_only(dataclasses.replace(PROMPT_CFG, finetune="full"))
     torch.manual_seed(0)
     model = trained_prompt_model(cfg)
-    entry = engine.model_state(model, cfg)
+    entry = run_folder.model_state(model, cfg)
     assert entry["model_format"] == "state_dict"
     assert entry["model"].keys() == model.state_dict().keys()
     torch.manual_seed(1)  # another random backbone: every weight must come from the checkpoint
-    rebuilt = engine.trained_model(entry, cfg, PROMPTS, "full.pt")
+    rebuilt = run_folder.trained_model(entry, cfg, PROMPTS, "full.pt")
     images = torch.randn(3, 3, 64, 64)
     assert torch.equal(logits(rebuilt, images), logits(model, images))
 

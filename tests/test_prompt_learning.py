@@ -41,7 +41,7 @@ def make_model(cfg, backbone=None, class_names=CLASS_NAMES):
 
 
 def training_step(model, cfg) -> None:
-    """One optimiser step through the engine's optimiser on a random batch."""
+    """One optimiser step through the training optimiser on a random batch."""
     optimizer = build_optimizer(cfg, model.parameters(), torch.device("cpu"))
     model.train()
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))

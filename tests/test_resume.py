@@ -4,7 +4,7 @@ ends with the same weights as a run that was never stopped (CPU, demo config, 2 
 
 These runs decode JPEGs without the image cache, so that the random flips come from the
 global torch generator and only an exact restore of the random states gives equal losses
-(with the cache, flips are seeded per step: test_engine checks those batches)."""
+(with the cache, flips are seeded per step: test_training checks those batches)."""
 import math
 import runpy
 import signal

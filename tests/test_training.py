@@ -1,4 +1,4 @@
-"""The training engine's parts: backbone checks, optimiser and schedule, batched evaluation,
+"""The training loop's parts: backbone checks, optimiser and schedule, batched evaluation,
 mixed precision, non-finite losses, Ctrl-C handling, rebuilding a model from a checkpoint."""
 import copy
 import dataclasses
@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import clip
-from tailclip import engine
+from tailclip import evaluation, factory, run_folder, training
 from tailclip.batches import build_split_batches
 from tailclip.checkpoint import load_checkpoint
 from tailclip.config import Config, load_config
@@ -43,22 +43,22 @@ def tiny_batch(count: int, seed: int = 0):
 @pytest.fixture(scope="module")
 def tiny_model() -> TailCLIP:
     torch.manual_seed(0)
-    return engine.build_model(TINY, PROMPTS, class_weights=torch.linspace(0.2, 1, len(CLASSES)))
+    return factory.build_model(TINY, PROMPTS, class_weights=torch.linspace(0.2, 1, len(CLASSES)))
 
 
 def test_backbone_resolution_and_context_are_checked():
     with pytest.raises(ValueError, match=r"size = 32 but ViT-tiny takes 64-pixel images.*interpolate_pos_embedding"):
-        engine.build_clip(dataclasses.replace(TINY, size=32))
-    model = engine.build_clip(dataclasses.replace(TINY, size=32, interpolate_pos_embedding=True))
+        factory.build_clip(dataclasses.replace(TINY, size=32))
+    model = factory.build_clip(dataclasses.replace(TINY, size=32, interpolate_pos_embedding=True))
     assert model.visual.input_resolution == 32
     assert model.visual.positional_embedding.shape[0] == (32 // 16) ** 2 + 1
     with pytest.raises(ValueError, match="ResNet"):
-        engine.build_clip(dataclasses.replace(TINY, model_name="RN-tiny", size=32,
+        factory.build_clip(dataclasses.replace(TINY, model_name="RN-tiny", size=32,
                                               interpolate_pos_embedding=True))
     with pytest.raises(ValueError, match="max_length = 40 but ViT-tiny's text tower takes 77"):
-        engine.build_clip(dataclasses.replace(TINY, max_length=40))
+        factory.build_clip(dataclasses.replace(TINY, max_length=40))
     with pytest.raises(ValueError, match="no pretrained OpenAI weights.*pretrained = False"):
-        engine.build_clip(dataclasses.replace(TINY, pretrained=True))
+        factory.build_clip(dataclasses.replace(TINY, pretrained=True))
 
 
 def test_optimizers_and_cosine_schedule():
@@ -110,7 +110,7 @@ def test_batched_evaluation_matches_per_image_scoring(tiny_model):
     images, targets, tokens = tiny_batch(10)
     index = torch.arange(10)
     batches = [(images[i:i + 4], targets[i:i + 4], tokens[i:i + 4], index[i:i + 4]) for i in range(0, 10, 4)]
-    result = engine.evaluate_model(tiny_model, batches, tokens, CPU, "fp32", keep_embeddings=True)
+    result = evaluation.evaluate_model(tiny_model, batches, tokens, CPU, "fp32", keep_embeddings=True)
 
     with torch.no_grad():
         one_by_one = torch.cat([tiny_model.predict_scores(images[i:i + 1]) for i in range(10)])
@@ -128,7 +128,7 @@ def test_batched_evaluation_matches_per_image_scoring(tiny_model):
 
 
 def test_epoch_meter_averages_per_image():
-    meter = engine.EpochMeter()
+    meter = training.EpochMeter()
     logits = torch.tensor([[2.0, 0.0], [0.0, 2.0], [1.0, 0.0]])
     targets = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
     meter.update({"loss": torch.tensor(1.0), "loss_bal": torch.tensor(0.5), "logits": logits[:2]},
@@ -142,7 +142,7 @@ def test_epoch_meter_averages_per_image():
     # against the negative's 0.12: also ranked first (AP 1)
     assert summary["train/mAP"] == pytest.approx(1.0)
 
-    restored = engine.EpochMeter()
+    restored = training.EpochMeter()
     restored.load_state_dict(meter.state_dict(), CPU)
     assert restored.summary({"head": [0], "tail": [1]}) == summary
 
@@ -172,7 +172,7 @@ def test_cached_training_batches_do_not_depend_on_where_an_epoch_starts():
 
 def _trainer(model, max_nonfinite_steps, forward=None):
     optimizer = build_optimizer(TINY, model.parameters(), CPU)
-    return engine.Trainer(model, model if forward is None else forward, optimizer, build_scheduler(TINY, optimizer),
+    return training.Trainer(model, model if forward is None else forward, optimizer, build_scheduler(TINY, optimizer),
                           torch.amp.GradScaler("cpu", enabled=False), "fp32", CPU, max_nonfinite_steps)
 
 
@@ -184,12 +184,12 @@ def test_compiled_training_step_has_no_graph_break_and_matches_eager(tiny_model)
     compiled = copy.deepcopy(tiny_model)
     trainers = [_trainer(eager, 0), _trainer(compiled, 0, torch.compile(compiled, backend="aot_eager",
                                                                         fullgraph=True))]
-    states = [engine.TrainState(), engine.TrainState()]
+    states = [run_folder.TrainState(), run_folder.TrainState()]
     for count, seed in [(6, 1), (7, 2), (5, 3)]:
         images, targets, tokens = tiny_batch(count, seed)
         tokens = clip.trim_padding(tokens) if seed != 3 else tokens  # the last: the whole context
         for trainer, state in zip(trainers, states):
-            engine.train_step(trainer, images, targets, tokens, state, epoch=0)
+            training.train_step(trainer, images, targets, tokens, state, epoch=0)
         assert states[1].last_loss == pytest.approx(states[0].last_loss, rel=1e-5)
     for (name, value), other in zip(eager.state_dict().items(), compiled.state_dict().values()):
         torch.testing.assert_close(other, value, rtol=1e-4, atol=1e-6, msg=name)
@@ -205,17 +205,17 @@ def test_nonfinite_loss_skips_then_stops(tiny_model, monkeypatch):
         return {**out, "loss": out["loss"] * float("nan")}  # NaN gradients too
 
     monkeypatch.setattr(TailCLIP, "forward", nan_loss)
-    state = engine.TrainState(epoch=2, step_in_epoch=4, global_step=11)
-    assert engine.train_step(trainer, images, targets, tokens, state, epoch=2) is None
+    state = run_folder.TrainState(epoch=2, step_in_epoch=4, global_step=11)
+    assert training.train_step(trainer, images, targets, tokens, state, epoch=2) is None
     assert state.nonfinite_steps == 1
     for name, value in tiny_model.state_dict().items():  # a skipped step changes nothing
         assert torch.equal(value, before[name]), name
     assert all(parameter.grad is None for parameter in tiny_model.parameters())
     assert not trainer.optimizer.state  # nor the optimiser's moments
-    with pytest.raises(engine.NonFiniteLossError,
+    with pytest.raises(training.NonFiniteLossError,
                        match=r"non-finite loss \(nan\) at epoch 3, step 5 \(global step 12\).*"
                              r"max_nonfinite_steps = 1"):
-        engine.train_step(trainer, images, targets, tokens, state, epoch=2)
+        training.train_step(trainer, images, targets, tokens, state, epoch=2)
 
 
 def test_nan_during_training_stops_without_touching_checkpoints(tmp_path, monkeypatch, capsys):
@@ -248,7 +248,7 @@ def test_nan_during_training_stops_without_touching_checkpoints(tmp_path, monkey
 
 def test_second_ctrl_c_interrupts_at_once():
     previous = signal.getsignal(signal.SIGINT)
-    with engine._StopOnSignal() as stop:
+    with training._StopOnSignal() as stop:
         os.kill(os.getpid(), signal.SIGINT)
         assert stop.requested and stop.signal_number == signal.SIGINT
         with pytest.raises(KeyboardInterrupt):
@@ -259,10 +259,10 @@ def test_second_ctrl_c_interrupts_at_once():
 def test_model_rebuilt_from_checkpoint_alone(tiny_model):
     cfg = dataclasses.replace(TINY, size=32, interpolate_pos_embedding=True)
     torch.manual_seed(1)
-    model = engine.build_model(cfg, PROMPTS)
+    model = factory.build_model(cfg, PROMPTS)
     checkpoint = {"config": cfg.to_dict(), "label_prompts": PROMPTS, "model": model.state_dict()}
     torch.manual_seed(2)  # the rebuilt model starts from other random weights
-    rebuilt, rebuilt_cfg = engine.model_from_checkpoint(checkpoint, "run/best.pt")
+    rebuilt, rebuilt_cfg = run_folder.model_from_checkpoint(checkpoint, "run/best.pt")
     assert rebuilt_cfg == cfg and not rebuilt.training
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -270,16 +270,16 @@ def test_model_rebuilt_from_checkpoint_alone(tiny_model):
 
     checkpoint["model"] = tiny_model.state_dict()  # 64-pixel weights for a 32-pixel config
     with pytest.raises(ValueError, match="run/best.pt: the weights do not fit"):
-        engine.model_from_checkpoint(checkpoint, "run/best.pt")
+        run_folder.model_from_checkpoint(checkpoint, "run/best.pt")
 
 
 
 def test_num_threads_sets_torchs_cpu_threads_and_0_keeps_them():
     before = torch.get_num_threads()
     try:
-        engine.set_cpu_threads(1)
+        factory.set_cpu_threads(1)
         assert torch.get_num_threads() == 1
-        engine.set_cpu_threads(0)
+        factory.set_cpu_threads(0)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)

@@ -1,0 +1,91 @@
+"""Evaluation of a split: batched scoring of the test images against the class prompts, the
+loss and the metrics, gathered across processes under torchrun; and how a result reads."""
+import dataclasses
+import math
+
+import torch
+
+import clip
+from tailclip.distributed import gather_eval, reduce_mean
+from tailclip.metrics import evaluate, scores_from_logits
+from tailclip.model import TailCLIP
+from tailclip.precision import autocast
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Result of `evaluate_model`: mean loss, ``evaluate`` metrics and the raw outputs (CPU)."""
+    loss: float
+    metrics: dict
+    scores: torch.Tensor
+    targets: torch.Tensor
+    image_emb: torch.Tensor | None = None
+
+
+def _encode_in_chunks(encode, tokens: torch.Tensor, chunk: int, device) -> torch.Tensor:
+    return torch.cat([encode(tokens[i:i + chunk].to(device)) for i in range(0, len(tokens), chunk)])
+
+
+@torch.no_grad()
+def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, device: torch.device,
+                   precision: str, groups=None, keep_embeddings: bool = False,
+                   chunk: int = 256) -> Evaluation:
+    """Score a split: batched, the class prompts encoded once, scores kept on the device and
+    moved to the CPU in one transfer at the end.
+
+    ``batches`` yields device ``(images, targets, caption_tokens, indices)``;
+    ``caption_tokens`` are the split's caption token ids [N, L], needed for the contrastive
+    term of the loss: each distinct caption is encoded once (test captions repeat a lot).
+    With several processes, ``batches`` is this process's share of the single-process
+    batches (``build_split_batches``): the outputs of all processes are gathered in dataset
+    order, and every process returns the single-process loss, scores and metrics.
+    """
+    model.eval()
+    uses_captions = "clip" in model.objective.loss_function
+    with autocast(precision, device):
+        label_emb = model.encode_labels()
+        if uses_captions:
+            distinct, caption_of_image = torch.unique(caption_tokens, dim=0, return_inverse=True)
+            caption_emb = _encode_in_chunks(model.encode_texts, clip.trim_padding(distinct), chunk, device)
+            caption_of_image = caption_of_image.to(device)
+    loss_sum = torch.zeros((), device=device)
+    # Empty first entries: with several processes, one may have no batch at all.
+    scores, targets = ([torch.empty(0, label_emb.shape[0], device=device)] for _ in range(2))
+    embeddings, indices = [torch.empty(0, label_emb.shape[1], device=device)], [torch.empty(0, dtype=torch.long)]
+    for images, batch_targets, _, index in batches:
+        with autocast(precision, device):
+            image_emb = model.encode_images(images)
+            logits = model.class_logits(image_emb, label_emb)
+            out = model.objective(
+                image_emb=image_emb,
+                caption_emb=caption_emb[caption_of_image[index.to(device)]] if uses_captions else None,
+                logit_scale=model.clip_model.logit_scale.exp(), logits=logits, targets=batch_targets)
+        loss_sum += out["loss"].float() * batch_targets.shape[0]
+        scores.append(scores_from_logits(logits.float(), model.score_kind))
+        targets.append(batch_targets)
+        indices.append(index)
+        if keep_embeddings:
+            embeddings.append(image_emb.float())
+    loss = reduce_mean(loss_sum.item(), count=sum(len(index) for index in indices))
+    outputs = [torch.cat(scores), torch.cat(targets)] + ([torch.cat(embeddings)] if keep_embeddings else [])
+    _, scores, targets, *image_emb = (t.cpu() for t in gather_eval(torch.cat(indices), *outputs))
+    return Evaluation(loss=loss, metrics=evaluate(scores, targets, groups), scores=scores,
+                      targets=targets, image_emb=image_emb[0] if keep_embeddings else None)
+
+
+
+def val_record(evaluation: Evaluation) -> dict:
+    return {"val/loss": evaluation.loss, **{f"val/{k}": v for k, v in evaluation.metrics.items() if k != "AP"}}
+
+
+def val_line(record: dict) -> str:
+    def pct(key):
+        return percent(record.get(key))
+    return (f"val loss {record['val/loss']:.4f}  val mAP {pct('val/mAP')} "
+            f"(head {pct('val/mAP_head')}, medium {pct('val/mAP_medium')}, tail {pct('val/mAP_tail')})  "
+            f"AUROC {pct('val/AUROC')}")
+
+
+
+def percent(value) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
