@@ -23,6 +23,7 @@ import signal
 import threading
 import time
 from pathlib import Path
+from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -220,8 +221,13 @@ def _epoch_line(epoch: int, epochs: int, record: dict) -> str:
     return line
 
 
-def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
+def train(cfg: Config, run_name: str, resume: bool = False,
+          on_epoch: Callable[[int, dict], None] | None = None) -> dict:
     """Train per ``cfg`` into ``<cfg.run_dir>/<run_name>/``; returns a summary of the run.
+
+    ``on_epoch(epoch, record)`` is called after each epoch's checkpoints are written, with
+    the epoch's ``metrics.jsonl`` record; an exception it raises (a search pruning the run)
+    leaves the run resumable from that epoch.
 
     Raises ``NonFiniteLossError`` (nothing saved) and ``TrainingInterrupted`` (newest
     checkpoint saved); ``train.py`` turns them into exit codes. Under torchrun, joins the
@@ -328,6 +334,8 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
                                   evaluation.metrics["AP"], data.class_names, data.groups, class_counts)
             say(_epoch_line(state.epoch, cfg.epochs, record))
             save(names)
+            if on_epoch is not None:
+                on_epoch(state.epoch, record)
             if stop.agree() and state.epoch < cfg.epochs:
                 raise stop_here()
         summary = _summary(state, run_dir)

@@ -1,0 +1,217 @@
+"""A sweep's result table and plot: ``results.md``, ``results.csv`` and ``results.png``.
+
+Runs are the folders ``<setting>_seed<k>`` of the sweep folder that hold ``config.json`` and
+``metrics.jsonl``; a run counts once it has logged its config's last epoch. For each setting
+the table gives the test mAP over all classes and over the head, medium and tail classes at
+the best epoch (the highest test mAP: selected on test data, as in the paper's protocol) and
+at the last epoch, as the mean and sample standard deviation (n - 1) over seeds. Files keep
+mAP as fractions in [0, 1]; the Markdown table and the plot show percent.
+"""
+import csv
+import json
+import math
+import re
+from pathlib import Path
+
+import numpy as np
+
+from tailclip.errors import TailCLIPError
+from tailclip.logger import CONFIG_FILE, METRICS_FILE, read_metrics
+
+GROUPS = ("mAP", "mAP_head", "mAP_medium", "mAP_tail")
+GROUP_LABELS = {"mAP": "mAP", "mAP_head": "head", "mAP_medium": "medium", "mAP_tail": "tail"}
+EPOCHS = ("best", "last")
+# The paper's test mAP (%) for its published configs, as README's Results table lists them.
+PUBLISHED_MAP = {"voc_mlt_vitb16": "92.5", "voc_mlt_rn50": "86.1",
+                 "coco_mlt_vitb16": "74.3", "coco_mlt_rn50": "58.2-58.5"}
+RUN_FOLDER = re.compile(r"(?P<setting>.+)_seed(?P<seed>\d+)")
+
+
+def read_run(run_dir: Path) -> dict | None:
+    """A run's config and its best- and last-epoch test metrics, or None while the run has
+    not logged its last epoch."""
+    config = json.loads((run_dir / CONFIG_FILE).read_text())
+    records = read_metrics(run_dir)
+    if not records or records[-1]["epoch"] < config["epochs"]:
+        return None
+    best = max(records, key=lambda record: record["val/mAP"])  # the first of equal maxima
+    return {"config": config, **{f"{when}_{group}": _number(record.get(f"val/{group}"))
+                                 for when, record in (("best", best), ("last", records[-1]))
+                                 for group in GROUPS}}
+
+
+def _number(value) -> float:
+    return math.nan if value is None else float(value)
+
+
+def mean_std(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation of the finite values (std nan for fewer than 2)."""
+    finite = np.array([v for v in values if math.isfinite(v)])
+    if finite.size == 0:
+        return math.nan, math.nan
+    return float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else math.nan
+
+
+def collect(sweep_dir: Path) -> tuple[list[dict], list[str], list[str], dict]:
+    """One row per setting (its swept values, seeds and statistics), the swept keys, the
+    runs not finished yet, and ``sweep.json`` (empty for a plain folder of runs)."""
+    sweep_file = sweep_dir / "sweep.json"
+    sweep = json.loads(sweep_file.read_text()) if sweep_file.is_file() else {}
+    runs, unfinished = {}, []
+    for run_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
+        match = RUN_FOLDER.fullmatch(run_dir.name)
+        if not match or not (run_dir / CONFIG_FILE).is_file() or not (run_dir / METRICS_FILE).is_file():
+            continue
+        run = read_run(run_dir)
+        if run is None:
+            unfinished.append(run_dir.name)
+        else:
+            runs.setdefault(match["setting"], []).append({**run, "seed": int(match["seed"])})
+    swept = sweep.get("swept") or _differing_keys([run["config"] for group in runs.values() for run in group])
+    order = {name: index for index, name in enumerate(sweep.get("settings", []))}
+    rows = []
+    for setting in sorted(runs, key=lambda name: (order.get(name, len(order)), name)):
+        group = sorted(runs[setting], key=lambda run: run["seed"])
+        row = {"setting": setting, **{key: group[0]["config"].get(key) for key in swept},
+               "seeds": len(group)}
+        for when in EPOCHS:
+            for metric in GROUPS:
+                row[f"{when}_{metric}_mean"], row[f"{when}_{metric}_std"] = mean_std(
+                    [run[f"{when}_{metric}"] for run in group])
+        rows.append(row)
+    return rows, swept, unfinished, sweep
+
+
+def _differing_keys(configs: list[dict]) -> list[str]:
+    keys = [key for key in (configs[0] if configs else {}) if key not in ("seed", "run_dir")]
+    return [key for key in keys if len({json.dumps(c.get(key)) for c in configs}) > 1]
+
+
+def _percent(mean: float, std: float) -> str:
+    if not math.isfinite(mean):
+        return "n/a"
+    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if math.isfinite(std) else "")
+
+
+def _cell(value) -> str:
+    return "+".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def markdown_table(rows: list[dict], swept: list[str], published: str | None) -> str:
+    header = ["setting", *swept, "seeds",
+              *(f"{GROUP_LABELS[m]} ({when})" for when in EPOCHS for m in GROUPS)]
+    if published:
+        header.append("paper mAP")
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in rows:
+        cells = [row["setting"], *(_cell(row[key]) for key in swept), str(row["seeds"]),
+                 *(_percent(row[f"{when}_{m}_mean"], row[f"{when}_{m}_std"]) for when in EPOCHS for m in GROUPS)]
+        lines.append("| " + " | ".join(cells + ([published] if published else [])) + " |")
+    return "\n".join(lines)
+
+
+def write_csv(path: Path, rows: list[dict], swept: list[str], published: str | None) -> None:
+    fields = ["setting", *swept, "seeds", *(f"{when}_{m}_{stat}" for when in EPOCHS for m in GROUPS
+                                           for stat in ("mean", "std"))]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields + (["paper_mAP"] if published else []))
+        writer.writeheader()
+        for row in rows:
+            values = {key: (_cell(value) if key in swept else value) for key, value in row.items()}
+            # The paper's percent as a fraction, like the other columns ("0.582-0.585" for a range).
+            paper = {"paper_mAP": "-".join(f"{float(p) / 100:.3f}" for p in published.split("-"))} if published else {}
+            writer.writerow({**values, **paper})
+
+
+def write_report(sweep_dir) -> list[Path]:
+    """Write ``results.md``, ``results.csv`` and ``results.png`` into ``sweep_dir``; the paths."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise TailCLIPError(f"no sweep folder {sweep_dir}")
+    rows, swept, unfinished, sweep = collect(sweep_dir)
+    published = PUBLISHED_MAP.get(Path(sweep.get("config", "")).stem)
+    paths = [sweep_dir / "results.md", sweep_dir / "results.csv"]
+    text = [f"# {sweep_dir.name}", ""]
+    if sweep.get("config"):
+        text += [f"Config: `{sweep['config']}`.", ""]
+    text += ["Test mAP (%) over all classes and the head, medium and tail classes; mean ± sample "
+             "standard deviation over the seeds. *best*: the epoch of the highest test mAP "
+             "(selected on test data, as in the paper's protocol); *last*: the final epoch.", ""]
+    if published:
+        text += ["*paper mAP*: the published result of this config (the paper's settings).", ""]
+    text.append(markdown_table(rows, swept, published) if rows else "No finished runs yet.")
+    if unfinished:
+        text += ["", f"Not finished (left out): {', '.join(unfinished)}."]
+    if rows:
+        paths.append(sweep_dir / "results.png")
+        plot(rows, swept, paths[-1])
+        text += ["", "![head, medium and tail mAP at the last epoch](results.png)"]
+    paths[0].write_text("\n".join(text) + "\n")
+    write_csv(paths[1], rows, swept, published)
+    return paths
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def plot(rows: list[dict], swept: list[str], path: Path) -> None:
+    """Head, medium and tail mAP (last epoch, error bars: std over seeds) against each swept
+    numeric value, or, when a swept value is not a number, a grouped bar chart of the settings."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    numeric = [k for k in swept if all(_is_number(row[k]) for row in rows) and len({row[k] for row in rows}) > 1]
+    if numeric and len(numeric) == len(swept):
+        figure, axes = plt.subplots(1, len(numeric), figsize=(5 * len(numeric), 4), squeeze=False)
+        for axis, key in zip(axes[0], numeric):
+            _plot_against(axis, rows, key, [k for k in swept if k != key])
+    else:
+        figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
+        _plot_bars(axis, rows)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+def _errors(rows: list[dict], metric: str) -> tuple[list[float], list[float]]:
+    means = [100 * row[f"last_{metric}_mean"] for row in rows]
+    stds = [100 * row[f"last_{metric}_std"] if math.isfinite(row[f"last_{metric}_std"]) else 0 for row in rows]
+    return means, stds
+
+
+def _plot_against(axis, rows: list[dict], key: str, others: list[str]) -> None:
+    """One line per group and each combination of the other swept values."""
+    combinations = {}
+    for row in rows:
+        combinations.setdefault(tuple(row[k] for k in others), []).append(row)
+    styles = ["-", "--", ":", "-."]
+    for index, (values, series) in enumerate(combinations.items()):
+        series = sorted(series, key=lambda row: row[key])
+        suffix = f" ({', '.join(f'{k}={v}' for k, v in zip(others, values))})" if others else ""
+        for metric, colour in zip(GROUPS[1:], ("tab:blue", "tab:orange", "tab:red")):
+            means, stds = _errors(series, metric)
+            axis.errorbar([row[key] for row in series], means, yerr=stds, marker="o", capsize=3,
+                          color=colour, linestyle=styles[index % len(styles)],
+                          label=GROUP_LABELS[metric] + suffix)
+    positive = [row[key] for row in rows if row[key] > 0]
+    if len(positive) == len(rows) and max(positive) / min(positive) >= 100:
+        axis.set_xscale("log")
+    axis.set_xlabel(key)
+    axis.set_ylabel("test mAP (%), last epoch")
+    axis.legend(fontsize="small")
+    axis.grid(alpha=0.3)
+
+
+def _plot_bars(axis, rows: list[dict]) -> None:
+    positions = np.arange(len(rows))
+    width = 0.27
+    for offset, (metric, colour) in enumerate(zip(GROUPS[1:], ("tab:blue", "tab:orange", "tab:red"))):
+        means, stds = _errors(rows, metric)
+        axis.bar(positions + (offset - 1) * width, means, width, yerr=stds, capsize=3, color=colour,
+                 label=GROUP_LABELS[metric])
+    axis.set_xticks(positions, [row["setting"] for row in rows], rotation=30, ha="right", fontsize="small")
+    axis.set_ylabel("test mAP (%), last epoch")
+    axis.legend(fontsize="small")
+    axis.grid(alpha=0.3, axis="y")

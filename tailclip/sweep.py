@@ -1,0 +1,428 @@
+"""Sweeps: many runs of one config, each its own run folder under ``<run_dir>/<sweep name>/``.
+
+A sweep is a list of settings (named sets of ``key=value`` overrides: the cross product of
+``--grid`` values, or named ``--variant``s, or both), each trained once per seed in the folder
+``<setting>_seed<k>``. Every run's config is built and checked before the first run starts.
+Running the same sweep again skips finished runs, resumes interrupted ones from their newest
+checkpoint and starts the rest.
+
+On the CPU or one GPU the runs go one after another, in this process (``train()``): no
+interpreter and library start-up per run, and Ctrl-C reaches the training loop, which saves
+its checkpoint before the sweep stops. With several GPUs each run is a ``train.py`` process
+that sees one GPU (``CUDA_VISIBLE_DEVICES``), one per GPU at a time: a GPU holds one process's
+CUDA context, and a run that crashes or runs out of memory takes no other run with it.
+
+``--search N`` samples settings with Optuna instead (see ``run_search``).
+"""
+import ast
+import dataclasses
+import itertools
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+from tailclip.config import Config, load_config, parse_override
+from tailclip.errors import TailCLIPError
+from tailclip.logger import METRICS_FILE, read_metrics
+from tailclip.run_folder import NEWEST_CHECKPOINT
+
+SWEEP_FILE = "sweep.json"
+STUDY_FILE = "optuna.db"
+RESERVED_KEYS = {"seed": "use --seeds", "run_dir": "the sweep chooses each run's folder"}
+REPOSITORY = Path(__file__).resolve().parents[1]
+
+
+class SweepError(TailCLIPError):
+    """A sweep's arguments are inconsistent (a bad --grid, --variant or --range)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Setting:
+    """One point of a sweep: a name and its overrides, as ``--set`` takes them."""
+    name: str
+    overrides: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class PlannedRun:
+    name: str  # the run folder's name: <setting>_seed<k>
+    overrides: tuple[str, ...]  # the setting's, then seed and run_dir
+    cfg: Config
+
+
+def split_top_level(text: str, separator: str = ",") -> list[str]:
+    """``text`` split at the separators outside brackets and quotes, so that
+    ``['clip','bal'],['bal']`` is two values."""
+    parts, depth, quote, start = [], 0, None, 0
+    for index, char in enumerate(text):
+        if quote:
+            quote = None if char == quote else quote
+        elif char in "'\"":
+            quote = char
+        elif char in "([{":
+            depth += 1
+        elif char in ")]}":
+            depth -= 1
+        elif char == separator and depth == 0:
+            parts.append(text[start:index])
+            start = index + 1
+    parts.append(text[start:])
+    return [part.strip() for part in parts]
+
+
+def _checked_override(key: str, value: str, flag: str) -> str:
+    """``key=value`` after ``--set``'s parsing (an unknown key is an error here)."""
+    if key in RESERVED_KEYS:
+        raise SweepError(f"{flag}: {key} cannot be swept: {RESERVED_KEYS[key]}")
+    if not value:
+        raise SweepError(f"{flag}: {key} has an empty value")
+    try:
+        parse_override(f"{key}={value}")
+    except ValueError as error:
+        raise SweepError(f"{flag}: {error}") from None
+    return f"{key}={value}"
+
+
+def parse_grid(text: str) -> tuple[str, list[str]]:
+    """``KEY=V1,V2,...`` -> ``(KEY, ["KEY=V1", "KEY=V2", ...])``."""
+    key, sep, values = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise SweepError(f"--grid {text}: expected KEY=V1,V2,...")
+    overrides = [_checked_override(key, value, f"--grid {text}") for value in split_top_level(values)]
+    if len(set(overrides)) != len(overrides):
+        raise SweepError(f"--grid {text}: a value is repeated")
+    return key, overrides
+
+
+def parse_variant(text: str) -> Setting:
+    """``NAME:KEY=V[,KEY=V...]`` -> a named setting (``NAME:`` alone is the config as is)."""
+    name, sep, body = text.partition(":")
+    name = name.strip()
+    if not sep or not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9.+=-]*", name):
+        raise SweepError(f"--variant {text}: expected NAME:KEY=V[,KEY=V...] with a NAME of "
+                         f"letters, digits and .+=-")
+    overrides = []
+    for item in split_top_level(body) if body.strip() else []:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise SweepError(f"--variant {text}: {item!r} is not KEY=VALUE")
+        overrides.append(_checked_override(key.strip(), value.strip(), f"--variant {text}"))
+    return Setting(name, tuple(overrides))
+
+
+def value_label(override: str) -> str:
+    """A folder-name-safe ``key=value``: ``loss_function=['clip','bal']`` -> ``loss_function=clip+bal``."""
+    key, _, text = override.partition("=")
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    if isinstance(value, (list, tuple)):
+        text = "+".join(map(str, value))
+    elif isinstance(value, str):
+        text = value
+    return f"{key}={re.sub(r'[^A-Za-z0-9.+=-]', '-', text)}"
+
+
+def expand(grid: list[tuple[str, list[str]]], variants: list[Setting]) -> list[Setting]:
+    """Every variant (or the config as is) combined with every combination of grid values;
+    the names join the variant's name and ``key=value`` of each grid key."""
+    keys = [key for key, _ in grid]
+    if len(set(keys)) != len(keys):
+        raise SweepError(f"--grid names a key twice: {', '.join(sorted({k for k in keys if keys.count(k) > 1}))}")
+    settings = []
+    for variant in variants or [Setting("", ())]:
+        clash = set(keys) & {override.partition("=")[0] for override in variant.overrides}
+        if clash:
+            raise SweepError(f"--variant {variant.name} sets {', '.join(sorted(clash))}, which --grid sweeps")
+        for combination in itertools.product(*(values for _, values in grid)):
+            name = "_".join(filter(None, [variant.name, *map(value_label, combination)])) or "config"
+            settings.append(Setting(name, variant.overrides + combination))
+    names = [setting.name for setting in settings]
+    if len(set(names)) != len(names):
+        raise SweepError(f"two settings share the name {next(n for n in names if names.count(n) > 1)!r}")
+    return settings
+
+
+def sweep_folder(config_path, sets, name: str) -> Path:
+    return Path(load_config(config_path, sets).run_dir) / name
+
+
+def plan(config_path, sets: list[str], settings: list[Setting], seeds: list[int],
+         folder: Path) -> list[PlannedRun]:
+    """Every run, its config built and checked (so a bad value fails before any run)."""
+    runs = []
+    for setting in settings:
+        for seed in seeds:
+            overrides = (*setting.overrides, f"seed={seed}", f"run_dir={folder}")
+            runs.append(PlannedRun(f"{setting.name}_seed{seed}", overrides,
+                                   load_config(config_path, [*sets, *overrides])))
+    return runs
+
+
+def record_sweep(folder: Path, config_path, swept: list[str], settings: list[str]) -> None:
+    """Add this invocation's swept keys and settings to ``sweep.json`` (what the report
+    reads for the order of its rows and the published figures of the config)."""
+    path = folder / SWEEP_FILE
+    known = json.loads(path.read_text()) if path.is_file() else {"swept": [], "settings": []}
+    folder.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({
+        "config": str(config_path),
+        "swept": known["swept"] + [key for key in swept if key not in known["swept"]],
+        "settings": known["settings"] + [name for name in settings if name not in known["settings"]],
+    }, indent=2) + "\n")
+
+
+def run_progress(run_dir: Path, epochs: int) -> str:
+    """``"finished"``, ``"resume"`` (a newest checkpoint to continue from) or ``"fresh"``.
+
+    A run is finished when ``metrics.jsonl`` holds its last epoch: that line is written
+    just before the epoch's checkpoints, so a run killed in between is finished already
+    as far as its results go.
+    """
+    metrics = run_dir / METRICS_FILE
+    if metrics.is_file():
+        records = read_metrics(run_dir)
+        if records and records[-1]["epoch"] >= epochs:
+            return "finished"
+    return "resume" if (run_dir / NEWEST_CHECKPOINT).is_file() else "fresh"
+
+
+def prepare(run: PlannedRun) -> str:
+    """The run's progress; a run folder without a checkpoint to resume from is cleared
+    (a run stopped before its first epoch ended, whose logs the fresh start replaces)."""
+    run_dir = Path(run.cfg.run_dir) / run.name
+    progress = run_progress(run_dir, run.cfg.epochs)
+    if progress == "fresh" and run_dir.exists():
+        shutil.rmtree(run_dir)
+    return progress
+
+
+def run_in_process(runs: list[PlannedRun], on_epoch: Callable | None = None,
+                   log: Callable[[str], None] = print) -> dict[str, str]:
+    """Train the runs one after another in this process; ``{run name: outcome}``.
+
+    A run whose loss diverges is recorded as failed and the sweep goes on; Ctrl-C
+    (``TrainingInterrupted``) stops the sweep after the run saved its checkpoint.
+    """
+    from tailclip.training import NonFiniteLossError, train
+
+    outcomes = {}
+    for index, run in enumerate(runs, 1):
+        progress = prepare(run)
+        log(f"[{index}/{len(runs)}] {run.name}: "
+            + {"finished": "finished, skipped", "resume": "resuming", "fresh": "starting"}[progress])
+        if progress == "finished":
+            outcomes[run.name] = "skipped"
+            continue
+        try:
+            train(run.cfg, run.name, resume=progress == "resume", on_epoch=on_epoch)
+            outcomes[run.name] = "trained" if progress == "fresh" else "resumed"
+        except NonFiniteLossError as error:
+            log(f"{run.name} failed: {error}")
+            outcomes[run.name] = "failed"
+    return outcomes
+
+
+def train_command(config_path, sets: list[str], run: PlannedRun, resume: bool) -> list[str]:
+    command = [sys.executable, str(REPOSITORY / "train.py"), f"--config={config_path}",
+               f"--run-name={run.name}"]
+    for override in (*sets, *run.overrides):
+        command += ["--set", override]
+    return command + (["--resume"] if resume else [])
+
+
+def run_on_gpus(runs: list[PlannedRun], config_path, sets: list[str], gpus: list[str],
+                log: Callable[[str], None] = print, poll_seconds: float = 1.0) -> dict[str, str]:
+    """Train the runs as ``train.py`` processes, one per GPU at a time; ``{run: outcome}``.
+
+    Each process sees only its GPU, and writes its output to ``<sweep>/logs/<run>.log``.
+    A process stopped by a signal (Ctrl-C reaches the whole process group) stops the sweep
+    once the running ones have saved their checkpoints.
+    """
+    outcomes, pending, active, free = {}, deque(runs), {}, list(gpus)
+    stopping = False
+    while pending or active:
+        while pending and free and not stopping:
+            run = pending.popleft()
+            progress = prepare(run)
+            if progress == "finished":
+                log(f"{run.name}: finished, skipped")
+                outcomes[run.name] = "skipped"
+                continue
+            gpu = free.pop(0)
+            log_path = Path(run.cfg.run_dir) / "logs" / f"{run.name}.log"
+            log_path.parent.mkdir(parents=True, exist_ok=True)
+            log(f"{run.name}: {'resuming' if progress == 'resume' else 'starting'} on GPU {gpu} (log: {log_path})")
+            with open(log_path, "a") as output:
+                process = subprocess.Popen(train_command(config_path, sets, run, progress == "resume"),
+                                           env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu},
+                                           stdout=output, stderr=subprocess.STDOUT, cwd=REPOSITORY)
+            active[process] = (run, gpu, "trained" if progress == "fresh" else "resumed")
+        try:
+            time.sleep(poll_seconds)
+        except KeyboardInterrupt:
+            stopping = True  # the children got the Ctrl-C too and are saving
+        for process in [p for p in active if p.poll() is not None]:
+            run, gpu, outcome = active.pop(process)
+            free.append(gpu)
+            if process.returncode in (130, 143):
+                stopping = True
+                outcomes[run.name] = "interrupted"
+            else:
+                outcomes[run.name] = outcome if process.returncode == 0 else "failed"
+            log(f"{run.name}: {outcomes[run.name]} (exit {process.returncode})")
+        if stopping and not active:
+            break
+    return outcomes
+
+
+def visible_gpus() -> list[str]:
+    """The GPUs a sweep may use: ``CUDA_VISIBLE_DEVICES``'s entries, or all."""
+    import torch
+
+    count = torch.cuda.device_count()
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible:
+        return [entry.strip() for entry in visible.split(",") if entry.strip()][:count]
+    return [str(index) for index in range(count)]
+
+
+def run_grid(config_path, sets: list[str], settings: list[Setting], seeds: list[int], name: str,
+             gpus: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, str]:
+    """Plan, record and train a sweep; the outcome of every run."""
+    folder = sweep_folder(config_path, sets, name)
+    runs = plan(config_path, sets, settings, seeds, folder)
+    swept = list(dict.fromkeys(o.partition("=")[0] for s in settings for o in s.overrides))
+    record_sweep(folder, config_path, swept, [setting.name for setting in settings])
+    if gpus is None:
+        gpus = visible_gpus() if runs[0].cfg.device in ("auto", "cuda") else []
+    if len(gpus) > 1:
+        return run_on_gpus(runs, config_path, sets, gpus, log)
+    return run_in_process(runs, log=log)
+
+
+# --- search -------------------------------------------------------------------------------
+
+@dataclasses.dataclass(frozen=True)
+class Range:
+    """A search range ``KEY=LOW:HIGH[:log]``: integers when both ends are, else floats."""
+    key: str
+    low: float
+    high: float
+    log: bool
+
+    def suggest(self, trial):
+        if isinstance(self.low, int) and isinstance(self.high, int):
+            return trial.suggest_int(self.key, self.low, self.high, log=self.log)
+        return trial.suggest_float(self.key, self.low, self.high, log=self.log)
+
+
+def parse_range(text: str) -> Range:
+    key, sep, body = text.partition("=")
+    key, parts = key.strip(), body.split(":")
+    flag = f"--range {text}"
+    if not sep or len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] != "log"):
+        raise SweepError(f"{flag}: expected KEY=LOW:HIGH or KEY=LOW:HIGH:log")
+    ends = []
+    for part in parts[:2]:
+        _checked_override(key, part, flag)
+        value = parse_override(f"{key}={part}")[1]
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise SweepError(f"{flag}: {key}: {part!r} is not a number")
+        ends.append(value)
+    low, high = ends
+    if not low < high:
+        raise SweepError(f"{flag}: LOW must be below HIGH")
+    if len(parts) == 3 and low <= 0:
+        raise SweepError(f"{flag}: a log range needs LOW > 0")
+    return Range(key, low, high, len(parts) == 3)
+
+
+def import_optuna():
+    try:
+        import optuna
+    except ImportError:
+        raise SweepError("--search needs Optuna: pip install optuna (or: pip install -r "
+                         "requirements-dev.txt)") from None
+    return optuna
+
+
+def run_search(config_path, sets: list[str], ranges: list[Range], choices: list[tuple[str, list[str]]],
+               seeds: list[int], name: str, trials: int, log: Callable[[str], None] = print):
+    """Sample settings with Optuna's TPE sampler until the study holds ``trials`` complete
+    or pruned trials; returns the study.
+
+    Trial k trains folder ``trial<k>_seed<s>`` for each seed in turn and reports the test
+    mAP after every epoch (step = seed index * epochs + epoch) to a median pruner, which
+    stops trials that fall below the median of the earlier ones at the same step. Its value
+    is the last epoch's test mAP, averaged over the seeds. The study lives in
+    ``<sweep>/optuna.db`` (SQLite): running the command again continues it, and several
+    processes (one per GPU) may share it. A trial that failed (Ctrl-C, a crash) is tried
+    again with its parameters, resuming its runs.
+    """
+    optuna = import_optuna()
+    folder = sweep_folder(config_path, sets, name)
+    swept = [r.key for r in ranges] + [key for key, _ in choices]
+    if len(set(swept)) != len(swept):
+        raise SweepError("--range and --grid name the same key twice")
+    corners = [Setting("low", tuple(f"{r.key}={r.low!r}" for r in ranges)),
+               Setting("high", tuple(f"{r.key}={r.high!r}" for r in ranges))]
+    plan(config_path, sets, corners + [Setting("choice", (value,)) for _, values in choices
+                                       for value in values], seeds[:1], folder)
+    record_sweep(folder, config_path, swept, [])
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name=name, storage=f"sqlite:///{folder / STUDY_FILE}",
+                                direction="maximize", sampler=optuna.samplers.TPESampler(),
+                                pruner=optuna.pruners.MedianPruner(), load_if_exists=True)
+    _retry_failed_trials(study, optuna)
+    finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
+    done = len(study.get_trials(states=finished_states))
+    log(f"study {name} ({folder / STUDY_FILE}): {done} of {trials} trials done")
+    if done < trials:
+        objective = _objective(config_path, sets, ranges, choices, seeds, folder, optuna, log)
+        study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished_states)])
+    if study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
+        log(f"best trial {study.best_trial.user_attrs['run']}: mAP {100 * study.best_value:.1f}, "
+            f"{study.best_params}")
+    return study
+
+
+def _retry_failed_trials(study, optuna) -> None:
+    """Queue again, once, the parameters of each failed trial, with its run folder."""
+    runs_tried = {t.user_attrs.get("run") for t in study.trials if t.state != optuna.trial.TrialState.FAIL}
+    for trial in study.get_trials(states=(optuna.trial.TrialState.FAIL,)):
+        run = trial.user_attrs.get("run")
+        if run and run not in runs_tried:
+            study.enqueue_trial(trial.params, user_attrs={"run": run})
+            runs_tried.add(run)
+
+
+def _objective(config_path, sets, ranges, choices, seeds, folder, optuna, log):
+    def objective(trial) -> float:
+        run = trial.user_attrs.get("run") or f"trial{trial.number:04d}"
+        trial.set_user_attr("run", run)
+        overrides = ([f"{r.key}={r.suggest(trial)!r}" for r in ranges]
+                     + [f"{key}={trial.suggest_categorical(key, [v.partition('=')[2] for v in values])}"
+                        for key, values in choices])
+        runs = plan(config_path, sets, [Setting(run, tuple(overrides))], seeds, folder)
+        last_mAPs = []
+        for seed_index, planned in enumerate(runs):
+            def prune_below_median(epoch: int, record: dict) -> None:
+                trial.report(record["val/mAP"], seed_index * planned.cfg.epochs + epoch)
+                if trial.should_prune():
+                    log(f"{planned.name}: pruned after epoch {epoch}")
+                    raise optuna.TrialPruned()
+            if run_in_process([planned], on_epoch=prune_below_median, log=log)[planned.name] == "failed":
+                raise optuna.TrialPruned()  # a diverging setting: stopped, not to be retried
+            last_mAPs.append(read_metrics(Path(planned.cfg.run_dir) / planned.name)[-1]["val/mAP"])
+        return sum(last_mAPs) / len(last_mAPs)
+    return objective
