@@ -83,12 +83,14 @@ def run_test(cfg, run_dir: Path, checkpoint_name: str | None, zeroshot: bool) ->
     with main_process_first():  # one process per node generates the data, downloads weights
         data = build_data(cfg)
         if zeroshot:
-            model, source, epoch = build_model(cfg, data.label_prompts, data.class_weights), "zeroshot", 0
+            model = build_model(cfg, data.label_prompts, data.class_weights, class_priors=data.class_priors)
+            source, epoch = "zeroshot", 0
         else:
             path = resolve_checkpoint(checkpoint_name or BEST_MAP_CHECKPOINT, run_dir)
             checkpoint = load_checkpoint(path)
             check_checkpoint_matches(checkpoint, cfg, data.class_names, path)
-            model = trained_model(checkpoint, cfg, data.label_prompts, path, data.class_weights)
+            model = trained_model(checkpoint, cfg, data.label_prompts, path, data.class_weights,
+                                  data.class_priors)
             source, epoch = str(path), checkpoint["state"]["epoch"]
     model.to(device)
     batches = build_split_batches(cfg, data, train=False, device=device)

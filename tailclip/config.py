@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
 DATASETS = ("voc_mlt", "coco_mlt", "synthetic_mlt", "custom")
-LOSS_TERMS = ("clip", "bal", "asl")
+LOSS_TERMS = ("clip", "bal", "asl", "bce", "focal", "dbfocal")
 CUSTOM_DATASET_FILES = ("train_list", "test_list", "class_names", "captions", "image_root")
 CUSTOM_DATASET_REQUIRED = ("train_list", "test_list", "class_names", "image_root")
 
@@ -71,6 +71,16 @@ class Config:
     asl_clip: float = 0.05
     asl_eps: float = 1e-8
     label_smoothing: float = 0.0
+    # Baseline losses on the class logits (tailclip/losses.py says where each default comes from)
+    focal_gamma: float = 2.0
+    focal_alpha: float = 0.25
+    dbfocal_alpha: float = 0.1
+    dbfocal_beta: float = 10.0
+    dbfocal_mu: Optional[float] = None  # None: LMPT's value for the dataset (VOC-MLT 0.3, else 0.2)
+    dbfocal_lambda: Optional[float] = None  # None: LMPT's value for the dataset (VOC-MLT 5, else 2)
+    dbfocal_kappa: float = 0.05
+    dbfocal_gamma: float = 2.0
+    dbfocal_scale: float = 2.0
     # Re-balancing
     use_sample_weights: bool = True
     sample_weights_power: float = 1.0
@@ -164,6 +174,14 @@ _RANGES = {
     "asl_clip": _UNIT_INTERVAL,
     "asl_eps": _above(0),
     "label_smoothing": _UNIT_INTERVAL,
+    "focal_gamma": _at_least(0),
+    "focal_alpha": ((lambda value: 0 <= value <= 1), "must be in [0, 1]"),
+    "dbfocal_alpha": _at_least(0),
+    "dbfocal_beta": _at_least(0),
+    "dbfocal_lambda": _above(0),
+    "dbfocal_kappa": _at_least(0),
+    "dbfocal_gamma": _at_least(0),
+    "dbfocal_scale": _at_least(0),
     "sample_weights_power": _at_least(0),
     "class_weights_power": _at_least(0),
     "seed": _at_least(0),
@@ -282,6 +300,10 @@ def _check_type(value: Any, kind: Any) -> tuple[Any, Optional[str]]:
         return value, None if isinstance(value, str) else "must be a string"
     if kind == Optional[str]:
         return value, None if value is None or isinstance(value, str) else "must be a string or None"
+    if kind == Optional[float]:
+        if value is None:
+            return value, None
+        return (float(value), None) if is_number else (value, "must be a number or None")
     if kind == list[str]:
         if isinstance(value, (list, tuple)) and all(isinstance(item, str) for item in value):
             return list(value), None
@@ -292,7 +314,7 @@ def _check_type(value: Any, kind: Any) -> tuple[Any, Optional[str]]:
 def _check_value(key: str, value: Any) -> Optional[str]:
     if key in _CHOICES and value not in _CHOICES[key]:
         return f"must be one of {', '.join(map(repr, _CHOICES[key]))}"
-    if key in _RANGES:
+    if key in _RANGES and value is not None:
         accepts, rule = _RANGES[key]
         return None if accepts(value) else rule
     if key == "device" and not _DEVICE_PATTERN.fullmatch(value):

@@ -58,14 +58,16 @@ def build_clip(cfg: Config, pretrained: bool | None = None) -> clip.CLIP:
 
 
 def build_model(cfg: Config, label_prompts: list[str], class_weights=None,
-                pretrained: bool | None = None) -> TailCLIP:
+                pretrained: bool | None = None, class_priors=None) -> TailCLIP:
     """The model ``cfg.finetune`` asks for, on the CPU: `TailCLIP` (full fine-tuning) or the
     prompt-learning `PromptTailCLIP`, on the backbone of `build_clip`.
 
-    ``label_prompts`` are the class prompts, ``cfg.class_caption + name`` for each class.
+    ``label_prompts`` are the class prompts, ``cfg.class_caption + name`` for each class;
+    ``class_weights`` and ``class_priors`` (the training split's) go to the loss.
     """
     if not all(prompt.startswith(cfg.class_caption) for prompt in label_prompts):
         raise ValueError(f"class prompts must start with class_caption {cfg.class_caption!r}")
     class_names = [prompt[len(cfg.class_caption):] for prompt in label_prompts]
     label_tokens = clip.tokenize(label_prompts, context_length=cfg.max_length)
-    return build_tailclip(build_clip(cfg, pretrained), label_tokens, class_names, cfg, class_weights)
+    return build_tailclip(build_clip(cfg, pretrained), label_tokens, class_names, cfg, class_weights,
+                          class_priors)

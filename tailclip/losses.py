@@ -3,8 +3,11 @@
 - ``BalancedAsymmetricLoss`` (BAL): the paper's loss on the class logits; an asymmetric loss
   on max-normalised logits, with label smoothing and class weights on the positive term.
 - ``AsymmetricLoss`` (ASL, Ridnik et al., ICCV 2021) for ablations.
+- Baselines on the class logits: ``binary_cross_entropy`` (BCE), ``SigmoidFocalLoss`` (Lin et
+  al., ICCV 2017) and ``DistributionBalancedFocalLoss`` (Wu et al., ECCV 2020).
 - ``clip_contrastive_loss``: the symmetric InfoNCE loss of CLIP between images and captions.
-- ``build_objective(cfg, class_weights)``: the weighted sum selected by ``cfg.loss_function``.
+- ``build_objective(cfg, class_weights, class_priors)``: the weighted sum selected by
+  ``cfg.loss_function``.
 
 Every loss is computed in (at least) float32, whatever the precision of the model.
 """
@@ -12,7 +15,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-LOSS_NAMES = ("clip", "bal", "asl")
+CLASS_LOGIT_TERMS = ("bal", "asl", "bce", "focal", "dbfocal")
+LOSS_NAMES = ("clip", *CLASS_LOGIT_TERMS)
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -176,6 +180,132 @@ class AsymmetricLoss(nn.Module):
         )
 
 
+def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy on raw logits [B, C], the mean over all B*C entries."""
+    _check_logits_and_targets(logits, targets)
+    logits = _at_least_float32(logits)
+    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+
+
+def _focal_factor(cross_entropy: torch.Tensor, gamma: float) -> torch.Tensor:
+    """(1 - p_t) ** gamma, where p_t = exp(-cross_entropy) is the probability of the target."""
+    return (-torch.expm1(-cross_entropy)) ** gamma
+
+
+class SigmoidFocalLoss(nn.Module):
+    """Sigmoid focal loss (Lin et al., "Focal Loss for Dense Object Detection", ICCV 2017) on
+    raw logits [B, C]: with p_t the probability of the target (p on positives, 1 - p on
+    negatives) and alpha_t = alpha on positives, 1 - alpha on negatives,
+
+        L = mean over B*C of  -alpha_t (1 - p_t) ** gamma log(p_t).
+
+    The defaults gamma = 2, alpha = 0.25 are the paper's best setting (its Table 1a), also
+    the defaults of torchvision's ``sigmoid_focal_loss``; gamma = 0, alpha = 0.5 is half BCE.
+    """
+
+    def __init__(self, gamma=2.0, alpha=0.25):
+        super().__init__()
+        if gamma < 0:
+            raise ValueError(f"gamma must be >= 0, got {gamma}")
+        if not 0 <= alpha <= 1:
+            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
+        self.gamma = gamma
+        self.alpha = alpha
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        _check_logits_and_targets(logits, targets)
+        logits = _at_least_float32(logits)
+        targets = targets.to(logits.dtype)
+        cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
+        alpha_t = self.alpha * targets + (1 - self.alpha) * (1 - targets)
+        return (alpha_t * _focal_factor(cross_entropy, self.gamma) * cross_entropy).mean()
+
+
+# LMPT's DB-focal settings for its two benchmarks (richard-peng-xia/LMPT, lmpt/train.py):
+# they differ only in the threshold mu and the negative scale lambda.
+DBFOCAL_DATASET_DEFAULTS = {
+    "voc_mlt": {"mu": 0.3, "neg_scale": 5.0},
+    "coco_mlt": {"mu": 0.2, "neg_scale": 2.0},
+}
+
+
+class DistributionBalancedFocalLoss(nn.Module):
+    """Distribution-balanced focal loss (Wu et al., "Distribution-Balanced Loss for
+    Multi-Label Classification in Long-Tailed Datasets", ECCV 2020) on raw logits [B, C].
+
+    ``class_priors`` [C] are the training split's class frequencies p_c = n_c / N (n_c
+    training images contain class c, of N). Three parts:
+
+    - Re-balanced weighting. Class-aware sampling draws a class uniformly, then one of its
+      images: class c is drawn with P^C(c) = 1/C and image k with P^I(k) = (1/C) sum over
+      its classes j of 1/n_j, so that an image with frequent co-occurring classes is
+      over-sampled. The weight of every entry (k, c), positives and negatives alike, is the
+      smoothed ratio r_kc = (1/n_c) / sum_{j in y_k} 1/n_j mapped to
+      r_hat = alpha + sigmoid(beta (r_kc - mu)). (An image without labels gets r = inf,
+      r_hat = alpha + 1.)
+    - Negative-tolerant regularisation. The logit gets a class-specific bias
+      b_c = (kappa / lambda) log(p_c / (1 - p_c)); negatives' logits are then multiplied by
+      lambda and their loss by 1 / lambda, so that a negative's loss is
+      (1 / lambda) log(1 + exp(lambda z + kappa log(p_c / (1 - p_c)))). (Dividing the bias by
+      lambda, so that lambda cancels on negatives, follows the authors' code.)
+    - Focusing: with z' the regularised logit and p_t = sigmoid(+-z') the probability of the
+      target, each entry is multiplied by scale * (1 - p_t) ** gamma.
+
+        L = mean over B*C of  scale * r_hat * (1 / lambda if negative) * (1 - p_t) ** gamma
+                              * BCE(z', y)
+
+    Defaults (all from the authors' code, wutong16/DistributionBalancedLoss, as LMPT uses it
+    for VOC-LT and COCO-LT): alpha = 0.1, beta = 10, kappa = 0.05, gamma = 2, scale = 2
+    (their ``balance_param``); mu = 0.2 and lambda = 2 are LMPT's COCO-LT values, and
+    ``DBFOCAL_DATASET_DEFAULTS`` holds its VOC-LT ones (mu = 0.3, lambda = 5). LMPT's copy of
+    the loss averages the cross-entropy over the batch before the focal factor (its
+    ``binary_cross_entropy`` ignores ``reduction="none"``); this is the published,
+    per-entry formula, as in the authors' code.
+    """
+
+    def __init__(self, class_priors, alpha=0.1, beta=10.0, mu=0.2, neg_scale=2.0, kappa=0.05,
+                 gamma=2.0, scale=2.0):
+        super().__init__()
+        if neg_scale <= 0 or gamma < 0 or scale < 0:
+            raise ValueError(f"need neg_scale > 0, gamma >= 0 and scale >= 0, got {neg_scale}, "
+                             f"{gamma} and {scale}")
+        self.alpha, self.beta, self.mu = alpha, beta, mu
+        self.neg_scale, self.gamma, self.scale = neg_scale, gamma, scale
+        inverse_priors = logit_bias = None
+        if class_priors is not None:  # None: a model rebuilt to predict, which needs no loss
+            priors = torch.as_tensor(class_priors, dtype=torch.float64)
+            if priors.dim() != 1 or not ((priors > 0) & (priors < 1)).all():
+                raise ValueError("class_priors must be 1-D with every class frequency in (0, 1) (the "
+                                 f"bias log(p / (1 - p)) is infinite otherwise), got {priors.tolist()}")
+            # Only ratios of 1/n_c enter the weights, so 1/p_c serves as well as 1/n_c.
+            inverse_priors = 1 / priors
+            logit_bias = kappa / neg_scale * torch.log(priors / (1 - priors))
+        self.register_buffer("inverse_priors", inverse_priors, persistent=False)
+        self.register_buffer("logit_bias", logit_bias, persistent=False)
+
+    def rebalancing_weights(self, targets: torch.Tensor) -> torch.Tensor:
+        """r_hat [B, C]: the smoothed ratio of class-level to instance-level sampling probability."""
+        if self.inverse_priors is None:
+            raise ValueError("the 'dbfocal' loss needs the training split's class frequencies "
+                             "(class_priors), and was built without them")
+        inverse = self.inverse_priors.to(targets.dtype)
+        ratio = inverse / (targets @ inverse).unsqueeze(1)
+        return self.alpha + torch.sigmoid(self.beta * (ratio - self.mu))
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        _check_logits_and_targets(logits, targets)
+        logits = _at_least_float32(logits)
+        targets = targets.to(logits.dtype)
+        positive = targets > 0
+        weights = self.rebalancing_weights(targets)
+        weights = torch.where(positive, weights, weights / self.neg_scale)
+        shifted = logits + self.logit_bias.to(logits.dtype)
+        regularised = torch.where(positive, shifted, self.neg_scale * shifted)
+        cross_entropy = F.binary_cross_entropy_with_logits(regularised, targets, reduction="none")
+        focal = _focal_factor(cross_entropy, self.gamma)
+        return (self.scale * weights * focal * cross_entropy).mean()
+
+
 def clip_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
                           logit_scale: torch.Tensor) -> torch.Tensor:
     """CLIP's symmetric contrastive loss for L2-normalised embeddings [B, D].
@@ -195,22 +325,26 @@ def clip_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
 
 
 class TailCLIPObjective(nn.Module):
-    """Sum of the selected loss terms; the BAL/ASL terms are multiplied by ``asl_mul``.
+    """Sum of the selected loss terms; the terms on the class logits (every term but
+    "clip") are multiplied by ``asl_mul``.
 
     Call with the embeddings, the (exponentiated) logit scale, the class logits and the
-    targets; returns ``{"loss": total, "loss_clip": ..., "loss_bal": ..., "loss_asl": ...}``
-    (only the selected terms, each before its ``asl_mul`` factor). ``class_weights`` given
-    to ``forward`` replace BAL's own for that call; both are ignored unless
-    ``use_class_weights``.
+    targets; returns ``{"loss": total, "loss_clip": ..., "loss_bal": ..., ...}`` (only the
+    selected terms, each before its ``asl_mul`` factor). ``class_weights`` given to
+    ``forward`` replace BAL's own for that call; both are ignored unless
+    ``use_class_weights``. ``baselines`` maps the other class-logit terms ("bce", "focal",
+    "dbfocal") to a loss ``(logits, targets) -> scalar``.
     """
 
-    def __init__(self, loss_function, asl_mul=1.0, bal=None, asl=None, use_class_weights=True):
+    def __init__(self, loss_function, asl_mul=1.0, bal=None, asl=None, use_class_weights=True,
+                 baselines=None):
         super().__init__()
         self.loss_function = tuple(loss_function)
         self.asl_mul = asl_mul
         self.bal = bal
         self.asl = asl
         self.use_class_weights = use_class_weights
+        self.baselines = nn.ModuleDict(baselines or {})
 
     def forward(self, image_emb, caption_emb, logit_scale, logits, targets, class_weights=None):
         terms = {}
@@ -220,22 +354,58 @@ class TailCLIPObjective(nn.Module):
                 term = clip_contrastive_loss(image_emb, caption_emb, logit_scale)
                 total = total + term
             else:
-                if name == "bal":
-                    term = self.bal(logits, targets,
-                                    class_weights if self.use_class_weights else None)
-                else:
-                    term = self.asl(logits, targets)
+                term = self._class_logit_term(name, logits, targets, class_weights)
                 total = total + self.asl_mul * term
             terms[f"loss_{name}"] = term
         return {"loss": total, **terms}
 
+    def _class_logit_term(self, name, logits, targets, class_weights):
+        if name == "bal":
+            return self.bal(logits, targets, class_weights if self.use_class_weights else None)
+        if name == "asl":
+            return self.asl(logits, targets)
+        return self.baselines[name](logits, targets)
 
-def build_objective(cfg, class_weights=None) -> TailCLIPObjective:
-    """The objective selected by ``cfg.loss_function`` (a list of "clip", "bal", "asl").
+
+class BinaryCrossEntropyLoss(nn.Module):
+    """``binary_cross_entropy`` as a module, for ``TailCLIPObjective``'s baselines."""
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return binary_cross_entropy(logits, targets)
+
+
+def dbfocal_settings(cfg) -> dict:
+    """The DB-focal parameters of ``cfg``; mu and lambda left at None take LMPT's values for
+    ``cfg.dataset`` (its COCO-LT ones for datasets other than VOC-MLT)."""
+    dataset_defaults = DBFOCAL_DATASET_DEFAULTS.get(cfg.dataset, DBFOCAL_DATASET_DEFAULTS["coco_mlt"])
+    return dict(
+        alpha=cfg.dbfocal_alpha, beta=cfg.dbfocal_beta, kappa=cfg.dbfocal_kappa,
+        gamma=cfg.dbfocal_gamma, scale=cfg.dbfocal_scale,
+        mu=dataset_defaults["mu"] if cfg.dbfocal_mu is None else cfg.dbfocal_mu,
+        neg_scale=dataset_defaults["neg_scale"] if cfg.dbfocal_lambda is None else cfg.dbfocal_lambda,
+    )
+
+
+def _baseline_losses(cfg, class_priors) -> dict:
+    names = cfg.loss_function
+    baselines = {}
+    if "bce" in names:
+        baselines["bce"] = BinaryCrossEntropyLoss()
+    if "focal" in names:
+        baselines["focal"] = SigmoidFocalLoss(gamma=cfg.focal_gamma, alpha=cfg.focal_alpha)
+    if "dbfocal" in names:
+        baselines["dbfocal"] = DistributionBalancedFocalLoss(class_priors, **dbfocal_settings(cfg))
+    return baselines
+
+
+def build_objective(cfg, class_weights=None, class_priors=None) -> TailCLIPObjective:
+    """The objective selected by ``cfg.loss_function`` (a list of ``LOSS_NAMES``).
 
     Uses ``cfg.asl_mul``, ``asl_gamma_neg``, ``asl_gamma_pos``, ``asl_clip``, ``asl_eps``,
     ``label_smoothing`` and ``use_weighted_loss``: ``class_weights`` [C] enter BAL only when
-    ``cfg.use_weighted_loss`` is true.
+    ``cfg.use_weighted_loss`` is true. "focal" uses ``focal_gamma`` and ``focal_alpha``;
+    "dbfocal" the ``dbfocal_*`` options and ``class_priors`` [C], the training split's
+    class frequencies.
     """
     names = cfg.loss_function
     if isinstance(names, str) or not names:
@@ -258,4 +428,5 @@ def build_objective(cfg, class_weights=None) -> TailCLIPObjective:
     if "asl" in names:
         asl = AsymmetricLoss(**focusing)
     return TailCLIPObjective(names, cfg.asl_mul, bal=bal, asl=asl,
-                             use_class_weights=cfg.use_weighted_loss)
+                             use_class_weights=cfg.use_weighted_loss,
+                             baselines=_baseline_losses(cfg, class_priors))

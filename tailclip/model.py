@@ -28,11 +28,13 @@ class TailCLIP(nn.Module):
     embeddings cached by ``refresh_label_embeddings()``, which the training loop calls at the
     start of each epoch (the first forward fills the cache if it is empty). Evaluation
     (``predict_logits``) always encodes the prompts with the current weights.
-    ``class_weights`` [C] are BAL's class weights (used when ``cfg.use_weighted_loss``).
+    ``class_weights`` [C] are BAL's class weights (used when ``cfg.use_weighted_loss``) and
+    ``class_priors`` [C] the training split's class frequencies (the "dbfocal" loss's).
     All CLIP parameters are trained (full fine-tuning).
     """
 
-    def __init__(self, clip_model: nn.Module, label_tokens: torch.Tensor, cfg, class_weights=None):
+    def __init__(self, clip_model: nn.Module, label_tokens: torch.Tensor, cfg, class_weights=None,
+                 class_priors=None):
         super().__init__()
         if cfg.label_embeddings not in LABEL_EMBEDDING_MODES:
             raise ValueError(f"unknown label_embeddings {cfg.label_embeddings!r}; "
@@ -46,7 +48,7 @@ class TailCLIP(nn.Module):
             parameter.requires_grad_(True)
         self.label_embedding_mode = cfg.label_embeddings
         self.score_kind = cfg.score
-        self.objective = build_objective(cfg, class_weights)
+        self.objective = build_objective(cfg, class_weights, class_priors)
         # Derived from the class names and the weights: not part of a checkpoint.
         self.register_buffer("label_tokens", trim_padding(label_tokens), persistent=False)
         self.register_buffer("cached_label_emb", None, persistent=False)

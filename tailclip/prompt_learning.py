@@ -101,7 +101,7 @@ class PromptTailCLIP(TailCLIP):
     """
 
     def __init__(self, clip_model: nn.Module, label_tokens: torch.Tensor, class_names, cfg,
-                 class_weights=None):
+                 class_weights=None, class_priors=None):
         if cfg.finetune not in PROMPT_MODES:
             raise ValueError(f"PromptTailCLIP needs finetune in {list(PROMPT_MODES)}, got {cfg.finetune!r}")
         if cfg.label_embeddings != "per_step":
@@ -114,7 +114,7 @@ class PromptTailCLIP(TailCLIP):
                 f"model_name {cfg.model_name!r} has a ResNet image tower (use finetune = 'prompt')")
         if len(class_names) != label_tokens.shape[0]:
             raise ValueError(f"{len(class_names)} class names but {label_tokens.shape[0]} class prompts")
-        super().__init__(clip_model, label_tokens, cfg, class_weights)
+        super().__init__(clip_model, label_tokens, cfg, class_weights, class_priors)
         for parameter in self.clip_model.parameters():
             parameter.requires_grad_(False)
         self.clip_model.logit_scale.requires_grad_(cfg.train_logit_scale)
@@ -138,11 +138,11 @@ class PromptTailCLIP(TailCLIP):
 
 
 def build_tailclip(clip_model: nn.Module, label_tokens: torch.Tensor, class_names, cfg,
-                   class_weights=None) -> TailCLIP:
+                   class_weights=None, class_priors=None) -> TailCLIP:
     """The model `cfg.finetune` asks for: `TailCLIP` ("full") or `PromptTailCLIP`."""
     if cfg.finetune == "full":
-        return TailCLIP(clip_model, label_tokens, cfg, class_weights)
-    return PromptTailCLIP(clip_model, label_tokens, class_names, cfg, class_weights)
+        return TailCLIP(clip_model, label_tokens, cfg, class_weights, class_priors)
+    return PromptTailCLIP(clip_model, label_tokens, class_names, cfg, class_weights, class_priors)
 
 
 def trainable_state_dict(model: PromptTailCLIP) -> dict:

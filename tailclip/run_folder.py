@@ -84,12 +84,13 @@ def load_model_state(model: TailCLIP, checkpoint: dict, path) -> None:
 
 
 def trained_model(checkpoint: dict, cfg: Config, label_prompts: list[str], path,
-                  class_weights=None) -> TailCLIP:
+                  class_weights=None, class_priors=None) -> TailCLIP:
     """The checkpoint's model (on the CPU) for ``cfg``: prompts saved alone go on top of the
     pretrained backbone they were trained on (loaded, or downloaded once, by name); other
     checkpoints hold every weight, so the backbone starts from random ones."""
     pretrained = checkpoint.get("model_format") == "trainable"
-    model = build_model(cfg, label_prompts, class_weights, pretrained=pretrained)
+    model = build_model(cfg, label_prompts, class_weights, pretrained=pretrained,
+                        class_priors=class_priors)
     load_model_state(model, checkpoint, path)
     return model
 

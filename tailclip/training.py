@@ -252,7 +252,8 @@ def train(cfg: Config, run_name: str, resume: bool = False,
         if checkpoint is not None:
             check_checkpoint_matches(checkpoint, cfg, data.class_names, run_dir / NEWEST_CHECKPOINT)
             report_config_changes(checkpoint, cfg)
-        model = build_model(cfg, data.label_prompts, data.class_weights).to(device)
+        model = build_model(cfg, data.label_prompts, data.class_weights,
+                            class_priors=data.class_priors).to(device)
     if device.type == "cuda" and not isinstance(model.clip_model.visual, clip.model.VisionTransformer):
         model = model.to(memory_format=torch.channels_last)  # cuDNN's fast layout for ResNets
     # The text tower is idle in a step only when it encodes neither captions nor class prompts.

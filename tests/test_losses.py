@@ -421,7 +421,7 @@ def test_objective_asl_and_clip_only():
 
 
 @pytest.mark.parametrize("loss_function,match", [
-    (["clip", "focal"], r"'focal'.*\['clip', 'bal', 'asl'\]"),
+    (["clip", "hinge"], r"'hinge'.*\['clip', 'bal', 'asl', 'bce', 'focal', 'dbfocal'\]"),
     ([], "non-empty"),
     ("clip", "non-empty list"),
     (["bal", "bal"], "twice"),

@@ -148,7 +148,7 @@ def test_all_parameters_are_trainable_and_buffers_stay_out_of_the_state_dict():
 @pytest.mark.parametrize("overrides,match", [
     (dict(label_embeddings="per_batch"), "'per_batch'.*per_step"),
     (dict(score="probit"), "'probit'.*softmax"),
-    (dict(loss_function=["clip", "focal"]), "'focal'"),
+    (dict(loss_function=["clip", "hinge"]), "'hinge'"),
 ])
 def test_rejects_bad_configuration(overrides, match):
     with pytest.raises(ValueError, match=match):

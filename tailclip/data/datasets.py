@@ -212,6 +212,11 @@ class DataBundle:
         return self.test.label_sets
 
     @property
+    def class_priors(self) -> torch.Tensor:
+        """float64 [C]: the fraction of training images that contain each class."""
+        return self.train.targets.double().mean(0)
+
+    @property
     def train_targets(self) -> torch.Tensor:
         return self.train.targets
 
