@@ -3,6 +3,7 @@ of finished runs, parallel runs as processes, and a bad --grid key. Runs train a
 CLIP on the tiny custom dataset (16 training images, 2 steps per epoch) on the CPU."""
 import json
 import runpy
+import sys
 from pathlib import Path
 
 import pytest
@@ -159,3 +160,10 @@ def test_report_errors_are_one_line(sweep_main, tmp_path, capsys):
 def test_setting_names_are_unique():
     with pytest.raises(SweepError, match="share the name"):
         expand([], [Setting("a", ("lr=1",)), Setting("a", ("lr=2",))])
+
+
+def test_search_without_optuna_says_how_to_install_it(sweep_main, tiny_config, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "optuna", None)  # import optuna raises ImportError
+    args = ["--config", str(tiny_config), "--name", "s", "--search", "2", "--range", "lr=1e-4:1e-2"]
+    assert sweep_main(args) == 1
+    assert "--search needs Optuna: pip install optuna" in capsys.readouterr().err

@@ -5,9 +5,8 @@ import json
 import runpy
 from pathlib import Path
 
+import optuna  # requirements-dev.txt
 import pytest
-
-optuna = pytest.importorskip("optuna")
 
 import tailclip.model
 import tailclip.training
