@@ -113,14 +113,14 @@ def markdown_table(rows: list[dict], swept: list[str], published: str | None) ->
 def write_csv(path: Path, rows: list[dict], swept: list[str], published: str | None) -> None:
     fields = ["setting", *swept, "seeds", *(f"{when}_{m}_{stat}" for when in EPOCHS for m in GROUPS
                                            for stat in ("mean", "std"))]
+    # The paper's percent as a fraction, like the other columns ("0.582-0.585" for a range).
+    paper = {"paper_mAP": "-".join(f"{float(p) / 100:.3f}" for p in published.split("-"))} if published else {}
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fields + (["paper_mAP"] if published else []))
+        writer = csv.DictWriter(f, fields + list(paper))
         writer.writeheader()
         for row in rows:
-            values = {key: (_cell(value) if key in swept else value) for key, value in row.items()}
-            # The paper's percent as a fraction, like the other columns ("0.582-0.585" for a range).
-            paper = {"paper_mAP": "-".join(f"{float(p) / 100:.3f}" for p in published.split("-"))} if published else {}
-            writer.writerow({**values, **paper})
+            writer.writerow({**{key: (_cell(value) if key in swept else value) for key, value in row.items()},
+                             **paper})
 
 
 def write_report(sweep_dir) -> list[Path]:

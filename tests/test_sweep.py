@@ -2,9 +2,7 @@
 of finished runs, parallel runs as processes, and a bad --grid key. Runs train a tiny random
 CLIP on the tiny custom dataset (16 training images, 2 steps per epoch) on the CPU."""
 import json
-import runpy
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -16,35 +14,9 @@ from tailclip.sweep import (Setting, SweepError, expand, parse_grid, parse_varia
                             split_top_level)
 
 from interrupt import ctrl_c_on_forward_call
-from tiny_dataset import write_config, write_dataset
+from sweep_fixtures import sweep_main, tiny_config, train_calls  # noqa: F401 (fixtures)
 
-REPO = Path(__file__).resolve().parents[1]
 NEWEST = "newest_train_checkpoint.pt"
-
-
-@pytest.fixture(scope="module")
-def sweep_main():
-    """``sweep.py``'s ``main(argv) -> exit code``, run in this process."""
-    return runpy.run_path(str(REPO / "sweep.py"))["main"]
-
-
-@pytest.fixture
-def tiny_config(tmp_path):
-    root = write_dataset(tmp_path / "data")
-    return write_config(tmp_path / "tiny.py", root, tmp_path / "runs", num_threads=1, epochs=2)
-
-
-@pytest.fixture
-def train_calls(monkeypatch):
-    """Every train() call of the sweep, as (run name, resume)."""
-    calls, train = [], tailclip.training.train
-
-    def recorded(cfg, run_name, resume=False, on_epoch=None):
-        calls.append((run_name, resume))
-        return train(cfg, run_name, resume=resume, on_epoch=on_epoch)
-
-    monkeypatch.setattr(tailclip.training, "train", recorded)
-    return calls
 
 
 def test_values_split_outside_brackets_and_quotes():

@@ -2,8 +2,6 @@
 command continues, a trial interrupted by Ctrl-C retried in its own run folder, pruning
 through train()'s per-epoch callback, and the callback itself."""
 import json
-import runpy
-from pathlib import Path
 
 import optuna  # requirements-dev.txt
 import pytest
@@ -16,34 +14,10 @@ from tailclip.logger import read_metrics
 from tailclip.sweep import SweepError, parse_range
 
 from interrupt import ctrl_c_on_forward_call
-from tiny_dataset import write_config, write_dataset
+from sweep_fixtures import sweep_main, tiny_config, train_calls  # noqa: F401 (fixtures)
 
-REPO = Path(__file__).resolve().parents[1]
 COMPLETE, PRUNED, FAIL = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
                           optuna.trial.TrialState.FAIL)
-
-
-@pytest.fixture(scope="module")
-def sweep_main():
-    return runpy.run_path(str(REPO / "sweep.py"))["main"]
-
-
-@pytest.fixture
-def tiny_config(tmp_path):
-    root = write_dataset(tmp_path / "data")
-    return write_config(tmp_path / "tiny.py", root, tmp_path / "runs", num_threads=1, epochs=2)
-
-
-@pytest.fixture
-def train_calls(monkeypatch):
-    calls, train = [], tailclip.training.train
-
-    def recorded(cfg, run_name, resume=False, on_epoch=None):
-        calls.append((run_name, resume))
-        return train(cfg, run_name, resume=resume, on_epoch=on_epoch)
-
-    monkeypatch.setattr(tailclip.training, "train", recorded)
-    return calls
 
 
 def search_args(config, trials: int) -> list[str]:
