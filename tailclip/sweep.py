@@ -28,6 +28,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
+from tailclip import training
 from tailclip.config import Config, load_config, parse_override
 from tailclip.errors import TailCLIPError
 from tailclip.logger import METRICS_FILE, read_metrics
@@ -36,7 +37,7 @@ from tailclip.run_folder import NEWEST_CHECKPOINT
 SWEEP_FILE = "sweep.json"
 STUDY_FILE = "optuna.db"
 RESERVED_KEYS = {"seed": "use --seeds", "run_dir": "the sweep chooses each run's folder"}
-REPOSITORY = Path(__file__).resolve().parents[1]
+TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 
 
 class SweepError(TailCLIPError):
@@ -213,8 +214,6 @@ def run_in_process(runs: list[PlannedRun], on_epoch: Callable | None = None,
     A run whose loss diverges is recorded as failed and the sweep goes on; Ctrl-C
     (``TrainingInterrupted``) stops the sweep after the run saved its checkpoint.
     """
-    from tailclip.training import NonFiniteLossError, train
-
     outcomes = {}
     for index, run in enumerate(runs, 1):
         progress = prepare(run)
@@ -224,16 +223,16 @@ def run_in_process(runs: list[PlannedRun], on_epoch: Callable | None = None,
             outcomes[run.name] = "skipped"
             continue
         try:
-            train(run.cfg, run.name, resume=progress == "resume", on_epoch=on_epoch)
+            training.train(run.cfg, run.name, resume=progress == "resume", on_epoch=on_epoch)
             outcomes[run.name] = "trained" if progress == "fresh" else "resumed"
-        except NonFiniteLossError as error:
+        except training.NonFiniteLossError as error:
             log(f"{run.name} failed: {error}")
             outcomes[run.name] = "failed"
     return outcomes
 
 
 def train_command(config_path, sets: list[str], run: PlannedRun, resume: bool) -> list[str]:
-    command = [sys.executable, str(REPOSITORY / "train.py"), f"--config={config_path}",
+    command = [sys.executable, str(TRAIN_SCRIPT), f"--config={config_path}",
                f"--run-name={run.name}"]
     for override in (*sets, *run.overrides):
         command += ["--set", override]
@@ -265,7 +264,7 @@ def run_on_gpus(runs: list[PlannedRun], config_path, sets: list[str], gpus: list
             with open(log_path, "a") as output:
                 process = subprocess.Popen(train_command(config_path, sets, run, progress == "resume"),
                                            env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu},
-                                           stdout=output, stderr=subprocess.STDOUT, cwd=REPOSITORY)
+                                           stdout=output, stderr=subprocess.STDOUT)
             active[process] = (run, gpu, "trained" if progress == "fresh" else "resumed")
         try:
             time.sleep(poll_seconds)

@@ -139,3 +139,18 @@ def test_search_without_optuna_says_how_to_install_it(sweep_main, tiny_config, m
     args = ["--config", str(tiny_config), "--name", "s", "--search", "2", "--range", "lr=1e-4:1e-2"]
     assert sweep_main(args) == 1
     assert "--search needs Optuna: pip install optuna" in capsys.readouterr().err
+
+
+def test_a_diverging_run_fails_alone(sweep_main, tiny_config, tmp_path, monkeypatch, capsys):
+    train = tailclip.training.train
+
+    def diverge_at_lr_1(cfg, run_name, **options):
+        if cfg.lr == 1.0:
+            raise tailclip.training.NonFiniteLossError("non-finite loss (nan)")
+        return train(cfg, run_name, **options)
+
+    monkeypatch.setattr(tailclip.training, "train", diverge_at_lr_1)
+    assert sweep_main(["--config", str(tiny_config), "--name", "sw", "--grid", "lr=1.0,1e-3"]) == 1
+    assert "not finished: lr=1.0_seed0" in capsys.readouterr().err
+    assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "sw" / "lr=1e-3_seed0")] == [1, 2]
+    assert "| lr=1e-3 | 0.001 | 1 |" in (tmp_path / "runs" / "sw" / "results.md").read_text()
