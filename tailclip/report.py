@@ -157,13 +157,14 @@ def _is_number(value) -> bool:
 
 def plot(rows: list[dict], swept: list[str], path: Path) -> None:
     """Head, medium and tail mAP (last epoch, error bars: std over seeds) against each swept
-    numeric value, or, when a swept value is not a number, a grouped bar chart of the settings."""
+    numeric value (a line per combination of the other swept values), or, when no swept value
+    is a number, a grouped bar chart of the settings."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     numeric = [k for k in swept if all(_is_number(row[k]) for row in rows) and len({row[k] for row in rows}) > 1]
-    if numeric and len(numeric) == len(swept):
+    if numeric:
         figure, axes = plt.subplots(1, len(numeric), figsize=(5 * len(numeric), 4), squeeze=False)
         for axis, key in zip(axes[0], numeric):
             _plot_against(axis, rows, key, [k for k in swept if k != key])
@@ -185,7 +186,7 @@ def _plot_against(axis, rows: list[dict], key: str, others: list[str]) -> None:
     """One line per group and each combination of the other swept values."""
     combinations = {}
     for row in rows:
-        combinations.setdefault(tuple(row[k] for k in others), []).append(row)
+        combinations.setdefault(tuple(_cell(row[k]) for k in others), []).append(row)
     styles = ["-", "--", ":", "-."]
     for index, (values, series) in enumerate(combinations.items()):
         series = sorted(series, key=lambda row: row[key])
