@@ -76,3 +76,20 @@ def test_a_single_seed_has_no_std_and_missing_groups_read_n_a(tmp_path):
     assert math.isnan(float(rows[0]["last_mAP_std"])) and math.isnan(float(rows[0]["last_mAP_head_mean"]))
     assert "| a | 1.0 | 1 | 50.0 | n/a |" in (folder / "results.md").read_text()
     assert "paper mAP" not in (folder / "results.md").read_text()  # not a published config
+
+
+def test_categorical_settings_are_plotted_as_bars(tmp_path, monkeypatch):
+    import matplotlib.axes
+    bars, bar = [], matplotlib.axes.Axes.bar
+
+    def recorded_bar(self, x, height, *args, **kwargs):
+        bars.append(list(height))
+        return bar(self, x, height, *args, **kwargs)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "bar", recorded_bar)
+    folder = tmp_path / "sweep"
+    for name, terms, value in (("clip", ["clip"], 0.2), ("bal", ["bal"], 0.4)):
+        write_run(folder, f"{name}_seed0", {"epochs": 1, "loss_function": terms},
+                  [{f"val/{g}": value for g in GROUPS}])
+    write_report(folder)
+    assert bars == [[40.0, 20.0]] * 3  # head, medium and tail of "bal" and "clip", in percent
