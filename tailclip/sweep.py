@@ -28,6 +28,8 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
+import torch
+
 from tailclip import training
 from tailclip.config import Config, load_config, parse_override
 from tailclip.errors import TailCLIPError
@@ -286,8 +288,6 @@ def run_on_gpus(runs: list[PlannedRun], config_path, sets: list[str], gpus: list
 
 def visible_gpus() -> list[str]:
     """The GPUs a sweep may use: ``CUDA_VISIBLE_DEVICES``'s entries, or all."""
-    import torch
-
     count = torch.cuda.device_count()
     visible = os.environ.get("CUDA_VISIBLE_DEVICES")
     if visible:
