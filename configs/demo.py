@@ -1,10 +1,10 @@
 """A half-minute demo on any computer: the whole TailCLIP pipeline, no download.
 
 The synthetic long-tailed dataset (generated into datasets/synthetic_mlt/ on first use) and
-a tiny CLIP with random weights, trained on the CPU. The test mAP starts near chance (14.6,
-evaluated before training) and about doubles within a few epochs (31-32): from 1,142 images
-the tiny Vision Transformer learns the shapes' colours but hardly their forms. The absolute
-numbers mean nothing about the paper's benchmarks.
+a tiny CLIP with random weights, trained on the CPU. The test mAP starts near chance (14.0,
+evaluated before training) and passes 60 within 8 epochs (64.3): each class is a shape in a
+colour of its own, which the tiny model learns from 1,142 images. The absolute numbers mean
+nothing about the paper's benchmarks.
 
 Run: python train.py --config=configs/demo.py
 """
@@ -14,10 +14,13 @@ class CFG:
     # Synthetic images of coloured shapes with VOC-MLT's long-tailed class profile
     dataset = "synthetic_mlt"
 
-    # A tiny CLIP (a few layers, 64-pixel input) trained from random weights
+    # A tiny CLIP (a few layers) trained from random weights. At 32 pixels its 16-pixel
+    # patches are the image's four quadrants, one object each (the positional embedding is
+    # resized from the 64-pixel grid): 64 test mAP after 8 epochs, against 57 at 64 pixels.
     model_name = "ViT-tiny"
     pretrained = False
-    size = 64
+    size = 32
+    interpolate_pos_embedding = True
 
     # Prompts and captions as in the paper
     class_caption = "a photo of a "

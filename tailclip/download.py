@@ -2,8 +2,11 @@
 
     python -m tailclip.download voc_mlt|coco_mlt [--root DIR] [--full] [--workers N]
 
-Split, label and caption files come from the LMPT repository at a pinned commit and are
-checked against pinned sha256 digests. Images come from the official hosts: the VOC2012
+The split, label and caption files ship in the repository (`datasets/<name>/`, the LMPT
+repository's files at a pinned commit); each is checked against its pinned sha256, and one
+that differs is an error naming it. A dataset folder elsewhere (--root) gets copies of the
+shipped files; only a file missing from both is downloaded from LMPT. Images come from the
+official hosts: the VOC2012
 trainval and VOC2007 test tarballs (only the listed images are extracted unless --full),
 and for COCO the 6,909 listed images one by one (about 1 GB) unless --full fetches the
 official train2017/val2017 zips (19 GB). Re-runs skip everything already in place and
@@ -12,6 +15,7 @@ resume partial downloads.
 import argparse
 import os
 import posixpath
+import shutil
 import tarfile
 import urllib.error
 import zipfile
@@ -21,12 +25,14 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from clip.download import DownloadError, download
+from clip.download import DownloadError, download, sha256_of
+from tailclip.errors import TailCLIPError
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LMPT_COMMIT = "aab39caca28362bfb9d9340f9c8a5cd75614e130"
 LMPT_DATA_URL = f"https://raw.githubusercontent.com/richard-peng-xia/LMPT/{LMPT_COMMIT}/data"
 MIRROR_ENV = "TAILCLIP_DATA_MIRROR"  # replaces LMPT_DATA_URL, e.g. a local copy
+SHIPPED_DATASETS = REPO_ROOT / "datasets"  # the split files in the repository, one folder per benchmark
 SHOWN_FAILURES = 5
 
 
@@ -76,12 +82,38 @@ BENCHMARKS = {
 }
 
 
+class SplitFileError(TailCLIPError):
+    """A split, label or caption file does not have its pinned sha256."""
+
+
+def check_split_file(path: Path, sha256: str) -> None:
+    """Raise `SplitFileError` naming `path` unless its sha256 is `sha256`."""
+    actual = sha256_of(path)
+    if actual != sha256:
+        raise SplitFileError(f"{path} has sha256 {actual}, expected {sha256}: the benchmark's file was "
+                             "changed or is corrupt; restore it (git checkout -- datasets/ in the "
+                             "repository, or delete a copy elsewhere to fetch it again)")
+
+
 def fetch_split_files(spec: Benchmark, dataset_dir: Path, mirror: str | None = None,
-                      progress: bool = True) -> None:
-    """Download the split/label/caption files into `dataset_dir`, verifying each sha256."""
+                      progress: bool = True, shipped_dir: Path | None = None) -> None:
+    """Make sure `dataset_dir` holds every split/label/caption file with its pinned sha256.
+
+    A file already there is checked; a missing one is copied from `shipped_dir` (the
+    repository's copy, checked too) and downloaded from LMPT only when that has none either.
+    """
     base = (mirror or os.environ.get(MIRROR_ENV) or LMPT_DATA_URL).rstrip("/")
     for name, sha256 in spec.split_sha256.items():
-        download(f"{base}/{spec.lmpt_folder}/{name}", dataset_dir, sha256=sha256, progress=progress)
+        target = dataset_dir / name
+        shipped = shipped_dir / name if shipped_dir is not None else None
+        if not target.is_file() and shipped is not None and shipped.is_file():
+            check_split_file(shipped, sha256)
+            dataset_dir.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shipped, target)
+        if target.is_file():
+            check_split_file(target, sha256)
+        else:
+            download(f"{base}/{spec.lmpt_folder}/{name}", dataset_dir, sha256=sha256, progress=progress)
 
 
 def listed_images(spec: Benchmark, dataset_dir: Path) -> list[str]:
@@ -167,18 +199,20 @@ def extract(archive: Path, destination: Path, members: set[str] | None = None) -
 
 def download_benchmark(name: str, data_root: str | Path, full: bool = False, workers: int = 16,
                        mirror: str | None = None, spec: Benchmark | None = None,
-                       progress: bool = True) -> Path:
+                       progress: bool = True, shipped_root: Path | None = None) -> Path:
     """Put benchmark `name` (split files and every listed image) into `data_root/name`; return it.
 
     `spec` replaces the entry of `BENCHMARKS` (tests use it for fake files and hosts);
-    `mirror` replaces the LMPT address (default `$TAILCLIP_DATA_MIRROR`).
-    Raises `DownloadError` when anything is still missing at the end.
+    `mirror` replaces the LMPT address (default `$TAILCLIP_DATA_MIRROR`); `shipped_root`
+    the folder of the repository's split files (default `SHIPPED_DATASETS`).
+    Raises `SplitFileError` for a split file without its pinned sha256 and `DownloadError`
+    when anything is still missing at the end.
     """
     spec = spec or BENCHMARKS[name]
     dataset_dir = Path(data_root).expanduser() / name
     image_root = dataset_dir / spec.image_dir
-    print(f"{name}: split files into {dataset_dir}")
-    fetch_split_files(spec, dataset_dir, mirror, progress)
+    print(f"{name}: checking the split files in {dataset_dir}")
+    fetch_split_files(spec, dataset_dir, mirror, progress, (shipped_root or SHIPPED_DATASETS) / name)
     paths = listed_images(spec, dataset_dir)
     missing = missing_images(image_root, paths)
     if missing:
@@ -210,7 +244,7 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--workers must be at least 1")
     try:
         download_benchmark(args.dataset, args.root, full=args.full, workers=args.workers)
-    except DownloadError as error:
+    except (DownloadError, SplitFileError) as error:
         raise SystemExit(f"error: {error}") from None
 
 

@@ -53,6 +53,13 @@ def _check_logits_and_targets(logits: torch.Tensor, targets: torch.Tensor) -> No
         )
 
 
+def _checked_float_inputs(logits: torch.Tensor, targets: torch.Tensor):
+    """(logits, targets) checked for shape, in (at least) float32 and the logits' dtype."""
+    _check_logits_and_targets(logits, targets)
+    logits = _at_least_float32(logits)
+    return logits, targets.to(logits.dtype)
+
+
 def asymmetric_loss(probs, pos_targets, neg_targets, gamma_pos, gamma_neg, clip, eps,
                     pos_factor=None) -> torch.Tensor:
     """Mean over all entries of the asymmetric loss, given probabilities ``probs`` [B, C].
@@ -135,9 +142,7 @@ class BalancedAsymmetricLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor,
                 class_weights: torch.Tensor = None) -> torch.Tensor:
-        _check_logits_and_targets(logits, targets)
-        logits = _at_least_float32(logits)
-        targets = targets.to(logits.dtype)
+        logits, targets = _checked_float_inputs(logits, targets)
         num_classes = logits.shape[1]
         weights = self.class_weights if class_weights is None else class_weights
         if weights is not None:
@@ -171,9 +176,7 @@ class AsymmetricLoss(nn.Module):
         self.eps = eps
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        _check_logits_and_targets(logits, targets)
-        logits = _at_least_float32(logits)
-        targets = targets.to(logits.dtype)
+        logits, targets = _checked_float_inputs(logits, targets)
         return asymmetric_loss(
             torch.sigmoid(logits), targets, 1 - targets, self.gamma_pos, self.gamma_neg,
             self.clip, self.eps,
@@ -182,9 +185,7 @@ class AsymmetricLoss(nn.Module):
 
 def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
     """Binary cross-entropy on raw logits [B, C], the mean over all B*C entries."""
-    _check_logits_and_targets(logits, targets)
-    logits = _at_least_float32(logits)
-    return F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype))
+    return F.binary_cross_entropy_with_logits(*_checked_float_inputs(logits, targets))
 
 
 def _focal_factor(cross_entropy: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -213,9 +214,7 @@ class SigmoidFocalLoss(nn.Module):
         self.alpha = alpha
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        _check_logits_and_targets(logits, targets)
-        logits = _at_least_float32(logits)
-        targets = targets.to(logits.dtype)
+        logits, targets = _checked_float_inputs(logits, targets)
         cross_entropy = F.binary_cross_entropy_with_logits(logits, targets, reduction="none")
         alpha_t = self.alpha * targets + (1 - self.alpha) * (1 - targets)
         return (alpha_t * _focal_factor(cross_entropy, self.gamma) * cross_entropy).mean()
@@ -293,9 +292,7 @@ class DistributionBalancedFocalLoss(nn.Module):
         return self.alpha + torch.sigmoid(self.beta * (ratio - self.mu))
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        _check_logits_and_targets(logits, targets)
-        logits = _at_least_float32(logits)
-        targets = targets.to(logits.dtype)
+        logits, targets = _checked_float_inputs(logits, targets)
         positive = targets > 0
         weights = self.rebalancing_weights(targets)
         weights = torch.where(positive, weights, weights / self.neg_scale)

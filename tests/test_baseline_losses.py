@@ -3,13 +3,17 @@ derived by hand from its published formula, entry by entry in float64, and in th
 alone or with the contrastive term."""
 import dataclasses
 import math
+import os
+import socket
 from fractions import Fraction
 from types import SimpleNamespace
 
 import pytest
 import torch
+import torch.multiprocessing as mp
 
 import clip
+from tailclip import distributed
 from tailclip.config import Config, ConfigError, load_config
 from tailclip.data.balance import balance_weights
 from tailclip.losses import (
@@ -280,3 +284,49 @@ def test_a_tailclip_model_trains_with_dbfocal_from_the_data_priors():
     out["loss"].backward()
     assert set(out) >= {"loss_clip", "loss_dbfocal"}
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
+
+
+# ---------------------------------------------------------------- under torchrun
+
+ALL_TERMS = ["clip", "bce", "focal", "dbfocal"]
+
+
+def _global_batch_worker(rank: int, port: int, folder: str) -> None:
+    """Process ``rank`` of 2: its half of the batch through ``GlobalBatchObjective``."""
+    torch.set_num_threads(1)
+    inputs = objective_inputs(seed=6)
+    objective = build_objective(make_cfg(loss_function=ALL_TERMS, asl_mul=0.7), class_priors=priors())
+    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    distributed.init_distributed("cpu")
+    try:
+        rows = slice(3 * rank, 3 * rank + 3)
+        local = {name: value[rows].clone().requires_grad_(True) if name != "logit_scale" else value
+                 for name, value in inputs.items()}
+        local["targets"].requires_grad_(False)
+        out = distributed.GlobalBatchObjective(objective).train()(**local)
+        out["loss"].backward()
+        torch.save({"terms": {k: v.detach() for k, v in out.items() if k.startswith("loss")},
+                    "logits_grad": local["logits"].grad}, os.path.join(folder, f"rank{rank}.pt"))
+    finally:
+        distributed.cleanup()
+
+
+def test_baselines_on_the_global_batch_of_two_processes_equal_one_process(tmp_path):
+    """Each process gets the single-process loss, and through its own rows twice the
+    single-process gradient (DistributedDataParallel's average over 2 processes halves it)."""
+    with socket.socket() as free:
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    mp.spawn(_global_batch_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    inputs = objective_inputs(seed=6)
+    logits = inputs["logits"].clone().requires_grad_(True)
+    single = build_objective(make_cfg(loss_function=ALL_TERMS, asl_mul=0.7),
+                             class_priors=priors())(**{**inputs, "logits": logits})
+    single["loss"].backward()
+    for rank in range(2):
+        result = torch.load(tmp_path / f"rank{rank}.pt")
+        assert set(result["terms"]) == {"loss", *(f"loss_{name}" for name in ALL_TERMS)}
+        for name, value in result["terms"].items():
+            assert torch.allclose(value, single[name].detach(), rtol=1e-6), name
+        assert torch.allclose(result["logits_grad"], 2 * logits.grad[3 * rank:3 * rank + 3], rtol=1e-5, atol=1e-9)

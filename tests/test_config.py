@@ -57,7 +57,8 @@ def test_published_configs_document_every_option(repo_root):
 
 def test_demo_config_is_a_small_cpu_run(repo_root):
     cfg = load_config(repo_root / "configs" / "demo.py")
-    assert (cfg.dataset, cfg.model_name, cfg.pretrained, cfg.size) == ("synthetic_mlt", "ViT-tiny", False, 64)
+    assert (cfg.dataset, cfg.model_name, cfg.pretrained, cfg.size) == ("synthetic_mlt", "ViT-tiny", False, 32)
+    assert cfg.interpolate_pos_embedding  # 32-pixel images on the 64-pixel ViT-tiny
     assert (cfg.device, cfg.precision) == ("cpu", "fp32")
     assert cfg.epochs <= 10 and 1e-4 <= cfg.lr <= 1e-3
     assert cfg.loss_function == ["clip", "bal"] and cfg.label_smoothing == 0.1

@@ -1,6 +1,8 @@
-"""tailclip.download end to end against a local HTTP server serving fake split files and archives."""
+"""tailclip.download end to end against a local HTTP server serving fake split files and archives,
+and the split files that ship in the repository."""
 import io
 import os
+import shutil
 import subprocess
 import tarfile
 import time
@@ -10,7 +12,16 @@ from dataclasses import replace
 import pytest
 
 from clip.download import DownloadError, sha256_of
-from tailclip.download import BENCHMARKS, download_benchmark, listed_images, main
+import tailclip.download
+from tailclip.download import (
+    BENCHMARKS,
+    SHIPPED_DATASETS,
+    SplitFileError,
+    download_benchmark,
+    fetch_split_files,
+    listed_images,
+    main,
+)
 from local_http import free_port
 
 VOC_IMAGES = {
@@ -48,6 +59,20 @@ def write_zip(path, members: dict[str, bytes]) -> None:
     with zipfile.ZipFile(path, "w") as archive:
         for name, data in members.items():
             archive.writestr(name, data)
+
+
+@pytest.fixture(autouse=True)
+def no_shipped_files(tmp_path_factory, monkeypatch):
+    """The fake benchmarks have no shipped split files (an empty folder stands in for the
+    repository's datasets/), unless a test puts some there."""
+    shipped = tmp_path_factory.mktemp("shipped")
+    monkeypatch.setattr(tailclip.download, "SHIPPED_DATASETS", shipped)
+    return shipped
+
+
+def ship(shipped, server, folder: str, name: str) -> None:
+    """Copy the server's fake split files of ``folder`` into ``shipped/name``, as the repository does."""
+    shutil.copytree(server.root / "lmpt" / folder, shipped / name)
 
 
 @pytest.fixture
@@ -153,6 +178,56 @@ def test_split_file_with_wrong_hash_stops_the_command(fake_coco, monkeypatch, tm
     assert not (tmp_path / "coco_mlt" / "coco_labels.txt").exists()
 
 
+def test_shipped_split_files_are_copied_and_only_images_are_downloaded(fake_coco, no_shipped_files, tmp_path):
+    server = fake_coco
+    ship(no_shipped_files, server, "coco", "coco_mlt")
+    main(["coco_mlt", "--root", str(tmp_path)])
+    assert not any(path.startswith("/lmpt/") for path, _ in server.requests)
+    for name in BENCHMARKS["coco_mlt"].split_sha256:
+        assert (tmp_path / "coco_mlt" / name).read_bytes() == (no_shipped_files / "coco_mlt" / name).read_bytes()
+    for path, data in COCO_IMAGES.items():
+        assert (tmp_path / "coco_mlt" / "images" / path).read_bytes() == data
+
+
+@pytest.mark.parametrize("where", ["shipped", "dataset folder"])
+def test_a_changed_split_file_is_an_error_naming_it(fake_coco, no_shipped_files, tmp_path, where):
+    server = fake_coco
+    ship(no_shipped_files, server, "coco", "coco_mlt")
+    folder = no_shipped_files / "coco_mlt" if where == "shipped" else tmp_path / "coco_mlt"
+    folder.mkdir(exist_ok=True)
+    changed = folder / "coco_lt_test.txt"
+    changed.write_text("val2017/000000000003.jpg 9 1\n")  # one label more than published
+    with pytest.raises(SystemExit) as info:
+        main(["coco_mlt", "--root", str(tmp_path)])
+    message = info.value.code
+    expected = BENCHMARKS["coco_mlt"].split_sha256["coco_lt_test.txt"]
+    assert message.startswith(f"error: {changed} has sha256 {sha256_of(changed)}, expected {expected}")
+    assert "changed or is corrupt" in message
+    assert changed.read_text() == "val2017/000000000003.jpg 9 1\n"  # kept, for the user to inspect
+    assert server.requests == []
+
+
+def test_missing_split_files_are_downloaded_from_a_file_url(fake_voc, tmp_path):
+    server, spec = fake_voc
+    download_benchmark("voc_mlt", tmp_path, mirror=(server.root / "lmpt").as_uri(), spec=spec, progress=False)
+    assert not any(path.startswith("/lmpt/") for path, _ in server.requests)
+    for name in spec.split_sha256:
+        assert (tmp_path / "voc_mlt" / name).read_bytes() == (server.root / "lmpt" / "voc" / name).read_bytes()
+
+
+@pytest.mark.parametrize("name", sorted(BENCHMARKS))
+def test_the_repository_split_files_pass_without_a_network(name, tmp_path):
+    # A mirror nobody listens on: the shipped files are checked, and nothing is fetched.
+    dead = f"http://127.0.0.1:{free_port()}"
+    fetch_split_files(BENCHMARKS[name], SHIPPED_DATASETS / name, mirror=dead, progress=False)
+    fetch_split_files(BENCHMARKS[name], tmp_path / name, mirror=dead, progress=False,
+                      shipped_dir=SHIPPED_DATASETS / name)
+    assert sorted(p.name for p in (tmp_path / name).iterdir()) == sorted(BENCHMARKS[name].split_sha256)
+    with pytest.raises(SplitFileError, match=f"{tmp_path / name / 'x'}"[:-1]):
+        (tmp_path / name / next(iter(BENCHMARKS[name].split_sha256))).write_text("changed\n")
+        fetch_split_files(BENCHMARKS[name], tmp_path / name, mirror=dead, progress=False)
+
+
 def test_coco_per_image_names_the_missing_one_then_resumes(fake_coco, tmp_path):
     server = fake_coco
     absent = "val2017/000000000004.jpg"
@@ -205,12 +280,18 @@ def test_wrapper_scripts_run_from_another_folder(repo_root, tmp_path):
     assert result.returncode == 0, result.stderr
     assert "usage: python -m tailclip.download" in result.stdout and "--full" in result.stdout
 
-    # a relative --root is the caller's; with no server the exit is non-zero with a clear message
+    # A relative --root is the caller's: the shipped files are copied there, and a changed one
+    # (the label file, checked last) stops the script, naming it, before any image is fetched.
     env = dict(os.environ, TAILCLIP_DATA_MIRROR=f"http://127.0.0.1:{free_port()}")
+    changed = tmp_path / "data" / "coco_mlt" / "coco_labels.txt"
+    changed.parent.mkdir(parents=True)
+    changed.write_text("person 0\n")
     result = run_wrapper(repo_root / "datasets/coco_mlt/download_coco_mlt.sh", "--root", "data",
                          cwd=tmp_path, env=env)
     assert result.returncode == 1
-    assert f"to {tmp_path / 'data' / 'coco_mlt' / 'coco_lt_train.txt'} by hand" in result.stderr
+    assert "error: data/coco_mlt/coco_labels.txt has sha256" in result.stderr
+    assert (tmp_path / "data" / "coco_mlt" / "coco_lt_train.txt").read_bytes() == \
+        (repo_root / "datasets" / "coco_mlt" / "coco_lt_train.txt").read_bytes()
 
 
 def test_pinned_split_hashes_match_the_reference_files(shared_data):

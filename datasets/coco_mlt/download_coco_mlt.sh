@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Download COCO-MLT: split files from LMPT, the 6,909 listed COCO 2017 images (--full: the official zips).
+# Download COCO-MLT's 6,909 listed COCO 2017 images (--full: the official zips) and check the shipped split files.
 # Thin wrapper around `python -m tailclip.download coco_mlt`; runs from any folder, arguments pass through
 # (see --help). The working folder is kept so that a relative --root means what the caller expects.
 set -euo pipefail

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Download VOC-MLT: split files from LMPT, VOC2012 trainval + VOC2007 test images.
+# Download VOC-MLT's images (VOC2012 trainval + VOC2007 test) and check the shipped split files.
 # Thin wrapper around `python -m tailclip.download voc_mlt`; runs from any folder, arguments pass through
 # (see --help). The working folder is kept so that a relative --root means what the caller expects.
 set -euo pipefail
