@@ -16,7 +16,7 @@ import sys
 
 from tailclip.config import ConfigError
 from tailclip.errors import TailCLIPError
-from tailclip.report import write_report
+from tailclip.sweep_report import write_report
 from tailclip.sweep import (SweepError, expand, parse_grid, parse_range, parse_variant, run_grid,
                             run_search, sweep_folder)
 from tailclip.training import NonFiniteLossError, TrainingInterrupted
