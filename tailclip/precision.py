@@ -1,4 +1,4 @@
-"""Mixed precision (issue 6): autocast dtype, gradient scaler, TF32.
+"""Mixed precision: autocast dtype, gradient scaler, TF32.
 
 Master weights stay float32 in every mode; only the forward pass runs in bf16/fp16 under
 ``torch.autocast``, and callers compute their losses in float32.

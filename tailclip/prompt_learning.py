@@ -1,4 +1,4 @@
-"""Prompt learning on a frozen CLIP: `finetune = "prompt"` and `"prompt+visual"` (issue 9).
+"""Prompt learning on a frozen CLIP: `finetune = "prompt"` and `"prompt+visual"`.
 
 "prompt" (CoOp, Zhou et al., IJCV 2022): the words of the class prompt become `n_ctx`
 learnable context vectors, shared by all classes or one set per class

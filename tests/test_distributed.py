@@ -1,4 +1,4 @@
-"""Distributed training (issue 7): 2 CPU processes (gloo) against one process.
+"""Distributed training: 2 CPU processes (gloo) against one process.
 
 The two-process tests spawn the processes once. With the tiny ViT and the same weights
 everywhere, each process checks against itself alone: the training step on its

@@ -1,4 +1,4 @@
-"""Prompt-mode checkpoints (issue 9): on OpenAI weights they hold only the trained parameters
+"""Prompt-mode checkpoints: on OpenAI weights they hold only the trained parameters
 and the backbone name, and load on top of the backbone rebuilt by name; on a random backbone
 (pretrained = False), which no name can rebuild, they hold every weight. train.py --resume,
 test.py and predict.py use both kinds.

@@ -16,7 +16,7 @@ from tailclip.data.synthetic import CLASS_NAMES
 from tailclip.logger import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-# The logged scalars issue 5 asks for (with each loss term and the timings).
+# The scalars every epoch logs (with each loss term and the timings).
 EPOCH_TAGS = ["train/loss", "train/loss_clip", "train/loss_bal", "train/mAP", "train/mAP_head",
               "train/mAP_medium", "train/mAP_tail", "train/AUROC", "val/loss", "val/mAP",
               "val/mAP_head", "val/mAP_medium", "val/mAP_tail", "val/AUROC", "lr",
