@@ -11,10 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tailclip.checkpoint import CheckpointError
-from tailclip.config import load_config
-from tailclip.distributed import cleanup
-from tailclip.training import NonFiniteLossError, TrainingInterrupted, train
+from tailclip.errors import TailCLIPError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,12 +28,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Imported once the arguments are parsed, so that --help and a usage error answer at once.
+    from tailclip.config import load_config
+    from tailclip.distributed import cleanup
+    from tailclip.training import TrainingInterrupted, train
+
     try:
         cfg = load_config(args.config, args.overrides)
         train(cfg, args.run_name or Path(args.config).stem, resume=args.resume)
-    # Errors about the user's inputs: a message, not a traceback (ConfigError is a ValueError,
-    # an unreadable image an OSError).
-    except (ValueError, OSError, CheckpointError, NonFiniteLossError) as error:
+    except TailCLIPError as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
     except TrainingInterrupted as error:

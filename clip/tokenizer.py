@@ -15,6 +15,8 @@ import ftfy
 import regex
 import torch
 
+from tailclip.errors import MissingFileError
+
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 BPE_URL = "https://github.com/openai/CLIP/raw/main/clip/bpe_simple_vocab_16e6.txt.gz"
 BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
@@ -37,7 +39,7 @@ def bpe_path() -> Path:
     from_env = os.environ.get("TAILCLIP_BPE_PATH")
     if from_env:
         if not Path(from_env).is_file():
-            raise FileNotFoundError(f"TAILCLIP_BPE_PATH={from_env} is not a file")
+            raise MissingFileError(f"TAILCLIP_BPE_PATH={from_env} is not a file")
         return Path(from_env)
 
     from .factory import cache_dir  # factory imports the model; keep tokenizer imports light

@@ -20,12 +20,17 @@ from tailclip.checkpoint import load_checkpoint
 from tailclip.data.datasets import UnreadableImageError, load_image
 from tailclip.data.transforms import build_transform
 from tailclip.distributed import resolve_device
+from tailclip.errors import TailCLIPError
 from tailclip.run_folder import model_from_checkpoint
 from tailclip.precision import autocast, resolve_precision
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm"})
 OUTPUT_FORMATS = (".csv", ".json")
+
+
+class OutputFormatError(TailCLIPError, ValueError):
+    """``--output`` names a file whose extension is not a format ``write_results`` writes."""
 
 
 @dataclass
@@ -210,5 +215,5 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
 def check_output_path(path: str | Path) -> None:
     """Refuse an output file whose format is unknown, before any work is done."""
     if Path(path).suffix.lower() not in OUTPUT_FORMATS:
-        raise ValueError(f"--output {path}: unknown format; use a file name ending in "
+        raise OutputFormatError(f"--output {path}: unknown format; use a file name ending in "
                          f"{' or '.join(OUTPUT_FORMATS)}")

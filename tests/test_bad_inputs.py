@@ -161,7 +161,7 @@ def test_unreadable_images_are_skipped_and_counted(train_main, tmp_path, capsys,
     for path in skipped:
         assert caplog.text.count(f"skipping unreadable image: cannot read image {root / path}") == 1
     assert "unreadable images left out: 1 train, 1 test" in capsys.readouterr().out
-    [record] = read_metrics(tmp_path / "runs" / "tiny")
+    [_, record] = read_metrics(tmp_path / "runs" / "tiny")  # epoch 0 (before training), epoch 1
     assert (record["data/unreadable_train_images"], record["data/unreadable_test_images"]) == (1, 1)
 
 

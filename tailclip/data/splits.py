@@ -11,8 +11,10 @@ silently skipped line changes the class counts and therefore the tail metrics.
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+from tailclip.errors import TailCLIPError
 
-class SplitFormatError(ValueError):
+
+class SplitFormatError(TailCLIPError, ValueError):
     """A benchmark text file is malformed; the message names the file (and line)."""
 
 
