@@ -76,9 +76,9 @@ def load_predictor(checkpoint_path: str | Path, device: str = "auto") -> Predict
     and class prompts from the checkpoint itself. ``device``: "auto" (CUDA when available),
     "cpu", "cuda" or "cuda:N"; bf16 autocast on CUDA, float32 on the CPU.
     """
+    device = resolve_device(device)  # before the model is built: a missing GPU fails at once
     checkpoint = load_checkpoint(checkpoint_path)
     model, cfg = model_from_checkpoint(checkpoint, checkpoint_path)
-    device = resolve_device(device)
     metadata = {"checkpoint": str(checkpoint_path), "backbone": cfg.model_name,
                 "score": cfg.score}
     return Predictor(model, checkpoint["class_names"],
