@@ -17,6 +17,7 @@ import pytest
 import torch
 
 from tailclip.config import ConfigError
+from tailclip.data.splits import SplitFormatError, read_split
 from tailclip.distributed import resolve_device
 from tailclip.errors import DeviceError
 from tailclip.logger import read_metrics
@@ -107,6 +108,13 @@ def unknown_class(case: Path):
     return args, [message], []
 
 
+def cache_folder_not_writable(case: Path):
+    root, args = tiny(case)
+    (root / "cache").write_text("a file where the image cache's folder belongs\n")
+    return args, [f"cannot write the image cache {root / 'cache'}/train_",
+                  "make that folder writable, or set image_cache = False"], []
+
+
 FAILURES = {
     "missing_images": missing_images,
     "voc_not_downloaded": voc_not_downloaded,
@@ -117,6 +125,7 @@ FAILURES = {
     "empty_split": empty_split,
     "class_without_training_image": class_without_training_image,
     "unknown_class": unknown_class,
+    "cache_folder_not_writable": cache_folder_not_writable,
 }
 
 
@@ -152,7 +161,7 @@ def test_bad_input_stops_with_a_message(train_main, case, tmp_path, capsys):
     assert train_main(args) == 1
     captured = capsys.readouterr()
     check_message(captured.err, expected, unexpected)
-    if case != "truncated_jpeg_uncached":  # that one is met in the first epoch
+    if case not in ("truncated_jpeg_uncached", "cache_folder_not_writable"):  # met after the model is built
         assert "training " not in captured.out  # stopped before the model was built
     assert not list(tmp_path.glob("runs/*/*.pt"))
 
@@ -282,3 +291,8 @@ def test_a_bug_keeps_its_traceback(script, function, tmp_path, monkeypatch):
     monkeypatch.setattr(function, raise_a_bug)
     with pytest.raises(ValueError, match="a bug of ours"):
         main(argv)
+
+
+def test_split_file_that_cannot_be_read_is_named(tmp_path):
+    with pytest.raises(SplitFormatError, match=re.escape(f"{tmp_path}: cannot be read (Is a directory)")):
+        read_split(tmp_path, num_classes=2)
