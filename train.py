@@ -5,7 +5,9 @@ the checkpoints ``best_valid_mAP.pt``, ``best_valid_mAP_tail.pt`` and
 ``newest_train_checkpoint.pt``. The run name is the config file's stem unless ``--run-name``.
 Several GPUs or nodes: ``torchrun --nproc_per_node=N train.py ...`` (see the README).
 Exit codes: 0 done, 1 error (a bad config or input, a non-finite loss), 130 stopped by
-Ctrl-C (143 by SIGTERM) after saving the newest checkpoint.
+Ctrl-C (143 by SIGTERM) after saving the newest checkpoint. Progress bars are drawn only
+when stderr is a terminal (``TAILCLIP_PROGRESS=1`` or ``0`` forces them on or off); every
+epoch prints one line either way.
 """
 import argparse
 import sys

@@ -41,8 +41,8 @@ from tailclip.logger import RunLogger, say
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer, build_scheduler
-from tailclip.progress import show_progress
 from tailclip.precision import allow_tf32, autocast, grad_scaler, resolve_precision
+from tailclip.progress import show_progress
 from tailclip.run_folder import (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT, NEWEST_CHECKPOINT,
                                  TrainState, check_checkpoint_matches, report_config_changes,
                                  restore_training, training_checkpoint)
@@ -194,8 +194,8 @@ def train_one_epoch(trainer: Trainer, batches: SplitBatches, state: TrainState, 
             model.refresh_label_embeddings()
     lr = trainer.optimizer.param_groups[0]["lr"]
     bar = tqdm(total=batches.steps_per_epoch(), initial=state.step_in_epoch, leave=False,
-               desc=f"epoch {epoch + 1}/{epochs}", unit="step", disable=not (is_main_process() and show_progress()),
-               dynamic_ncols=True)
+               desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+               disable=not (is_main_process() and show_progress()), dynamic_ncols=True)
     started, seen, world = time.perf_counter(), 0, rank_and_world()[1]
     for images, targets, tokens, _ in batches.batches(trainer.device, epoch, state.step_in_epoch):
         out = train_step(trainer, images, targets, tokens, state, epoch)

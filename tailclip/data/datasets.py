@@ -250,7 +250,7 @@ def build_data(cfg) -> DataBundle:
         present = set().union(*train_label_sets)
         empty = [f"{index} {name!r}" for index, name in enumerate(class_names) if index not in present]
         raise SplitFormatError(f"{files.train_list}: {error}. Without images: {', '.join(empty[:10])}"
-                         f"{', ...' if len(empty) > 10 else ''} (class names from {files.class_names})") from None
+                               f"{', ...' if len(empty) > 10 else ''} (class names from {files.class_names})") from None
     class_weights, sample_weights = balance_weights(
         train_label_sets, num_classes, cfg.class_weights_power, cfg.sample_weights_power)
     train_captions = _train_captions(cfg, files, class_names, train_entries)
