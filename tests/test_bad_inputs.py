@@ -108,6 +108,12 @@ def unknown_class(case: Path):
     return args, [message], []
 
 
+def class_name_too_long(case: Path):
+    root, args = tiny(case)
+    write_lines(root / "classes.txt", ["cat" + " very" * 80 + " long 0", "dog 1", "red car 2", "tree 3"])
+    return args, ["more than the context length 77", "'a photo of a cat very very"], []
+
+
 def cache_folder_not_writable(case: Path):
     root, args = tiny(case)
     (root / "cache").write_text("a file where the image cache's folder belongs\n")
@@ -126,6 +132,7 @@ FAILURES = {
     "class_without_training_image": class_without_training_image,
     "unknown_class": unknown_class,
     "cache_folder_not_writable": cache_folder_not_writable,
+    "class_name_too_long": class_name_too_long,
 }
 
 
