@@ -86,10 +86,11 @@ def _cpu_kib(field: str) -> int:
     return int(re.search(rf"{field}:\s+(\d+)", Path("/proc/self/status").read_text()).group(1))
 
 
-def memory_now(device: torch.device) -> int:
+def memory(device: torch.device, peak: bool = False) -> int:
+    """Bytes in use now, or at most since `reset_peak` with `peak`."""
     if device.type == "cuda":
-        return torch.cuda.memory_allocated(device)
-    return _cpu_kib("VmRSS") * 1024
+        return (torch.cuda.max_memory_allocated if peak else torch.cuda.memory_allocated)(device)
+    return _cpu_kib("VmHWM" if peak else "VmRSS") * 1024
 
 
 def reset_peak(device: torch.device) -> None:
@@ -97,12 +98,6 @@ def reset_peak(device: torch.device) -> None:
         torch.cuda.reset_peak_memory_stats(device)
     else:
         Path("/proc/self/clear_refs").write_text("5")  # resets VmHWM to the current RSS
-
-
-def peak(device: torch.device) -> int:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return _cpu_kib("VmHWM") * 1024
 
 
 def synchronize(device: torch.device) -> None:
@@ -136,18 +131,18 @@ def measure_step(model_name: str, batch_size: int, grad_checkpointing: bool, dev
     optimizer.step()
     optimizer.zero_grad(set_to_none=False)  # gradients stay allocated: the baseline holds them
     synchronize(device)
-    before = memory_now(device)
+    before = memory(device)
     reset_peak(device)
     started = time.perf_counter()
     forward_backward()
     synchronize(device)
     seconds = time.perf_counter() - started
-    activations = peak(device) - before
+    activations = memory(device, peak=True) - before
     optimizer.step()
     synchronize(device)
     return {"model": model_name, "batch_size": batch_size, "grad_checkpointing": grad_checkpointing,
             "precision": precision, "parameters": sum(p.numel() for p in model.parameters()),
-            "memory_before_step": before, "activations": activations, "step_peak": peak(device),
+            "memory_before_step": before, "activations": activations, "step_peak": memory(device, peak=True),
             "forward_backward_s": seconds}
 
 
