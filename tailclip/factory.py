@@ -54,6 +54,7 @@ def build_clip(cfg: Config, pretrained: bool | None = None) -> clip.CLIP:
                               f"set size = {native}, or interpolate_pos_embedding = True "
                               "(Vision Transformers only)")
         clip.interpolate_positional_embedding(model, cfg.size)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
     return model
 
 
