@@ -92,6 +92,7 @@ class Config:
     precision: str = "auto"
     image_cache: bool = True
     compile: bool = False
+    grad_checkpointing: bool = False
     skip_unreadable_images: bool = False
     max_nonfinite_steps: int = 0
     # Prompt learning

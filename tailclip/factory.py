@@ -48,6 +48,7 @@ def build_clip(cfg: Config, pretrained: bool | None = None) -> nn.Module:
         model = _openai_clip(cfg.model_name, weights)
     _check_text_context(cfg, model)
     _fit_resolution(cfg, model)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
     return model
 
 

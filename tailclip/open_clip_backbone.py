@@ -174,7 +174,8 @@ class OpenCLIPBackbone(nn.Module):
 
     def __init__(self, model: nn.Module, context_length: int, input_resolution: int):
         super().__init__()
-        if hasattr(model, "text_decoder"):
+        self.without_decoder = hasattr(model, "text_decoder")
+        if self.without_decoder:
             del model.text_decoder
         self.model = model
         self.context_length = context_length
@@ -196,7 +197,10 @@ class OpenCLIPBackbone(nn.Module):
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         """Recompute each residual block of both towers in the backward pass (open_clip's)."""
-        self.model.set_grad_checkpointing(enable)
+        # CoCa's own method also reaches its captioning decoder, which is left out here.
+        modules = (self.model.visual, self.model.text) if self.without_decoder else (self.model,)
+        for module in modules:
+            module.set_grad_checkpointing(enable)
 
 
 def build_open_clip_backbone(model_name: str, pretrained: bool | str) -> nn.Module:
