@@ -154,7 +154,7 @@ def checkpoint_path(model_name: str, pretrained: bool | str) -> tuple[Path | Non
 def read_state_dict(model_name: str, path: Path) -> dict[str, torch.Tensor]:
     """The weights in an open_clip checkpoint (.bin, .pt, .safetensors; "module." prefixes and
     a "state_dict" wrapper removed)."""
-    return import_open_clip(model_name).load_state_dict(str(path))
+    return import_open_clip(model_name).factory.load_state_dict(str(path))
 
 
 # ---------------------------------------------------------------- models

@@ -16,6 +16,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import clip
+
 from tailclip.config import Config, ConfigError
 from tailclip.factory import build_clip, build_model
 from tailclip.model import TailCLIP
@@ -83,6 +85,45 @@ def test_family_gives_open_clips_embeddings(tmp_path, name, has_bias):
     assert model.objective.contrastive == ("sigmoid" if has_bias else "softmax")
     if has_bias:
         assert model.logit_bias.item() == pytest.approx(-3.0)
+
+
+def test_standard_clip_is_built_by_our_clip_package(tmp_path):
+    """A plain CLIP config runs in our clip.CLIP with open_clip's weights: same embeddings,
+    CLIP's tokenizer with the padding trimmed, and the prompt modes available."""
+    name = "tailclip-test-standard"
+    reference = reference_checkpoint(name, tmp_path / "weights.pt")
+    model = build_model(config(name, pretrained=str(tmp_path / "weights.pt")), PROMPTS).eval()
+    assert isinstance(model.clip_model, clip.CLIP) and model.trims_text_padding
+    images = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(model.encode_images(images),
+                                   F.normalize(reference.encode_image(images), dim=-1), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(model.encode_labels(),
+                                   F.normalize(reference.encode_text(open_clip.get_tokenizer(name)(PROMPTS)), dim=-1),
+                                   rtol=1e-4, atol=1e-5)
+    prompt_model = build_model(config(name, pretrained=str(tmp_path / "weights.pt"), finetune="prompt+visual"), PROMPTS)
+    assert prompt_model.visual_prompts is not None
+
+
+@pytest.mark.parametrize("name", ["tailclip-test-sigmoid", "tailclip-test-coca"])
+def test_grad_checkpointing_recomputes_open_clips_blocks_with_the_same_loss_and_gradients(name):
+    results = []
+    for grad_checkpointing in (False, True):
+        torch.manual_seed(0)
+        model = build_model(config(name, grad_checkpointing=grad_checkpointing), PROMPTS).train()
+        size, context = native(name)
+        images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
+        captions = open_clip.get_tokenizer(name)(["a photo of a cat", "a photo of a dog"])
+        blocks = [module for module in model.modules() if isinstance(module, open_clip.transformer.Transformer)]
+        assert blocks and all(block.grad_checkpointing == grad_checkpointing for block in blocks)
+        loss = model(images, captions, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))["loss"]
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
+    (loss, grads), (checkpointed_loss, checkpointed_grads) = results
+    torch.testing.assert_close(checkpointed_loss, loss, rtol=0, atol=0)
+    assert grads.keys() == checkpointed_grads.keys()
+    for key in grads:
+        torch.testing.assert_close(checkpointed_grads[key], grads[key], rtol=1e-5, atol=1e-7)
 
 
 def test_sigmoid_backbone_trains_on_siglips_loss(tmp_path):
