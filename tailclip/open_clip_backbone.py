@@ -233,8 +233,9 @@ def _standard_clip(model_name: str, config: dict, path: Path | None, quick_gelu:
 def _open_clip_model(model_name: str, path: Path | None, quick_gelu: bool | None) -> OpenCLIPBackbone:
     open_clip = import_open_clip(model_name)
     name = open_clip_model_name(model_name)
+    # On the default device, as clip.create_model: `with torch.device("meta")` costs no memory.
     model = open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(quick_gelu),
-                                   pretrained_text=False)
+                                   pretrained_text=False, device=torch.get_default_device())
     if path is not None:
         try:
             open_clip.load_checkpoint(model, str(path))
@@ -277,4 +278,12 @@ def open_clip_tokenizer(model_name: str, context_length: int) -> OpenCLIPTokeniz
     open_clip = import_open_clip(model_name)
     name = open_clip_model_name(model_name)
     model_config(model_name)  # an unknown name is our error, not open_clip's fallback tokenizer
-    return OpenCLIPTokenizer(open_clip.get_tokenizer(name, context_length=context_length), context_length)
+    try:
+        tokenizer = open_clip.get_tokenizer(name, context_length=context_length)
+    except ImportError as error:  # Hugging Face tokenizers (SigLIP's) need transformers
+        raise OpenCLIPError(f"the tokenizer of {model_name!r} needs {error.name or 'transformers'}, "
+                            "which is not installed: pip install transformers") from None
+    except OSError as error:  # fetched from Hugging Face on first use
+        raise OpenCLIPError(f"could not load the tokenizer of {model_name!r} "
+                            f"({str(error).splitlines()[0]}); it is fetched from Hugging Face on first use") from None
+    return OpenCLIPTokenizer(tokenizer, context_length)

@@ -18,10 +18,10 @@ import torch.nn.functional as F
 
 import clip
 
-from tailclip.config import Config, ConfigError
+from tailclip.config import Config, ConfigError, load_config
 from tailclip.factory import build_clip, build_model
 from tailclip.model import TailCLIP
-from tailclip.open_clip_backbone import OpenCLIPBackbone
+from tailclip.open_clip_backbone import OpenCLIPBackbone, open_clip_tokenizer
 from tailclip.errors import TailCLIPError
 
 open_clip = pytest.importorskip("open_clip")
@@ -229,7 +229,7 @@ import sys
 sys.modules["open_clip"] = None  # import open_clip now raises ImportError
 import torch
 import tailclip.training, tailclip.evaluation, tailclip.predict
-from tailclip.config import Config, ConfigError
+from tailclip.config import Config, ConfigError, load_config
 from tailclip.factory import build_model
 from tailclip.errors import TailCLIPError
 model = build_model(Config(model_name="ViT-tiny", pretrained=False, size=64), ["a photo of a cat", "a photo of a dog"])
@@ -244,6 +244,13 @@ except TailCLIPError as error:
     assert result.stdout.splitlines() == [
         "(1, 2)",
         "model_name = 'open_clip:ViT-B-16' needs open_clip, which is not installed: pip install open_clip_torch"]
+
+
+def test_a_hugging_face_tokenizer_without_transformers_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "transformers", None)  # import transformers now raises ImportError
+    with pytest.raises(TailCLIPError, match=r"the tokenizer of 'open_clip:ViT-B-16-SigLIP' needs transformers, "
+                                            r"which is not installed: pip install transformers"):
+        open_clip_tokenizer("open_clip:ViT-B-16-SigLIP", 64)
 
 
 def test_trains_the_demo_data_and_evaluates_zero_shot_end_to_end(tmp_path, capsys):
@@ -273,3 +280,18 @@ def test_trains_the_demo_data_and_evaluates_zero_shot_end_to_end(tmp_path, capsy
     assert f"start {100 * zero_shot_report['metrics']['mAP']:.1f} (before training)" in trained.out + trained.err
     assert best_report["metrics"]["mAP"] == pytest.approx(metrics[-1]["val/mAP"], abs=1e-6)
     assert "error" not in zero_shot.err + tested.err
+
+
+@pytest.mark.parametrize("benchmark", ["voc_mlt", "coco_mlt"])
+def test_open_clip_configs_fit_their_model_and_keep_the_published_recipe(repo_root, benchmark):
+    """The open_clip config of each benchmark: its tag is in open_clip's registry, its size and
+    max_length are the model's (built on the meta device: no memory, no download), and every
+    other option is the published ViT-B/16 config's."""
+    cfg = load_config(repo_root / "configs" / f"{benchmark}_vith14_378_dfn5b.py")
+    published = load_config(repo_root / "configs" / f"{benchmark}_vitb16.py")
+    assert open_clip.pretrained.get_pretrained_cfg(cfg.model_name.removeprefix("open_clip:"), cfg.pretrained)
+    with torch.device("meta"):
+        backbone = build_clip(cfg, pretrained=False)
+    assert isinstance(backbone, clip.CLIP)
+    changed = {key for key, value in cfg.to_dict().items() if published.to_dict()[key] != value}
+    assert changed == {"model_name", "pretrained", "size", "grad_checkpointing"}
