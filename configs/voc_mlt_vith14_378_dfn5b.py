@@ -29,7 +29,8 @@ from pathlib import Path
 PublishedRecipe = runpy.run_path(str(Path(__file__).with_name("voc_mlt_vitb16.py")))["CFG"]
 
 
-class CFG(PublishedRecipe):
+class DFN5BViTH14:
+    """The backbone options, shared with configs/coco_mlt_vith14_378_dfn5b.py."""
     # open_clip model name after "open_clip:"; pretrained is one of its open_clip tags
     model_name = "open_clip:ViT-H-14-378"
     pretrained = "dfn5b"
@@ -39,3 +40,7 @@ class CFG(PublishedRecipe):
     # Recompute each residual block in the backward pass: activations of 32 + 24 blocks
     # at batch 8 would otherwise take more memory than the weights and optimiser together
     grad_checkpointing = True
+
+
+class CFG(DFN5BViTH14, PublishedRecipe):
+    pass
