@@ -14,6 +14,7 @@ dependency, imported only here.
 """
 from __future__ import annotations
 
+import contextlib
 import difflib
 import functools
 import os
@@ -217,16 +218,24 @@ def build_open_clip_backbone(model_name: str, pretrained: bool | str) -> nn.Modu
     return _open_clip_model(model_name, path, quick_gelu)
 
 
+@contextlib.contextmanager
+def weights_must_fit(model_name: str, path: Path):
+    """A checkpoint of another architecture is the user's error, named in one line."""
+    try:
+        yield
+    except RuntimeError as error:
+        detail = " ".join(str(error).split())  # torch's message spans many lines
+        raise OpenCLIPError(f"{path}: the weights do not fit {model_name!r}: "
+                            f"{detail[:300]}{'...' if len(detail) > 300 else ''}") from None
+
+
 def _standard_clip(model_name: str, config: dict, path: Path | None, quick_gelu: bool | None) -> nn.Module:
     from clip.open_clip_compat import build_from_open_clip_config, convert_open_clip_state_dict
 
     model = build_from_open_clip_config(config, quick_gelu=quick_gelu)
     if path is not None:
-        try:
+        with weights_must_fit(model_name, path):
             model.load_state_dict(convert_open_clip_state_dict(read_state_dict(model_name, path)))
-        except RuntimeError as error:
-            raise OpenCLIPError(f"{path}: the weights do not fit {model_name!r}: "
-                                f"{str(error).splitlines()[0]}") from None
     return model
 
 
@@ -237,11 +246,8 @@ def _open_clip_model(model_name: str, path: Path | None, quick_gelu: bool | None
     model = open_clip.create_model(name, pretrained=None, force_quick_gelu=bool(quick_gelu),
                                    pretrained_text=False, device=torch.get_default_device())
     if path is not None:
-        try:
+        with weights_must_fit(model_name, path):
             open_clip.load_checkpoint(model, str(path))
-        except RuntimeError as error:
-            raise OpenCLIPError(f"{path}: the weights do not fit {model_name!r}: "
-                                f"{str(error).splitlines()[0]}") from None
     input_resolution, context_length = native_size(model_name)
     return OpenCLIPBackbone(model.float().eval(), context_length, input_resolution)
 

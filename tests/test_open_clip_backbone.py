@@ -160,6 +160,15 @@ def test_size_and_context_come_from_the_models_config(options, message):
         build_clip(config("tailclip-test-sigmoid", **options))
 
 
+@pytest.mark.parametrize("name", ["tailclip-test-sigmoid", "tailclip-test-standard"])
+def test_a_checkpoint_of_another_architecture_is_a_one_line_error(tmp_path, name):
+    reference_checkpoint("tailclip-test-coca", tmp_path / "coca.pt")
+    with pytest.raises(TailCLIPError, match=re.escape(f"{tmp_path / 'coca.pt'}: the weights do not fit "
+                                                      f"'open_clip:{name}': Error(s) in loading")) as error:
+        build_clip(config(name, pretrained=str(tmp_path / "coca.pt")))
+    assert "\n" not in str(error.value)
+
+
 def test_unknown_model_name_lists_close_matches():
     with pytest.raises(TailCLIPError, match=r"unknown open_clip model 'ViT-B-61'.*close matches: .*ViT-B-16"):
         build_clip(config("tailclip-test-sigmoid", model_name="open_clip:ViT-B-61"))
