@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import checkpoint, noop_context_fn
 
 from .architectures import Architecture, vit_names
 
@@ -232,7 +232,7 @@ def _batch_norm_statistics_kept(module: nn.Module):
                 norm.num_batches_tracked.copy_(count)
 
 
-def _checkpoint_contexts(block: nn.Module):
+def _batch_norm_contexts(block: nn.Module):
     """(forward context, recomputation context) for `torch.utils.checkpoint`."""
     return nullcontext(), _batch_norm_statistics_kept(block)
 
@@ -243,7 +243,11 @@ def run_blocks(blocks: nn.Sequential, x: torch.Tensor, grad_checkpointing: bool)
     if not (grad_checkpointing and torch.is_grad_enabled()):
         return blocks(x)
     for block in blocks:
-        x = checkpoint(block, x, use_reentrant=False, context_fn=partial(_checkpoint_contexts, block))
+        # Only blocks with BatchNorms need a recomputation context; the others keep
+        # torch's default, which torch.compile traces.
+        has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in block.modules())
+        context_fn = partial(_batch_norm_contexts, block) if has_batch_norm else noop_context_fn
+        x = checkpoint(block, x, use_reentrant=False, context_fn=context_fn)
     return x
 
 
