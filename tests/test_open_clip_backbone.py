@@ -217,15 +217,23 @@ def test_a_file_placed_by_hand_is_used_without_network(registered_tag, monkeypat
     torch.testing.assert_close(backbone.model.state_dict(), reference.state_dict())
 
 
-def test_tag_downloads_through_the_registry_into_the_cache(registered_tag, monkeypatch, http_server, tmp_path):
+def test_tag_downloads_through_the_registry_into_the_cache_and_resumes(registered_tag, monkeypatch,
+                                                                         http_server, tmp_path):
     registered_tag["hf_hub"] = "someone/tiny-sigmoid/"
     monkeypatch.setattr("tailclip.open_clip_backbone.HF_HUB_URL", http_server.url + "/{repo}/resolve/main/{filename}")
     served = http_server.root / "someone" / "tiny-sigmoid" / "resolve" / "main"
     served.mkdir(parents=True)
     reference = reference_checkpoint("tailclip-test-sigmoid", served / "open_clip_pytorch_model.bin")
+    size = (served / "open_clip_pytorch_model.bin").stat().st_size
+    http_server.cut_after = size // 3  # the first attempt is cut off
+    with pytest.raises(TailCLIPError, match="could not download"):
+        build_clip(config("tailclip-test-sigmoid", pretrained="test"))
+    http_server.cut_after = None
     backbone = build_clip(config("tailclip-test-sigmoid", pretrained="test"))
     cached = tmp_path / "cache" / "open_clip" / "someone--tiny-sigmoid" / "open_clip_pytorch_model.bin"
     assert cached.read_bytes() == (served / "open_clip_pytorch_model.bin").read_bytes()
+    assert http_server.requests[-1][1] == f"bytes={size // 3}-"  # continued, not started again
+    assert http_server.body_bytes_sent == size
     torch.testing.assert_close(backbone.model.state_dict(), reference.state_dict())
 
 
