@@ -241,6 +241,10 @@ class TailCLIPObjective(nn.Module):
         self.asl = asl
         self.use_class_weights = use_class_weights
 
+    @property
+    def uses_logit_bias(self) -> bool:
+        return "clip" in self.loss_function and self.contrastive == "sigmoid"
+
     def forward(self, image_emb, caption_emb, logit_scale, logits, targets, class_weights=None,
                 logit_bias=None):
         terms = {}

@@ -47,6 +47,9 @@ class TailCLIP(nn.Module):
         self.label_embedding_mode = cfg.label_embeddings
         self.score_kind = cfg.score
         self.objective = build_objective(cfg, class_weights, has_logit_bias=self.logit_bias is not None)
+        if self.logit_bias is not None and not self.objective.uses_logit_bias:
+            # A parameter no loss term reaches would stop DistributedDataParallel.
+            self.logit_bias.requires_grad_(False)
         # A text tower that reads the padding (SigLIP's pools the last position) says so.
         self.trims_text_padding = getattr(clip_model, "trims_text_padding", True)
         # Derived from the class names and the weights: not part of a checkpoint.

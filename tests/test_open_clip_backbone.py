@@ -142,6 +142,13 @@ def test_sigmoid_backbone_trains_on_siglips_loss(tmp_path):
     assert model.logit_bias.grad is not None and model.logit_bias.grad.abs().item() > 0
 
 
+@pytest.mark.parametrize("options, trained", [
+    ({}, True), ({"contrastive": "softmax"}, False), ({"loss_function": ["bal"]}, False)])
+def test_the_logit_bias_is_trained_only_when_the_sigmoid_term_uses_it(options, trained):
+    model = build_model(config("tailclip-test-sigmoid", **options), PROMPTS)
+    assert model.logit_bias.requires_grad == trained
+
+
 @pytest.mark.parametrize("finetune", ["prompt", "prompt+visual"])
 def test_prompt_modes_on_open_clips_own_model_are_a_one_line_error(finetune):
     message = f"finetune = '{finetune}' needs a backbone of our clip package"
