@@ -13,7 +13,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.utils.checkpoint import checkpoint, noop_context_fn
+from torch.utils.checkpoint import checkpoint
 
 from .architectures import Architecture, vit_names
 
@@ -243,11 +243,14 @@ def run_blocks(blocks: nn.Sequential, x: torch.Tensor, grad_checkpointing: bool)
     if not (grad_checkpointing and torch.is_grad_enabled()):
         return blocks(x)
     for block in blocks:
-        # Only blocks with BatchNorms need a recomputation context; the others keep
-        # torch's default, which torch.compile traces.
-        has_batch_norm = any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in block.modules())
-        context_fn = partial(_batch_norm_contexts, block) if has_batch_norm else noop_context_fn
-        x = checkpoint(block, x, use_reentrant=False, context_fn=context_fn)
+        # Run eagerly, a recomputed BatchNorm would update its running statistics again, so
+        # its block gets a context restoring them. torch.compile recomputes from its own
+        # graph, which updates them once, and traces no such context.
+        if (not torch.compiler.is_compiling()
+                and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in block.modules())):
+            x = checkpoint(block, x, use_reentrant=False, context_fn=partial(_batch_norm_contexts, block))
+        else:
+            x = checkpoint(block, x, use_reentrant=False)
     return x
 
 
