@@ -17,11 +17,11 @@ Why this backbone:
 - It is a standard CLIP (ViT image tower, OpenAI's text transformer, QuickGELU), so our clip
   package builds it: prompt learning, positional-embedding interpolation and padding
   trimming work, and its pretraining objective is the softmax contrastive loss of the recipe.
-- Memory: 987 M parameters, so full fine-tuning with AdamW holds 15.8 GB of float32 weights,
-  gradients and moments before any activation. Rough estimate for batch 8 in bf16 (730
-  tokens per image, 32 image blocks; per-block activations by the formula of Korthikanti et
-  al. 2022), not yet measured: about 38 GB without gradient checkpointing, about 20 GB with
-  it, so it fits one 24 GB GPU only with checkpointing, and a 40-80 GB GPU either way.
+- Memory: 987 M parameters, so full fine-tuning with AdamW holds 16 GB of float32 weights,
+  gradients and moments before any activation. Estimate for batch 8 in bf16 from
+  BENCHMARKS.md's per-image activations (1,413 MB, 106 MB checkpointed) and its 2 GB
+  reserve, not yet measured on a GPU: about 30 GB without gradient checkpointing, about
+  19 GB with it, so one 24 GB GPU trains it only with checkpointing (40-80 GB either way).
 """
 import runpy
 from pathlib import Path
@@ -37,8 +37,8 @@ class DFN5BViTH14:
     # The model's own resolution and context length (both checked against its config)
     size = 378
     max_length = 77
-    # Recompute each residual block in the backward pass: activations of 32 + 24 blocks
-    # at batch 8 would otherwise take more memory than the weights and optimiser together
+    # Recompute each residual block in the backward pass: at batch 8 the activations of the
+    # 32 image and 24 text blocks shrink from about 11 GB to about 1 GB (estimates above)
     grad_checkpointing = True
 
 
