@@ -26,6 +26,7 @@ from tailclip.distributed import (eval_shard, is_main_process, local_batch_size,
                                   main_process_first, rank_and_world)
 from tailclip.logger import say
 from tailclip.progress import show_progress
+from tailclip.text_tokens import text_tokenizer
 
 
 class ResumableSampler(Sampler):
@@ -103,7 +104,8 @@ class SplitBatches:
     """
 
     def __init__(self, loader: DataLoader, sampler: ResumableSampler | None, batch_size: int,
-                 cached: bool, normalize: str, train: bool, seed: int, read_ahead: int = 0):
+                 cached: bool, normalize: str, train: bool, seed: int, read_ahead: int = 0,
+                 trim_padding=trim_padding):
         if read_ahead and not cached:
             # The JPEG path draws its flips from torch's global generator as it reads: read
             # ahead, it would draw before a checkpoint what the steps after it use.
@@ -116,6 +118,7 @@ class SplitBatches:
         self.mean, self.std = MEANS_STDS[normalize]
         self.train = train
         self.seed = seed
+        self.trim_padding = trim_padding  # the backbone tokenizer's (`tailclip.text_tokens`)
 
     def steps_per_epoch(self) -> int:
         """Batches in a whole epoch (before any skip)."""
@@ -147,7 +150,7 @@ class SplitBatches:
             images = to_model_input(images, self.mean, self.std, flip=self.train, generator=flips)
         # The length is read on the CPU and the whole (pinned) ids are copied: the device
         # never waits for the length, nor for a copy from pageable memory.
-        length = trim_padding(tokens).shape[1]
+        length = self.trim_padding(tokens).shape[1]
         return (images, targets.to(device, non_blocking=True),
                 tokens.to(device, non_blocking=True)[:, :length], index)
 
@@ -193,4 +196,5 @@ def build_split_batches(cfg: Config, data, train: bool, device: torch.device) ->
                             persistent_workers=cfg.num_workers > 0 and not train, **common)
     # On the CPU a reading thread would take cores from the model.
     return SplitBatches(loader, sampler, batch_size, cached, cfg.normalize, train, cfg.seed,
-                        read_ahead=2 if cached and device.type == "cuda" else 0)
+                        read_ahead=2 if cached and device.type == "cuda" else 0,
+                        trim_padding=text_tokenizer(cfg).trim_padding)

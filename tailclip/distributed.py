@@ -274,13 +274,16 @@ class GlobalBatchObjective(nn.Module):
     def loss_function(self) -> tuple:
         return self.objective.loss_function
 
-    def forward(self, image_emb, caption_emb, logit_scale, logits, targets, class_weights=None):
+    def forward(self, image_emb, caption_emb, logit_scale, logits, targets, class_weights=None,
+                logit_bias=None):
         if not self.training:
-            return self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights)
+            return self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights,
+                                  logit_bias)
         if caption_emb is not None:  # image embeddings only enter the contrastive term
             image_emb, caption_emb = all_gather_with_grad(image_emb), all_gather_with_grad(caption_emb)
         logits, targets = all_gather_with_grad(logits), all_gather_with_grad(targets)
-        out = self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights)
+        out = self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights,
+                             logit_bias)
         return {**out, "global_logits": logits.detach(), "global_targets": targets}
 
 

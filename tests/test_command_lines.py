@@ -7,7 +7,6 @@ as a log file would be, not a terminal."""
 import contextlib
 import io
 import json
-import os
 import runpy
 import subprocess
 import sys

@@ -373,7 +373,8 @@ def test_contrastive_loss_rejects_mismatched_embeddings():
 
 def make_cfg(**overrides):
     cfg = dict(loss_function=["clip", "bal"], asl_mul=1.0, asl_gamma_neg=4.0, asl_gamma_pos=0.0,
-               asl_clip=0.05, asl_eps=1e-8, label_smoothing=0.0, use_weighted_loss=True)
+               asl_clip=0.05, asl_eps=1e-8, label_smoothing=0.0, use_weighted_loss=True,
+               contrastive="auto")
     cfg.update(overrides)
     return SimpleNamespace(**cfg)
 

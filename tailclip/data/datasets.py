@@ -8,9 +8,9 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-import clip
 from tailclip.config import ConfigError
 from tailclip.errors import MissingFileError, TailCLIPError
+from tailclip.text_tokens import text_tokenizer
 
 from .balance import balance_weights, class_groups
 from .captions import fit_to_context, label_caption, label_prompts
@@ -185,11 +185,11 @@ def collate_skip_none(items):
     return default_collate(kept) if kept else None
 
 
-def caption_tokens(texts, context_length: int) -> torch.Tensor:
-    """Token ids [N, context_length], each caption cut to its longest whole-word prefix that fits."""
-    tokenizer = clip.get_tokenizer()
-    fitted = [fit_to_context(text, tokenizer, context_length) for text in texts]
-    return clip.tokenize(fitted, context_length=context_length)
+def caption_tokens(texts, tokenizer) -> torch.Tensor:
+    """Token ids [N, context_length] by the backbone's ``tokenizer`` (`tailclip.text_tokens`),
+    each caption cut to its longest whole-word prefix that fits."""
+    fitted = [fit_to_context(text, tokenizer, tokenizer.context_length) for text in texts]
+    return tokenizer(fitted)
 
 
 @dataclass
@@ -256,10 +256,12 @@ def build_data(cfg) -> DataBundle:
     train_captions = _train_captions(cfg, files, class_names, train_entries)
     test_captions = [label_caption(cfg.class_caption, class_names, entry.labels) for entry in test_entries]
 
+    tokenizer = text_tokenizer(cfg)
+
     def dataset(entries, captions, train: bool) -> MultiLabelDataset:
         return MultiLabelDataset(files.image_root, entries, num_classes,
                                  build_transform(cfg.size, train, cfg.normalize),
-                                 caption_tokens(captions, cfg.max_length), cfg.skip_unreadable_images)
+                                 caption_tokens(captions, tokenizer), cfg.skip_unreadable_images)
 
     return DataBundle(class_names, label_prompts(cfg.class_caption, class_names),
                       dataset(train_entries, train_captions, True),
