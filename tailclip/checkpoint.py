@@ -1,7 +1,7 @@
 """Checkpoints: atomic writes, loading with clear errors, and random-number states.
 
 A TailCLIP checkpoint is a plain dict that is enough on its own to rebuild and use the model
-(issue 8): weights, config, class names, label prompts and backbone name, plus the optimiser,
+: weights, config, class names, label prompts and backbone name, plus the optimiser,
 scheduler, scaler and random-number states that `--resume` needs. It holds only tensors and
 Python primitives, so it loads with ``torch.load(weights_only=True)``: opening a checkpoint
 never runs code from the file.
@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tailclip.errors import TailCLIPError
+
 FORMAT = "tailclip-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TailCLIPError):
     """A file that is not a usable TailCLIP checkpoint."""
 
 
