@@ -84,14 +84,14 @@ class LockOwner:
     def describe(self) -> str:
         return f"process {self.pid} on host {self.host} (started {self.started})"
 
-    def is_gone(self) -> bool:
-        """Whether this process is known to have ended: only on this host, where its process
-        id can be looked up. A process id that is ours belongs to an earlier process (a
-        container restarted, say), since this process holds no lock yet."""
+    def is_gone(self, path: Path) -> bool:
+        """Whether the process that wrote the lock ``path`` is known to have ended: only on
+        this host, where its process id can be looked up. Our own process id in a lock that
+        this process does not hold was an earlier process's (a restarted container, say)."""
         if self.host != socket.gethostname():
             return False
         if self.pid == os.getpid():
-            return True
+            return path not in RunLock.held
         try:
             os.kill(self.pid, 0)
         except ProcessLookupError:
@@ -109,6 +109,7 @@ class RunLock:
     handles SIGTERM itself, by saving first."""
 
     TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+    held: set[Path] = set()  # the lock files that this process holds
 
     def __init__(self, path: Path):
         self.path = path
@@ -125,10 +126,11 @@ class RunLock:
                 owner = lock.owner()
             except FileNotFoundError:  # released in the meantime
                 continue
-            if owner is None or not owner.is_gone():
+            if owner is None or not owner.is_gone(lock.path):
                 raise RunFolderError(lock._in_use_message(owner))
             lock.path.unlink(missing_ok=True)
             say(f"removed the stale lock {lock.path} of {owner.describe()}, which no longer runs")
+        RunLock.held.add(lock.path)
         lock._exit_on_termination()
         return lock
 
@@ -174,6 +176,7 @@ class RunLock:
         for number, handler in self.previous_handlers.items():
             signal.signal(number, handler)
         self.path.unlink(missing_ok=True)
+        RunLock.held.discard(self.path)
 
 
 def _exit_on_signal(signal_number, frame):
