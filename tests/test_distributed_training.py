@@ -13,7 +13,6 @@ nor hang, and:
   an unbroken two-process run: the same logged numbers and weights.
 """
 import os
-import signal
 import socket
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from tailclip.checkpoint import load_checkpoint
 from tailclip.config import Config
 from tailclip.data import BalancedSampler, datasets
 from tailclip.logger import read_metrics
-from tailclip.model import TailCLIP
+from interrupt import ctrl_c_on_forward_call
 from tiny_dataset import TINY_OPTIONS, truncate, write_dataset
 
 WORLD = 2
@@ -52,26 +51,11 @@ def _write_data(root: Path) -> Path:
     return root
 
 
-def _without_flips():
-    """Training transforms without the random flip; returns a function that puts it back."""
+def _without_flips(patches: pytest.MonkeyPatch) -> None:
+    """Training transforms without the random flip."""
     build_transform = datasets.build_transform
-    datasets.build_transform = lambda size, train, normalize: build_transform(size, False, normalize)
-    return lambda: setattr(datasets, "build_transform", build_transform)
-
-
-def _sigterm_on_forward_call(call_number: int):
-    """SIGTERM to this process at the ``call_number``-th training forward pass; returns a
-    function that puts the forward pass back."""
-    forward, calls = TailCLIP.forward, []
-
-    def forward_then_sigterm(self, *args, **kwargs):
-        calls.append(None)
-        if len(calls) == call_number:
-            os.kill(os.getpid(), signal.SIGTERM)
-        return forward(self, *args, **kwargs)
-
-    TailCLIP.forward = forward_then_sigterm
-    return lambda: setattr(TailCLIP, "forward", forward)
+    patches.setattr(datasets, "build_transform",
+                    lambda size, train, normalize: build_transform(size, False, normalize))
 
 
 def _worker(rank: int, port: int, root: str, runs: str) -> None:
@@ -81,16 +65,17 @@ def _worker(rank: int, port: int, root: str, runs: str) -> None:
     distributed.init_distributed("cpu")
     try:
         one_epoch, two_epochs = (_config(Path(root), Path(runs), epochs) for epochs in (1, 2))
-        put_back = _without_flips()
-        training.train(one_epoch, "two_processes")
-        put_back()
+        with pytest.MonkeyPatch.context() as patches:
+            _without_flips(patches)
+            training.train(one_epoch, "two_processes")
 
         training.train(two_epochs, "unbroken")
-        # Process 1's third forward pass is the last step of epoch 1 (step 3 has none).
-        put_back = _sigterm_on_forward_call(3) if rank == 1 else lambda: None
-        with pytest.raises(training.TrainingInterrupted):
+        # Ctrl-C in process 1 alone, in its third forward pass: the last step of epoch 1
+        # (step 3 has none).
+        with pytest.MonkeyPatch.context() as patches, pytest.raises(training.TrainingInterrupted):
+            if rank == 1:
+                ctrl_c_on_forward_call(patches, 3)
             training.train(two_epochs, "resumed")
-        put_back()
         if rank == 0:  # where the stop was saved, before the resumed run replaces it
             torch.save(load_checkpoint(Path(runs) / "resumed" / NEWEST)["state"],
                        Path(runs) / "stopped_state.pt")
@@ -117,11 +102,9 @@ def runs(tmp_path_factory) -> Path:
         for process in context.processes:
             process.kill()
         pytest.fail(f"the {WORLD} training processes hung for {TIMEOUT_S} s")
-    put_back = _without_flips()
-    try:  # the reference: one process, the same images
+    with pytest.MonkeyPatch.context() as patches:  # the reference: one process, the same images
+        _without_flips(patches)
         training.train(_config(root, runs, epochs=1), "one_process")
-    finally:
-        put_back()
     return runs
 
 

@@ -9,7 +9,6 @@ These runs decode JPEGs without the image cache, so that the random flips come f
 global torch generator and only an exact restore of the random states gives equal losses
 (with the cache, flips are seeded per step: test_training checks those batches)."""
 import math
-import runpy
 import signal
 import socket
 import subprocess
@@ -39,12 +38,6 @@ def train_args(runs: Path, run_name: str, *extra: str) -> list[str]:
     return ["--config=configs/demo.py", "--set", "epochs=2", "--set", "batch_size=128",
             "--set", "image_cache=False", "--set", "loss_function=['bal']",
             "--set", f"run_dir={runs}", f"--run-name={run_name}", *extra]
-
-
-@pytest.fixture(scope="module")
-def train_main():
-    """``train.py``'s ``main(argv) -> exit code``, run in this process."""
-    return runpy.run_path(str(REPO / "train.py"))["main"]
 
 
 @pytest.fixture(scope="module")

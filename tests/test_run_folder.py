@@ -5,7 +5,6 @@ processes."""
 import hashlib
 import json
 import os
-import runpy
 import shutil
 import signal
 import socket
@@ -20,13 +19,6 @@ from tailclip import run_folder
 from tailclip.logger import read_metrics
 from tailclip.run_folder import LOCK_FILE, RunFolderError, RunLock, claimed_run_folder
 from tiny_dataset import write_config, write_dataset
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture(scope="module")
-def train_main():
-    return runpy.run_path(str(REPO / "train.py"))["main"]
 
 
 @pytest.fixture(scope="module")
