@@ -8,6 +8,7 @@ nor hang, and:
 
 - train as one process does on the same images (flips switched off, since on the JPEG path
   each process draws its own);
+- refuse, in every process, to train again into the first run's folder;
 - resumed after a stop at the end of the first epoch (after the skipped step, and with
   the processes' random states apart, having flipped different numbers of images), end as
   an unbroken two-process run: the same logged numbers and weights.
@@ -25,6 +26,7 @@ from tailclip.checkpoint import load_checkpoint
 from tailclip.config import Config
 from tailclip.data import BalancedSampler, datasets
 from tailclip.logger import read_metrics
+from tailclip.run_folder import RunFolderError
 from interrupt import ctrl_c_on_forward_call
 from tiny_dataset import TINY_OPTIONS, truncate, write_dataset
 
@@ -67,6 +69,9 @@ def _worker(rank: int, port: int, root: str, runs: str) -> None:
         one_epoch, two_epochs = (_config(Path(root), Path(runs), epochs) for epochs in (1, 2))
         with pytest.MonkeyPatch.context() as patches:
             _without_flips(patches)
+            training.train(one_epoch, "two_processes")
+        # Again into the same folder: rank 0 refuses, and every process stops with its error.
+        with pytest.raises(RunFolderError, match="holds an earlier run"):
             training.train(one_epoch, "two_processes")
 
         training.train(two_epochs, "unbroken")
