@@ -129,7 +129,7 @@ class MultiLabelDataset(Dataset):
 
     ``caption_tokens`` is an int64 tensor [N, L] (None: empty [0] tokens per item). With
     ``skip_unreadable`` an image that cannot be decoded gives the item None (use
-    ``collate_skip_none``) and is logged once; ``unreadable_paths`` lists those met so far,
+    ``collate_skip_none``) and is logged once; ``unreadable`` flags those met so far,
     including in DataLoader worker processes.
     """
 
@@ -168,16 +168,10 @@ class MultiLabelDataset(Dataset):
             return None
         return self.transform(image), self.targets[index], self.caption_tokens[index], index
 
-    @property
-    def unreadable_paths(self) -> list[str]:
-        """Split paths of the images found unreadable so far (only with ``skip_unreadable``)."""
-        return [self.entries[index].path for index in torch.nonzero(self.unreadable).flatten().tolist()]
-
-
 def collate_skip_none(items):
     """``default_collate`` of the items that are not None; None when the whole batch was unreadable.
 
-    How many images were left out is ``MultiLabelDataset.unreadable_paths`` (a count made here
+    How many images were left out is ``MultiLabelDataset.unreadable`` (a count made here
     would stay inside the DataLoader worker that ran it).
     """
     kept = [item for item in items if item is not None]
