@@ -14,8 +14,10 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 
 from tailclip import run_folder
+from tailclip.checkpoint import rng_states
 from tailclip.logger import read_metrics
 from tailclip.run_folder import LOCK_FILE, RunFolderError, RunLock, claimed_run_folder
 from tiny_dataset import write_config, write_dataset
@@ -163,3 +165,16 @@ def test_a_run_is_recognised_by_its_checkpoints_metrics_or_events(tmp_path):
         (tmp_path / name).write_text("")
     assert [path.name for path in run_folder.run_files(tmp_path)] == [
         "best_valid_mAP.pt", "events.out.tfevents.1.host.2.0", "metrics.jsonl"]
+
+
+def test_each_process_takes_back_its_own_random_states(monkeypatch):
+    torch.manual_seed(1)
+    first, first_draw = rng_states(), torch.rand(3)
+    torch.manual_seed(2)
+    second, second_draw = rng_states(), torch.rand(3)
+    monkeypatch.setattr(run_folder, "rank_and_world", lambda: (1, 2))  # process 1 of 2
+    run_folder._restore_process_rng([first, second])
+    assert torch.equal(torch.rand(3), second_draw)
+    monkeypatch.setattr(run_folder, "rank_and_world", lambda: (0, 1))
+    run_folder._restore_process_rng(first)  # a checkpoint from before per-process states
+    assert torch.equal(torch.rand(3), first_draw)
