@@ -9,16 +9,15 @@ training runs (its lock file ``.lock`` names the process and host). ``--resume``
 complete run says so and exits 0.
 Several GPUs or nodes: ``torchrun --nproc_per_node=N train.py ...`` (see the README).
 Exit codes: 0 done, 1 error (a bad config or input, a non-finite loss), 130 stopped by
-Ctrl-C (143 by SIGTERM) after saving the newest checkpoint.
+Ctrl-C (143 by SIGTERM) after saving the newest checkpoint. Progress bars are drawn only
+when stderr is a terminal (``TAILCLIP_PROGRESS=1`` or ``0`` forces them on or off); every
+epoch prints one line either way.
 """
 import argparse
 import sys
 from pathlib import Path
 
-from tailclip.config import load_config
-from tailclip.distributed import cleanup
 from tailclip.errors import TailCLIPError
-from tailclip.training import TrainingInterrupted, train
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -38,12 +37,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Imported once the arguments are parsed, so that --help and a usage error answer at once.
+    from tailclip.config import load_config
+    from tailclip.distributed import cleanup
+    from tailclip.training import TrainingInterrupted, train
+
     try:
         cfg = load_config(args.config, args.overrides)
         train(cfg, args.run_name or Path(args.config).stem, resume=args.resume, overwrite=args.overwrite)
-    # Errors about the user's inputs: a message, not a traceback (ConfigError is a ValueError,
-    # an unreadable image an OSError).
-    except (ValueError, OSError, TailCLIPError) as error:
+    except TailCLIPError as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
     except TrainingInterrupted as error:

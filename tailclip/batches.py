@@ -31,6 +31,7 @@ from tailclip.data.cache import CachedImages, CachedMultiLabelDataset, to_model_
 from tailclip.distributed import (eval_shard, is_main_process, local_batch_size,
                                   main_process_first, max_over_processes, rank_and_world)
 from tailclip.logger import say
+from tailclip.progress import show_progress
 
 
 class ResumableSampler(Sampler):
@@ -207,7 +208,7 @@ def build_split_batches(cfg: Config, data, train: bool, device: torch.device) ->
         with main_process_first():  # one process builds the cache, the others open it
             images = CachedImages([dataset.image_path(i) for i in range(len(dataset))], cfg.size,
                                   cache_folder(data), "train" if train else "test",
-                                  progress=is_main_process())
+                                  progress=is_main_process() and show_progress())
         # Read in this process whatever num_workers says: a batch is one slice of the memory
         # map, far cheaper to copy here than to hand over from a worker process (364,000 vs
         # 11,000 images/s with 2 workers, 64-pixel images, 2 CPU cores).

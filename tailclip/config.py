@@ -16,10 +16,13 @@ import dataclasses
 import difflib
 import re
 import runpy
+import traceback
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
+
+from tailclip.errors import TailCLIPError
 
 DATASETS = ("voc_mlt", "coco_mlt", "synthetic_mlt", "custom")
 LOSS_TERMS = ("clip", "bal", "asl")
@@ -27,7 +30,7 @@ CUSTOM_DATASET_FILES = ("train_list", "test_list", "class_names", "captions", "i
 CUSTOM_DATASET_REQUIRED = ("train_list", "test_list", "class_names", "image_root")
 
 
-class ConfigError(ValueError):
+class ConfigError(TailCLIPError, ValueError):
     """A config file, an override or a flag holds an unknown option or a bad value."""
 
 
@@ -90,6 +93,7 @@ class Config:
     precision: str = "auto"
     image_cache: bool = True
     compile: bool = False
+    grad_checkpointing: bool = False
     skip_unreadable_images: bool = False
     max_nonfinite_steps: int = 0
     # Prompt learning
@@ -172,7 +176,7 @@ _RANGES = {
     "n_visual_prompts": _at_least(1),
 }
 
-_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
@@ -184,7 +188,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    cfg_class = runpy.run_path(str(path)).get("CFG")
+    cfg_class = _run_config_file(path).get("CFG")
     if not isinstance(cfg_class, type):
         raise ConfigError(f"{path}: a config file must define `class CFG` with the options as attributes")
     # dir() rather than vars() so that a CFG may inherit options from another class.
@@ -197,6 +201,22 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
         values[key] = value
         origin[key] = f"--set {text}"
     return _build(values, lambda key: origin.get(key, str(path)))
+
+
+def _run_config_file(path: Path) -> dict[str, Any]:
+    """The names a config file defines. A config that cannot run (a syntax error, a failed
+    import, any exception) is a ``ConfigError`` naming the file and line and what went wrong:
+    the user's file is at fault, and runpy's traceback would only bury that line."""
+    try:
+        return runpy.run_path(str(path))
+    except SyntaxError as error:  # IndentationError too; its own file, maybe one the config imports
+        raise ConfigError(f"{error.filename}:{error.lineno}: {type(error).__name__}: {error.msg}") from None
+    except Exception as error:  # noqa: BLE001 -- whatever the config's own code raises
+        # The config's own line that led to the error (none when the file could not be read).
+        lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+                 if Path(frame.filename).resolve() == path.resolve()]
+        where = f"{path}:{lines[-1]}" if lines else str(path)
+        raise ConfigError(f"{where}: {type(error).__name__}: {error}") from error
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -295,7 +315,7 @@ def _check_value(key: str, value: Any) -> Optional[str]:
     if key in _RANGES:
         accepts, rule = _RANGES[key]
         return None if accepts(value) else rule
-    if key == "device" and not _DEVICE_PATTERN.fullmatch(value):
+    if key == "device" and not DEVICE_PATTERN.fullmatch(value):
         return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
     if key == "loss_function":
         if not value:

@@ -7,7 +7,7 @@ import numpy as np
 import torch
 
 import clip
-from tailclip.config import Config
+from tailclip.config import Config, ConfigError
 from tailclip.model import TailCLIP
 from tailclip.prompt_learning import build_tailclip
 
@@ -38,22 +38,23 @@ def build_clip(cfg: Config, pretrained: bool | None = None) -> clip.CLIP:
     pretrained = cfg.pretrained if pretrained is None else pretrained
     if pretrained:
         if cfg.model_name not in clip.available_models():
-            raise ValueError(f"model_name = {cfg.model_name!r} has no pretrained OpenAI weights "
-                             f"(those are: {', '.join(clip.available_models())}); "
-                             "set pretrained = False to train it from random weights")
+            raise ConfigError(f"model_name = {cfg.model_name!r} has no pretrained OpenAI weights "
+                              f"(those are: {', '.join(clip.available_models())}); "
+                              "set pretrained = False to train it from random weights")
         model, _ = clip.load(cfg.model_name, device="cpu")
     else:
         model = clip.create_model(cfg.model_name)
     if cfg.max_length != model.context_length:
-        raise ValueError(f"max_length = {cfg.max_length} but {cfg.model_name}'s text tower takes "
-                         f"{model.context_length} tokens; set max_length = {model.context_length}")
+        raise ConfigError(f"max_length = {cfg.max_length} but {cfg.model_name}'s text tower takes "
+                          f"{model.context_length} tokens; set max_length = {model.context_length}")
     native = model.visual.input_resolution
     if native != cfg.size:
         if not cfg.interpolate_pos_embedding:
-            raise ValueError(f"size = {cfg.size} but {cfg.model_name} takes {native}-pixel images; "
-                             f"set size = {native}, or interpolate_pos_embedding = True "
-                             "(Vision Transformers only)")
+            raise ConfigError(f"size = {cfg.size} but {cfg.model_name} takes {native}-pixel images; "
+                              f"set size = {native}, or interpolate_pos_embedding = True "
+                              "(Vision Transformers only)")
         clip.interpolate_positional_embedding(model, cfg.size)
+    model.set_grad_checkpointing(cfg.grad_checkpointing)
     return model
 
 

@@ -26,11 +26,11 @@ import threading
 from pathlib import Path
 
 from tailclip.checkpoint import FORMAT, VERSION, restore_rng_states
-from tailclip.config import Config
+from tailclip.config import Config, ConfigError
 from tailclip.distributed import main_process_outcome, rank_and_world
 from tailclip.errors import TailCLIPError
 from tailclip.factory import build_model
-from tailclip.logger import CONFIG_FILE, METRICS_FILE, say
+from tailclip.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, say
 from tailclip.model import TailCLIP
 from tailclip.prompt_learning import (PROMPT_MODES, PromptTailCLIP, load_trainable_state_dict,
                                       trainable_state_dict)
@@ -47,10 +47,6 @@ RUN_OUTPUTS = (*RUN_RECORDS, CONFIG_FILE, ".*.pt.*.tmp", "test_*.json", "per_cla
 
 class RunFolderError(TailCLIPError):
     """A run folder that this training may not use as asked (in use, or holding a run)."""
-
-
-class CheckpointMismatchError(TailCLIPError, ValueError):
-    """A checkpoint of other classes or another architecture than the config's."""
 
 
 @dataclasses.dataclass
@@ -232,14 +228,14 @@ def check_checkpoint_matches(checkpoint: dict, cfg: Config, class_names: list[st
     """Refuse a checkpoint trained for other classes or another architecture than ``cfg``."""
     saved = checkpoint["config"]
     if checkpoint["class_names"] != list(class_names):
-        raise CheckpointMismatchError(
+        raise ConfigError(
             f"{path} was trained on {len(checkpoint['class_names'])} other classes "
             f"({', '.join(checkpoint['class_names'][:5])}, ...) than the config's dataset "
             f"{cfg.dataset!r} ({len(class_names)} classes: {', '.join(class_names[:5])}, ...)")
     for key in ("model_name", "size", "finetune"):
         if saved.get(key) != getattr(cfg, key):
-            raise CheckpointMismatchError(f"{path} holds a model with {key} = {saved.get(key)!r}, "
-                             f"but the config has {key} = {getattr(cfg, key)!r}")
+            raise ConfigError(f"{path} holds a model with {key} = {saved.get(key)!r}, "
+                              f"but the config has {key} = {getattr(cfg, key)!r}")
 
 
 def saves_trained_parameters_only(cfg: Config) -> bool:
@@ -267,8 +263,8 @@ def load_model_state(model: TailCLIP, checkpoint: dict, path) -> None:
         else:
             model.load_state_dict(checkpoint["model"])
     except (RuntimeError, ValueError) as error:
-        raise CheckpointMismatchError(f"{path}: the weights do not fit the model built from the config: "
-                         f"{error}") from None
+        raise ConfigError(f"{path}: the weights do not fit the model built from the config: "
+                          f"{error}") from None
 
 
 def trained_model(checkpoint: dict, cfg: Config, label_prompts: list[str], path,
@@ -299,6 +295,7 @@ def training_checkpoint(cfg: Config, data, trainer, state: TrainState, meter, rn
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict(),
         "state": dataclasses.asdict(state),
+        "mAP_unit": MAP_UNIT,
         "epoch_progress": meter.state_dict() if state.step_in_epoch else None,
         "label_embeddings": trainer.model.cached_label_emb if state.step_in_epoch else None,
         "config": cfg.to_dict(),

@@ -37,7 +37,7 @@ from tailclip.data import build_data
 from tailclip.distributed import (DistInfo, all_processes_objects, any_over_processes, barrier,
                                   distribute_model, init_distributed, is_main_process,
                                   main_process_first, max_over_processes)
-from tailclip.errors import TailCLIPError
+from tailclip.errors import MissingFileError, TailCLIPError
 from tailclip.evaluation import (Evaluation, NonFiniteScoresError, evaluate_model, percent, val_line,
                                  val_record)
 from tailclip.factory import build_model, seed_everything, set_cpu_threads
@@ -46,13 +46,13 @@ from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer, build_scheduler
 from tailclip.precision import allow_tf32, autocast, grad_scaler, resolve_precision
+from tailclip.progress import show_progress
 from tailclip.run_folder import (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT, NEWEST_CHECKPOINT,
-                                 RunFolderError, TrainState, check_checkpoint_matches,
-                                 claimed_run_folder, report_config_changes, restore_training,
-                                 training_checkpoint)
+                                 TrainState, check_checkpoint_matches, claimed_run_folder,
+                                 report_config_changes, restore_training, training_checkpoint)
 
 
-class NonFiniteLossError(TailCLIPError):
+class NonFiniteLossError(TailCLIPError, RuntimeError):
     """The loss became NaN or infinite more often than ``max_nonfinite_steps`` allows, or an
     evaluation's scores did."""
 
@@ -199,8 +199,8 @@ def train_one_epoch(trainer: Trainer, batches: SplitBatches, state: TrainState, 
             model.refresh_label_embeddings()
     lr = trainer.optimizer.param_groups[0]["lr"]
     bar = tqdm(total=batches.steps_per_epoch(), initial=state.step_in_epoch, leave=False,
-               desc=f"epoch {epoch + 1}/{epochs}", unit="step", disable=not is_main_process(),
-               dynamic_ncols=True)
+               desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+               disable=not (is_main_process() and show_progress()), dynamic_ncols=True)
     started, seen = time.perf_counter(), 0
     for batch in batches.batches(trainer.device, epoch, state.step_in_epoch):
         # No batch: none of the step's images could be read; the step still counts, so that
@@ -250,7 +250,7 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
     checkpoint = None
     if resume:
         if not (run_dir / NEWEST_CHECKPOINT).is_file():
-            raise RunFolderError(f"cannot resume: no {run_dir / NEWEST_CHECKPOINT}")
+            raise MissingFileError(f"cannot resume: no {run_dir / NEWEST_CHECKPOINT}")
         checkpoint = load_checkpoint(run_dir / NEWEST_CHECKPOINT)
         finished = TrainState(**checkpoint["state"])
         if finished.epoch >= cfg.epochs:
@@ -331,10 +331,17 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
                 f"evaluation {when}: {error}; stopping before it is logged or saved (the "
                 "checkpoints of earlier epochs are untouched)") from None
 
+    def log_pictures(epoch: int, evaluation: Evaluation) -> None:
+        logger.log_evaluation(epoch, evaluation.scores, evaluation.targets, evaluation.metrics["AP"],
+                              data.class_names, data.groups, class_counts)
+
     with logger, _StopOnSignal() as stop:
-        if checkpoint is None:  # where training starts from, for the summary at the end
-            start = val_record(validate("before training"))
+        if checkpoint is None:  # where training starts from: epoch 0 of the logs and the summary
+            evaluation = validate("before training")
+            start = val_record(evaluation)
             state.start_mAP = start["val/mAP"]
+            logger.log_epoch(0, start)
+            log_pictures(0, evaluation)
             say(f"epoch 0/{cfg.epochs} (before training)  {val_line(start)}")
         for epoch in range(state.epoch, cfg.epochs):
             started = time.perf_counter()
@@ -360,8 +367,7 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
                            "time/eval_s": time.perf_counter() - started - train_seconds,
                            "time/epoch_s": time.perf_counter() - started})
             logger.log_epoch(state.epoch, record)
-            logger.log_evaluation(state.epoch, evaluation.scores, evaluation.targets,
-                                  evaluation.metrics["AP"], data.class_names, data.groups, class_counts)
+            log_pictures(state.epoch, evaluation)
             say(_epoch_line(state.epoch, cfg.epochs, record))
             save(names)
             if stop.agree() and state.epoch < cfg.epochs:

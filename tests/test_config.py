@@ -8,7 +8,7 @@ import pytest
 
 from tailclip.config import Config, ConfigError, load_config, parse_bool, parse_override
 
-# The published settings (issue 5, from the paper's configs), written out independently of
+# The published settings (from the paper's configs), written out independently of
 # the config files they check.
 COMMON = dict(
     class_caption="a photo of a ", use_dataset_train_captions=False, size=224, max_length=77,

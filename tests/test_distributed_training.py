@@ -114,7 +114,7 @@ def runs(tmp_path_factory) -> Path:
 
 
 def test_unreadable_images_train_as_in_one_process(runs):
-    (two,), (one,) = read_metrics(runs / "two_processes"), read_metrics(runs / "one_process")
+    (_, two), (_, one) = read_metrics(runs / "two_processes"), read_metrics(runs / "one_process")
     assert two.keys() == one.keys()
     assert (two["data/unreadable_train_images"], two["data/unreadable_test_images"]) == (7, 1)
     for key, value in one.items():
@@ -130,7 +130,7 @@ def test_a_resumed_run_ends_as_an_unbroken_one(runs):
         return [{key: value for key, value in record.items() if not key.startswith(("time/", "data/"))}
                 for record in read_metrics(runs / name)]
 
-    assert [record["epoch"] for record in logged("resumed")] == [1, 2]
+    assert [record["epoch"] for record in logged("resumed")] == [0, 1, 2]
     assert logged("resumed") == logged("unbroken")
     resumed, unbroken = (load_checkpoint(runs / name / NEWEST) for name in ("resumed", "unbroken"))
     for name, weights in unbroken["model"].items():

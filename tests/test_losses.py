@@ -25,7 +25,7 @@ def sigmoid(v):
 
 def bal_by_hand(z, y, smoothing=0.0, weights=None, gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
                 eps=1e-8):
-    """The BAL formula of issue 4, entry by entry, in plain Python on normalised logits z."""
+    """The BAL formula of the paper, entry by entry, in plain Python on normalised logits z."""
     num_classes = len(z[0])
     total = 0.0
     for z_row, y_row in zip(z, y):

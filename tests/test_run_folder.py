@@ -80,7 +80,7 @@ def test_overwrite_replaces_the_earlier_run(train_main, finished_run, tmp_path, 
     old_events = {name for name in before if name.startswith("events.out.tfevents.")}
     assert len(old_events) == 1 and not old_events & set(after)
     assert len([name for name in after if name.startswith("events.out.tfevents.")]) == 1
-    assert [record["epoch"] for record in read_metrics(run_dir)] == [1]
+    assert [record["epoch"] for record in read_metrics(run_dir)] == [0, 1]  # epoch 0: before training
     for name in ("newest_train_checkpoint.pt", "best_valid_mAP.pt", "config.json"):
         assert after[name][1] > before[name][1], name  # written again
     assert LOCK_FILE not in after

@@ -242,7 +242,7 @@ def test_nan_during_training_stops_without_touching_checkpoints(tmp_path, monkey
     assert f"non-finite loss (nan) at epoch 2, step 2 (global step {steps_per_epoch + 2})" in message
     assert "no checkpoint was written" in message
     run_dir = tmp_path / "demo"
-    assert [record["epoch"] for record in read_metrics(run_dir)] == [1]
+    assert [record["epoch"] for record in read_metrics(run_dir)] == [0, 1]
     for name in ("newest_train_checkpoint.pt", "best_valid_mAP.pt", "best_valid_mAP_tail.pt"):
         state = load_checkpoint(run_dir / name)["state"]
         assert (state["epoch"], state["nonfinite_steps"]) == (1, 0), name
@@ -269,7 +269,7 @@ def test_nonfinite_evaluation_stops_naming_the_epoch(tmp_path, monkeypatch, caps
     assert "error: evaluation after epoch 2: non-finite scores (NaN or inf) for 8 of 8 images" in message
     assert "Traceback" not in message
     run_dir = tmp_path / "runs" / "tiny"
-    assert [record["epoch"] for record in read_metrics(run_dir)] == [1]
+    assert [record["epoch"] for record in read_metrics(run_dir)] == [0, 1]  # epoch 0: before training
     for name in ("newest_train_checkpoint.pt", "best_valid_mAP.pt", "best_valid_mAP_tail.pt"):
         assert load_checkpoint(run_dir / name)["state"]["epoch"] == 1, name
     assert not (run_dir / LOCK_FILE).exists()  # released on the error
