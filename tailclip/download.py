@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from clip.download import DownloadError, download, sha256_of
 from tailclip.errors import TailCLIPError
+from tailclip.progress import show_progress
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LMPT_COMMIT = "aab39caca28362bfb9d9340f9c8a5cd75614e130"
@@ -243,7 +244,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     try:
-        download_benchmark(args.dataset, args.root, full=args.full, workers=args.workers)
+        download_benchmark(args.dataset, args.root, full=args.full, workers=args.workers,
+                           progress=show_progress())
     except (DownloadError, SplitFileError) as error:
         raise SystemExit(f"error: {error}") from None
 

@@ -5,11 +5,15 @@ import math
 
 import torch
 
-import clip
 from tailclip.distributed import gather_eval, reduce_mean
+from tailclip.errors import TailCLIPError
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.precision import autocast
+
+
+class NonFiniteScoresError(TailCLIPError):
+    """Scores that are NaN or infinite: the model's weights or activations diverged."""
 
 
 @dataclasses.dataclass
@@ -46,7 +50,7 @@ def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, devic
         label_emb = model.encode_labels()
         if uses_captions:
             distinct, caption_of_image = torch.unique(caption_tokens, dim=0, return_inverse=True)
-            caption_emb = _encode_in_chunks(model.encode_texts, clip.trim_padding(distinct), chunk, device)
+            caption_emb = _encode_in_chunks(model.encode_texts, model.trim_text_padding(distinct), chunk, device)
             caption_of_image = caption_of_image.to(device)
     loss_sum = torch.zeros((), device=device)
     # Empty first entries: with several processes, one may have no batch at all.
@@ -59,7 +63,8 @@ def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, devic
             out = model.objective(
                 image_emb=image_emb,
                 caption_emb=caption_emb[caption_of_image[index.to(device)]] if uses_captions else None,
-                logit_scale=model.clip_model.logit_scale.exp(), logits=logits, targets=batch_targets)
+                logit_scale=model.clip_model.logit_scale.exp(), logits=logits, targets=batch_targets,
+                logit_bias=model.logit_bias)
         loss_sum += out["loss"].float() * batch_targets.shape[0]
         scores.append(scores_from_logits(logits.float(), model.score_kind))
         targets.append(batch_targets)
@@ -69,6 +74,9 @@ def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, devic
     loss = reduce_mean(loss_sum.item(), count=sum(len(index) for index in indices))
     outputs = [torch.cat(scores), torch.cat(targets)] + ([torch.cat(embeddings)] if keep_embeddings else [])
     _, scores, targets, *image_emb = (t.cpu() for t in gather_eval(torch.cat(indices), *outputs))
+    nonfinite = int((~torch.isfinite(scores)).any(dim=1).sum())
+    if nonfinite:
+        raise NonFiniteScoresError(f"non-finite scores (NaN or inf) for {nonfinite} of {len(scores)} images")
     return Evaluation(loss=loss, metrics=evaluate(scores, targets, groups), scores=scores,
                       targets=targets, image_emb=image_emb[0] if keep_embeddings else None)
 

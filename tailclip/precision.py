@@ -1,4 +1,4 @@
-"""Mixed precision (issue 6): autocast dtype, gradient scaler, TF32.
+"""Mixed precision: autocast dtype, gradient scaler, TF32.
 
 Master weights stay float32 in every mode; only the forward pass runs in bf16/fp16 under
 ``torch.autocast``, and callers compute their losses in float32.
@@ -6,6 +6,8 @@ Master weights stay float32 in every mode; only the forward pass runs in bf16/fp
 import contextlib
 
 import torch
+
+from tailclip.config import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
@@ -15,7 +17,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision = 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
+        raise ConfigError("precision = 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
     return precision
 
 
