@@ -20,7 +20,6 @@ import itertools
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -199,14 +198,12 @@ def run_progress(run_dir: Path, epochs: int) -> str:
     return "resume" if (run_dir / NEWEST_CHECKPOINT).is_file() else "fresh"
 
 
-def prepare(run: PlannedRun) -> str:
-    """The run's progress; a run folder without a checkpoint to resume from is cleared
-    (a run stopped before its first epoch ended, whose logs the fresh start replaces)."""
+def prepare(run: PlannedRun) -> tuple[str, bool]:
+    """The run's progress, and whether its folder holds files to overwrite: those of a run
+    stopped before its first checkpoint, which a fresh start replaces."""
     run_dir = Path(run.cfg.run_dir) / run.name
     progress = run_progress(run_dir, run.cfg.epochs)
-    if progress == "fresh" and run_dir.exists():
-        shutil.rmtree(run_dir)
-    return progress
+    return progress, progress == "fresh" and run_dir.exists()
 
 
 def run_in_process(runs: list[PlannedRun], on_epoch: Callable | None = None,
@@ -218,14 +215,15 @@ def run_in_process(runs: list[PlannedRun], on_epoch: Callable | None = None,
     """
     outcomes = {}
     for index, run in enumerate(runs, 1):
-        progress = prepare(run)
+        progress, overwrite = prepare(run)
         log(f"[{index}/{len(runs)}] {run.name}: "
             + {"finished": "finished, skipped", "resume": "resuming", "fresh": "starting"}[progress])
         if progress == "finished":
             outcomes[run.name] = "skipped"
             continue
         try:
-            training.train(run.cfg, run.name, resume=progress == "resume", on_epoch=on_epoch)
+            training.train(run.cfg, run.name, resume=progress == "resume", overwrite=overwrite,
+                           on_epoch=on_epoch)
             outcomes[run.name] = "trained" if progress == "fresh" else "resumed"
         except training.NonFiniteLossError as error:
             log(f"{run.name} failed: {error}")
@@ -233,12 +231,12 @@ def run_in_process(runs: list[PlannedRun], on_epoch: Callable | None = None,
     return outcomes
 
 
-def train_command(config_path, sets: list[str], run: PlannedRun, resume: bool) -> list[str]:
+def train_command(config_path, sets: list[str], run: PlannedRun, progress: str, overwrite: bool) -> list[str]:
     command = [sys.executable, str(TRAIN_SCRIPT), f"--config={config_path}",
                f"--run-name={run.name}"]
     for override in (*sets, *run.overrides):
         command += ["--set", override]
-    return command + (["--resume"] if resume else [])
+    return command + (["--resume"] if progress == "resume" else []) + (["--overwrite"] if overwrite else [])
 
 
 def run_on_gpus(runs: list[PlannedRun], config_path, sets: list[str], gpus: list[str],
@@ -254,7 +252,7 @@ def run_on_gpus(runs: list[PlannedRun], config_path, sets: list[str], gpus: list
     while pending or active:
         while pending and free and not stopping:
             run = pending.popleft()
-            progress = prepare(run)
+            progress, overwrite = prepare(run)
             if progress == "finished":
                 log(f"{run.name}: finished, skipped")
                 outcomes[run.name] = "skipped"
@@ -264,7 +262,7 @@ def run_on_gpus(runs: list[PlannedRun], config_path, sets: list[str], gpus: list
             log_path.parent.mkdir(parents=True, exist_ok=True)
             log(f"{run.name}: {'resuming' if progress == 'resume' else 'starting'} on GPU {gpu} (log: {log_path})")
             with open(log_path, "a") as output:
-                process = subprocess.Popen(train_command(config_path, sets, run, progress == "resume"),
+                process = subprocess.Popen(train_command(config_path, sets, run, progress, overwrite),
                                            env={**os.environ, "CUDA_VISIBLE_DEVICES": gpu},
                                            stdout=output, stderr=subprocess.STDOUT)
             active[process] = (run, gpu, "trained" if progress == "fresh" else "resumed")

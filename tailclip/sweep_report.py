@@ -31,7 +31,7 @@ def read_run(run_dir: Path) -> dict | None:
     """A run's config and its best- and last-epoch test metrics, or None while the run has
     not logged its last epoch."""
     config = json.loads((run_dir / CONFIG_FILE).read_text())
-    records = read_metrics(run_dir)
+    records = [record for record in read_metrics(run_dir) if record["epoch"] > 0]  # 0: before training
     if not records or records[-1]["epoch"] < config["epochs"]:
         return None
     best = max(records, key=lambda record: record["val/mAP"])  # the first of equal maxima

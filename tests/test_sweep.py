@@ -76,10 +76,10 @@ def test_interrupted_sweep_resumes_the_interrupted_run_and_skips_finished_ones(
     assert sweep_main(args) == 130
     assert "run the same command again" in capsys.readouterr().err
     first, second = folder / "lr=1e-3_seed0", folder / "lr=2e-3_seed0"
-    assert [r["epoch"] for r in read_metrics(first)] == [1, 2]
+    assert [r["epoch"] for r in read_metrics(first)] == [0, 1, 2]
     state = load_checkpoint(second / NEWEST)["state"]
     assert (state["epoch"], state["step_in_epoch"]) == (1, 1)
-    first_metrics, epoch_1 = (first / "metrics.jsonl").read_bytes(), read_metrics(second)[0]
+    first_metrics, epoch_1 = (first / "metrics.jsonl").read_bytes(), read_metrics(second)[1]
     assert not (folder / "results.md").exists()
 
     monkeypatch.setattr(tailclip.model.TailCLIP, "forward", forward)
@@ -88,7 +88,7 @@ def test_interrupted_sweep_resumes_the_interrupted_run_and_skips_finished_ones(
     assert train_calls == [("lr=2e-3_seed0", True)]  # the finished run is not touched
     assert (first / "metrics.jsonl").read_bytes() == first_metrics
     records = read_metrics(second)
-    assert [r["epoch"] for r in records] == [1, 2] and records[0] == epoch_1
+    assert [r["epoch"] for r in records] == [0, 1, 2] and records[1] == epoch_1
     assert (folder / "results.md").is_file()
 
     train_calls.clear()
@@ -103,7 +103,7 @@ def test_run_folder_without_checkpoint_starts_afresh(sweep_main, tiny_config, tm
     (stale / "metrics.jsonl").write_text('{"epoch": 1, "val/mAP": 0.5}\n')  # killed before its save
     assert sweep_main(["--config", str(tiny_config), "--name", "sw", "--grid", "lr=1e-3"]) == 0
     assert train_calls == [("lr=1e-3_seed0", False)]
-    assert [r["epoch"] for r in read_metrics(stale)] == [1, 2]
+    assert [r["epoch"] for r in read_metrics(stale)] == [0, 1, 2]
 
 
 def test_several_gpus_run_as_processes_at_once(tiny_config, tmp_path, train_calls):
@@ -116,7 +116,7 @@ def test_several_gpus_run_as_processes_at_once(tiny_config, tmp_path, train_call
     assert train_calls == []  # not in this process
     assert [m.split(": ")[1][:20] for m in messages[:2]] == ["starting on GPU 0 (l", "starting on GPU 1 (l"]
     for run in outcomes:
-        assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "gpus" / run)] == [1]
+        assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "gpus" / run)] == [0, 1]
         assert "val mAP: start" in (tmp_path / "runs" / "gpus" / "logs" / f"{run}.log").read_text()
     again = run_grid(tiny_config, ["epochs=1"], settings, [0], "gpus", gpus=["0", "1"], log=messages.append)
     assert set(again.values()) == {"skipped"}
@@ -152,5 +152,5 @@ def test_a_diverging_run_fails_alone(sweep_main, tiny_config, tmp_path, monkeypa
     monkeypatch.setattr(tailclip.training, "train", diverge_at_lr_1)
     assert sweep_main(["--config", str(tiny_config), "--name", "sw", "--grid", "lr=1.0,1e-3"]) == 1
     assert "not finished: lr=1.0_seed0" in capsys.readouterr().err
-    assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "sw" / "lr=1e-3_seed0")] == [1, 2]
+    assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "sw" / "lr=1e-3_seed0")] == [0, 1, 2]
     assert "| lr=1e-3 | 0.001 | 1 |" in (tmp_path / "runs" / "sw" / "results.md").read_text()

@@ -61,7 +61,7 @@ def test_interrupted_trial_is_retried_with_its_parameters_in_its_folder(
     retry = load_study(tmp_path).trials[1]
     assert (retry.state, retry.params, retry.user_attrs["run"]) == (COMPLETE, failed.params, "trial0000")
     assert train_calls == [("trial0000_seed0", True)]
-    assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "st" / "trial0000_seed0")] == [1, 2]
+    assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "st" / "trial0000_seed0")] == [0, 1, 2]
 
 
 def test_pruned_trial_stops_after_the_epoch_it_is_pruned_at(sweep_main, tiny_config, tmp_path, monkeypatch):
@@ -71,7 +71,7 @@ def test_pruned_trial_stops_after_the_epoch_it_is_pruned_at(sweep_main, tiny_con
     (trial,) = load_study(tmp_path).trials
     assert trial.state == PRUNED and list(trial.intermediate_values) == [1]
     run = tmp_path / "runs" / "st" / "trial0000_seed0"
-    assert [r["epoch"] for r in read_metrics(run)] == [1]
+    assert [r["epoch"] for r in read_metrics(run)] == [0, 1]
     assert load_checkpoint(run / "newest_train_checkpoint.pt")["state"]["epoch"] == 1
     assert "No finished runs yet" in (tmp_path / "runs" / "st" / "results.md").read_text()
 
@@ -91,7 +91,7 @@ def test_on_epoch_callback_sees_each_record_and_its_exception_leaves_a_resumable
     with pytest.raises(Stop):
         tailclip.training.train(cfg, "hooked", on_epoch=stop_after_epoch_2)
     run = tmp_path / "runs" / "hooked"
-    assert seen == [(r["epoch"], r["val/mAP"]) for r in read_metrics(run)] and len(seen) == 2
+    assert seen == [(r["epoch"], r["val/mAP"]) for r in read_metrics(run)[1:]] and len(seen) == 2  # [0]: before training
     assert load_checkpoint(run / "newest_train_checkpoint.pt")["state"]["epoch"] == 2
     tailclip.training.train(cfg, "hooked", resume=True, on_epoch=lambda epoch, record: seen.append((epoch, None)))
     assert seen[2:] == [(3, None)]
