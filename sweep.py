@@ -14,12 +14,7 @@ sweep folder gets ``results.md``, ``results.csv`` and ``results.png``. With ``--
 import argparse
 import sys
 
-from tailclip.config import ConfigError
 from tailclip.errors import TailCLIPError
-from tailclip.sweep_report import write_report
-from tailclip.sweep import (SweepError, expand, parse_grid, parse_range, parse_variant, run_grid,
-                            run_search, sweep_folder)
-from tailclip.training import NonFiniteLossError, TrainingInterrupted
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -48,17 +43,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def parse_seeds(text: str) -> list[int]:
-    try:
-        seeds = [int(part) for part in text.split(",")]
-    except ValueError:
-        raise SweepError(f"--seeds {text}: expected comma-separated integers") from None
-    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
-        raise SweepError(f"--seeds {text}: expected distinct integers >= 0")
-    return seeds
-
-
 def sweep(args: argparse.Namespace) -> int:
+    from tailclip.sweep import (SweepError, expand, parse_grid, parse_range, parse_seeds, parse_variant,
+                                run_grid, run_search, sweep_folder)
+    from tailclip.sweep_report import write_report
+
     if not args.config or not args.name:
         raise SweepError("--config and --name are required (or --report SWEEP_FOLDER)")
     seeds = parse_seeds(args.seeds)
@@ -88,13 +77,17 @@ def sweep(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Imported once the arguments are parsed, so that --help and a usage error answer at once.
+    from tailclip.sweep_report import write_report
+    from tailclip.training import TrainingInterrupted
+
     try:
         if args.report:
             for path in write_report(args.report):
                 print(f"wrote {path}")
             return 0
         return sweep(args)
-    except (TailCLIPError, ConfigError, OSError, NonFiniteLossError) as error:
+    except TailCLIPError as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
     except TrainingInterrupted as error:

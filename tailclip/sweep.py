@@ -79,6 +79,17 @@ def split_top_level(text: str, separator: str = ",") -> list[str]:
     return [part.strip() for part in parts]
 
 
+def parse_seeds(text: str) -> list[int]:
+    """``--seeds 0,1,2`` -> ``[0, 1, 2]``."""
+    try:
+        seeds = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise SweepError(f"--seeds {text}: expected comma-separated integers") from None
+    if len(set(seeds)) != len(seeds) or min(seeds) < 0:
+        raise SweepError(f"--seeds {text}: expected distinct integers >= 0")
+    return seeds
+
+
 def _checked_override(key: str, value: str, flag: str) -> str:
     """``key=value`` after ``--set``'s parsing (an unknown key is an error here)."""
     if key in RESERVED_KEYS:

@@ -127,6 +127,9 @@ def test_report_errors_are_one_line(sweep_main, tmp_path, capsys):
     assert capsys.readouterr().err.strip() == f"error: no sweep folder {tmp_path / 'missing'}"
     assert sweep_main(["--name", "x"]) == 1
     assert "--config and --name are required" in capsys.readouterr().err
+    for seeds in ("0,x", "1,1"):
+        assert sweep_main(["--config", "c.py", "--name", "x", "--seeds", seeds]) == 1
+        assert capsys.readouterr().err.startswith(f"error: --seeds {seeds}: expected")
 
 
 def test_setting_names_are_unique():
