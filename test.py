@@ -31,7 +31,7 @@ from tailclip.factory import build_model, seed_everything, set_cpu_threads
 from tailclip.run_folder import BEST_MAP_CHECKPOINT, check_checkpoint_matches, trained_model
 from tailclip.logger import json_safe
 from tailclip.metrics import pd_nd_ratio, subset_metrics
-from tailclip.precision import resolve_precision
+from tailclip.precision import resolve_precision, set_tf32
 
 GROUPS = ("head", "medium", "tail")
 
@@ -78,6 +78,7 @@ def run_test(cfg, run_dir: Path, checkpoint_name: str | None, zeroshot: bool) ->
     """Evaluate and return the report that ``test.py`` prints and writes."""
     device = init_distributed(cfg.device).device  # under torchrun, each process scores a shard
     precision = resolve_precision(cfg.precision, device)
+    set_tf32(cfg.tf32, device)
     set_cpu_threads(cfg.num_threads)
     seed_everything(cfg.seed)  # the random weights of a zero-shot run with pretrained = False
     with main_process_first():  # one process per node generates the data, downloads weights

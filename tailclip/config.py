@@ -88,6 +88,7 @@ class Config:
     device: str = "auto"
     num_threads: int = 0
     precision: str = "auto"
+    tf32: bool = False
     image_cache: bool = True
     compile: bool = False
     skip_unreadable_images: bool = False

@@ -40,7 +40,7 @@ from tailclip.logger import RunLogger, say
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer, build_scheduler
-from tailclip.precision import allow_tf32, autocast, grad_scaler, resolve_precision
+from tailclip.precision import autocast, grad_scaler, resolve_precision, set_tf32
 from tailclip.run_folder import (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT, NEWEST_CHECKPOINT,
                                  TrainState, check_checkpoint_matches, report_config_changes,
                                  restore_training, training_checkpoint)
@@ -236,8 +236,7 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
     processes = init_distributed(cfg.device)
     device = processes.device
     precision = resolve_precision(cfg.precision, device)
-    if device.type == "cuda":
-        allow_tf32()
+    set_tf32(cfg.tf32, device)
     set_cpu_threads(cfg.num_threads)
     seed_everything(cfg.seed)
 
