@@ -154,6 +154,13 @@ class Trainer:
     max_nonfinite_steps: int
 
 
+def compile_forward(forward: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
+    """``forward`` through ``torch.compile``, one graph per input shape: the training batches'
+    caption lengths are a few fixed ones (``batches.COMPILED_CAPTION_LENGTHS``), so each
+    gets kernels for its own shape, not the shape-generic graph of a second length."""
+    return torch.compile(forward, backend=backend, dynamic=False)
+
+
 def train_step(trainer: Trainer, images, targets, tokens, state: TrainState, epoch: int) -> dict | None:
     """One optimisation step; returns the model outputs (the loss also as a number in
     ``state.last_loss``), or None for a skipped non-finite loss."""
@@ -252,7 +259,7 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
     idle_text_tower = cfg.label_embeddings == "per_epoch" and "clip" not in cfg.loss_function
     forward = distribute_model(model, device, find_unused_parameters=idle_text_tower)
     optimizer = build_optimizer(cfg, model.parameters(), device)
-    trainer = Trainer(model, torch.compile(forward) if cfg.compile else forward, optimizer,
+    trainer = Trainer(model, compile_forward(forward) if cfg.compile else forward, optimizer,
                       build_scheduler(cfg, optimizer), grad_scaler(precision, device), precision,
                       device, cfg.max_nonfinite_steps)
     train_batches = build_split_batches(cfg, data, train=True, device=device)
