@@ -1,0 +1,61 @@
+"""The GPU conformance suite: each CUDA-only path of TailCLIP against its reference.
+
+Every test here is marked ``gpu``; without a CUDA device each is reported as skipped with the
+reason "no CUDA device" (never as passed), before any fixture runs. With
+``TAILCLIP_GPU_REPORT=FILE`` the outcome of every test, with the figures it records
+(``record_property``: differences, tolerances, memory, recompilations), is written to FILE as
+JSON; ``bench/run_gpu_bench.sh`` puts it into its report.
+"""
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+HERE = Path(__file__).resolve().parent
+_outcomes: dict[str, dict] = {}
+
+
+def pytest_collection_modifyitems(config, items):
+    no_cuda = None if torch.cuda.is_available() else pytest.mark.skip(reason="no CUDA device")
+    for item in items:
+        if item.path.resolve().parent == HERE:
+            item.add_marker(pytest.mark.gpu)
+            if no_cuda:
+                item.add_marker(no_cuda)
+
+
+def pytest_runtest_logreport(report):
+    if Path(report.fspath).resolve().parent != HERE:
+        return
+    entry = _outcomes.setdefault(report.nodeid, {"outcome": "passed", "seconds": 0.0, "figures": {}})
+    entry["seconds"] += report.duration
+    entry["figures"].update(dict(report.user_properties))
+    if report.skipped:
+        entry["outcome"] = "skipped"
+        entry["reason"] = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+    elif report.failed:
+        entry["outcome"] = "failed" if report.when == "call" else "error"
+        entry["message"] = report.longreprtext[-3000:]
+
+
+def pytest_sessionfinish(session, exitstatus):
+    path = os.environ.get("TAILCLIP_GPU_REPORT")
+    if path and _outcomes:
+        counts = {kind: sum(entry["outcome"] == kind for entry in _outcomes.values())
+                  for kind in ("passed", "failed", "error", "skipped")}
+        Path(path).write_text(json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                                          "torch": torch.__version__, "counts": counts,
+                                          "tests": _outcomes}, indent=2))
+
+
+@pytest.fixture
+def exact_fp32():
+    """Float32 without TF32 in matmuls and cuDNN convolutions (cuDNN's own default allows
+    it), so that a reference is float32; the flags are put back afterwards."""
+    matmul, conv = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "ieee"
+    yield
+    torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = matmul, conv
