@@ -4,8 +4,11 @@ Every test here is marked ``gpu``; without a CUDA device each is reported as ski
 reason "no CUDA device" (never as passed), before any fixture runs. With
 ``TAILCLIP_GPU_REPORT=FILE`` the outcome of every test, with the figures it records
 (``record_property``: differences, tolerances, memory, recompilations), is written to FILE as
-JSON; ``bench/run_gpu_bench.sh`` puts it into its report.
+JSON, rewritten after every test (a run stopped at a time limit leaves what it did);
+``bench/run_gpu_bench.sh`` puts it into its report. The tests that compile with inductor run
+last: they take most of the suite's time.
 """
+import collections
 import json
 import os
 import time
@@ -25,12 +28,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.gpu)
             if no_cuda:
                 item.add_marker(no_cuda)
+    items.sort(key=lambda item: item.path.name == "test_gpu_compile.py")
 
 
 def pytest_runtest_logreport(report):
     if Path(report.fspath).resolve().parent != HERE:
         return
-    entry = _outcomes.setdefault(report.nodeid, {"outcome": "passed", "seconds": 0.0, "figures": {}})
+    # A test stopped by a time limit keeps the outcome "started".
+    entry = _outcomes.setdefault(report.nodeid, {"outcome": "started", "seconds": 0.0, "figures": {}})
     entry["seconds"] += report.duration
     entry["figures"].update(dict(report.user_properties))
     if report.skipped:
@@ -39,14 +44,16 @@ def pytest_runtest_logreport(report):
     elif report.failed:
         entry["outcome"] = "failed" if report.when == "call" else "error"
         entry["message"] = report.longreprtext[-3000:]
+    elif report.when == "call":
+        entry["outcome"] = "passed"
+    _write_report()
 
 
-def pytest_sessionfinish(session, exitstatus):
+def _write_report() -> None:
     path = os.environ.get("TAILCLIP_GPU_REPORT")
-    if path and _outcomes:
-        counts = {kind: sum(entry["outcome"] == kind for entry in _outcomes.values())
-                  for kind in ("passed", "failed", "error", "skipped")}
-        Path(path).write_text(json.dumps({"finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+    if path:
+        counts = collections.Counter(entry["outcome"] for entry in _outcomes.values())
+        Path(path).write_text(json.dumps({"written": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
                                           "torch": torch.__version__, "counts": counts,
                                           "tests": _outcomes}, indent=2))
 
