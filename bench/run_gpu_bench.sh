@@ -74,25 +74,21 @@ stage() {
     "$name" "$outcome" "$rc" $((SECONDS - begun)) >> "$results/stages.jsonl"
 }
 
-bench() {  # bench NAME MODEL BATCH [bench_train.py options...]
-  local name=$1 model=$2 batch=$3; shift 3
-  "$python" bench/bench_train.py --device "$device" --model "$model" --batch-size "$batch" --input cache \
-    "${sizes[@]}" --json "$results/$name.json" "$@"
-}
-
-demo() {  # demo NAME [--set options...]: the demo config on the device, seed 0
-  "$python" train.py --config=configs/demo.py --set device="$device" --set run_dir="/tmp/tailclip-bench-$1" "${@:2}"
-}
+bench=("$python" bench/bench_train.py --device "$device" --input cache "${sizes[@]}")
+demo=("$python" train.py --config=configs/demo.py --set device="$device")  # seed 0
 
 # The suite stops after 300 s (its checks so far are in gpu_suite.json), to leave the rest to the benchmarks.
 stage gpu_suite 60 300 env TAILCLIP_GPU_REPORT="$results/gpu_suite.json" \
   "$python" -m pytest tests/gpu -q -rA -p no:cacheprovider --timeout 240
-stage vitb16_b64_fast 100 0 bench vitb16_b64_fast "$vit" 64 --precision bf16 --tf32 --paper-eval-images 500
-stage demo_fast 45 0 demo demo_fast --set precision=bf16 --set tf32=True
-stage demo_fp32 45 0 demo demo_fp32 --set precision=fp32 --set tf32=False
-stage vitb16_b64_fp32 80 0 bench vitb16_b64_fp32 "$vit" 64 --precision fp32 --steps 20 --paper-eval-images 200
-stage rn50_b8_fast 70 0 bench rn50_b8_fast "$rn" 8 --precision bf16 --tf32 --paper-eval-images 500
-stage vitb16_b64_compiled 150 0 bench vitb16_b64_compiled "$vit" 64 --precision bf16 --tf32 --compile \
-  --paper-eval-images 100
+stage vitb16_b64_fast 100 0 "${bench[@]}" --model "$vit" --batch-size 64 --precision bf16 --tf32 \
+  --paper-eval-images 500 --json "$results/vitb16_b64_fast.json"
+stage demo_fast 45 0 "${demo[@]}" --set precision=bf16 --set tf32=True --set run_dir=/tmp/tailclip-bench-fast
+stage demo_fp32 45 0 "${demo[@]}" --set precision=fp32 --set tf32=False --set run_dir=/tmp/tailclip-bench-fp32
+stage vitb16_b64_fp32 80 0 "${bench[@]}" --model "$vit" --batch-size 64 --precision fp32 --steps 20 \
+  --paper-eval-images 200 --json "$results/vitb16_b64_fp32.json"
+stage rn50_b8_fast 70 0 "${bench[@]}" --model "$rn" --batch-size 8 --precision bf16 --tf32 \
+  --paper-eval-images 500 --json "$results/rn50_b8_fast.json"
+stage vitb16_b64_compiled 150 0 "${bench[@]}" --model "$vit" --batch-size 64 --precision bf16 --tf32 --compile \
+  --paper-eval-images 100 --json "$results/vitb16_b64_compiled.json"
 
 "$python" bench/gpu_report.py "$results" $((SECONDS - started)) "$budget"
