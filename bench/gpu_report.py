@@ -1,5 +1,6 @@
-"""One JSON report of ``bench/run_gpu_bench.sh``: every stage's outcome, the GPU suite's
-checks with their figures, every benchmark's figures, the demo runs' mAP, and a summary.
+"""One JSON report of ``bench/run_gpu_bench.sh``: every stage's outcome (the end of its log
+when it failed), the GPU suite's checks with their figures, every benchmark's figures, the
+demo runs' mAP, and a summary.
 
     python bench/gpu_report.py RESULTS_DIR TOTAL_SECONDS BUDGET_SECONDS   # writes RESULTS_DIR/report.json
 """
@@ -45,7 +46,7 @@ def summary(benchmarks: dict, demos: dict, suite: dict | None) -> dict:
         "vitb16_b64_fast_train_images_per_s": fast,
         "vitb16_b64_fast_train_vs_paper": figure("vitb16_b64_fast", "ratios", "train"),
         "vitb16_b64_fast_mfu": figure("vitb16_b64_fast", "train", "ours", "mfu"),
-        "vitb16_b64_fast_eval_seconds_4952_images": figure("vitb16_b64_fast", "eval", "ours", "seconds"),
+        "vitb16_b64_fast_eval_seconds_test_split": figure("vitb16_b64_fast", "eval", "ours", "seconds"),
         "vitb16_b64_fp32_train_images_per_s": faithful,
         "fast_over_fp32_training_speed": fast / faithful if fast and faithful else None,
         "demo_val_mAP_fast_vs_fp32": mAP,
@@ -55,6 +56,10 @@ def summary(benchmarks: dict, demos: dict, suite: dict | None) -> dict:
 
 def main(results: Path, total_seconds: float, budget: float) -> dict:
     stages = [json.loads(line) for line in (results / "stages.jsonl").read_text().splitlines() if line.strip()]
+    for stage in stages:  # what went wrong, without unpacking logs.tar.gz
+        log = results / f"{stage['stage']}.log"
+        if stage["outcome"].startswith("failed") and log.exists():
+            stage["log_tail"] = log.read_text(errors="replace")[-4000:]
     names = [stage["stage"] for stage in stages]
     suite = read_json(results / "gpu_suite.json")
     benchmarks = {name: read_json(results / f"{name}.json") for name in names

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # The GPU figures of BENCHMARKS.md, in one command: first the GPU conformance suite
 # (tests/gpu), then the benchmarks, within a time budget (default 460 s, $BENCH_BUDGET_S), and
-# one JSON report with every figure and every check's outcome (report.json).
+# one JSON report with every figure and every check's outcome.
 #
 #   bash bench/run_gpu_bench.sh [RESULTS_DIR]     # default: $OUT when set, else bench/results
+#
+# RESULTS_DIR receives three files (the device tool brings back 8 at most): report.json,
+# bench.log (what the stages printed, the last lines of each) and logs.tar.gz (every stage's
+# whole log and JSON, from the working folder $BENCH_WORK_DIR, default /tmp/tailclip-bench-run).
 #
 # Stages, in order of priority; a stage that fails is recorded and the next one runs; one that
 # would not fit in the time left is recorded as skipped:
@@ -26,11 +30,13 @@
 #   cp ../shared/data/clip/bpe_simple_vocab_16e6.txt.gz .whl/
 set -uo pipefail
 cd "$(dirname "$0")/.."
-results="${1:-${OUT:-bench/results}}"
+output="${1:-${OUT:-bench/results}}"
+results="${BENCH_WORK_DIR:-/tmp/tailclip-bench-run}"
 python="${PYTHON:-python3}"
 budget="${BENCH_BUDGET_S:-460}"
 started=$SECONDS
-mkdir -p "$results"
+rm -rf "$results"
+mkdir -p "$results" "$output"
 : > "$results/stages.jsonl"
 
 if ! "$python" -c "import ftfy" 2>/dev/null && compgen -G ".whl/*.whl" >/dev/null; then
@@ -92,3 +98,5 @@ stage vitb16_b64_compiled 150 0 "${bench[@]}" --model "$vit" --batch-size 64 --p
   --paper-eval-images 100 --json "$results/vitb16_b64_compiled.json"
 
 "$python" bench/gpu_report.py "$results" $((SECONDS - started)) "$budget"
+cp "$results/report.json" "$results/bench.log" "$output/"
+tar -czf "$output/logs.tar.gz" -C "$(dirname "$results")" "$(basename "$results")"
