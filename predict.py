@@ -8,16 +8,14 @@ Folders are searched recursively for image files (.jpg, .jpeg, .png, .bmp, .gif,
 file is needed. Prints the top-k classes with their scores (the config's `score` kind) for
 each image, and the classes at or above --threshold when given. Files that cannot be read
 (not an image, corrupt or truncated) are reported and skipped, and listed at the end.
-Exit codes: 0 when at least one image was read, 1 when none could be, 2 for bad arguments
-or an unusable checkpoint.
+Exit codes: 0 when at least one image was read, 1 when none could be or the checkpoint or
+the device cannot be used, 2 for bad arguments.
 """
 import argparse
 import os
 import sys
 
-from tailclip.checkpoint import CheckpointError
-from tailclip.predict import (check_output_path, find_images, load_predictor, predict_files,
-                              ranked_classes, write_results)
+from tailclip.errors import TailCLIPError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -43,9 +41,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.workers < 0:
         parser.error("--workers must be at least 0")
     if args.output:
+        from tailclip.predict import check_output_path  # once the arguments are parsed: imports torch
+
         try:
             check_output_path(args.output)
-        except ValueError as error:
+        except TailCLIPError as error:
             parser.error(str(error))
     return args
 
@@ -60,11 +60,14 @@ def describe(path: str, top: list, above: list, threshold) -> str:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Imported once the arguments are parsed, so that --help and a usage error answer at once.
+    from tailclip.predict import find_images, load_predictor, predict_files, ranked_classes, write_results
+
     try:
         predictor = load_predictor(args.checkpoint, args.device)
-    except (FileNotFoundError, CheckpointError, ValueError, RuntimeError) as error:
+    except TailCLIPError as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"predict.py: error: {error}", file=sys.stderr)
-        return 2
+        return 1
     images, not_read = find_images(args.inputs)
     results = []
     for result in predict_files(predictor, images, args.batch_size, args.workers):

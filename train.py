@@ -5,16 +5,15 @@ the checkpoints ``best_valid_mAP.pt``, ``best_valid_mAP_tail.pt`` and
 ``newest_train_checkpoint.pt``. The run name is the config file's stem unless ``--run-name``.
 Several GPUs or nodes: ``torchrun --nproc_per_node=N train.py ...`` (see the README).
 Exit codes: 0 done, 1 error (a bad config or input, a non-finite loss), 130 stopped by
-Ctrl-C (143 by SIGTERM) after saving the newest checkpoint.
+Ctrl-C (143 by SIGTERM) after saving the newest checkpoint. Progress bars are drawn only
+when stderr is a terminal (``TAILCLIP_PROGRESS=1`` or ``0`` forces them on or off); every
+epoch prints one line either way.
 """
 import argparse
 import sys
 from pathlib import Path
 
-from tailclip.checkpoint import CheckpointError
-from tailclip.config import load_config
-from tailclip.distributed import cleanup
-from tailclip.training import NonFiniteLossError, TrainingInterrupted, train
+from tailclip.errors import TailCLIPError
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,12 +30,15 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    # Imported once the arguments are parsed, so that --help and a usage error answer at once.
+    from tailclip.config import load_config
+    from tailclip.distributed import cleanup
+    from tailclip.training import TrainingInterrupted, train
+
     try:
         cfg = load_config(args.config, args.overrides)
         train(cfg, args.run_name or Path(args.config).stem, resume=args.resume)
-    # Errors about the user's inputs: a message, not a traceback (ConfigError is a ValueError,
-    # an unreadable image an OSError).
-    except (ValueError, OSError, CheckpointError, NonFiniteLossError) as error:
+    except TailCLIPError as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
     except TrainingInterrupted as error:

@@ -15,6 +15,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from tailclip.errors import TailCLIPError
+from tailclip.progress import show_progress
+
 CHUNK_BYTES = 1 << 20
 TIMEOUT_ENV = "TAILCLIP_DOWNLOAD_TIMEOUT"
 DEFAULT_TIMEOUT_S = 30.0
@@ -22,7 +25,7 @@ DEFAULT_TIMEOUT_S = 30.0
 NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
 
 
-class DownloadError(RuntimeError):
+class DownloadError(TailCLIPError, RuntimeError):
     """A download failed; the message names the address and where to put the file by hand."""
 
 
@@ -36,12 +39,13 @@ def sha256_of(path: str | Path) -> str:
 
 
 def download(url: str, root: str | Path, sha256: str | None = None, filename: str | None = None,
-             progress: bool = True, timeout: float | None = None) -> Path:
+             progress: bool | None = None, timeout: float | None = None) -> Path:
     """Download `url` to `root/filename` (default: the address's last path segment) and return the path.
 
     An existing file is kept when it has the expected sha256 (or when no sha256 is given) and
     fetched again otherwise. Bytes go to `<file>.part` first; a `.part` left by an interrupted
     run is continued with an HTTP Range request. A sha256 mismatch removes the bad file.
+    `progress` draws a progress bar (default: `tailclip.progress.show_progress()`).
     `timeout` (seconds; default `$TAILCLIP_DOWNLOAD_TIMEOUT` or 30) bounds the connection and
     each read, and there is no retry, so an offline machine fails at once.
     Raises `DownloadError` naming the address and the path to fill by hand.
@@ -61,7 +65,8 @@ def download(url: str, root: str | Path, sha256: str | None = None, filename: st
     part = target.with_name(target.name + ".part")
     by_hand = f"download {url} to {target} by hand"
     try:
-        _fetch(url, part, target.name, progress, _timeout_s(timeout))
+        _fetch(url, part, target.name, show_progress() if progress is None else progress,
+               _timeout_s(timeout))
     except NETWORK_ERRORS as error:
         raise DownloadError(f"could not download {url} ({error}). Check the network and run again "
                             f"(a partial download resumes), or {by_hand}.") from error

@@ -1,6 +1,7 @@
 """Building CLIP models by name and loading checkpoints (OpenAI TorchScript archives or plain
 state dicts)."""
 import os
+import pickle
 import warnings
 import zipfile
 from dataclasses import asdict
@@ -9,9 +10,15 @@ from pathlib import Path
 import torch
 from torchvision import transforms
 
+from tailclip.errors import MissingFileError, TailCLIPError
+
 from .architectures import ARCHITECTURES, CHECKPOINT_URLS, Architecture
 from .model import CLIP, build_model
 from .transform import clip_transform
+
+
+class WeightsFileError(TailCLIPError, RuntimeError):
+    """A weights file that does not hold a CLIP model (unreadable, or other weights)."""
 
 
 def available_models() -> list[str]:
@@ -94,12 +101,13 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", ji
     elif Path(name_or_path).is_file():
         path = Path(name_or_path)
     else:
-        raise FileNotFoundError(f"{str(name_or_path)!r} is neither a CLIP model with weights "
-                                f"({', '.join(available_models())}) nor a checkpoint file "
-                                "(clip.create_model builds any architecture with random weights)")
+        raise MissingFileError(f"{str(name_or_path)!r} is neither a CLIP model with weights "
+                               f"({', '.join(available_models())}) nor a checkpoint file "
+                               "(clip.create_model builds any architecture with random weights)")
     try:
         model = build_model(read_state_dict(path))
-    except (ValueError, RuntimeError) as error:
-        raise type(error)(f"{path}: {error}") from error
+    # What torch.load, torch.jit.load and build_model raise for a file that is not CLIP's weights.
+    except (ValueError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
+        raise WeightsFileError(f"{path} does not hold CLIP weights: {error}") from error
     model = model.to(device)
     return model, clip_transform(model.visual.input_resolution)

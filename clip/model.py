@@ -5,12 +5,15 @@ OpenAI's code, every tensor is batch-first ([N, L, width]) and attention runs th
 `torch.nn.functional.scaled_dot_product_attention`, which picks fused kernels on GPU.
 """
 from collections import OrderedDict
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict
+from functools import partial
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from .architectures import Architecture, vit_names
 
@@ -114,6 +117,7 @@ class ModifiedResNet(nn.Module):
 
         embed_dim = width * 32  # the ResNet feature dimension
         self.attnpool = AttentionPool2d(input_resolution // 32, embed_dim, heads, output_dim)
+        self.grad_checkpointing = False
 
     def _make_layer(self, planes: int, blocks: int, stride: int = 1) -> nn.Sequential:
         layers = [Bottleneck(self._inplanes, planes, stride)]
@@ -127,7 +131,8 @@ class ModifiedResNet(nn.Module):
         x = self.relu2(self.bn2(self.conv2(x)))
         x = self.relu3(self.bn3(self.conv3(x)))
         x = self.avgpool(x)
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+        for stage in (self.layer1, self.layer2, self.layer3, self.layer4):
+            x = run_blocks(stage, x, self.grad_checkpointing)
         return self.attnpool(x)
 
 
@@ -171,47 +176,111 @@ class MultiheadAttention(nn.Module):
         return self.out_proj(_merge_heads(out))
 
 
-class ResidualAttentionBlock(nn.Module):
-    """Pre-norm transformer block; `causal` blocks attend only to earlier positions."""
+class LayerScale(nn.Module):
+    """A learned per-channel scale of a residual branch (CaiT), as open_clip's `ls_init_value`."""
 
-    def __init__(self, d_model: int, n_head: int, causal: bool = False):
+    def __init__(self, width: int, init_value: float):
         super().__init__()
+        self.gamma = nn.Parameter(torch.full((width,), float(init_value)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.gamma
+
+
+class ResidualAttentionBlock(nn.Module):
+    """Pre-norm transformer block; `causal` blocks attend only to earlier positions.
+
+    OpenAI's block is the default; open_clip's standard models vary the MLP width
+    (`mlp_ratio`), the activation (`quick_gelu=False`: exact GELU) and may scale each
+    residual branch (`ls_init_value`: `ls_1`, `ls_2`, open_clip's names)."""
+
+    def __init__(self, d_model: int, n_head: int, causal: bool = False, mlp_ratio: float = 4.0,
+                 quick_gelu: bool = True, ls_init_value: float | None = None):
+        super().__init__()
+        mlp_width = int(d_model * mlp_ratio)
         self.attn = MultiheadAttention(d_model, n_head)
         self.ln_1 = LayerNorm(d_model)
         self.mlp = nn.Sequential(OrderedDict([
-            ("c_fc", nn.Linear(d_model, d_model * 4)),
-            ("gelu", QuickGELU()),
-            ("c_proj", nn.Linear(d_model * 4, d_model)),
+            ("c_fc", nn.Linear(d_model, mlp_width)),
+            ("gelu", QuickGELU() if quick_gelu else nn.GELU()),
+            ("c_proj", nn.Linear(mlp_width, d_model)),
         ]))
         self.ln_2 = LayerNorm(d_model)
+        self.ls_1 = nn.Identity() if ls_init_value is None else LayerScale(d_model, ls_init_value)
+        self.ls_2 = nn.Identity() if ls_init_value is None else LayerScale(d_model, ls_init_value)
         self.causal = causal
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), is_causal=self.causal)
-        return x + self.mlp(self.ln_2(x))
+        x = x + self.ls_1(self.attn(self.ln_1(x), is_causal=self.causal))
+        return x + self.ls_2(self.mlp(self.ln_2(x)))
+
+
+@contextmanager
+def _batch_norm_statistics_kept(module: nn.Module):
+    """Restore the running statistics of `module`'s training BatchNorms on exit: a block
+    recomputed for the backward pass must not count its batch a second time."""
+    norms = [m for m in module.modules()
+             if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training and m.track_running_stats]
+    saved = [(m, m.running_mean.clone(), m.running_var.clone(), m.num_batches_tracked.clone()) for m in norms]
+    try:
+        yield
+    finally:
+        with torch.no_grad():
+            for norm, mean, var, count in saved:
+                norm.running_mean.copy_(mean)
+                norm.running_var.copy_(var)
+                norm.num_batches_tracked.copy_(count)
+
+
+def _batch_norm_contexts(block: nn.Module):
+    """(forward context, recomputation context) for `torch.utils.checkpoint`."""
+    return nullcontext(), _batch_norm_statistics_kept(block)
+
+
+def run_blocks(blocks: nn.Sequential, x: torch.Tensor, grad_checkpointing: bool) -> torch.Tensor:
+    """`blocks(x)`; with `grad_checkpointing` (and autograd recording), each block keeps only
+    its input for the backward pass and is run again there to rebuild its activations."""
+    if not (grad_checkpointing and torch.is_grad_enabled()):
+        return blocks(x)
+    for block in blocks:
+        # Run eagerly, a recomputed BatchNorm would update its running statistics again, so
+        # its block gets a context restoring them. torch.compile recomputes from its own
+        # graph, which updates them once, and traces no such context.
+        if (not torch.compiler.is_compiling()
+                and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in block.modules())):
+            x = checkpoint(block, x, use_reentrant=False, context_fn=partial(_batch_norm_contexts, block))
+        else:
+            x = checkpoint(block, x, use_reentrant=False)
+    return x
 
 
 class Transformer(nn.Module):
     """A stack of residual attention blocks on batch-first input [N, L, width].
 
     `causal=True` is the text tower's mask (OpenAI's `attn_mask`); it is an SDPA flag rather
-    than a buffer, so the state dict has no mask, as OpenAI's checkpoints have none."""
+    than a buffer, so the state dict has no mask, as OpenAI's checkpoints have none.
+    The other options are `ResidualAttentionBlock`'s."""
 
-    def __init__(self, width: int, layers: int, heads: int, causal: bool = False):
+    def __init__(self, width: int, layers: int, heads: int, causal: bool = False, mlp_ratio: float = 4.0,
+                 quick_gelu: bool = True, ls_init_value: float | None = None):
         super().__init__()
         self.width = width
         self.layers = layers
-        self.resblocks = nn.Sequential(*[ResidualAttentionBlock(width, heads, causal) for _ in range(layers)])
+        self.resblocks = nn.Sequential(*[
+            ResidualAttentionBlock(width, heads, causal, mlp_ratio, quick_gelu, ls_init_value)
+            for _ in range(layers)])
+        self.grad_checkpointing = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.resblocks(x)
+        return run_blocks(self.resblocks, x, self.grad_checkpointing)
 
 
 class VisionTransformer(nn.Module):
-    """ViT image tower: patch embedding, class token, pre/post LayerNorm, projection."""
+    """ViT image tower: patch embedding, class token, pre/post LayerNorm, projection.
+    `block_options` are `ResidualAttentionBlock`'s (mlp_ratio, quick_gelu, ls_init_value)."""
 
     def __init__(self, input_resolution: int, patch_size: int, width: int, layers: int, heads: int,
-                 output_dim: int):
+                 output_dim: int, **block_options):
         super().__init__()
         self.input_resolution = input_resolution
         self.output_dim = output_dim
@@ -221,7 +290,7 @@ class VisionTransformer(nn.Module):
         self.class_embedding = nn.Parameter(scale * torch.randn(width))
         self.positional_embedding = nn.Parameter(scale * torch.randn((input_resolution // patch_size) ** 2 + 1, width))
         self.ln_pre = LayerNorm(width)
-        self.transformer = Transformer(width, layers, heads)
+        self.transformer = Transformer(width, layers, heads, **block_options)
         self.ln_post = LayerNorm(width)
         self.proj = nn.Parameter(scale * torch.randn(width, output_dim))
 
@@ -258,24 +327,34 @@ class VisionTransformer(nn.Module):
 
 
 class CLIP(nn.Module):
-    """Image and text towers projected into one embedding space, with a learned temperature."""
+    """Image and text towers projected into one embedding space, with a learned temperature.
+
+    The arguments after `transformer_layers` default to OpenAI's models; open_clip's standard
+    models change them (`clip.open_clip_compat`): attention heads of `vision_head_width`
+    channels in the image tower, its MLP width `vision_mlp_ratio * vision_width`, its layer
+    scale `vision_ls_init_value`, and exact GELU instead of QuickGELU in both towers."""
 
     def __init__(self, embed_dim: int, image_resolution: int, vision_layers: int | tuple[int, int, int, int],
                  vision_width: int, vision_patch_size: int | None, context_length: int, vocab_size: int,
-                 transformer_width: int, transformer_heads: int, transformer_layers: int):
+                 transformer_width: int, transformer_heads: int, transformer_layers: int,
+                 vision_head_width: int = 64, vision_mlp_ratio: float = 4.0,
+                 vision_ls_init_value: float | None = None, quick_gelu: bool = True):
         super().__init__()
         self.context_length = context_length
 
         if isinstance(vision_layers, (tuple, list)):
             self.visual = ModifiedResNet(layers=tuple(vision_layers), output_dim=embed_dim,
-                                         heads=vision_width * 32 // 64, input_resolution=image_resolution,
-                                         width=vision_width)
+                                         heads=vision_width * 32 // vision_head_width,
+                                         input_resolution=image_resolution, width=vision_width)
         else:
             self.visual = VisionTransformer(input_resolution=image_resolution, patch_size=vision_patch_size,
                                             width=vision_width, layers=vision_layers,
-                                            heads=vision_width // 64, output_dim=embed_dim)
+                                            heads=vision_width // vision_head_width, output_dim=embed_dim,
+                                            mlp_ratio=vision_mlp_ratio, quick_gelu=quick_gelu,
+                                            ls_init_value=vision_ls_init_value)
 
-        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, causal=True)
+        self.transformer = Transformer(transformer_width, transformer_layers, transformer_heads, causal=True,
+                                       quick_gelu=quick_gelu)
         self.vocab_size = vocab_size
         self.token_embedding = nn.Embedding(vocab_size, transformer_width)
         self.positional_embedding = nn.Parameter(torch.empty(context_length, transformer_width))
@@ -313,6 +392,14 @@ class CLIP(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.visual.conv1.weight.dtype
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute every residual block of both towers in the backward pass instead of
+        keeping its activations (`torch.utils.checkpoint`): the same gradients for far less
+        activation memory, at the cost of a second forward pass through the blocks."""
+        for tower in self.modules():
+            if isinstance(tower, (Transformer, ModifiedResNet)):
+                tower.grad_checkpointing = enable
 
     def encode_image(self, images: torch.Tensor, prompt_tokens: torch.Tensor | None = None) -> torch.Tensor:
         """Image embeddings [N, embed_dim] (not normalised); `prompt_tokens` need a ViT."""

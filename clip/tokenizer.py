@@ -15,6 +15,8 @@ import ftfy
 import regex
 import torch
 
+from tailclip.errors import MissingFileError, TailCLIPError
+
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 BPE_URL = "https://github.com/openai/CLIP/raw/main/clip/bpe_simple_vocab_16e6.txt.gz"
 BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
@@ -37,7 +39,7 @@ def bpe_path() -> Path:
     from_env = os.environ.get("TAILCLIP_BPE_PATH")
     if from_env:
         if not Path(from_env).is_file():
-            raise FileNotFoundError(f"TAILCLIP_BPE_PATH={from_env} is not a file")
+            raise MissingFileError(f"TAILCLIP_BPE_PATH={from_env} is not a file")
         return Path(from_env)
 
     from .factory import cache_dir  # factory imports the model; keep tokenizer imports light
@@ -139,10 +141,14 @@ def get_tokenizer() -> SimpleTokenizer:
     return SimpleTokenizer()
 
 
+class TextTooLongError(TailCLIPError, ValueError):
+    """A text (a class prompt, a caption) that does not fit in the text tower's context."""
+
+
 def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = False) -> torch.LongTensor:
     """Token ids [N, context_length]: SOT, the text's BPE ids, EOT, zero padding.
 
-    A text longer than the context raises `ValueError` naming it, unless `truncate` is set:
+    A text longer than the context raises `TextTooLongError` naming it, unless `truncate` is set:
     then it is cut to `context_length` tokens and the last one is replaced by EOT."""
     if isinstance(texts, str):
         texts = [texts]
@@ -152,8 +158,8 @@ def tokenize(texts: str | list[str], context_length: int = 77, truncate: bool = 
         ids = [tokenizer.sot_token, *tokenizer.encode(text), tokenizer.eot_token]
         if len(ids) > context_length:
             if not truncate:
-                raise ValueError(f"text is {len(ids)} tokens long, more than the context length "
-                                 f"{context_length} (pass truncate=True to cut it): {text!r}")
+                raise TextTooLongError(f"text is {len(ids)} tokens long, more than the context length "
+                                       f"{context_length} (pass truncate=True to cut it): {text!r}")
             ids = ids[:context_length - 1] + [tokenizer.eot_token]
         result[row, :len(ids)] = torch.tensor(ids)
     return result

@@ -25,6 +25,8 @@ from tailclip.data.cache import CachedImages, CachedMultiLabelDataset, to_model_
 from tailclip.distributed import (eval_shard, is_main_process, local_batch_size,
                                   main_process_first, rank_and_world)
 from tailclip.logger import say
+from tailclip.progress import show_progress
+from tailclip.text_tokens import text_tokenizer
 
 
 class ResumableSampler(Sampler):
@@ -49,10 +51,10 @@ class ResumableSampler(Sampler):
 COMPILED_CAPTION_LENGTHS = (16, 32, 77)
 
 
-def caption_length(tokens: torch.Tensor, fixed_lengths: tuple[int, ...] = ()) -> int:
-    """Where to cut the caption ids [N, L]: after the batch's last end-of-text token, or at
-    the first of ``fixed_lengths`` at least that long (at most L)."""
-    length = trim_padding(tokens).shape[1]
+def caption_length(tokens: torch.Tensor, fixed_lengths: tuple[int, ...] = (), trim=trim_padding) -> int:
+    """Where to cut the caption ids [N, L]: where ``trim`` (the tokenizer's ``trim_padding``)
+    cuts them, or at the first of ``fixed_lengths`` at least that long (at most L)."""
+    length = trim(tokens).shape[1]
     return min(min((fixed for fixed in fixed_lengths if fixed >= length), default=length), tokens.shape[1])
 
 
@@ -118,7 +120,7 @@ class SplitBatches:
 
     def __init__(self, loader: DataLoader, sampler: ResumableSampler | None, batch_size: int,
                  cached: bool, normalize: str, train: bool, seed: int, read_ahead: int = 0,
-                 caption_lengths: tuple[int, ...] = ()):
+                 trim_padding=trim_padding, caption_lengths: tuple[int, ...] = ()):
         if read_ahead and not cached:
             # The JPEG path draws its flips from torch's global generator as it reads: read
             # ahead, it would draw before a checkpoint what the steps after it use.
@@ -131,6 +133,7 @@ class SplitBatches:
         self.mean, self.std = MEANS_STDS[normalize]
         self.train = train
         self.seed = seed
+        self.trim_padding = trim_padding  # the backbone tokenizer's (`tailclip.text_tokens`)
         self.caption_lengths = caption_lengths
 
     def steps_per_epoch(self) -> int:
@@ -163,7 +166,7 @@ class SplitBatches:
             images = to_model_input(images, self.mean, self.std, flip=self.train, generator=flips)
         # The length is read on the CPU and the whole (pinned) ids are copied: the device
         # never waits for the length, nor for a copy from pageable memory.
-        length = caption_length(tokens, self.caption_lengths)
+        length = caption_length(tokens, self.caption_lengths, self.trim_padding)
         return (images, targets.to(device, non_blocking=True),
                 tokens.to(device, non_blocking=True)[:, :length], index)
 
@@ -194,7 +197,7 @@ def build_split_batches(cfg: Config, data, train: bool, device: torch.device) ->
         with main_process_first():  # one process builds the cache, the others open it
             images = CachedImages([dataset.image_path(i) for i in range(len(dataset))], cfg.size,
                                   cache_folder(data), "train" if train else "test",
-                                  progress=is_main_process())
+                                  progress=is_main_process() and show_progress())
         # Read in this process whatever num_workers says: a batch is one slice of the memory
         # map, far cheaper to copy here than to hand over from a worker process (364,000 vs
         # 11,000 images/s with 2 workers, 64-pixel images, 2 CPU cores).
@@ -210,4 +213,5 @@ def build_split_batches(cfg: Config, data, train: bool, device: torch.device) ->
     # On the CPU a reading thread would take cores from the model.
     return SplitBatches(loader, sampler, batch_size, cached, cfg.normalize, train, cfg.seed,
                         read_ahead=2 if cached and device.type == "cuda" else 0,
+                        trim_padding=text_tokenizer(cfg).trim_padding,
                         caption_lengths=COMPILED_CAPTION_LENGTHS if cfg.compile and train else ())

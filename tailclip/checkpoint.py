@@ -1,7 +1,7 @@
 """Checkpoints: atomic writes, loading with clear errors, and random-number states.
 
-A TailCLIP checkpoint is a plain dict that is enough on its own to rebuild and use the model
-(issue 8): weights, config, class names, label prompts and backbone name, plus the optimiser,
+A TailCLIP checkpoint is a plain dict that is enough on its own to rebuild and use the model:
+weights, config, class names, label prompts and backbone name, plus the optimiser,
 scheduler, scaler and random-number states that `--resume` needs. It holds only tensors and
 Python primitives, so it loads with ``torch.load(weights_only=True)``: opening a checkpoint
 never runs code from the file.
@@ -15,11 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from tailclip.errors import MissingFileError, TailCLIPError
+
 FORMAT = "tailclip-checkpoint"
 VERSION = 1
 
 
-class CheckpointError(RuntimeError):
+class CheckpointError(TailCLIPError, RuntimeError):
     """A file that is not a usable TailCLIP checkpoint."""
 
 
@@ -78,12 +80,15 @@ def load_checkpoint(path, map_location="cpu") -> dict:
     """Load a TailCLIP checkpoint written by training; clear errors for anything else."""
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         checkpoint = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # noqa: BLE001 -- garbage makes the unpickler fail in many ways
+        # Not torch's message: it advises weights_only=False, which would run code from the file.
         raise CheckpointError(
-            f"{path} is not a TailCLIP checkpoint (unreadable or truncated: {error})"
+            f"{path} is not a TailCLIP checkpoint: it cannot be read as one (a truncated or "
+            "corrupt file, or one holding Python objects other than tensors); checkpoints are "
+            "written by train.py"
         ) from error
     if not isinstance(checkpoint, dict) or checkpoint.get("format") != FORMAT:
         raise CheckpointError(

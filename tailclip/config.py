@@ -16,18 +16,22 @@ import dataclasses
 import difflib
 import re
 import runpy
+import traceback
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Optional
 
+from tailclip.errors import TailCLIPError
+
 DATASETS = ("voc_mlt", "coco_mlt", "synthetic_mlt", "custom")
 LOSS_TERMS = ("clip", "bal", "asl")
+OPEN_CLIP_PREFIX = "open_clip:"
 CUSTOM_DATASET_FILES = ("train_list", "test_list", "class_names", "captions", "image_root")
 CUSTOM_DATASET_REQUIRED = ("train_list", "test_list", "class_names", "image_root")
 
 
-class ConfigError(ValueError):
+class ConfigError(TailCLIPError, ValueError):
     """A config file, an override or a flag holds an unknown option or a bad value."""
 
 
@@ -45,7 +49,7 @@ class Config:
     image_root: Optional[str] = None
     # Backbone
     model_name: str = "ViT-B/16"
-    pretrained: bool = True
+    pretrained: bool | str = True
     interpolate_pos_embedding: bool = False
     # Text and images
     class_caption: str = "a photo of a "
@@ -65,6 +69,7 @@ class Config:
     weight_decay: float = 0.01
     # Objective
     loss_function: list[str] = field(default_factory=lambda: ["clip", "bal"])
+    contrastive: str = "auto"
     asl_mul: float = 1.0
     asl_gamma_neg: float = 4.0
     asl_gamma_pos: float = 0.0
@@ -91,6 +96,7 @@ class Config:
     tf32: bool = False
     image_cache: bool = True
     compile: bool = False
+    grad_checkpointing: bool = False
     skip_unreadable_images: bool = False
     max_nonfinite_steps: int = 0
     # Prompt learning
@@ -135,6 +141,7 @@ _CHOICES = {
     "score": ("softmax", "sigmoid", "logits"),
     "precision": ("auto", "bf16", "fp16", "fp32"),
     "finetune": ("full", "prompt", "prompt+visual"),
+    "contrastive": ("auto", "softmax", "sigmoid"),
 }
 
 
@@ -173,7 +180,7 @@ _RANGES = {
     "n_visual_prompts": _at_least(1),
 }
 
-_DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
@@ -185,7 +192,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    cfg_class = runpy.run_path(str(path)).get("CFG")
+    cfg_class = _run_config_file(path).get("CFG")
     if not isinstance(cfg_class, type):
         raise ConfigError(f"{path}: a config file must define `class CFG` with the options as attributes")
     # dir() rather than vars() so that a CFG may inherit options from another class.
@@ -198,6 +205,22 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
         values[key] = value
         origin[key] = f"--set {text}"
     return _build(values, lambda key: origin.get(key, str(path)))
+
+
+def _run_config_file(path: Path) -> dict[str, Any]:
+    """The names a config file defines. A config that cannot run (a syntax error, a failed
+    import, any exception) is a ``ConfigError`` naming the file and line and what went wrong:
+    the user's file is at fault, and runpy's traceback would only bury that line."""
+    try:
+        return runpy.run_path(str(path))
+    except SyntaxError as error:  # IndentationError too; its own file, maybe one the config imports
+        raise ConfigError(f"{error.filename}:{error.lineno}: {type(error).__name__}: {error.msg}") from None
+    except Exception as error:  # noqa: BLE001 -- whatever the config's own code raises
+        # The config's own line that led to the error (none when the file could not be read).
+        lines = [frame.lineno for frame in traceback.extract_tb(error.__traceback__)
+                 if Path(frame.filename).resolve() == path.resolve()]
+        where = f"{path}:{lines[-1]}" if lines else str(path)
+        raise ConfigError(f"{where}: {type(error).__name__}: {error}") from error
 
 
 def parse_override(text: str) -> tuple[str, Any]:
@@ -215,7 +238,9 @@ def parse_override(text: str) -> tuple[str, Any]:
     if key not in OPTION_NAMES:
         raise ConfigError(f"--set {text}: {key}: {_unknown_option_message(key)}")
     kind = _TYPES[key]
-    if kind is bool:
+    if kind == bool | str and raw.strip() not in ("True", "true", "1", "False", "false", "0"):
+        return key, raw.strip()  # a pretrained tag or a checkpoint path
+    if kind in (bool, bool | str):
         try:
             return key, parse_bool(raw.strip())
         except ConfigError as error:
@@ -266,6 +291,8 @@ def _check(values: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]
             problems.append((key, f"{value_problem}, got {coerced[key]!r}"))
     if not {key for key, _ in problems} & {"dataset", *CUSTOM_DATASET_FILES}:
         problems.extend(_check_custom_dataset(coerced))
+    if not {key for key, _ in problems} & {"model_name", "pretrained"}:
+        problems.extend(_check_backbone(coerced))
     return coerced, problems
 
 
@@ -281,6 +308,8 @@ def _check_type(value: Any, kind: Any) -> tuple[Any, Optional[str]]:
         return (float(value), None) if is_number else (value, "must be a number")
     if kind is str:
         return value, None if isinstance(value, str) else "must be a string"
+    if kind == bool | str:
+        return value, None if isinstance(value, (bool, str)) else "must be True, False or a string"
     if kind == Optional[str]:
         return value, None if value is None or isinstance(value, str) else "must be a string or None"
     if kind == list[str]:
@@ -296,7 +325,7 @@ def _check_value(key: str, value: Any) -> Optional[str]:
     if key in _RANGES:
         accepts, rule = _RANGES[key]
         return None if accepts(value) else rule
-    if key == "device" and not _DEVICE_PATTERN.fullmatch(value):
+    if key == "device" and not DEVICE_PATTERN.fullmatch(value):
         return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
     if key == "loss_function":
         if not value:
@@ -315,6 +344,22 @@ def _check_custom_dataset(values: dict[str, Any]) -> list[tuple[str, str]]:
                 for key in CUSTOM_DATASET_REQUIRED if values[key] is None]
     return [(key, f"is only used with dataset = 'custom', not {values['dataset']!r}")
             for key in CUSTOM_DATASET_FILES if values[key] is not None]
+
+
+def _check_backbone(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """``pretrained`` is True (OpenAI's weights), False (random ones), a checkpoint path, or,
+    for an open_clip model, one of its pretrained tags; whether a tag or a path exists is
+    checked when the model is built, where open_clip's registry is at hand."""
+    name, pretrained = values["model_name"], values["pretrained"]
+    if name.startswith(OPEN_CLIP_PREFIX) and not name[len(OPEN_CLIP_PREFIX):]:
+        return [("model_name", f"names no model after {OPEN_CLIP_PREFIX!r} (e.g. 'open_clip:ViT-B-16')")]
+    if isinstance(pretrained, str) and not pretrained.strip():
+        return [("pretrained", "must be True, False, an open_clip pretrained tag or a checkpoint path, "
+                               "not an empty string")]
+    if pretrained is True and name.startswith(OPEN_CLIP_PREFIX):
+        return [("pretrained", f"True means OpenAI's weights, which {name!r} does not name: give one "
+                               "of its open_clip pretrained tags (e.g. 'dfn5b'), a checkpoint path, or False")]
+    return []
 
 
 def _reject_unknown(values: dict[str, Any], source: str) -> None:

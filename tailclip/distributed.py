@@ -33,6 +33,9 @@ import torch.distributed._functional_collectives as funcol
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
+from tailclip.config import DEVICE_PATTERN, ConfigError
+from tailclip.errors import DeviceError
+
 # Processes waiting while the first one downloads weights or builds an image cache can wait
 # far longer than NCCL's default 10-minute collective timeout; they wait in a CPU group.
 PREPARATION_TIMEOUT = datetime.timedelta(hours=2)
@@ -69,22 +72,28 @@ def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch
     ``"auto"`` is CUDA when available, else the CPU. With several processes, ``"auto"`` and
     ``"cuda"`` mean this process's own GPU, ``cuda:LOCAL_RANK``.
     """
+    if not DEVICE_PATTERN.fullmatch(name):
+        raise ConfigError(f"device = {name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
     if device.type != "cuda":
         return device
     if not torch.cuda.is_available():
-        raise RuntimeError(f"device = {name!r} but CUDA is not available; use device = 'cpu' or 'auto'")
+        raise DeviceError(f"device = {name!r} but this machine has no CUDA GPU that torch can use; "
+                          "use device = 'cpu' or 'auto'")
     if world_size == 1:
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise DeviceError(f"device = {name!r} but this machine has {torch.cuda.device_count()} "
+                              f"GPU(s), cuda:0 to cuda:{torch.cuda.device_count() - 1}")
         return device
     if device.index is not None:
-        raise ValueError(f"device = {name!r} names one GPU, but torchrun started {world_size} "
-                         "processes, one per GPU: use device = 'auto' or 'cuda' (process "
-                         "LOCAL_RANK takes cuda:LOCAL_RANK) and pick GPUs with CUDA_VISIBLE_DEVICES")
+        raise ConfigError(f"device = {name!r} names one GPU, but torchrun started {world_size} "
+                          "processes, one per GPU: use device = 'auto' or 'cuda' (process "
+                          "LOCAL_RANK takes cuda:LOCAL_RANK) and pick GPUs with CUDA_VISIBLE_DEVICES")
     if local_rank >= torch.cuda.device_count():
-        raise RuntimeError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) "
-                           "are visible: --nproc_per_node must not exceed the GPUs of a node")
+        raise DeviceError(f"LOCAL_RANK {local_rank} but only {torch.cuda.device_count()} GPU(s) "
+                          "are visible: --nproc_per_node must not exceed the GPUs of a node")
     return torch.device("cuda", local_rank)
 
 
@@ -141,9 +150,9 @@ def cleanup() -> None:
 def local_batch_size(global_batch: int, world_size: int) -> int:
     """Each process's share of the global batch; an error unless it divides evenly."""
     if global_batch % world_size:
-        raise ValueError(f"batch_size = {global_batch} is the global batch and must divide evenly "
-                         f"among the {world_size} processes: use a multiple of {world_size} (the "
-                         "learning rate is not rescaled with the number of processes)")
+        raise ConfigError(f"batch_size = {global_batch} is the global batch and must divide evenly "
+                          f"among the {world_size} processes: use a multiple of {world_size} (the "
+                          "learning rate is not rescaled with the number of processes)")
     return global_batch // world_size
 
 
@@ -288,13 +297,16 @@ class GlobalBatchObjective(nn.Module):
     def loss_function(self) -> tuple:
         return self.objective.loss_function
 
-    def forward(self, image_emb, caption_emb, logit_scale, logits, targets, class_weights=None):
+    def forward(self, image_emb, caption_emb, logit_scale, logits, targets, class_weights=None,
+                logit_bias=None):
         if not self.training:
-            return self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights)
+            return self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights,
+                                  logit_bias)
         if caption_emb is not None:  # image embeddings only enter the contrastive term
             image_emb, caption_emb = all_gather_with_grad(image_emb), all_gather_with_grad(caption_emb)
         logits, targets = all_gather_with_grad(logits), all_gather_with_grad(targets)
-        out = self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights)
+        out = self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights,
+                             logit_bias)
         return {**out, "global_logits": logits.detach(), "global_targets": targets}
 
 

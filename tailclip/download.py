@@ -22,6 +22,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from clip.download import DownloadError, download
+from tailclip.progress import show_progress
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LMPT_COMMIT = "aab39caca28362bfb9d9340f9c8a5cd75614e130"
@@ -209,7 +210,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.workers < 1:
         parser.error("--workers must be at least 1")
     try:
-        download_benchmark(args.dataset, args.root, full=args.full, workers=args.workers)
+        download_benchmark(args.dataset, args.root, full=args.full, workers=args.workers,
+                           progress=show_progress())
     except DownloadError as error:
         raise SystemExit(f"error: {error}") from None
 

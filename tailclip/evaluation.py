@@ -5,7 +5,6 @@ import math
 
 import torch
 
-import clip
 from tailclip.distributed import gather_eval, reduce_mean
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
@@ -46,7 +45,7 @@ def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, devic
         label_emb = model.encode_labels()
         if uses_captions:
             distinct, caption_of_image = torch.unique(caption_tokens, dim=0, return_inverse=True)
-            caption_emb = _encode_in_chunks(model.encode_texts, clip.trim_padding(distinct), chunk, device)
+            caption_emb = _encode_in_chunks(model.encode_texts, model.trim_text_padding(distinct), chunk, device)
             caption_of_image = caption_of_image.to(device)
     loss_sum = torch.zeros((), device=device)
     # Empty first entries: with several processes, one may have no batch at all.
@@ -59,7 +58,8 @@ def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, devic
             out = model.objective(
                 image_emb=image_emb,
                 caption_emb=caption_emb[caption_of_image[index.to(device)]] if uses_captions else None,
-                logit_scale=model.clip_model.logit_scale.exp(), logits=logits, targets=batch_targets)
+                logit_scale=model.clip_model.logit_scale.exp(), logits=logits, targets=batch_targets,
+                logit_bias=model.logit_bias)
         loss_sum += out["loss"].float() * batch_targets.shape[0]
         scores.append(scores_from_logits(logits.float(), model.score_kind))
         targets.append(batch_targets)

@@ -2,6 +2,10 @@
 
 Only the main process of a distributed run writes (``enabled=False`` elsewhere makes every
 method a no-op), so callers never check the rank themselves.
+
+One unit per reader: the files (``metrics.jsonl``, ``test_*.json``, checkpoints) store mAP,
+AP and AUROC as fractions in [0, 1] and say so (``"mAP_unit": "fraction"``); what a person
+reads, the console and TensorBoard's charts, shows them in percent.
 """
 import json
 import math
@@ -15,6 +19,19 @@ from tailclip.distributed import is_main_process
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
+MAP_UNIT = "fraction"  # of mAP, AP and AUROC in the files
+
+
+def in_percent(tag: str) -> bool:
+    """Whether TensorBoard shows the scalar ``tag`` in percent: mAP (any group) and AUROC."""
+    name = tag.rsplit("/", 1)[-1]
+    return "mAP" in name or "AUROC" in name
+
+
+def percent_scalars(record: dict) -> dict:
+    """``record``'s numbers as TensorBoard scalars: mAP and AUROC times 100, others as they are."""
+    return {tag: 100 * value if in_percent(tag) else value for tag, value in record.items()
+            if isinstance(value, (int, float)) and not isinstance(value, bool)}
 
 
 def say(message: str) -> None:
@@ -70,15 +87,14 @@ class RunLogger:
         """Log ``record``'s numbers as scalars at ``epoch`` and append it to metrics.jsonl.
 
         Keys are TensorBoard tags (``train/loss``, ``val/mAP``, ``lr``, ...); non-numeric
-        values go to the JSON line only.
+        values go to the JSON line only. Epoch 0 is the evaluation before training.
         """
         if not self.enabled:
             return
-        for tag, value in record.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool):
-                self.writer.add_scalar(tag, value, global_step=epoch)
+        for tag, value in percent_scalars(record).items():
+            self.writer.add_scalar(tag, value, global_step=epoch)
         self.writer.flush()
-        line = json.dumps(json_safe({"epoch": epoch, **record}), allow_nan=False)
+        line = json.dumps(json_safe({"epoch": epoch, "mAP_unit": MAP_UNIT, **record}), allow_nan=False)
         with open(self.metrics_path, "a") as f:
             f.write(line + "\n")
             f.flush()
@@ -96,7 +112,7 @@ class RunLogger:
         """The config with the final metrics, for TensorBoard's HParams tab."""
         if not self.enabled:
             return
-        visualize.log_hparams(self.writer, hparams, metrics, epoch)
+        visualize.log_hparams(self.writer, hparams, percent_scalars(metrics), epoch)
         self.writer.flush()
 
     def close(self) -> None:

@@ -4,6 +4,7 @@
   on max-normalised logits, with label smoothing and class weights on the positive term.
 - ``AsymmetricLoss`` (ASL, Ridnik et al., ICCV 2021) for ablations.
 - ``clip_contrastive_loss``: the symmetric InfoNCE loss of CLIP between images and captions.
+- ``sigmoid_contrastive_loss``: SigLIP's pairwise sigmoid loss, with the model's learned bias.
 - ``build_objective(cfg, class_weights)``: the weighted sum selected by ``cfg.loss_function``.
 
 Every loss is computed in (at least) float32, whatever the precision of the model.
@@ -12,7 +13,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .errors import TailCLIPError
+
 LOSS_NAMES = ("clip", "bal", "asl")
+
+
+class ContrastiveLossError(TailCLIPError, ValueError):
+    """``contrastive`` asks for a loss the backbone cannot compute."""
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -194,6 +201,25 @@ def clip_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
     return (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels)) / 2
 
 
+def sigmoid_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
+                             logit_scale: torch.Tensor, logit_bias: torch.Tensor) -> torch.Tensor:
+    """SigLIP's pairwise sigmoid loss (Zhai et al., ICCV 2023) for L2-normalised embeddings [B, D].
+
+    With logits z = logit_scale * image_emb @ text_emb.T + logit_bias and labels +1 on the
+    diagonal (an image and its caption), -1 elsewhere: L = -sum(log sigmoid(label * z)) / B.
+    Every pair is an independent binary problem, so the loss of a gathered global batch is
+    that of one process holding it.
+    """
+    if image_emb.dim() != 2 or image_emb.shape != text_emb.shape:
+        raise ValueError(
+            f"image and text embeddings must both be [batch, dim], got "
+            f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
+        )
+    logits = similarity_logits(logit_scale, image_emb, text_emb) + _at_least_float32(logit_bias)
+    labels = 2 * torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype) - 1
+    return -F.logsigmoid(labels * logits).sum() / logits.shape[0]
+
+
 class TailCLIPObjective(nn.Module):
     """Sum of the selected loss terms; the BAL/ASL terms are multiplied by ``asl_mul``.
 
@@ -201,23 +227,34 @@ class TailCLIPObjective(nn.Module):
     targets; returns ``{"loss": total, "loss_clip": ..., "loss_bal": ..., "loss_asl": ...}``
     (only the selected terms, each before its ``asl_mul`` factor). ``class_weights`` given
     to ``forward`` replace BAL's own for that call; both are ignored unless
-    ``use_class_weights``.
+    ``use_class_weights``. ``contrastive`` is the "clip" term, "softmax" (CLIP) or "sigmoid"
+    (SigLIP, which needs the model's ``logit_bias``).
     """
 
-    def __init__(self, loss_function, asl_mul=1.0, bal=None, asl=None, use_class_weights=True):
+    def __init__(self, loss_function, asl_mul=1.0, bal=None, asl=None, use_class_weights=True,
+                 contrastive="softmax"):
         super().__init__()
         self.loss_function = tuple(loss_function)
+        self.contrastive = contrastive
         self.asl_mul = asl_mul
         self.bal = bal
         self.asl = asl
         self.use_class_weights = use_class_weights
 
-    def forward(self, image_emb, caption_emb, logit_scale, logits, targets, class_weights=None):
+    @property
+    def uses_logit_bias(self) -> bool:
+        return "clip" in self.loss_function and self.contrastive == "sigmoid"
+
+    def forward(self, image_emb, caption_emb, logit_scale, logits, targets, class_weights=None,
+                logit_bias=None):
         terms = {}
         total = 0
         for name in self.loss_function:
             if name == "clip":
-                term = clip_contrastive_loss(image_emb, caption_emb, logit_scale)
+                if self.contrastive == "sigmoid":
+                    term = sigmoid_contrastive_loss(image_emb, caption_emb, logit_scale, logit_bias)
+                else:
+                    term = clip_contrastive_loss(image_emb, caption_emb, logit_scale)
                 total = total + term
             else:
                 if name == "bal":
@@ -230,12 +267,24 @@ class TailCLIPObjective(nn.Module):
         return {"loss": total, **terms}
 
 
-def build_objective(cfg, class_weights=None) -> TailCLIPObjective:
+def contrastive_kind(cfg, has_logit_bias: bool) -> str:
+    """The "clip" term ``cfg.contrastive`` asks for: "auto" is the backbone's own pretraining
+    objective, "sigmoid" for a model with a learned logit bias (SigLIP), else "softmax"."""
+    if cfg.contrastive == "auto":
+        return "sigmoid" if has_logit_bias else "softmax"
+    if cfg.contrastive == "sigmoid" and not has_logit_bias:
+        raise ContrastiveLossError(
+            f"contrastive = 'sigmoid' needs a backbone with a learned logit bias (a SigLIP model), "
+            f"and {cfg.model_name!r} has none; set contrastive = 'softmax' or 'auto'")
+    return cfg.contrastive
+
+
+def build_objective(cfg, class_weights=None, has_logit_bias: bool = False) -> TailCLIPObjective:
     """The objective selected by ``cfg.loss_function`` (a list of "clip", "bal", "asl").
 
     Uses ``cfg.asl_mul``, ``asl_gamma_neg``, ``asl_gamma_pos``, ``asl_clip``, ``asl_eps``,
-    ``label_smoothing`` and ``use_weighted_loss``: ``class_weights`` [C] enter BAL only when
-    ``cfg.use_weighted_loss`` is true.
+    ``label_smoothing``, ``use_weighted_loss`` (``class_weights`` [C] enter BAL only when it
+    is true) and ``contrastive`` (``has_logit_bias``: whether the backbone has one).
     """
     names = cfg.loss_function
     if isinstance(names, str) or not names:
@@ -258,4 +307,5 @@ def build_objective(cfg, class_weights=None) -> TailCLIPObjective:
     if "asl" in names:
         asl = AsymmetricLoss(**focusing)
     return TailCLIPObjective(names, cfg.asl_mul, bal=bal, asl=asl,
-                             use_class_weights=cfg.use_weighted_loss)
+                             use_class_weights=cfg.use_weighted_loss,
+                             contrastive=contrastive_kind(cfg, has_logit_bias))

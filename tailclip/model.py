@@ -46,14 +46,28 @@ class TailCLIP(nn.Module):
             parameter.requires_grad_(True)
         self.label_embedding_mode = cfg.label_embeddings
         self.score_kind = cfg.score
-        self.objective = build_objective(cfg, class_weights)
+        self.objective = build_objective(cfg, class_weights, has_logit_bias=self.logit_bias is not None)
+        if self.logit_bias is not None and not self.objective.uses_logit_bias:
+            # A parameter no loss term reaches would stop DistributedDataParallel.
+            self.logit_bias.requires_grad_(False)
+        # A text tower that reads the padding (SigLIP's pools the last position) says so.
+        self.trims_text_padding = getattr(clip_model, "trims_text_padding", True)
         # Derived from the class names and the weights: not part of a checkpoint.
-        self.register_buffer("label_tokens", trim_padding(label_tokens), persistent=False)
+        self.register_buffer("label_tokens", self.trim_text_padding(label_tokens), persistent=False)
         self.register_buffer("cached_label_emb", None, persistent=False)
 
     @property
     def num_classes(self) -> int:
         return self.label_tokens.shape[0]
+
+    @property
+    def logit_bias(self) -> torch.Tensor | None:
+        """The backbone's learned logit bias (SigLIP), or None."""
+        return getattr(self.clip_model, "logit_bias", None)
+
+    def trim_text_padding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """``clip.trim_padding(tokens)`` where the text tower allows it, else ``tokens``."""
+        return trim_padding(tokens) if self.trims_text_padding else tokens
 
     def encode_images(self, images: torch.Tensor) -> torch.Tensor:
         """L2-normalised image embeddings [N, D]."""
@@ -99,6 +113,7 @@ class TailCLIP(nn.Module):
             logits=logits,
             targets=targets,
             class_weights=class_weights,
+            logit_bias=self.logit_bias,
         )
         return {**out, "logits": logits, "image_emb": image_emb}
 

@@ -9,6 +9,8 @@ import contextlib
 
 import torch
 
+from tailclip.config import ConfigError
+
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # torch >= 2.9 sets TF32 per backend and operator (`fp32_precision`); the `allow_tf32`
@@ -23,7 +25,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if precision == "auto":
         return "bf16" if device.type == "cuda" else "fp32"
     if precision == "fp16" and device.type != "cuda":
-        raise ValueError("precision = 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
+        raise ConfigError("precision = 'fp16' needs a CUDA device; use 'bf16' or 'fp32' on the CPU")
     return precision
 
 

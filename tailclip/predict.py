@@ -20,12 +20,17 @@ from tailclip.checkpoint import load_checkpoint
 from tailclip.data.datasets import UnreadableImageError, load_image
 from tailclip.data.transforms import build_transform
 from tailclip.distributed import resolve_device
+from tailclip.errors import TailCLIPError
 from tailclip.run_folder import model_from_checkpoint
 from tailclip.precision import autocast, resolve_precision
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm"})
 OUTPUT_FORMATS = (".csv", ".json")
+
+
+class OutputFormatError(TailCLIPError, ValueError):
+    """``--output`` names a file whose extension is not a format ``write_results`` writes."""
 
 
 @dataclass
@@ -71,9 +76,9 @@ def load_predictor(checkpoint_path: str | Path, device: str = "auto") -> Predict
     and class prompts from the checkpoint itself. ``device``: "auto" (CUDA when available),
     "cpu", "cuda" or "cuda:N"; bf16 autocast on CUDA, float32 on the CPU.
     """
+    device = resolve_device(device)  # before the model is built: a missing GPU fails at once
     checkpoint = load_checkpoint(checkpoint_path)
     model, cfg = model_from_checkpoint(checkpoint, checkpoint_path)
-    device = resolve_device(device)
     metadata = {"checkpoint": str(checkpoint_path), "backbone": cfg.model_name,
                 "score": cfg.score}
     return Predictor(model, checkpoint["class_names"],
@@ -210,5 +215,5 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
 def check_output_path(path: str | Path) -> None:
     """Refuse an output file whose format is unknown, before any work is done."""
     if Path(path).suffix.lower() not in OUTPUT_FORMATS:
-        raise ValueError(f"--output {path}: unknown format; use a file name ending in "
+        raise OutputFormatError(f"--output {path}: unknown format; use a file name ending in "
                          f"{' or '.join(OUTPUT_FORMATS)}")

@@ -1,4 +1,4 @@
-"""Prompt learning on a frozen CLIP: `finetune = "prompt"` and `"prompt+visual"` (issue 9).
+"""Prompt learning on a frozen CLIP: `finetune = "prompt"` and `"prompt+visual"`.
 
 "prompt" (CoOp, Zhou et al., IJCV 2022): the words of the class prompt become `n_ctx`
 learnable context vectors, shared by all classes or one set per class
@@ -21,6 +21,7 @@ import clip
 from clip.architectures import vit_names
 from clip.model import VisionTransformer
 
+from .config import ConfigError
 from .data.captions import label_prompts
 from .model import TailCLIP, l2_normalise
 
@@ -42,7 +43,7 @@ def initial_context(clip_model: nn.Module, cfg, num_classes: int) -> torch.Tenso
         return torch.randn(shape, device=device) * 0.02
     caption_ids = clip.get_tokenizer().encode(cfg.class_caption)
     if len(caption_ids) != cfg.n_ctx:
-        raise ValueError(
+        raise ConfigError(
             f"ctx_init initialises the n_ctx = {cfg.n_ctx} context vectors from class_caption "
             f"{cfg.class_caption!r}, which is {len(caption_ids)} tokens long: set n_ctx = "
             f"{len(caption_ids)}, change class_caption, or set ctx_init = False")
@@ -105,11 +106,11 @@ class PromptTailCLIP(TailCLIP):
         if cfg.finetune not in PROMPT_MODES:
             raise ValueError(f"PromptTailCLIP needs finetune in {list(PROMPT_MODES)}, got {cfg.finetune!r}")
         if cfg.label_embeddings != "per_step":
-            raise ValueError(
+            raise ConfigError(
                 f"finetune = {cfg.finetune!r} trains the class prompts, which needs label_embeddings = "
                 f"'per_step' ({cfg.label_embeddings!r} encodes them without gradient)")
         if cfg.finetune == "prompt+visual" and not isinstance(clip_model.visual, VisionTransformer):
-            raise ValueError(
+            raise ConfigError(
                 f"finetune = 'prompt+visual' needs a Vision Transformer backbone ({', '.join(vit_names())}); "
                 f"model_name {cfg.model_name!r} has a ResNet image tower (use finetune = 'prompt')")
         if len(class_names) != label_tokens.shape[0]:

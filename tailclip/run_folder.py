@@ -11,9 +11,9 @@ import dataclasses
 import math
 
 from tailclip.checkpoint import FORMAT, VERSION, restore_rng_states, rng_states
-from tailclip.config import Config
+from tailclip.config import Config, ConfigError
 from tailclip.factory import build_model
-from tailclip.logger import say
+from tailclip.logger import MAP_UNIT, say
 from tailclip.model import TailCLIP
 from tailclip.prompt_learning import (PROMPT_MODES, PromptTailCLIP, load_trainable_state_dict,
                                       trainable_state_dict)
@@ -44,14 +44,14 @@ def check_checkpoint_matches(checkpoint: dict, cfg: Config, class_names: list[st
     """Refuse a checkpoint trained for other classes or another architecture than ``cfg``."""
     saved = checkpoint["config"]
     if checkpoint["class_names"] != list(class_names):
-        raise ValueError(
+        raise ConfigError(
             f"{path} was trained on {len(checkpoint['class_names'])} other classes "
             f"({', '.join(checkpoint['class_names'][:5])}, ...) than the config's dataset "
             f"{cfg.dataset!r} ({len(class_names)} classes: {', '.join(class_names[:5])}, ...)")
     for key in ("model_name", "size", "finetune"):
         if saved.get(key) != getattr(cfg, key):
-            raise ValueError(f"{path} holds a model with {key} = {saved.get(key)!r}, "
-                             f"but the config has {key} = {getattr(cfg, key)!r}")
+            raise ConfigError(f"{path} holds a model with {key} = {saved.get(key)!r}, "
+                              f"but the config has {key} = {getattr(cfg, key)!r}")
 
 
 def saves_trained_parameters_only(cfg: Config) -> bool:
@@ -79,8 +79,8 @@ def load_model_state(model: TailCLIP, checkpoint: dict, path) -> None:
         else:
             model.load_state_dict(checkpoint["model"])
     except (RuntimeError, ValueError) as error:
-        raise ValueError(f"{path}: the weights do not fit the model built from the config: "
-                         f"{error}") from None
+        raise ConfigError(f"{path}: the weights do not fit the model built from the config: "
+                          f"{error}") from None
 
 
 def trained_model(checkpoint: dict, cfg: Config, label_prompts: list[str], path,
@@ -110,6 +110,7 @@ def training_checkpoint(cfg: Config, data, trainer, state: TrainState, meter) ->
         "scheduler": trainer.scheduler.state_dict(),
         "scaler": trainer.scaler.state_dict(),
         "state": dataclasses.asdict(state),
+        "mAP_unit": MAP_UNIT,
         "epoch_progress": meter.state_dict() if state.step_in_epoch else None,
         "label_embeddings": trainer.model.cached_label_emb if state.step_in_epoch else None,
         "config": cfg.to_dict(),

@@ -34,6 +34,7 @@ from tailclip.config import Config
 from tailclip.data import build_data
 from tailclip.distributed import (barrier, distribute_model, init_distributed, is_main_process,
                                   main_process_first, max_over_processes, rank_and_world)
+from tailclip.errors import MissingFileError, TailCLIPError
 from tailclip.evaluation import Evaluation, evaluate_model, percent, val_line, val_record
 from tailclip.factory import build_model, seed_everything, set_cpu_threads
 from tailclip.logger import RunLogger, say
@@ -41,12 +42,13 @@ from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer, build_scheduler
 from tailclip.precision import autocast, grad_scaler, resolve_precision, set_tf32
+from tailclip.progress import show_progress
 from tailclip.run_folder import (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT, NEWEST_CHECKPOINT,
                                  TrainState, check_checkpoint_matches, report_config_changes,
                                  restore_training, training_checkpoint)
 
 
-class NonFiniteLossError(RuntimeError):
+class NonFiniteLossError(TailCLIPError, RuntimeError):
     """The loss became NaN or infinite more often than ``max_nonfinite_steps`` allows."""
 
 
@@ -199,8 +201,8 @@ def train_one_epoch(trainer: Trainer, batches: SplitBatches, state: TrainState, 
             model.refresh_label_embeddings()
     lr = trainer.optimizer.param_groups[0]["lr"]
     bar = tqdm(total=batches.steps_per_epoch(), initial=state.step_in_epoch, leave=False,
-               desc=f"epoch {epoch + 1}/{epochs}", unit="step", disable=not is_main_process(),
-               dynamic_ncols=True)
+               desc=f"epoch {epoch + 1}/{epochs}", unit="step",
+               disable=not (is_main_process() and show_progress()), dynamic_ncols=True)
     started, seen, world = time.perf_counter(), 0, rank_and_world()[1]
     for images, targets, tokens, _ in batches.batches(trainer.device, epoch, state.step_in_epoch):
         out = train_step(trainer, images, targets, tokens, state, epoch)
@@ -238,7 +240,7 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
     checkpoint = None
     if resume:
         if not (run_dir / NEWEST_CHECKPOINT).is_file():
-            raise FileNotFoundError(f"cannot resume: no {run_dir / NEWEST_CHECKPOINT}")
+            raise MissingFileError(f"cannot resume: no {run_dir / NEWEST_CHECKPOINT}")
         checkpoint = load_checkpoint(run_dir / NEWEST_CHECKPOINT)
     processes = init_distributed(cfg.device)
     device = processes.device
@@ -302,10 +304,17 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
         return evaluate_model(model, test_batches.batches(device), data.test.caption_tokens, device,
                               precision, data.groups)
 
+    def log_pictures(epoch: int, evaluation: Evaluation) -> None:
+        logger.log_evaluation(epoch, evaluation.scores, evaluation.targets, evaluation.metrics["AP"],
+                              data.class_names, data.groups, class_counts)
+
     with logger, _StopOnSignal() as stop:
-        if checkpoint is None:  # where training starts from, for the summary at the end
-            start = val_record(validate())
+        if checkpoint is None:  # where training starts from: epoch 0 of the logs and the summary
+            evaluation = validate()
+            start = val_record(evaluation)
             state.start_mAP = start["val/mAP"]
+            logger.log_epoch(0, start)
+            log_pictures(0, evaluation)
             say(f"epoch 0/{cfg.epochs} (before training)  {val_line(start)}")
         for epoch in range(state.epoch, cfg.epochs):
             started = time.perf_counter()
@@ -330,8 +339,7 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
                            "time/eval_s": time.perf_counter() - started - train_seconds,
                            "time/epoch_s": time.perf_counter() - started})
             logger.log_epoch(state.epoch, record)
-            logger.log_evaluation(state.epoch, evaluation.scores, evaluation.targets,
-                                  evaluation.metrics["AP"], data.class_names, data.groups, class_counts)
+            log_pictures(state.epoch, evaluation)
             say(_epoch_line(state.epoch, cfg.epochs, record))
             save(names)
             if stop.agree() and state.epoch < cfg.epochs:

@@ -1,17 +1,25 @@
 """train.py on bad inputs: each stops before training with exit code 1 and one error
 paragraph (no traceback) that names the file, the line or the images; with
-skip_unreadable_images, unreadable images are left out, logged and counted.
+skip_unreadable_images, unreadable images are left out, logged and counted. The same for
+the three command lines on a config file that cannot run, a device the machine lacks and a
+file that is not a checkpoint; and a bug of ours keeps its traceback.
 
 Each case is a tiny custom dataset (tests/tiny_dataset.py) with one defect, run through
 train.py's ``main`` in this process (a process start-up costs more than a case); one case runs
 train.py as a subprocess, as a user runs it."""
+import re
 import runpy
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from tailclip.config import ConfigError
+from tailclip.data.splits import SplitFormatError, read_split
+from tailclip.distributed import resolve_device
+from tailclip.errors import DeviceError
 from tailclip.logger import read_metrics
 from tiny_dataset import TRAIN_LABELS, split_lines, truncate, write_config, write_dataset, write_lines
 
@@ -100,6 +108,19 @@ def unknown_class(case: Path):
     return args, [message], []
 
 
+def class_name_too_long(case: Path):
+    root, args = tiny(case)
+    write_lines(root / "classes.txt", ["cat" + " very" * 80 + " long 0", "dog 1", "red car 2", "tree 3"])
+    return args, ["more than the context length 77", "'a photo of a cat very very"], []
+
+
+def cache_folder_not_writable(case: Path):
+    root, args = tiny(case)
+    (root / "cache").write_text("a file where the image cache's folder belongs\n")
+    return args, [f"cannot write the image cache {root / 'cache'}/train_",
+                  "make that folder writable, or set image_cache = False"], []
+
+
 FAILURES = {
     "missing_images": missing_images,
     "voc_not_downloaded": voc_not_downloaded,
@@ -110,6 +131,8 @@ FAILURES = {
     "empty_split": empty_split,
     "class_without_training_image": class_without_training_image,
     "unknown_class": unknown_class,
+    "cache_folder_not_writable": cache_folder_not_writable,
+    "class_name_too_long": class_name_too_long,
 }
 
 
@@ -145,7 +168,7 @@ def test_bad_input_stops_with_a_message(train_main, case, tmp_path, capsys):
     assert train_main(args) == 1
     captured = capsys.readouterr()
     check_message(captured.err, expected, unexpected)
-    if case != "truncated_jpeg_uncached":  # that one is met in the first epoch
+    if case not in ("truncated_jpeg_uncached", "cache_folder_not_writable"):  # met after the model is built
         assert "training " not in captured.out  # stopped before the model was built
     assert not list(tmp_path.glob("runs/*/*.pt"))
 
@@ -161,7 +184,7 @@ def test_unreadable_images_are_skipped_and_counted(train_main, tmp_path, capsys,
     for path in skipped:
         assert caplog.text.count(f"skipping unreadable image: cannot read image {root / path}") == 1
     assert "unreadable images left out: 1 train, 1 test" in capsys.readouterr().out
-    [record] = read_metrics(tmp_path / "runs" / "tiny")
+    [_, record] = read_metrics(tmp_path / "runs" / "tiny")  # epoch 0 (before training), epoch 1
     assert (record["data/unreadable_train_images"], record["data/unreadable_test_images"]) == (1, 1)
 
 
@@ -173,3 +196,110 @@ def test_test_py_names_an_unreadable_test_image(tmp_path, capsys):
     test_main = runpy.run_path(str(REPO / "test.py"))["main"]
     assert test_main([*args, "--zeroshot=True"]) == 1
     check_message(capsys.readouterr().err, [f"cannot read image {root / 'images/test/03.jpg'}"], [])
+
+
+BROKEN_CONFIGS = {  # config text, its line at fault, the message after "file:line: "
+    "syntax_error": ("class CFG:\n    lr = (1e-3\n    epochs = 2\n", 2, "SyntaxError: '(' was never closed"),
+    "import_error": ("import tailclip.no_such_module\n\nclass CFG:\n    lr = 1e-3\n", 1,
+                     "ModuleNotFoundError: No module named 'tailclip.no_such_module'"),
+    "exception": ("class CFG:\n    lr = 1e-3\n    epochs = int('two')\n", 3,
+                  "ValueError: invalid literal for int() with base 10: 'two'"),
+}
+
+
+@pytest.mark.parametrize("case", BROKEN_CONFIGS)
+@pytest.mark.parametrize("script", ["train.py", "test.py"])
+def test_config_that_cannot_run_is_one_line_naming_file_and_line(script, case, tmp_path, capsys):
+    text, line, message = BROKEN_CONFIGS[case]
+    config = tmp_path / "broken.py"
+    config.write_text(text)
+    assert runpy.run_path(str(REPO / script))["main"]([f"--config={config}"]) == 1
+    stderr = capsys.readouterr().err
+    check_message(stderr, [f"error: {config}:{line}: {message}"], [])
+    assert stderr.count("\n") == 1
+
+
+def test_config_syntax_error_as_a_user_runs_it(tmp_path):
+    config = tmp_path / "broken.py"
+    config.write_text(BROKEN_CONFIGS["syntax_error"][0])
+    result = subprocess.run([sys.executable, "train.py", f"--config={config}"], cwd=REPO,
+                            capture_output=True, text=True, timeout=120, check=False)
+    assert result.returncode == 1
+    assert result.stderr == f"error: {config}:2: SyntaxError: '(' was never closed\n"
+
+
+# A device this machine does not have: without CUDA, any GPU; with it, one past the last.
+MISSING_DEVICES = ([f"cuda:{torch.cuda.device_count()}"] if torch.cuda.is_available()
+                   else ["cuda", "cuda:1"])
+
+
+@pytest.mark.parametrize("device", MISSING_DEVICES)
+def test_missing_device_is_one_line_in_every_command_line(device, tmp_path, capsys):
+    root, args = tiny(tmp_path)
+    expected = f"device = {device!r} but this machine has "
+    runs = {"train.py": [*args, "--set", f"device={device}"],
+            "test.py": [*args, "--set", f"device={device}", "--zeroshot"],
+            # The device is checked before the checkpoint is read.
+            "predict.py": ["--checkpoint=any.pt", f"--device={device}", str(root / "images")]}
+    for script, argv in runs.items():
+        assert runpy.run_path(str(REPO / script))["main"](argv) == 1, script
+        stderr = capsys.readouterr().err
+        check_message(stderr, [expected], [])
+        assert stderr.count("\n") == 1, script
+    assert not (tmp_path / "runs").exists()
+
+
+def test_resolve_device_names_the_gpus_there_are(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert resolve_device("cuda:0") == torch.device("cuda", 0)
+    with pytest.raises(DeviceError, match=re.escape("device = 'cuda:1' but this machine has 1 GPU(s), "
+                                                    "cuda:0 to cuda:0")):
+        resolve_device("cuda:1")
+    with pytest.raises(ConfigError, match="expected 'auto', 'cpu', 'cuda' or 'cuda:N'"):
+        resolve_device("gpu")
+
+
+def non_checkpoints(folder: Path) -> list[Path]:
+    """Files that are not TailCLIP checkpoints: text, a pickled module (torch advises
+    weights_only=False for it), a plain state dict (a CLIP weights file, say)."""
+    folder.mkdir()
+    text, module, state_dict = folder / "notes.pt", folder / "module.pt", folder / "weights.pt"
+    text.write_text("not a checkpoint\n")
+    torch.save(torch.nn.Linear(2, 2), module)
+    torch.save(torch.nn.Linear(2, 2).state_dict(), state_dict)
+    return [text, module, state_dict]
+
+
+def test_non_checkpoint_is_named_without_torch_advice(tmp_path, capsys):
+    root, args = tiny(tmp_path)
+    for path in non_checkpoints(tmp_path / "files"):
+        for script, argv in (("test.py", [*args, f"--checkpoint={path}"]),
+                             ("predict.py", [f"--checkpoint={path}", str(root / "images")])):
+            assert runpy.run_path(str(REPO / script))["main"](argv) == 1, (script, path)
+            stderr = capsys.readouterr().err
+            check_message(stderr, [f"{path} is not a TailCLIP checkpoint"], ["weights_only", "torch.load"])
+            assert stderr.count("\n") == 1
+
+
+def raise_a_bug(*args, **kwargs):
+    raise ValueError("a bug of ours")
+
+
+@pytest.mark.parametrize("script, function", [("train.py", "tailclip.training.build_data"),
+                                              ("test.py", "tailclip.report.build_data"),
+                                              ("predict.py", "tailclip.predict.load_checkpoint")])
+def test_a_bug_keeps_its_traceback(script, function, tmp_path, monkeypatch):
+    # An exception that is not a TailCLIPError reaches Python, which prints its traceback.
+    root, args = tiny(tmp_path)
+    argv = {"train.py": args, "test.py": [*args, "--zeroshot"],
+            "predict.py": ["--checkpoint=any.pt", "--device=cpu", str(root / "images")]}[script]
+    main = runpy.run_path(str(REPO / script))["main"]
+    monkeypatch.setattr(function, raise_a_bug)
+    with pytest.raises(ValueError, match="a bug of ours"):
+        main(argv)
+
+
+def test_split_file_that_cannot_be_read_is_named(tmp_path):
+    with pytest.raises(SplitFormatError, match=re.escape(f"{tmp_path}: cannot be read (Is a directory)")):
+        read_split(tmp_path, num_classes=2)

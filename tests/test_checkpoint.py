@@ -101,42 +101,47 @@ def _scalars(run_dir) -> dict:
 def test_logger_writes_jsonl_tensorboard_and_config(tmp_path):
     logger = RunLogger(tmp_path)
     logger.log_config({"lr": 1e-6, "model_name": "ViT-tiny"})
-    logger.log_epoch(1, {"train/loss": 2.0, "val/mAP": 40.0, "note": "text", "val/nan": float("nan")})
-    logger.log_epoch(2, {"train/loss": 1.5, "val/mAP": 55.0})
+    logger.log_epoch(1, {"train/loss": 2.0, "val/mAP": 0.375, "val/AUROC": 0.75, "note": "text",
+                         "val/nan": float("nan")})
+    logger.log_epoch(2, {"train/loss": 1.5, "val/mAP": 0.5, "best/val_mAP_tail": 0.25})
     logger.close()
 
     assert json.loads((tmp_path / "config.json").read_text()) == {"lr": 1e-6, "model_name": "ViT-tiny"}
+    # The file holds fractions and says so; TensorBoard shows mAP and AUROC in percent.
     records = read_metrics(tmp_path)
-    assert records[0] == {"epoch": 1, "train/loss": 2.0, "val/mAP": 40.0, "note": "text", "val/nan": None}
-    assert [r["val/mAP"] for r in records] == [40.0, 55.0]
+    assert records[0] == {"epoch": 1, "mAP_unit": "fraction", "train/loss": 2.0, "val/mAP": 0.375,
+                          "val/AUROC": 0.75, "note": "text", "val/nan": None}
+    assert [r["val/mAP"] for r in records] == [0.375, 0.5]
     scalars = _scalars(tmp_path)
-    assert scalars["val/mAP"] == [(1, 40.0), (2, 55.0)]
-    assert "note" not in scalars
+    assert scalars["val/mAP"] == [(1, 37.5), (2, 50.0)]
+    assert scalars["val/AUROC"] == [(1, 75.0)] and scalars["best/val_mAP_tail"] == [(2, 25.0)]
+    assert scalars["train/loss"] == [(1, 2.0), (2, 1.5)]
+    assert "note" not in scalars and "mAP_unit" not in scalars
 
 
 def test_resumed_logger_drops_records_after_the_checkpoint(tmp_path):
     logger = RunLogger(tmp_path)
     for epoch in (1, 2, 3):
-        logger.log_epoch(epoch, {"val/mAP": float(epoch)})
+        logger.log_epoch(epoch, {"val/loss": float(epoch)})
     logger.close()
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 4, "val/m')  # a line cut short by kill -9
 
     logger = RunLogger(tmp_path, resume_epoch=2)  # the last checkpoint was after epoch 2
-    logger.log_epoch(3, {"val/mAP": 30.0})
+    logger.log_epoch(3, {"val/loss": 30.0})
     logger.close()
-    assert [(r["epoch"], r["val/mAP"]) for r in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 30.0)]
-    assert _scalars(tmp_path)["val/mAP"] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+    assert [(r["epoch"], r["val/loss"]) for r in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+    assert _scalars(tmp_path)["val/loss"] == [(1, 1.0), (2, 2.0), (3, 30.0)]
 
 
 def test_fresh_run_replaces_old_logs_and_disabled_logger_writes_nothing(tmp_path):
     old = RunLogger(tmp_path)
-    old.log_epoch(1, {"val/mAP": 1.0})
+    old.log_epoch(1, {"val/loss": 1.0})
     old.close()
     new = RunLogger(tmp_path)
-    new.log_epoch(1, {"val/mAP": 9.0})
+    new.log_epoch(1, {"val/loss": 9.0})
     new.close()
-    assert _scalars(tmp_path)["val/mAP"] == [(1, 9.0)]
+    assert _scalars(tmp_path)["val/loss"] == [(1, 9.0)]
     assert len(read_metrics(tmp_path)) == 1
 
     quiet = RunLogger(tmp_path / "rank1", enabled=False)

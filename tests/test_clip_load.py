@@ -9,6 +9,7 @@ from torch import nn
 import open_clip  # the reference implementation (requirements-dev.txt)
 
 import clip
+from clip.factory import WeightsFileError
 
 
 def _perturbed(state_dict: dict, seed: int) -> dict:
@@ -120,7 +121,10 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
     state["visual.extra.weight"] = torch.zeros(1)
     path = tmp_path / "broken.pt"
     torch.save(state, path)
-    with pytest.raises(RuntimeError, match=r"broken\.pt.*ln_final\.bias.*visual\.extra\.weight"):
+    with pytest.raises(WeightsFileError, match=r"broken\.pt.*ln_final\.bias.*visual\.extra\.weight"):
+        clip.load(path)
+    path.write_bytes(b"not weights")
+    with pytest.raises(WeightsFileError, match=r"broken\.pt does not hold CLIP weights"):
         clip.load(path)
     with pytest.raises(ValueError, match="not a CLIP state dict: missing text_projection"):
         clip.build_model({"visual.conv1.weight": torch.zeros(1)})

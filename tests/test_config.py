@@ -8,7 +8,7 @@ import pytest
 
 from tailclip.config import Config, ConfigError, load_config, parse_bool, parse_override
 
-# The published settings (issue 5, from the paper's configs), written out independently of
+# The published settings (from the paper's configs), written out independently of
 # the config files they check.
 COMMON = dict(
     class_caption="a photo of a ", use_dataset_train_captions=False, size=224, max_length=77,
@@ -86,7 +86,7 @@ def test_unknown_option_names_the_file_and_suggests_the_closest(tmp_path):
     ("batch_size = True", "batch_size: must be an int, got bool True"),
     ("epochs = 2.0", "epochs: must be an int, got float 2.0"),
     ("lr = '1e-5'", "lr: must be a number, got str '1e-5'"),
-    ("pretrained = 1", "pretrained: must be True or False, got int 1"),
+    ("pretrained = 1", "pretrained: must be True, False or a string, got int 1"),
     ("model_name = None", "model_name: must be a string, got NoneType None"),
     ("loss_function = 'clip'", "loss_function: must be a list of strings"),
     ("dataset = 'voc'", "dataset: must be one of 'voc_mlt', 'coco_mlt', 'synthetic_mlt', 'custom', got 'voc'"),
@@ -178,7 +178,7 @@ def test_parse_override(text, expected):
     ("=3", "expected key=value"),
     ("learning_rat=1e-5", "learning_rat: unknown option"),
     ("asl_gama_neg=4", "did you mean 'asl_gamma_neg'?"),
-    ("pretrained=yes", "pretrained: expected True/False/true/false/1/0, got 'yes'"),
+    ("compile=yes", "compile: expected True/False/true/false/1/0, got 'yes'"),
 ])
 def test_bad_override_is_an_error(text, message):
     with pytest.raises(ConfigError, match=re.escape(f"--set {text}: ") + ".*" + re.escape(message)):

@@ -57,7 +57,7 @@ def test_readme_custom_dataset_example(scripts, tmp_path, monkeypatch, capsys):
         assert scripts[script](args) == 0, line
         output = capsys.readouterr().out
         if script == "train.py":
-            [record] = read_metrics(runs / "my_data")
+            [_, record] = read_metrics(runs / "my_data")  # epoch 0 (before training), epoch 1
             assert 0 < record["val/mAP"] < 1 and math.isfinite(record["val/mAP_tail"])
             assert "on custom (1142 train, 1500 test images)" in output
         elif script == "test.py":
@@ -93,7 +93,7 @@ def test_test_py_writes_strict_json_and_charts(scripts, tmp_path):
         assert list(report["per_class_AP"]) == CLASS_NAMES
         assert report["per_class_AP"]["tree"] is None
         assert all(0 <= report["per_class_AP"][name] <= 1 for name in CLASS_NAMES[:3])
-    for name in ("per_class_ap.png", "per_class_ap_zeroshot.png"):
+    for name in ("per_class_ap_best_valid_mAP.png", "per_class_ap_zeroshot.png"):
         with Image.open(run_dir / name) as chart:
             assert chart.format == "PNG"
             chart.verify()

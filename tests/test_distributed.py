@@ -1,4 +1,4 @@
-"""Distributed training (issue 7): 2 CPU processes (gloo) against one process.
+"""Distributed training: 2 CPU processes (gloo) against one process.
 
 The two-process tests spawn the processes once. With the tiny ViT and the same weights
 everywhere, each process checks against itself alone: the training step on its
@@ -306,7 +306,7 @@ def test_torchrun_train_and_test_with_two_processes_match_one(small_dataset):
     assert sorted(p.name for p in (runs / "two").glob("*.pt")) == sorted(
         ["best_valid_mAP.pt", "best_valid_mAP_tail.pt", "newest_train_checkpoint.pt"])
     assert len(list((runs / "two").glob("events.out.tfevents.*"))) == 1
-    (record_two,), (record_one,) = read_metrics(runs / "two"), read_metrics(runs / "one")
+    (_, record_two), (_, record_one) = read_metrics(runs / "two"), read_metrics(runs / "one")
     assert json.loads((runs / "two" / "config.json").read_text())["batch_size"] == 16
     # The same batches, flips and evaluation batches as one process: equal to float
     # rounding over 3 steps (the first step's agree to 1e-5, test_step_equals_single_process_step).

@@ -20,7 +20,7 @@ def served(http_server):
 
 
 def test_download_writes_file_with_progress_bar(served, tmp_path, capsys):
-    path = download(f"{served.url}/weights.bin", tmp_path / "cache", sha256=PAYLOAD_SHA256)
+    path = download(f"{served.url}/weights.bin", tmp_path / "cache", sha256=PAYLOAD_SHA256, progress=True)
     assert path == tmp_path / "cache" / "weights.bin"
     assert path.read_bytes() == PAYLOAD
     assert not path.with_name("weights.bin.part").exists()
@@ -32,6 +32,13 @@ def test_download_writes_file_with_progress_bar(served, tmp_path, capsys):
 def test_progress_false_prints_nothing(served, tmp_path, capsys):
     download(f"{served.url}/weights.bin", tmp_path, progress=False, filename="renamed.bin")
     assert (tmp_path / "renamed.bin").read_bytes() == PAYLOAD
+    assert capsys.readouterr().err == ""
+
+
+def test_no_progress_bar_by_default_when_stderr_is_not_a_terminal(served, tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("TAILCLIP_PROGRESS", raising=False)
+    download(f"{served.url}/weights.bin", tmp_path)  # capsys's stderr is no terminal
+    assert (tmp_path / "weights.bin").read_bytes() == PAYLOAD
     assert capsys.readouterr().err == ""
 
 

@@ -75,8 +75,8 @@ def test_kill_during_checkpoint_write_then_resume(tmp_path, capsys):
     assert train_main([f"--config={config}", "--resume"]) == 0
     assert f"removed {partial}" in capsys.readouterr().out
     assert not list(run_dir.glob(".*.tmp"))
-    records = read_metrics(run_dir)
-    assert [record["epoch"] for record in records] == [1, 2]
+    start, *records = read_metrics(run_dir)
+    assert [record["epoch"] for record in (start, *records)] == [0, 1, 2]
     assert load_checkpoint(run_dir / CHECKPOINTS[2])["state"]["epoch"] == 2
     # The best checkpoints are those of the best logged epochs, and usable on their own.
     images = torch.randn(2, 3, 64, 64)

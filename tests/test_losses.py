@@ -25,7 +25,7 @@ def sigmoid(v):
 
 def bal_by_hand(z, y, smoothing=0.0, weights=None, gamma_neg=4.0, gamma_pos=0.0, clip=0.05,
                 eps=1e-8):
-    """The BAL formula of issue 4, entry by entry, in plain Python on normalised logits z."""
+    """The BAL formula of the paper, entry by entry, in plain Python on normalised logits z."""
     num_classes = len(z[0])
     total = 0.0
     for z_row, y_row in zip(z, y):
@@ -373,7 +373,8 @@ def test_contrastive_loss_rejects_mismatched_embeddings():
 
 def make_cfg(**overrides):
     cfg = dict(loss_function=["clip", "bal"], asl_mul=1.0, asl_gamma_neg=4.0, asl_gamma_pos=0.0,
-               asl_clip=0.05, asl_eps=1e-8, label_smoothing=0.0, use_weighted_loss=True)
+               asl_clip=0.05, asl_eps=1e-8, label_smoothing=0.0, use_weighted_loss=True,
+               contrastive="auto")
     cfg.update(overrides)
     return SimpleNamespace(**cfg)
 

@@ -16,6 +16,7 @@ CLASS_NAMES = ["red", "green", "blue", "yellow", "cyan"]
 def make_cfg(**overrides):
     cfg = dict(loss_function=["clip", "bal"], asl_mul=1.0, asl_gamma_neg=4.0, asl_gamma_pos=0.0,
                asl_clip=0.05, asl_eps=1e-8, label_smoothing=0.0, use_weighted_loss=True,
+               contrastive="auto",
                label_embeddings="per_step", score="softmax")
     cfg.update(overrides)
     return SimpleNamespace(**cfg)

@@ -203,12 +203,12 @@ def test_exit_code_1_when_no_image_can_be_read(trained_run, tmp_path, predict_cl
     assert "no image found" in capsys.readouterr().err
 
 
-def test_bad_arguments_and_checkpoints_exit_2(tmp_path, predict_cli, capsys):
+def test_bad_checkpoints_exit_1_and_bad_arguments_exit_2(tmp_path, predict_cli, capsys):
     not_a_checkpoint = tmp_path / "weights.pt"
     not_a_checkpoint.write_text("not a checkpoint\n")
-    assert predict_cli.main([f"--checkpoint={not_a_checkpoint}", str(tmp_path)]) == 2
+    assert predict_cli.main([f"--checkpoint={not_a_checkpoint}", str(tmp_path)]) == 1
     assert f"{not_a_checkpoint} is not a TailCLIP checkpoint" in capsys.readouterr().err
-    assert predict_cli.main([f"--checkpoint={tmp_path / 'nope.pt'}", str(tmp_path)]) == 2
+    assert predict_cli.main([f"--checkpoint={tmp_path / 'nope.pt'}", str(tmp_path)]) == 1
     assert "checkpoint not found" in capsys.readouterr().err
     for bad in (["--output", "results.txt"], ["--top-k", "0"]):
         with pytest.raises(SystemExit) as exit_info:

@@ -1,4 +1,4 @@
-"""Prompt-mode checkpoints (issue 9): on OpenAI weights they hold only the trained parameters
+"""Prompt-mode checkpoints: on OpenAI weights they hold only the trained parameters
 and the backbone name, and load on top of the backbone rebuilt by name; on a random backbone
 (pretrained = False), which no name can rebuild, they hold every weight. train.py --resume,
 test.py and predict.py use both kinds.
@@ -122,8 +122,8 @@ def test_prompt_run_with_resume_test_and_predict(openai_weights, tmp_path, monke
 
     # --resume loads the prompts on top of the rebuilt backbone and finishes the run.
     assert train_main([f"--config={config}", "--resume"]) == 0
-    records = read_metrics(run_dir)
-    assert [record["epoch"] for record in records] == [1, 2]
+    start, *records = read_metrics(run_dir)
+    assert [record["epoch"] for record in (start, *records)] == [0, 1, 2]
     finished = load_checkpoint(run_dir / "newest_train_checkpoint.pt")["model"]["parameters"]
     assert not torch.equal(finished["prompt_learner.context"],
                            stopped["model"]["parameters"]["prompt_learner.context"])

@@ -16,7 +16,7 @@ from tailclip.data.synthetic import CLASS_NAMES
 from tailclip.logger import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
-# The logged scalars issue 5 asks for (with each loss term and the timings).
+# The scalars every epoch logs (with each loss term and the timings).
 EPOCH_TAGS = ["train/loss", "train/loss_clip", "train/loss_bal", "train/mAP", "train/mAP_head",
               "train/mAP_medium", "train/mAP_tail", "train/AUROC", "val/loss", "val/mAP",
               "val/mAP_head", "val/mAP_medium", "val/mAP_tail", "val/AUROC", "lr",
@@ -44,8 +44,12 @@ def test_py():
 def test_training_writes_checkpoints_metrics_and_tensorboard(demo_run):
     runs, output = demo_run
     run_dir = runs / "demo"
-    records = read_metrics(run_dir)
-    assert [r["epoch"] for r in records] == [1, 2]
+    start, *records = read_metrics(run_dir)
+    assert [r["epoch"] for r in (start, *records)] == [0, 1, 2]
+    # Epoch 0 is the evaluation before training: every val/* curve starts there.
+    assert {key for key in start if key.startswith("val/")} == {tag for tag in EPOCH_TAGS if tag.startswith("val/")}
+    assert not any(key.startswith(("train/", "lr", "best/")) for key in start)
+    assert all(r["mAP_unit"] == "fraction" and 0 <= r["val/mAP"] <= 1 for r in (start, *records))
     for record in records:
         for tag in EPOCH_TAGS:
             assert math.isfinite(record[tag]), (tag, record)
@@ -57,15 +61,18 @@ def test_training_writes_checkpoints_metrics_and_tensorboard(demo_run):
     events = EventAccumulator(str(run_dir))
     events.Reload()
     assert set(EPOCH_TAGS) <= set(events.Tags()["scalars"])
-    for tag in EPOCH_TAGS:
+    for tag in EPOCH_TAGS:  # mAP and AUROC in percent on the charts
+        scale = 100 if "mAP" in tag or "AUROC" in tag else 1
         logged = [(e.step, e.value) for e in events.Scalars(tag)]
-        assert logged == [(r["epoch"], pytest.approx(r[tag], rel=1e-6)) for r in records], tag
+        assert logged == [(r["epoch"], pytest.approx(scale * r[tag], rel=1e-6))
+                          for r in (start, *records) if tag in r], tag
     assert "config/text_summary" in events.Tags()["tensors"]
 
     config = json.loads((run_dir / "config.json").read_text())
     assert config["epochs"] == 2 and config["batch_size"] == 128
 
     newest, best, best_tail = (load_checkpoint(run_dir / name) for name in reversed(CHECKPOINTS))
+    assert newest["mAP_unit"] == "fraction"
     assert newest["state"]["epoch"] == 2 and newest["state"]["global_step"] == 2 * math.ceil(1142 / 128)
     assert newest["config"] == config
     assert newest["class_names"] == CLASS_NAMES
@@ -83,7 +90,7 @@ def test_training_writes_checkpoints_metrics_and_tensorboard(demo_run):
 def test_test_py_on_best_checkpoint_and_zeroshot(demo_run, test_py, capsys):
     runs, _ = demo_run
     run_dir = runs / "demo"
-    records = read_metrics(run_dir)
+    _, *records = read_metrics(run_dir)  # the trained epochs
     assert test_py(["--config=configs/demo.py", "--checkpoint=best_valid_mAP.pt",
                     "--set", f"run_dir={runs}"]) == 0
     printed = capsys.readouterr().out
@@ -99,7 +106,8 @@ def test_test_py_on_best_checkpoint_and_zeroshot(demo_run, test_py, capsys):
     subsets = report["subsets"]
     assert subsets["multi_label"]["num_images"] + subsets["single_label"]["num_images"] == 1500
     assert {"PD", "ND", "PD_ND", "PD_ND_head", "PD_ND_medium", "PD_ND_tail"} <= set(report["pd_nd"])
-    assert (run_dir / "per_class_ap.png").read_bytes().startswith(b"\x89PNG")
+    assert report["mAP_unit"] == "fraction"
+    assert (run_dir / "per_class_ap_best_valid_mAP.png").read_bytes().startswith(b"\x89PNG")
 
     assert test_py(["--config=configs/demo.py", "--zeroshot=True", "--set", f"run_dir={runs}"]) == 0
     zeroshot = json.loads((run_dir / "test_zeroshot.json").read_text())

@@ -240,7 +240,7 @@ def test_nan_during_training_stops_without_touching_checkpoints(tmp_path, monkey
     assert f"non-finite loss (nan) at epoch 2, step 2 (global step {steps_per_epoch + 2})" in message
     assert "no checkpoint was written" in message
     run_dir = tmp_path / "demo"
-    assert [record["epoch"] for record in read_metrics(run_dir)] == [1]
+    assert [record["epoch"] for record in read_metrics(run_dir)] == [0, 1]
     for name in ("newest_train_checkpoint.pt", "best_valid_mAP.pt", "best_valid_mAP_tail.pt"):
         state = load_checkpoint(run_dir / name)["state"]
         assert (state["epoch"], state["nonfinite_steps"]) == (1, 0), name

@@ -47,6 +47,8 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from tailclip.errors import TailCLIPError
+
 from .datasets import load_image
 from .transforms import resize
 
@@ -68,6 +70,10 @@ def _file_stamp(path: Path) -> list[int] | None:
     except OSError:
         return None
     return [stat.st_size, stat.st_mtime_ns]
+
+
+class CacheWriteError(TailCLIPError, OSError):
+    """The image cache's folder cannot be written (read-only, no such folder, no space)."""
 
 
 class CachedImages:
@@ -117,11 +123,15 @@ class CachedImages:
         return array
 
     def _build(self) -> np.ndarray:
-        self.file.parent.mkdir(parents=True, exist_ok=True)
         stamps: list[list[int] | None] = [None] * len(self.paths)
         temp = self.file.with_name(f"{self.file.name}.{os.getpid()}.tmp")
-        array = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8,
-                                          shape=(len(self.paths), self.size, self.size, 3))
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            array = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8,
+                                              shape=(len(self.paths), self.size, self.size, 3))
+        except OSError as error:
+            raise CacheWriteError(f"cannot write the image cache {temp}: {error.strerror or error}; "
+                                  "make that folder writable, or set image_cache = False") from error
 
         def fill(i: int) -> None:
             stamps[i] = _file_stamp(self.paths[i])  # before reading: a later edit is noticed

@@ -1,4 +1,5 @@
 """Class prompts and per-image captions for the contrastive loss."""
+from clip.tokenizer import TextTooLongError
 
 
 def label_prompts(class_caption: str, class_names) -> list[str]:
@@ -35,5 +36,5 @@ def fit_to_context(text: str, tokenizer, context_length: int) -> str:
         else:
             high = middle
     if low == 0:
-        raise ValueError(f"the first word of {text[:80]!r} alone does not fit in {context_length} tokens")
+        raise TextTooLongError(f"the first word of {text[:80]!r} alone does not fit in {context_length} tokens")
     return " ".join(words[:low])

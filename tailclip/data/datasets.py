@@ -8,11 +8,13 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-import clip
+from tailclip.config import ConfigError
+from tailclip.errors import MissingFileError, TailCLIPError
+from tailclip.text_tokens import text_tokenizer
 
 from .balance import balance_weights, class_groups
 from .captions import fit_to_context, label_caption, label_prompts
-from .splits import SplitEntry, read_captions, read_class_names, read_split
+from .splits import SplitEntry, SplitFormatError, read_captions, read_class_names, read_split
 from .synthetic import ensure_synthetic
 from .transforms import build_transform
 
@@ -76,7 +78,7 @@ def dataset_files(cfg) -> DataFiles:
                      folder / spec.captions, folder / spec.image_root, spec.download_hint)
 
 
-class UnreadableImageError(OSError):
+class UnreadableImageError(TailCLIPError, OSError):
     """An image file exists but cannot be decoded (corrupt, truncated, not an image)."""
 
 
@@ -96,24 +98,24 @@ def load_image(path) -> Image.Image:
 
 
 def check_images_exist(image_root, entries, download_hint: str) -> None:
-    """Raise ``FileNotFoundError`` listing how many images are missing, the first ten, and how to get them."""
+    """Raise ``MissingFileError`` listing how many images are missing, the first ten, and how to get them."""
     image_root = Path(image_root)
     missing = [str(image_root / entry.path) for entry in entries if not (image_root / entry.path).is_file()]
     if missing:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"{len(missing)} of {len(entries)} images listed in the splits are missing under "
             f"{image_root}; the first {min(len(missing), 10)}:\n  " + "\n  ".join(missing[:10])
             + f"\nTo get them: {download_hint}")
 
 
 def check_dataset_files(files: DataFiles, dataset: str) -> None:
-    """Raise ``FileNotFoundError`` naming the split or class-name files that do not exist."""
+    """Raise ``MissingFileError`` naming the split or class-name files that do not exist."""
     missing = [str(path) for path in (files.train_list, files.test_list, files.class_names)
                if not path.is_file()]
     if missing:
         hint = ("check the options train_list, test_list and class_names" if dataset == "custom"
                 else files.download_hint)
-        raise FileNotFoundError(f"dataset {dataset!r}: missing {', '.join(missing)}\nTo get them: {hint}")
+        raise MissingFileError(f"dataset {dataset!r}: missing {', '.join(missing)}\nTo get them: {hint}")
 
 
 def multi_hot(label_sets, num_classes: int) -> torch.Tensor:
@@ -183,11 +185,11 @@ def collate_skip_none(items):
     return default_collate(kept) if kept else None
 
 
-def caption_tokens(texts, context_length: int) -> torch.Tensor:
-    """Token ids [N, context_length], each caption cut to its longest whole-word prefix that fits."""
-    tokenizer = clip.get_tokenizer()
-    fitted = [fit_to_context(text, tokenizer, context_length) for text in texts]
-    return clip.tokenize(fitted, context_length=context_length)
+def caption_tokens(texts, tokenizer) -> torch.Tensor:
+    """Token ids [N, context_length] by the backbone's ``tokenizer`` (`tailclip.text_tokens`),
+    each caption cut to its longest whole-word prefix that fits."""
+    fitted = [fit_to_context(text, tokenizer, tokenizer.context_length) for text in texts]
+    return tokenizer(fitted)
 
 
 @dataclass
@@ -224,7 +226,7 @@ def _train_captions(cfg, files: DataFiles, class_names, entries) -> list[str]:
     if not cfg.use_dataset_train_captions:
         return [label_caption(cfg.class_caption, class_names, entry.labels) for entry in entries]
     if files.captions is None:
-        raise ValueError("use_dataset_train_captions = True needs a caption file (option 'captions')")
+        raise ConfigError("use_dataset_train_captions = True needs a caption file (option 'captions')")
     captions = read_captions(files.captions, [entry.path for entry in entries])
     return [captions[entry.path] for entry in entries]
 
@@ -247,17 +249,19 @@ def build_data(cfg) -> DataBundle:
     except ValueError as error:  # a class without training images: say which file and class
         present = set().union(*train_label_sets)
         empty = [f"{index} {name!r}" for index, name in enumerate(class_names) if index not in present]
-        raise ValueError(f"{files.train_list}: {error}. Without images: {', '.join(empty[:10])}"
-                         f"{', ...' if len(empty) > 10 else ''} (class names from {files.class_names})") from None
+        raise SplitFormatError(f"{files.train_list}: {error}. Without images: {', '.join(empty[:10])}"
+                               f"{', ...' if len(empty) > 10 else ''} (class names from {files.class_names})") from None
     class_weights, sample_weights = balance_weights(
         train_label_sets, num_classes, cfg.class_weights_power, cfg.sample_weights_power)
     train_captions = _train_captions(cfg, files, class_names, train_entries)
     test_captions = [label_caption(cfg.class_caption, class_names, entry.labels) for entry in test_entries]
 
+    tokenizer = text_tokenizer(cfg)
+
     def dataset(entries, captions, train: bool) -> MultiLabelDataset:
         return MultiLabelDataset(files.image_root, entries, num_classes,
                                  build_transform(cfg.size, train, cfg.normalize),
-                                 caption_tokens(captions, cfg.max_length), cfg.skip_unreadable_images)
+                                 caption_tokens(captions, tokenizer), cfg.skip_unreadable_images)
 
     return DataBundle(class_names, label_prompts(cfg.class_caption, class_names),
                       dataset(train_entries, train_captions, True),

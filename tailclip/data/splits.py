@@ -11,8 +11,10 @@ silently skipped line changes the class counts and therefore the tail metrics.
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
+from tailclip.errors import TailCLIPError
 
-class SplitFormatError(ValueError):
+
+class SplitFormatError(TailCLIPError, ValueError):
     """A benchmark text file is malformed; the message names the file (and line)."""
 
 
@@ -29,6 +31,8 @@ def _lines(path) -> Iterator[tuple[str, int, str]]:
         text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a byte-order mark
     except UnicodeDecodeError as error:
         raise SplitFormatError(f"{path}: not UTF-8 text ({error})") from None
+    except OSError as error:  # a folder, no permission
+        raise SplitFormatError(f"{path}: cannot be read ({error.strerror or error})") from None
     lines = text.split("\n")  # read_text turned "\r\n" into "\n"
     if lines[-1] == "":  # the newline ending the last line
         lines.pop()

@@ -1,0 +1,140 @@
+"""The test report of ``test.py``: a checkpoint (or zero-shot CLIP) scored on the test split.
+
+mAP, AUROC and AP are stored as fractions in [0, 1] (``"mAP_unit": "fraction"`` says so in
+the JSON file) and printed in percent, as the training logs do.
+"""
+import json
+import math
+from pathlib import Path
+
+from tailclip import visualize
+from tailclip.batches import build_split_batches
+from tailclip.checkpoint import load_checkpoint
+from tailclip.data import build_data
+from tailclip.distributed import init_distributed, main_process_first
+from tailclip.errors import MissingFileError
+from tailclip.evaluation import evaluate_model
+from tailclip.factory import build_model, seed_everything, set_cpu_threads
+from tailclip.logger import MAP_UNIT, json_safe
+from tailclip.metrics import pd_nd_ratio, subset_metrics
+from tailclip.precision import resolve_precision, set_tf32
+from tailclip.run_folder import BEST_MAP_CHECKPOINT, check_checkpoint_matches, trained_model
+
+GROUPS = ("head", "medium", "tail")
+ZEROSHOT = "zeroshot"  # the report's name for CLIP's own weights
+
+
+def resolve_checkpoint(name: str, run_dir: Path) -> Path:
+    """``name`` as a path if that file exists, else the file of that name in ``run_dir``."""
+    if Path(name).is_file():
+        return Path(name)
+    if (run_dir / name).is_file():
+        return run_dir / name
+    present = sorted(p.name for p in run_dir.glob("*.pt")) if run_dir.is_dir() else []
+    raise MissingFileError(f"checkpoint {name!r} is neither a file nor in {run_dir}/ "
+                           f"(checkpoints there: {', '.join(present) or 'none'})")
+
+
+def _without_ap(metrics: dict) -> dict:
+    return {key: value for key, value in metrics.items() if key != "AP"}
+
+
+def zeroshot_warning(cfg) -> str | None:
+    """Why a zero-shot score means nothing, when it does not: the weights are random."""
+    if cfg.pretrained:
+        return None
+    return (f"pretrained = False: the zero-shot model is {cfg.model_name} with random weights "
+            f"(seed {cfg.seed}), not a trained CLIP; its scores are those of chance")
+
+
+def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zeroshot: bool) -> dict:
+    """Evaluate on the test split and return the report that ``test.py`` prints and writes."""
+    device = init_distributed(cfg.device).device  # under torchrun, each process scores a shard
+    precision = resolve_precision(cfg.precision, device)
+    set_tf32(cfg.tf32, device)
+    set_cpu_threads(cfg.num_threads)
+    seed_everything(cfg.seed)  # the random weights of a zero-shot run with pretrained = False
+    with main_process_first():  # one process per node generates the data, downloads weights
+        data = build_data(cfg)
+        if zeroshot:
+            model, source, epoch = build_model(cfg, data.label_prompts, data.class_weights), ZEROSHOT, 0
+        else:
+            path = resolve_checkpoint(checkpoint_name or BEST_MAP_CHECKPOINT, run_dir)
+            checkpoint = load_checkpoint(path)
+            check_checkpoint_matches(checkpoint, cfg, data.class_names, path)
+            model = trained_model(checkpoint, cfg, data.label_prompts, path, data.class_weights)
+            source, epoch = str(path), checkpoint["state"]["epoch"]
+    model.to(device)
+    batches = build_split_batches(cfg, data, train=False, device=device)
+    result = evaluate_model(model, batches.batches(device), data.test.caption_tokens, device,
+                            precision, data.groups, keep_embeddings=True)
+    labels_per_image = result.targets.sum(1)
+    subsets = subset_metrics(result.scores, result.targets, data.groups)
+    warning = zeroshot_warning(cfg) if zeroshot else None
+    return {
+        "checkpoint": source,
+        "epoch": epoch,
+        **({"warning": warning} if warning else {}),
+        "dataset": cfg.dataset,
+        "model_name": cfg.model_name,
+        "num_images": len(result.targets),
+        "mAP_unit": MAP_UNIT,
+        "loss": result.loss,
+        "metrics": _without_ap(result.metrics),
+        "per_class_AP": dict(zip(data.class_names, result.metrics["AP"])),
+        "subsets": {
+            "multi_label": {"num_images": int((labels_per_image >= 2).sum()),
+                            **_without_ap(subsets["multi_label"])},
+            "single_label": {"num_images": int((labels_per_image == 1).sum()),
+                             **_without_ap(subsets["single_label"])},
+        },
+        "pd_nd": pd_nd_ratio(result.image_emb, result.targets, data.groups),
+        "groups": data.groups,
+        "class_counts": data.train_targets.sum(0).tolist(),
+    }
+
+
+def _cell(value, percent: bool = True) -> str:
+    if value is None or not math.isfinite(value):
+        return f"{'n/a':>8}"
+    return f"{100 * value:8.1f}" if percent else f"{value:8.3f}"
+
+
+def format_report(report: dict) -> str:
+    """The report as a text table (mAP and AUROC in percent), after its warning if any."""
+    lines = [f"warning: {report['warning']}"] if "warning" in report else []
+    lines += [f"{report['checkpoint']} (epoch {report['epoch']}): {report['model_name']} on the "
+              f"{report['dataset']} test split, {report['num_images']} images, loss {report['loss']:.4f}",
+              f"{'(percent)':24}{'mAP':>8}" + "".join(f"{g:>8}" for g in GROUPS) + f"{'AUROC':>8}"]
+
+    def row(label: str, metrics: dict) -> str:
+        return (f"{label:24}{_cell(metrics.get('mAP'))}"
+                + "".join(_cell(metrics.get(f"mAP_{g}")) for g in GROUPS) + _cell(metrics.get("AUROC")))
+
+    lines.append(row("all images", report["metrics"]))
+    for name in ("multi_label", "single_label"):
+        subset = report["subsets"][name]
+        lines.append(row(f"{name.replace('_', '-')} ({subset['num_images']})", subset))
+    pd_nd = report["pd_nd"]
+    lines.append(f"{'PD/ND (lower is better)':24}{_cell(pd_nd['PD_ND'], False)}"
+                 + "".join(_cell(pd_nd.get(f"PD_ND_{g}"), False) for g in GROUPS))
+    return "\n".join(lines)
+
+
+def report_name(report: dict) -> str:
+    """What the report's files are named after: the checkpoint's stem, or "zeroshot"."""
+    return Path(report["checkpoint"]).stem
+
+
+def write_report(report: dict, run_dir: Path) -> tuple[Path, Path]:
+    """``test_<name>.json`` (strict JSON: an undefined value is null) and the per-class AP
+    chart ``per_class_ap_<name>.png`` in ``run_dir``, one pair per checkpoint."""
+    name = report_name(report)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    output = run_dir / f"test_{name}.json"
+    output.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+    per_class = report["per_class_AP"]
+    chart = visualize.save_per_class_ap_png(run_dir / f"per_class_ap_{name}.png", list(per_class.values()),
+                                            list(per_class), report["groups"], report["class_counts"],
+                                            title=name)
+    return output, chart
