@@ -1,8 +1,12 @@
-"""Train TailCLIP: ``python train.py --config=configs/demo.py [--set key=value ...] [--resume]``.
+"""Train TailCLIP: ``python train.py --config=configs/demo.py [--set key=value ...] [--resume | --overwrite]``.
 
 Writes ``<run_dir>/<run name>/``: TensorBoard events, ``metrics.jsonl``, ``config.json`` and
 the checkpoints ``best_valid_mAP.pt``, ``best_valid_mAP_tail.pt`` and
 ``newest_train_checkpoint.pt``. The run name is the config file's stem unless ``--run-name``.
+A folder that holds an earlier run is refused (exit 1, nothing changed) unless ``--resume``
+continues that run or ``--overwrite`` deletes it first; so is a folder in which another
+training runs (its lock file ``.lock`` names the process and host). ``--resume`` on a
+complete run says so and exits 0.
 Several GPUs or nodes: ``torchrun --nproc_per_node=N train.py ...`` (see the README).
 Exit codes: 0 done, 1 error (a bad config or input, a non-finite loss), 130 stopped by
 Ctrl-C (143 by SIGTERM) after saving the newest checkpoint. Progress bars are drawn only
@@ -22,8 +26,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--config", required=True, help="a config file defining `class CFG`")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config option (repeatable), e.g. --set epochs=2")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run from its newest_train_checkpoint.pt")
+    earlier_run = parser.add_mutually_exclusive_group()
+    earlier_run.add_argument("--resume", action="store_true",
+                             help="continue the run from its newest_train_checkpoint.pt")
+    earlier_run.add_argument("--overwrite", action="store_true",
+                             help="delete the earlier run in the run folder (checkpoints, logs) and start afresh")
     parser.add_argument("--run-name", help="name of the run folder (default: the config's stem)")
     return parser.parse_args(argv)
 
@@ -37,7 +44,7 @@ def main(argv=None) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
-        train(cfg, args.run_name or Path(args.config).stem, resume=args.resume)
+        train(cfg, args.run_name or Path(args.config).stem, resume=args.resume, overwrite=args.overwrite)
     except TailCLIPError as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -7,6 +7,12 @@ the middle of an epoch skips the steps already taken and sees the batches an unb
 would have seen: the order depends on (seed, epoch) only, cached-path flips on (seed,
 epoch, step), and JPEG-path flips on torch's generator, whose state the checkpoint restores
 (in DataLoader workers: seeded from (seed, epoch), exact at epoch boundaries).
+
+With ``skip_unreadable_images`` a batch leaves out the images that cannot be read. A
+training step whose global batch has no readable image is skipped (None in place of the
+batch) and still counts as a step, so that a resume starts after it; under torchrun a
+process whose own slice is unreadable trains on an empty batch while the others train on
+theirs, so that every process takes every step.
 """
 import contextlib
 import math
@@ -23,7 +29,7 @@ from tailclip.config import Config
 from tailclip.data import MEANS_STDS, BalancedSampler, collate_skip_none
 from tailclip.data.cache import CachedImages, CachedMultiLabelDataset, to_model_input
 from tailclip.distributed import (eval_shard, is_main_process, local_batch_size,
-                                  main_process_first, rank_and_world)
+                                  main_process_first, max_over_processes, rank_and_world)
 from tailclip.logger import say
 from tailclip.progress import show_progress
 from tailclip.text_tokens import text_tokenizer
@@ -116,11 +122,16 @@ class SplitBatches:
     the one in use, so that on a GPU the next batch is gathered from the cache and pinned
     while the device computes, not in the wait after each step. ``caption_lengths``: the
     fixed lengths caption ids are cut at (``caption_length``); none: the batch's own.
+
+    ``skip_unreadable``: the loader gives None for a batch whose images were all unreadable
+    (``collate_skip_none``); an empty batch of ``image_size`` images stands in for it in a
+    process whose slice alone is unreadable.
     """
 
     def __init__(self, loader: DataLoader, sampler: ResumableSampler | None, batch_size: int,
                  cached: bool, normalize: str, train: bool, seed: int, read_ahead: int = 0,
-                 trim_padding=trim_padding, caption_lengths: tuple[int, ...] = ()):
+                 trim_padding=trim_padding, skip_unreadable: bool = False,
+                 image_size: int | None = None, caption_lengths: tuple[int, ...] = ()):
         if read_ahead and not cached:
             # The JPEG path draws its flips from torch's global generator as it reads: read
             # ahead, it would draw before a checkpoint what the steps after it use.
@@ -134,6 +145,8 @@ class SplitBatches:
         self.train = train
         self.seed = seed
         self.trim_padding = trim_padding  # the backbone tokenizer's (`tailclip.text_tokens`)
+        self.skip_unreadable = skip_unreadable
+        self.image_size = image_size
         self.caption_lengths = caption_lengths
 
     def steps_per_epoch(self) -> int:
@@ -143,7 +156,9 @@ class SplitBatches:
         return math.ceil(len(self.sampler.sampler) / self.batch_size)
 
     def batches(self, device: torch.device, epoch: int = 0, start_step: int = 0):
-        """Iterate over the epoch's batches from step ``start_step`` on."""
+        """Iterate over the epoch's batches from step ``start_step`` on: one per training step
+        (None for a step without a readable image); test batches without a readable image
+        are left out."""
         if self.sampler is not None:
             self.sampler.sampler.set_epoch(epoch)
             self.sampler.skip = start_step * self.batch_size
@@ -151,9 +166,24 @@ class SplitBatches:
         self.loader.generator.manual_seed(seed_of(self.seed, epoch, 1))
         with contextlib.closing(read_ahead(self.loader, self.read_ahead)) as loaded:
             for step, batch in enumerate(loaded, start=start_step):
-                if batch is None:  # every image of the batch was unreadable (and skipped)
-                    continue
-                yield self._on_device(batch, device, epoch, step)
+                if self.train:
+                    batch = self._agreed(batch)
+                    yield None if batch is None else self._on_device(batch, device, epoch, step)
+                elif batch is not None:
+                    yield self._on_device(batch, device, epoch, step)
+
+    def _agreed(self, batch):
+        """This process's part of a training step: None where the global batch has no
+        readable image, an empty batch where only this process's slice has none."""
+        if not self.skip_unreadable or rank_and_world()[1] == 1:
+            return batch
+        if max_over_processes(0 if batch is None else len(batch[1])) == 0:
+            return None
+        if batch is not None:
+            return batch
+        dataset = self.loader.dataset
+        return (torch.empty(0, 3, self.image_size, self.image_size), dataset.targets[:0],
+                dataset.caption_tokens[:0], torch.empty(0, dtype=torch.long))
 
     def _on_device(self, batch, device: torch.device, epoch: int, step: int) -> tuple:
         images, targets, tokens, index = batch
@@ -214,4 +244,5 @@ def build_split_batches(cfg: Config, data, train: bool, device: torch.device) ->
     return SplitBatches(loader, sampler, batch_size, cached, cfg.normalize, train, cfg.seed,
                         read_ahead=2 if cached and device.type == "cuda" else 0,
                         trim_padding=text_tokenizer(cfg).trim_padding,
+                        skip_unreadable=cfg.skip_unreadable_images, image_size=cfg.size,
                         caption_lengths=COMPILED_CAPTION_LENGTHS if cfg.compile and train else ())

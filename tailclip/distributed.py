@@ -34,7 +34,7 @@ import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
 from tailclip.config import DEVICE_PATTERN, ConfigError
-from tailclip.errors import DeviceError
+from tailclip.errors import DeviceError, TailCLIPError
 
 # Processes waiting while the first one downloads weights or builds an image cache can wait
 # far longer than NCCL's default 10-minute collective timeout; they wait in a CPU group.
@@ -211,6 +211,44 @@ def max_over_processes(value: int) -> int:
     return int(tensor.item())
 
 
+def any_over_processes(flags: torch.Tensor) -> torch.Tensor:
+    """Element-wise OR of a bool tensor over the processes (through the host group); e.g.
+    which images any process found unreadable."""
+    if rank_and_world()[1] == 1:
+        return flags
+    values = flags.to(torch.uint8)
+    dist.all_reduce(values, op=dist.ReduceOp.MAX, group=_host_processes())
+    return values.bool()
+
+
+def all_processes_objects(value) -> list:
+    """Every process's (picklable) ``value``, by rank, in every process."""
+    world = rank_and_world()[1]
+    if world == 1:
+        return [value]
+    values = [None] * world
+    dist.all_gather_object(values, value, group=_host_processes())
+    return values
+
+
+def main_process_outcome(action):
+    """``action()`` run by the main process alone while the others wait: its result there,
+    None elsewhere. A `TailCLIPError` that it raises is raised in every process, so that all
+    stop with the same message."""
+    if rank_and_world()[1] == 1:
+        return action()
+    result, error = None, [None]
+    if is_main_process():
+        try:
+            result = action()
+        except TailCLIPError as raised:
+            error = [raised]
+    dist.broadcast_object_list(error, src=0, group=_host_processes())
+    if error[0] is not None:
+        raise error[0]
+    return result
+
+
 def reduce_mean(total: float, count: float) -> float:
     """A mean over all processes, each holding the ``total`` of its ``count`` items (e.g. the
     sum of its images' losses): the sum of the totals over the sum of the counts. For logging."""
@@ -231,6 +269,16 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
     # The functional collective (torch.distributed.nn.functional.all_gather is deprecated)
     # also works under torch.compile; all_gather_tensor_autograd exists from torch 2.3 on.
     return funcol.all_gather_tensor_autograd(tensor.contiguous(), 0, gather_group())
+
+
+def all_gather_rows_with_grad(tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """`all_gather_with_grad` of tensors whose lengths differ: process r holds
+    ``counts[r]`` rows (0 included). Each is padded to the longest, so the collective's
+    shapes agree, and the padding is cut away again (it gets no gradient)."""
+    longest = max(counts)
+    padded = torch.cat([tensor, tensor.new_zeros((longest - len(tensor), *tensor.shape[1:]))])
+    parts = all_gather_with_grad(padded).split(longest)
+    return torch.cat([part[:count] for part, count in zip(parts, counts)])
 
 
 def _all_gather_rows(tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:
@@ -287,11 +335,21 @@ class GlobalBatchObjective(nn.Module):
     docstring for the gradients). The output adds ``global_logits`` (detached) and
     ``global_targets``, the gathered batch, for training metrics. In evaluation mode each
     process applies ``objective`` to its own batch.
+
+    ``uneven_batches``: the processes' batches may differ in length (unreadable images left
+    out, down to none in a process), which costs an exchange of the lengths every step.
     """
 
-    def __init__(self, objective: nn.Module):
+    def __init__(self, objective: nn.Module, uneven_batches: bool = False):
         super().__init__()
         self.objective = objective
+        self.uneven_batches = uneven_batches
+
+    def _gather(self, tensors: tuple) -> list[torch.Tensor]:
+        if not self.uneven_batches:
+            return [all_gather_with_grad(t) for t in tensors]
+        counts = all_processes_objects(len(tensors[0]))
+        return [all_gather_rows_with_grad(t, counts) for t in tensors]
 
     @property
     def loss_function(self) -> tuple:
@@ -303,15 +361,15 @@ class GlobalBatchObjective(nn.Module):
             return self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights,
                                   logit_bias)
         if caption_emb is not None:  # image embeddings only enter the contrastive term
-            image_emb, caption_emb = all_gather_with_grad(image_emb), all_gather_with_grad(caption_emb)
-        logits, targets = all_gather_with_grad(logits), all_gather_with_grad(targets)
+            image_emb, caption_emb = self._gather((image_emb, caption_emb))
+        logits, targets = self._gather((logits, targets))
         out = self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights,
                              logit_bias)
         return {**out, "global_logits": logits.detach(), "global_targets": targets}
 
 
-def distribute_model(model: nn.Module, device: torch.device,
-                     find_unused_parameters: bool = False) -> nn.Module:
+def distribute_model(model: nn.Module, device: torch.device, find_unused_parameters: bool = False,
+                     uneven_batches: bool = False) -> nn.Module:
     """The module to call for training steps: ``model`` itself with one process, else
     ``model`` wrapped in ``DistributedDataParallel``.
 
@@ -319,6 +377,7 @@ def distribute_model(model: nn.Module, device: torch.device,
     ``GlobalBatchObjective``, and on CUDA its batch norms (ResNet backbones) become
     ``SyncBatchNorm``, so that batch statistics too are those of the global batch. Keep
     using ``model`` itself for evaluation and checkpoints (its state dict is unchanged).
+    ``uneven_batches``: see `GlobalBatchObjective`.
     """
     if rank_and_world()[1] == 1:
         return model
@@ -329,6 +388,6 @@ def distribute_model(model: nn.Module, device: torch.device,
             warnings.warn("batch norm statistics are per process on the CPU (SyncBatchNorm "
                           "needs CUDA): training differs slightly from a single process",
                           stacklevel=2)
-    model.objective = GlobalBatchObjective(model.objective)
+    model.objective = GlobalBatchObjective(model.objective, uneven_batches)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=find_unused_parameters)

@@ -6,9 +6,14 @@ import math
 import torch
 
 from tailclip.distributed import gather_eval, reduce_mean
+from tailclip.errors import TailCLIPError
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.precision import autocast
+
+
+class NonFiniteScoresError(TailCLIPError):
+    """Scores that are NaN or infinite: the model's weights or activations diverged."""
 
 
 @dataclasses.dataclass
@@ -69,6 +74,9 @@ def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, devic
     loss = reduce_mean(loss_sum.item(), count=sum(len(index) for index in indices))
     outputs = [torch.cat(scores), torch.cat(targets)] + ([torch.cat(embeddings)] if keep_embeddings else [])
     _, scores, targets, *image_emb = (t.cpu() for t in gather_eval(torch.cat(indices), *outputs))
+    nonfinite = int((~torch.isfinite(scores)).any(dim=1).sum())
+    if nonfinite:
+        raise NonFiniteScoresError(f"non-finite scores (NaN or inf) for {nonfinite} of {len(scores)} images")
     return Evaluation(loss=loss, metrics=evaluate(scores, targets, groups), scores=scores,
                       targets=targets, image_emb=image_emb[0] if keep_embeddings else None)
 

@@ -57,11 +57,7 @@ class RunLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / METRICS_FILE
-        if resume_epoch is None:
-            # A fresh run under an existing name replaces that run's logs.
-            self.metrics_path.unlink(missing_ok=True)
-            for events in self.run_dir.glob("events.out.tfevents.*"):
-                events.unlink()
+        if resume_epoch is None:  # a new run, in a folder without an earlier one (run_folder)
             self.writer = SummaryWriter(self.run_dir)
         else:
             self._truncate_metrics(resume_epoch)

@@ -1,5 +1,12 @@
-"""The run folder ``<run_dir>/<run name>/``: what its checkpoints hold and how a run resumes
-from them.
+"""The run folder ``<run_dir>/<run name>/``: who may write into it, what its checkpoints hold
+and how a run resumes from them.
+
+One training at a time: a training holds the folder's lock file (``.lock``: host, process id
+and start time), created atomically and removed when the training ends, whether it finishes,
+fails or is stopped by a signal. A lock whose process no longer runs on this host is stale
+and removed; a lock from another host is left to the user, who alone can tell whether that
+run is dead. A new (not resumed) training refuses a folder that holds an earlier run unless
+told to overwrite it, and then deletes that run's files first.
 
 A training checkpoint is enough on its own to rebuild and use the model (weights, config,
 class names, label prompts, backbone name) and, for ``--resume``, to continue exactly where
@@ -7,13 +14,23 @@ the run stopped (optimiser, schedule, scaler, progress, the unfinished epoch's m
 random-number states). The file format itself (atomic writes, safe loading) is
 `tailclip.checkpoint`'s.
 """
+import contextlib
 import dataclasses
+import datetime
+import json
 import math
+import os
+import signal
+import socket
+import threading
+from pathlib import Path
 
-from tailclip.checkpoint import FORMAT, VERSION, restore_rng_states, rng_states
+from tailclip.checkpoint import FORMAT, VERSION, restore_rng_states
 from tailclip.config import Config, ConfigError
+from tailclip.distributed import main_process_outcome, rank_and_world
+from tailclip.errors import TailCLIPError
 from tailclip.factory import build_model
-from tailclip.logger import MAP_UNIT, say
+from tailclip.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, say
 from tailclip.model import TailCLIP
 from tailclip.prompt_learning import (PROMPT_MODES, PromptTailCLIP, load_trainable_state_dict,
                                       trainable_state_dict)
@@ -21,6 +38,15 @@ from tailclip.prompt_learning import (PROMPT_MODES, PromptTailCLIP, load_trainab
 BEST_MAP_CHECKPOINT = "best_valid_mAP.pt"
 BEST_TAIL_CHECKPOINT = "best_valid_mAP_tail.pt"
 NEWEST_CHECKPOINT = "newest_train_checkpoint.pt"
+LOCK_FILE = ".lock"
+# A folder holds a run once any of these exists; --overwrite deletes them and the run's other
+# outputs (its config, unfinished checkpoint writes, test.py's reports and charts).
+RUN_RECORDS = ("*.pt", METRICS_FILE, "events.out.tfevents.*")
+RUN_OUTPUTS = (*RUN_RECORDS, CONFIG_FILE, ".*.pt.*.tmp", "test_*.json", "per_class_ap*.png")
+
+
+class RunFolderError(TailCLIPError):
+    """A run folder that this training may not use as asked (in use, or holding a run)."""
 
 
 @dataclasses.dataclass
@@ -38,6 +64,164 @@ class TrainState:
     start_mAP: float | None = None  # before training: the untrained (or zero-shot) model
     last_metrics: dict = dataclasses.field(default_factory=dict)
 
+
+@dataclasses.dataclass(frozen=True)
+class LockOwner:
+    """The training that holds a run folder, as its lock file says."""
+    host: str
+    pid: int
+    started: str  # UTC, ISO 8601
+
+    @classmethod
+    def this_process(cls) -> "LockOwner":
+        now = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+        return cls(socket.gethostname(), os.getpid(), now)
+
+    def describe(self) -> str:
+        return f"process {self.pid} on host {self.host} (started {self.started})"
+
+    def is_gone(self, path: Path) -> bool:
+        """Whether the process that wrote the lock ``path`` is known to have ended: only on
+        this host, where its process id can be looked up. Our own process id in a lock that
+        this process does not hold was an earlier process's (a restarted container, say)."""
+        if self.host != socket.gethostname():
+            return False
+        if self.pid == os.getpid():
+            return path not in RunLock.held
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return True
+        except PermissionError:  # alive, another user's
+            return False
+        return False
+
+
+class RunLock:
+    """The lock file of a run folder, held by this process from `take` to `release`.
+
+    While held, SIGTERM and SIGHUP end the process through ``SystemExit`` (exit code 128 +
+    the signal number), so that the lock is removed on the way out; the training loop
+    handles SIGTERM itself, by saving first."""
+
+    TERMINATING = (signal.SIGTERM, signal.SIGHUP)
+    held: set[Path] = set()  # the lock files that this process holds
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.previous_handlers = {}
+
+    @classmethod
+    def take(cls, run_dir: Path) -> "RunLock":
+        """Create ``run_dir``'s lock file, removing a stale one; `RunFolderError` when a
+        training holds the folder (or may: a lock from another host, an unreadable one)."""
+        run_dir.mkdir(parents=True, exist_ok=True)
+        lock = cls(run_dir / LOCK_FILE)
+        while not lock._create():
+            try:
+                owner = lock.owner()
+            except FileNotFoundError:  # released in the meantime
+                continue
+            if owner is None or not owner.is_gone(lock.path):
+                raise RunFolderError(lock._in_use_message(owner))
+            lock.path.unlink(missing_ok=True)
+            say(f"removed the stale lock {lock.path} of {owner.describe()}, which no longer runs")
+        RunLock.held.add(lock.path)
+        lock._exit_on_termination()
+        return lock
+
+    def _create(self) -> bool:
+        try:
+            fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            json.dump(dataclasses.asdict(LockOwner.this_process()), f)
+            f.write("\n")
+        return True
+
+    def owner(self) -> LockOwner | None:
+        """Who holds the lock; None when the file cannot be read as a lock (being written,
+        or damaged)."""
+        text = self.path.read_text()
+        try:
+            return LockOwner(**json.loads(text))
+        except (ValueError, TypeError):
+            return None
+
+    def _in_use_message(self, owner: LockOwner | None) -> str:
+        folder = self.path.parent
+        if owner is None:
+            return (f"{folder} may be in use by another training: its lock file {self.path} "
+                    "cannot be read. If no training runs in that folder, delete the lock file "
+                    "and start again")
+        if owner.host == socket.gethostname():
+            return (f"{folder} is in use by another training: {owner.describe()}. Wait for it "
+                    f"to end, stop it, or train into another folder with --run-name NAME")
+        return (f"{folder} is in use by another training: {owner.describe()}. A lock from "
+                f"another host is never removed automatically: if that run is dead, delete "
+                f"{self.path} by hand and start again")
+
+    def _exit_on_termination(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers exist only in the main thread
+        for number in self.TERMINATING:
+            self.previous_handlers[number] = signal.signal(number, _exit_on_signal)
+
+    def release(self) -> None:
+        for number, handler in self.previous_handlers.items():
+            signal.signal(number, handler)
+        self.path.unlink(missing_ok=True)
+        RunLock.held.discard(self.path)
+
+
+def _exit_on_signal(signal_number, frame):
+    raise SystemExit(128 + signal_number)
+
+
+def run_files(run_dir: Path, patterns=RUN_RECORDS) -> list[Path]:
+    """The files in ``run_dir`` that match ``patterns``, sorted."""
+    return sorted({path for pattern in patterns for path in run_dir.glob(pattern) if path.is_file()})
+
+
+def _claim(run_dir: Path, resume: bool, overwrite: bool) -> RunLock:
+    lock = RunLock.take(run_dir)
+    try:
+        if not resume:
+            _clear_for_new_run(run_dir, overwrite)
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def _clear_for_new_run(run_dir: Path, overwrite: bool) -> None:
+    earlier = run_files(run_dir)
+    if earlier and not overwrite:
+        names = ", ".join(path.name for path in earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+        raise RunFolderError(
+            f"{run_dir} holds an earlier run ({names}); nothing was changed. Continue it with "
+            "--resume, start another run with --run-name NAME, or replace it with --overwrite "
+            "(deletes its checkpoints and logs)")
+    removed = run_files(run_dir, RUN_OUTPUTS) if earlier else []
+    for path in removed:
+        path.unlink()
+    if removed:
+        say(f"--overwrite: deleted the earlier run's {len(removed)} files in {run_dir}")
+
+
+@contextlib.contextmanager
+def claimed_run_folder(run_dir: Path, resume: bool, overwrite: bool):
+    """Hold ``run_dir`` for one training: its lock taken (by the main process only, under
+    torchrun; the others wait for it), and for a new run, the folder checked, and an
+    earlier run's files deleted when ``overwrite``. A `RunFolderError` is raised in every
+    process."""
+    lock = main_process_outcome(lambda: _claim(run_dir, resume, overwrite))
+    try:
+        yield
+    finally:
+        if lock is not None:
+            lock.release()
 
 
 def check_checkpoint_matches(checkpoint: dict, cfg: Config, class_names: list[str], path) -> None:
@@ -100,8 +284,9 @@ def model_from_checkpoint(checkpoint: dict, path="checkpoint") -> tuple[TailCLIP
     return trained_model(checkpoint, cfg, checkpoint["label_prompts"], path).eval(), cfg
 
 
-def training_checkpoint(cfg: Config, data, trainer, state: TrainState, meter) -> dict:
-    """Everything needed to resume training, or to use the model without the data."""
+def training_checkpoint(cfg: Config, data, trainer, state: TrainState, meter, rng: list[dict]) -> dict:
+    """Everything needed to resume training, or to use the model without the data; ``rng``
+    holds the random-number states of every process, by rank (`checkpoint.rng_states`)."""
     return {
         "format": FORMAT,
         "version": VERSION,
@@ -118,12 +303,12 @@ def training_checkpoint(cfg: Config, data, trainer, state: TrainState, meter) ->
         "class_names": list(data.class_names),
         "label_prompts": list(data.label_prompts),
         "groups": data.groups,
-        "rng": rng_states(),
+        "rng": rng,
     }
 
 
 def restore_training(checkpoint: dict, trainer, meter) -> TrainState:
-    """Restore model, optimiser, schedule, scaler, progress and random states."""
+    """Restore model, optimiser, schedule, scaler, progress and this process's random states."""
     load_model_state(trainer.model, checkpoint, NEWEST_CHECKPOINT)
     trainer.optimizer.load_state_dict(checkpoint["optimizer"])
     trainer.scheduler.load_state_dict(checkpoint["scheduler"])
@@ -133,8 +318,20 @@ def restore_training(checkpoint: dict, trainer, meter) -> TrainState:
         meter.load_state_dict(checkpoint["epoch_progress"], trainer.device)
     if checkpoint["label_embeddings"] is not None:
         trainer.model.cached_label_emb = checkpoint["label_embeddings"].to(trainer.device)
-    restore_rng_states(checkpoint["rng"])
+    _restore_process_rng(checkpoint["rng"])
     return state
+
+
+def _restore_process_rng(states: list[dict] | dict) -> None:
+    """This process's own random states: a resumed run draws (random flips of the JPEG
+    path, ...) as an unbroken one. With another number of processes than the run had, the
+    draws differ; each process takes the states of rank ``rank % saved processes``."""
+    states = [states] if isinstance(states, dict) else states  # saved by one process, before per-process states
+    rank, world = rank_and_world()
+    if world != len(states):
+        say(f"resume: the run had {len(states)} process(es), now {world}: random draws (the "
+            "flips of the JPEG path) differ from an unbroken run")
+    restore_rng_states(states[rank % len(states)])
 
 
 def report_config_changes(checkpoint: dict, cfg: Config) -> None:

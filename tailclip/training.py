@@ -8,8 +8,10 @@ Every epoch is logged to TensorBoard and ``metrics.jsonl`` and checkpointed atom
 ``resume=True`` continues from ``newest_train_checkpoint.pt`` with the same subsequent losses
 as an unbroken run.
 
-Crash safety: a non-finite loss stops the run (``NonFiniteLossError``) without writing any
-checkpoint; Ctrl-C (or SIGTERM) finishes the current step, saves the newest checkpoint and
+Crash safety: one training at a time holds the run folder, and a new run never overwrites an
+earlier one unless asked (``tailclip.run_folder``). A non-finite loss, or an evaluation with
+non-finite scores, stops the run (``NonFiniteLossError``) without writing any checkpoint of
+that epoch; Ctrl-C (or SIGTERM) finishes the current step, saves the newest checkpoint and
 raises ``TrainingInterrupted``.
 
 Under torchrun (``tailclip.distributed``) every process trains its slice of each global batch
@@ -29,13 +31,15 @@ from tqdm import tqdm
 
 import clip
 from tailclip.batches import SplitBatches, build_split_batches
-from tailclip.checkpoint import load_checkpoint, remove_partial_writes, save_atomic
+from tailclip.checkpoint import load_checkpoint, remove_partial_writes, rng_states, save_atomic
 from tailclip.config import Config
 from tailclip.data import build_data
-from tailclip.distributed import (barrier, distribute_model, init_distributed, is_main_process,
-                                  main_process_first, max_over_processes, rank_and_world)
+from tailclip.distributed import (DistInfo, all_processes_objects, any_over_processes, barrier,
+                                  distribute_model, init_distributed, is_main_process,
+                                  main_process_first, max_over_processes)
 from tailclip.errors import MissingFileError, TailCLIPError
-from tailclip.evaluation import Evaluation, evaluate_model, percent, val_line, val_record
+from tailclip.evaluation import (Evaluation, NonFiniteScoresError, evaluate_model, percent, val_line,
+                                 val_record)
 from tailclip.factory import build_model, seed_everything, set_cpu_threads
 from tailclip.logger import RunLogger, say
 from tailclip.metrics import evaluate, scores_from_logits
@@ -44,12 +48,13 @@ from tailclip.optim import build_optimizer, build_scheduler
 from tailclip.precision import autocast, grad_scaler, resolve_precision, set_tf32
 from tailclip.progress import show_progress
 from tailclip.run_folder import (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT, NEWEST_CHECKPOINT,
-                                 TrainState, check_checkpoint_matches, report_config_changes,
-                                 restore_training, training_checkpoint)
+                                 TrainState, check_checkpoint_matches, claimed_run_folder,
+                                 report_config_changes, restore_training, training_checkpoint)
 
 
 class NonFiniteLossError(TailCLIPError, RuntimeError):
-    """The loss became NaN or infinite more often than ``max_nonfinite_steps`` allows."""
+    """The loss became NaN or infinite more often than ``max_nonfinite_steps`` allows, or an
+    evaluation's scores did."""
 
 
 class TrainingInterrupted(Exception):
@@ -203,12 +208,15 @@ def train_one_epoch(trainer: Trainer, batches: SplitBatches, state: TrainState, 
     bar = tqdm(total=batches.steps_per_epoch(), initial=state.step_in_epoch, leave=False,
                desc=f"epoch {epoch + 1}/{epochs}", unit="step",
                disable=not (is_main_process() and show_progress()), dynamic_ncols=True)
-    started, seen, world = time.perf_counter(), 0, rank_and_world()[1]
-    for images, targets, tokens, _ in batches.batches(trainer.device, epoch, state.step_in_epoch):
-        out = train_step(trainer, images, targets, tokens, state, epoch)
+    started, seen = time.perf_counter(), 0
+    for batch in batches.batches(trainer.device, epoch, state.step_in_epoch):
+        # No batch: none of the step's images could be read; the step still counts, so that
+        # a resume starts after it.
+        out = None if batch is None else train_step(trainer, *batch[:3], state, epoch)
         if out is not None:
+            targets = batch[1]
             meter.update(out, targets, model.score_kind)
-            seen += targets.shape[0] * world  # every process has an equal share of the batch
+            seen += len(out.get("global_targets", targets))
             bar.set_postfix(loss=f"{state.last_loss:.4f}", lr=f"{lr:.2e}",
                             img_s=f"{seen / (time.perf_counter() - started):.1f}", refresh=False)
         state.step_in_epoch += 1
@@ -229,20 +237,38 @@ def _epoch_line(epoch: int, epochs: int, record: dict) -> str:
     return line
 
 
-def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
+def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = False) -> dict:
     """Train per ``cfg`` into ``<cfg.run_dir>/<run_name>/``; returns a summary of the run.
 
-    Raises ``NonFiniteLossError`` (nothing saved) and ``TrainingInterrupted`` (newest
-    checkpoint saved); ``train.py`` turns them into exit codes. Under torchrun, joins the
-    process group (``init_distributed``; the caller ends it with ``distributed.cleanup``).
+    A new run refuses a folder that holds an earlier run (any checkpoint, ``metrics.jsonl``
+    or TensorBoard events) unless ``overwrite``, which deletes that run's files first;
+    ``resume`` continues the run from its newest checkpoint, and changes nothing when that
+    run is complete. Either way a folder that another training holds is refused
+    (``RunFolderError``, before anything in it changes).
+
+    Raises ``NonFiniteLossError`` (nothing of that epoch saved) and ``TrainingInterrupted``
+    (newest checkpoint saved); ``train.py`` turns them into exit codes. Under torchrun, joins
+    the process group (``init_distributed``; the caller ends it with ``distributed.cleanup``).
     """
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other")
     run_dir = Path(cfg.run_dir) / run_name
+    processes = init_distributed(cfg.device)
     checkpoint = None
     if resume:
         if not (run_dir / NEWEST_CHECKPOINT).is_file():
             raise MissingFileError(f"cannot resume: no {run_dir / NEWEST_CHECKPOINT}")
         checkpoint = load_checkpoint(run_dir / NEWEST_CHECKPOINT)
-    processes = init_distributed(cfg.device)
+        finished = TrainState(**checkpoint["state"])
+        if finished.epoch >= cfg.epochs:
+            say(f"{run_dir} is complete: {finished.epoch} of {cfg.epochs} epochs; nothing to do")
+            return _summary(finished, run_dir)
+    with claimed_run_folder(run_dir, resume, overwrite):
+        return _train_in(run_dir, cfg, checkpoint, processes)
+
+
+def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: DistInfo) -> dict:
+    """`train`, in a run folder that this training holds."""
     device = processes.device
     precision = resolve_precision(cfg.precision, device)
     set_tf32(cfg.tf32, device)
@@ -259,7 +285,8 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
         model = model.to(memory_format=torch.channels_last)  # cuDNN's fast layout for ResNets
     # The text tower is idle in a step only when it encodes neither captions nor class prompts.
     idle_text_tower = cfg.label_embeddings == "per_epoch" and "clip" not in cfg.loss_function
-    forward = distribute_model(model, device, find_unused_parameters=idle_text_tower)
+    forward = distribute_model(model, device, find_unused_parameters=idle_text_tower,
+                               uneven_batches=cfg.skip_unreadable_images)
     optimizer = build_optimizer(cfg, model.parameters(), device)
     trainer = Trainer(model, compile_forward(forward) if cfg.compile else forward, optimizer,
                       build_scheduler(cfg, optimizer), grad_scaler(precision, device), precision,
@@ -272,8 +299,6 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
     state = restore_training(checkpoint, trainer, meter) if checkpoint is not None else TrainState()
     if checkpoint is not None:
         say(f"resuming {run_dir} after epoch {state.epoch}, step {state.step_in_epoch}")
-    elif (run_dir / NEWEST_CHECKPOINT).exists():
-        say(f"{run_dir} holds an earlier run: starting afresh (resume it with --resume)")
     if is_main_process():
         for leftover in remove_partial_writes(run_dir):
             say(f"removed {leftover}, left by an interrupted checkpoint write")
@@ -285,9 +310,12 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
         f"images) on {where}, {precision}, {cfg.epochs} epochs -> {run_dir}")
 
     def save(names: list[str]) -> None:
-        if not is_main_process() or not names:
+        if not names:
             return
-        content = training_checkpoint(cfg, data, trainer, state, meter)
+        rng = all_processes_objects(rng_states())  # each process resumes with its own
+        if not is_main_process():
+            return
+        content = training_checkpoint(cfg, data, trainer, state, meter, rng)
         for name in names:
             save_atomic(content, run_dir / name)
 
@@ -300,9 +328,14 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
                                    f"saved {run_dir / NEWEST_CHECKPOINT} (continue with --resume)",
                                    stop.signal_number)
 
-    def validate() -> Evaluation:
-        return evaluate_model(model, test_batches.batches(device), data.test.caption_tokens, device,
-                              precision, data.groups)
+    def validate(when: str) -> Evaluation:
+        try:
+            return evaluate_model(model, test_batches.batches(device), data.test.caption_tokens,
+                                  device, precision, data.groups)
+        except NonFiniteScoresError as error:
+            raise NonFiniteLossError(
+                f"evaluation {when}: {error}; stopping before it is logged or saved (the "
+                "checkpoints of earlier epochs are untouched)") from None
 
     def log_pictures(epoch: int, evaluation: Evaluation) -> None:
         logger.log_evaluation(epoch, evaluation.scores, evaluation.targets, evaluation.metrics["AP"],
@@ -310,7 +343,7 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
 
     with logger, _StopOnSignal() as stop:
         if checkpoint is None:  # where training starts from: epoch 0 of the logs and the summary
-            evaluation = validate()
+            evaluation = validate("before training")
             start = val_record(evaluation)
             state.start_mAP = start["val/mAP"]
             logger.log_epoch(0, start)
@@ -327,12 +360,13 @@ def train(cfg: Config, run_name: str, resume: bool = False) -> dict:
             record = {**meter.summary(data.groups), "lr": lr,
                       "time/train_images_per_s": (meter.images - images_before) / train_seconds}
 
-            evaluation = validate()
+            evaluation = validate(f"after epoch {epoch + 1}")
             trainer.scheduler.step()
             state.epoch, state.step_in_epoch, meter = epoch + 1, 0, EpochMeter()
             record.update(val_record(evaluation))
-            if cfg.skip_unreadable_images:  # images left out so far (this process's count)
-                record.update({f"data/unreadable_{split}_images": len(getattr(data, split).unreadable_paths)
+            if cfg.skip_unreadable_images:  # images left out so far, by any process
+                record.update({f"data/unreadable_{split}_images":
+                               int(any_over_processes(getattr(data, split).unreadable).sum())
                                for split in ("train", "test")})
             names = _update_best(state, record, cfg)
             record.update({"best/val_mAP": state.best_mAP, "best/val_mAP_tail": state.best_mAP_tail,

@@ -5,6 +5,7 @@ checkout. Tests that need them skip when the folder is absent on a developer mac
 fail when ``CI`` is set: a CI run that silently skipped them would prove nothing.
 """
 import os
+import runpy
 import threading
 from functools import partial
 from http.server import ThreadingHTTPServer
@@ -37,6 +38,12 @@ def shared_data() -> Path:
 @pytest.fixture(scope="session")
 def repo_root() -> Path:
     return REPO_ROOT
+
+
+@pytest.fixture(scope="session")
+def train_main():
+    """``train.py``'s ``main(argv) -> exit code``, run in this process."""
+    return runpy.run_path(str(REPO_ROOT / "train.py"))["main"]
 
 
 @pytest.fixture

@@ -1,13 +1,16 @@
 """--resume continues a run exactly: a run killed (kill -9) during epoch 2, resumed, stopped
 by Ctrl-C in the middle of epoch 2 and resumed again logs the same losses and metrics and
 ends with the same weights as a run that was never stopped (CPU, demo config, 2 epochs).
+While it runs, a second training in its folder is refused; its lock, left by the kill, does
+not block the resume. A resume after a step whose images were all unreadable starts after
+that step.
 
 These runs decode JPEGs without the image cache, so that the random flips come from the
 global torch generator and only an exact restore of the random states gives equal losses
 (with the cache, flips are seeded per step: test_training checks those batches)."""
 import math
-import runpy
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -17,9 +20,12 @@ import pytest
 import torch
 
 from tailclip.checkpoint import load_checkpoint
+from tailclip.data import BalancedSampler
 from tailclip.logger import read_metrics
+from tailclip.run_folder import LOCK_FILE
 
 from interrupt import ctrl_c_on_forward_call
+from tiny_dataset import truncate, write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 NEWEST = "newest_train_checkpoint.pt"
@@ -35,12 +41,6 @@ def train_args(runs: Path, run_name: str, *extra: str) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def train_main():
-    """``train.py``'s ``main(argv) -> exit code``, run in this process."""
-    return runpy.run_path(str(REPO / "train.py"))["main"]
-
-
-@pytest.fixture(scope="module")
 def straight(train_main, tmp_path_factory):
     """The reference: 2 epochs without a stop."""
     runs = tmp_path_factory.mktemp("runs")
@@ -49,9 +49,10 @@ def straight(train_main, tmp_path_factory):
 
 
 def assert_same_run(run_dir: Path, reference: Path) -> None:
-    """Same logged numbers (timings aside) and bit-identical final weights."""
+    """Same logged numbers (timings and unreadable-image counts aside: a resumed process
+    counts only the images it met) and bit-identical final weights."""
     def logged(path):
-        return [{k: v for k, v in record.items() if not k.startswith("time/")}
+        return [{k: v for k, v in record.items() if not k.startswith(("time/", "data/"))}
                 for record in read_metrics(path)]
 
     assert logged(run_dir) == logged(reference)
@@ -62,7 +63,7 @@ def assert_same_run(run_dir: Path, reference: Path) -> None:
         assert torch.equal(weights[name], tensor), name
 
 
-def test_killed_then_interrupted_run_resumes_identically(train_main, straight, tmp_path, monkeypatch):
+def test_killed_then_interrupted_run_resumes_identically(train_main, straight, tmp_path, monkeypatch, capsys):
     run_dir = tmp_path / "broken"
     # 1. kill -9 during epoch 2, once epoch 1's checkpoints are written
     process = subprocess.Popen([sys.executable, "train.py", *train_args(tmp_path, "broken")], cwd=REPO,
@@ -70,9 +71,15 @@ def test_killed_then_interrupted_run_resumes_identically(train_main, straight, t
     deadline = time.monotonic() + 240
     while not (run_dir / NEWEST).exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
+    # A second training in the folder, by mistake, while the first one runs: refused.
+    capsys.readouterr()
+    assert train_main(train_args(tmp_path, "broken", "--resume")) == 1
+    assert (f"{run_dir} is in use by another training: process {process.pid} on host "
+            f"{socket.gethostname()}") in capsys.readouterr().err
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert process.returncode == -signal.SIGKILL
+    assert (run_dir / LOCK_FILE).exists()  # left by the killed process
     assert load_checkpoint(run_dir / NEWEST)["state"]["epoch"] == 1
     for name in ("best_valid_mAP.pt", "best_valid_mAP_tail.pt"):  # written before the newest one
         assert load_checkpoint(run_dir / name)["state"]["epoch"] == 1
@@ -81,6 +88,8 @@ def test_killed_then_interrupted_run_resumes_identically(train_main, straight, t
     ctrl_c_on_forward_call(monkeypatch, 4)
     assert train_main(train_args(tmp_path, "broken", "--resume")) == 130
     monkeypatch.undo()
+    assert f"removed the stale lock {run_dir / LOCK_FILE} of process {process.pid}" in capsys.readouterr().out
+    assert not (run_dir / LOCK_FILE).exists()
     saved = load_checkpoint(run_dir / NEWEST)["state"]
     steps_per_epoch = math.ceil(1142 / 128)
     assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (1, 4, steps_per_epoch + 4)
@@ -94,3 +103,23 @@ def test_killed_then_interrupted_run_resumes_identically(train_main, straight, t
 def test_resume_without_checkpoint_is_a_clear_error(train_main, tmp_path, capsys):
     assert train_main(train_args(tmp_path, "nothing-here", "--resume")) == 1
     assert f"cannot resume: no {tmp_path / 'nothing-here' / NEWEST}" in capsys.readouterr().err
+
+
+def test_resume_after_a_step_without_readable_images(train_main, tmp_path, monkeypatch):
+    # 16 images in 4 steps of 4 (the tiny dataset, one epoch); every image of step 2 is
+    # unreadable, so that step is skipped; Ctrl-C in step 3 (the second forward pass).
+    root = write_dataset(tmp_path / "data")
+    order = BalancedSampler(None, 16, seed=0, global_batch_size=4).global_indices()
+    for index in order[4:8].tolist():
+        truncate(root / f"images/train/{index:02d}.jpg")
+    config = write_config(tmp_path / "tiny.py", root, tmp_path / "runs", batch_size=4,
+                          use_sample_weights=False, skip_unreadable_images=True,
+                          loss_function=["bal"])
+    assert train_main([f"--config={config}", "--run-name=straight"]) == 0
+    ctrl_c_on_forward_call(monkeypatch, 2)
+    assert train_main([f"--config={config}", "--run-name=broken"]) == 130
+    monkeypatch.undo()
+    saved = load_checkpoint(tmp_path / "runs" / "broken" / NEWEST)["state"]
+    assert (saved["step_in_epoch"], saved["global_step"]) == (3, 3)  # the skipped step counts
+    assert train_main([f"--config={config}", "--run-name=broken", "--resume"]) == 0
+    assert_same_run(tmp_path / "runs" / "broken", tmp_path / "runs" / "straight")

@@ -22,6 +22,8 @@ from tailclip.logger import read_metrics
 from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer, build_scheduler
 from tailclip.precision import autocast, resolve_precision
+from tailclip.run_folder import LOCK_FILE
+from tiny_dataset import write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["cat", "dog", "car", "tree", "boat"]
@@ -244,6 +246,33 @@ def test_nan_during_training_stops_without_touching_checkpoints(tmp_path, monkey
     for name in ("newest_train_checkpoint.pt", "best_valid_mAP.pt", "best_valid_mAP_tail.pt"):
         state = load_checkpoint(run_dir / name)["state"]
         assert (state["epoch"], state["nonfinite_steps"]) == (1, 0), name
+
+
+def test_nonfinite_evaluation_stops_naming_the_epoch(tmp_path, monkeypatch, capsys):
+    # The evaluation after epoch 2 (the third, after the one before training) scores NaN.
+    encode_labels, evaluations = TailCLIP.encode_labels, []
+
+    def nan_labels_in_third_evaluation(self):
+        embeddings = encode_labels(self)
+        if not self.training:  # once per evaluation
+            evaluations.append(None)
+            if len(evaluations) == 3:
+                return embeddings * float("nan")
+        return embeddings
+
+    monkeypatch.setattr(TailCLIP, "encode_labels", nan_labels_in_third_evaluation)
+    config = write_config(tmp_path / "tiny.py", write_dataset(tmp_path / "data"), tmp_path / "runs",
+                          epochs=2, loss_function=["bal"])
+    train_main = runpy.run_path(str(REPO / "train.py"))["main"]
+    assert train_main([f"--config={config}"]) == 1
+    message = capsys.readouterr().err
+    assert "error: evaluation after epoch 2: non-finite scores (NaN or inf) for 8 of 8 images" in message
+    assert "Traceback" not in message
+    run_dir = tmp_path / "runs" / "tiny"
+    assert [record["epoch"] for record in read_metrics(run_dir)] == [0, 1]  # epoch 0: before training
+    for name in ("newest_train_checkpoint.pt", "best_valid_mAP.pt", "best_valid_mAP_tail.pt"):
+        assert load_checkpoint(run_dir / name)["state"]["epoch"] == 1, name
+    assert not (run_dir / LOCK_FILE).exists()  # released on the error
 
 
 def test_second_ctrl_c_interrupts_at_once():

@@ -131,7 +131,7 @@ class MultiLabelDataset(Dataset):
 
     ``caption_tokens`` is an int64 tensor [N, L] (None: empty [0] tokens per item). With
     ``skip_unreadable`` an image that cannot be decoded gives the item None (use
-    ``collate_skip_none``) and is logged once; ``unreadable_paths`` lists those met so far,
+    ``collate_skip_none``) and is logged once; ``unreadable`` flags those met so far,
     including in DataLoader worker processes.
     """
 
@@ -148,8 +148,9 @@ class MultiLabelDataset(Dataset):
             raise ValueError(f"{len(caption_tokens)} caption token rows for {len(self.entries)} images")
         self.caption_tokens = caption_tokens
         self.skip_unreadable = skip_unreadable
-        # Shared memory: flags set while loading in worker processes are visible here.
-        self._unreadable = torch.zeros(len(self.entries), dtype=torch.bool).share_memory_()
+        # Which images were found unreadable. Shared memory: flags set while loading in
+        # worker processes are visible here.
+        self.unreadable = torch.zeros(len(self.entries), dtype=torch.bool).share_memory_()
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -163,22 +164,16 @@ class MultiLabelDataset(Dataset):
         except UnreadableImageError as error:
             if not self.skip_unreadable:
                 raise
-            if not self._unreadable[index]:
+            if not self.unreadable[index]:
                 log.warning("skipping unreadable image: %s", error)
-            self._unreadable[index] = True
+            self.unreadable[index] = True
             return None
         return self.transform(image), self.targets[index], self.caption_tokens[index], index
-
-    @property
-    def unreadable_paths(self) -> list[str]:
-        """Split paths of the images found unreadable so far (only with ``skip_unreadable``)."""
-        return [self.entries[index].path for index in torch.nonzero(self._unreadable).flatten().tolist()]
-
 
 def collate_skip_none(items):
     """``default_collate`` of the items that are not None; None when the whole batch was unreadable.
 
-    How many images were left out is ``MultiLabelDataset.unreadable_paths`` (a count made here
+    How many images were left out is ``MultiLabelDataset.unreadable`` (a count made here
     would stay inside the DataLoader worker that ran it).
     """
     kept = [item for item in items if item is not None]
