@@ -81,7 +81,7 @@ stage() {
 }
 
 bench=("$python" bench/bench_train.py --device "$device" --input cache "${sizes[@]}")
-demo=("$python" train.py --config=configs/demo.py --set device="$device")  # seed 0
+demo=("$python" train.py --config=configs/demo.py --overwrite --set device="$device")  # seed 0; a rerun replaces the run
 
 # The suite stops after 300 s (its checks so far are in gpu_suite.json), to leave the rest to the benchmarks.
 stage gpu_suite 60 300 env TAILCLIP_GPU_REPORT="$results/gpu_suite.json" \

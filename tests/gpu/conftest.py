@@ -18,6 +18,7 @@ import pytest
 import torch
 
 HERE = Path(__file__).resolve().parent
+_suite: set[str] = set()  # the node ids of this suite's tests
 _outcomes: dict[str, dict] = {}
 
 
@@ -25,6 +26,7 @@ def pytest_collection_modifyitems(config, items):
     no_cuda = None if torch.cuda.is_available() else pytest.mark.skip(reason="no CUDA device")
     for item in items:
         if item.path.resolve().parent == HERE:
+            _suite.add(item.nodeid)
             item.add_marker(pytest.mark.gpu)
             if no_cuda:
                 item.add_marker(no_cuda)
@@ -32,7 +34,7 @@ def pytest_collection_modifyitems(config, items):
 
 
 def pytest_runtest_logreport(report):
-    if Path(report.fspath).resolve().parent != HERE:
+    if report.nodeid not in _suite:
         return
     # A test stopped by a time limit keeps the outcome "started".
     entry = _outcomes.setdefault(report.nodeid, {"outcome": "started", "seconds": 0.0, "figures": {}})
