@@ -143,17 +143,20 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
 
-PYTORCH_TF32_FLAGS = tf32_flags()  # PyTorch's defaults, what the paper ran with
+# PyTorch's defaults, what the paper ran with: both views of the matmul flag, as `set_tf32`
+# writes both.
+PYTORCH_TF32_FLAGS = tf32_flags()
+PYTORCH_MATMUL_ALLOWS_TF32 = torch.backends.cuda.matmul.allow_tf32
 
 
 def use_tf32_flags(device: torch.device, tf32: bool) -> None:
     """PyTorch's default TF32 flags, then TF32 allowed if ``tf32`` (``training.train``'s
     ``set_tf32(cfg.tf32, device)``): the paper path passes False."""
+    torch.backends.cuda.matmul.allow_tf32 = PYTORCH_MATMUL_ALLOWS_TF32
     if PER_OPERATOR_TF32:
         torch.backends.cuda.matmul.fp32_precision = PYTORCH_TF32_FLAGS["matmul"]
         torch.backends.cudnn.conv.fp32_precision = PYTORCH_TF32_FLAGS["conv"]
     else:
-        torch.backends.cuda.matmul.allow_tf32 = PYTORCH_TF32_FLAGS["matmul"] == "tf32"
         torch.backends.cudnn.allow_tf32 = PYTORCH_TF32_FLAGS["conv"] == "tf32"
     set_tf32(tf32, device)
 

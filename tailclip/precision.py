@@ -14,8 +14,8 @@ from tailclip.config import ConfigError
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 # torch >= 2.9 sets TF32 per backend and operator (`fp32_precision`); the `allow_tf32`
-# attributes before it are deprecated there, and reading them after a write through the new
-# API raises, so only one of the two is ever used.
+# attributes before it are deprecated there, and reading one after a write through the
+# per-operator API alone raises.
 PER_OPERATOR_TF32 = hasattr(torch.backends.cuda.matmul, "fp32_precision") and hasattr(
     getattr(torch.backends.cudnn, "conv", None), "fp32_precision")
 
@@ -55,9 +55,11 @@ def set_tf32(tf32: bool, device: torch.device) -> None:
     for operator, mode in tf32_changes(tf32, device).items():
         if PER_OPERATOR_TF32:
             _flag_owner(operator).fp32_precision = mode
-        elif operator == "matmul":
+        if operator == "matmul":
+            # Also through the older flag, which then agrees: torch's own code that still
+            # reads it (inductor's matmul lowerings, in torch 2.10 for one) would raise.
             torch.backends.cuda.matmul.allow_tf32 = True
-        else:
+        elif not PER_OPERATOR_TF32:
             torch.backends.cudnn.allow_tf32 = True
 
 

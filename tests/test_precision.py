@@ -24,9 +24,10 @@ def raw_tf32_state() -> dict:
 def restore_tf32():
     """Put torch's TF32 flags back after a test that changes them (the flags are settable,
     and read back, without a GPU)."""
-    matmul, conv = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.allow_tf32, matmul.fp32_precision, conv.fp32_precision
     yield
-    torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = matmul, conv
+    matmul.allow_tf32, matmul.fp32_precision, conv.fp32_precision = saved
 
 
 @pytest.mark.parametrize("stem", PUBLISHED)
@@ -48,6 +49,9 @@ def test_fast_mode_of_the_config_comments_is_bf16_with_tf32(repo_root, stem, res
     set_tf32(cfg.tf32, CUDA)
     assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32", "tf32")
     assert tf32_flags() == {"matmul": "tf32", "conv": "tf32"}
+    # The older matmul flag agrees and reads without error (torch code that still reads it).
+    assert torch.backends.cuda.matmul.allow_tf32 is True
+    assert torch.get_float32_matmul_precision() == "high"
 
 
 def test_tf32_is_never_set_off_cuda(restore_tf32):

@@ -63,8 +63,12 @@ def _write_report() -> None:
 @pytest.fixture
 def exact_fp32():
     """Float32 without TF32 in matmuls and cuDNN convolutions (cuDNN's own default allows
-    it), so that a reference is float32; the flags are put back afterwards."""
-    matmul, conv = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
-    torch.backends.cuda.matmul.fp32_precision = torch.backends.cudnn.conv.fp32_precision = "ieee"
+    it), so that a reference is float32; the flags are put back afterwards. Set through the
+    older flags, which write the per-operator ones too: both then agree, as torch code that
+    still reads the older ones (inductor's) needs."""
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    saved = matmul.allow_tf32, cudnn.allow_tf32, matmul.fp32_precision, cudnn.conv.fp32_precision
+    matmul.allow_tf32 = cudnn.allow_tf32 = False
     yield
-    torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = matmul, conv
+    matmul.allow_tf32, cudnn.allow_tf32 = saved[:2]
+    matmul.fp32_precision, cudnn.conv.fp32_precision = saved[2:]

@@ -53,9 +53,10 @@ def test_compiled_training_equals_eager_with_one_graph_per_caption_length(exact_
 
 
 def test_inductor_compiles_under_the_fast_modes_tf32_flags(record_property):
-    """``tf32 = True`` sets torch's per-operator flags; some torch releases' inductor still read
-    the older ones, which raises once the newer were written."""
-    matmul, conv = torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision
+    """``tf32 = True`` sets torch's per-operator flags, and the matmul's older one with them:
+    some torch releases' inductor still read it, which raises when only the newer was written."""
+    matmul, conv = torch.backends.cuda.matmul, torch.backends.cudnn.conv
+    saved = matmul.allow_tf32, matmul.fp32_precision, conv.fp32_precision
     try:
         set_tf32(True, CUDA)
         layer = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 8)).to(CUDA)
@@ -63,6 +64,6 @@ def test_inductor_compiles_under_the_fast_modes_tf32_flags(record_property):
         compiled = training.compile_forward(layer)
         difference = (compiled(inputs) - layer(inputs)).abs().max().item()
     finally:
-        torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = matmul, conv
+        matmul.allow_tf32, matmul.fp32_precision, conv.fp32_precision = saved
     record_property("max_difference_tf32", difference)
     assert difference <= 1e-2
