@@ -7,7 +7,7 @@ and reused), then measures in one process, on the same data and from the same in
   normalise on the device as a batch; or with ``--input loader`` its tuned JPEG DataLoader) vs
   the paper's JPEG DataLoader (decode, resize, flip, normalise per image in worker processes);
 - training, images/s: ours (``training.train_step``, ``--precision``, fused AdamW, text
-  tower cut at the last end-of-text token, TF32 on CUDA, channels-last ResNets) vs the paper
+  tower cut at the last end-of-text token, TF32 on CUDA with ``--tf32``, channels-last ResNets) vs the paper
   path (same step in float32 over the whole 77-token context, JPEG DataLoader, plain AdamW,
   PyTorch's default TF32 flags);
 - evaluation of the test split, images/s: ours (``evaluation.evaluate_model``: batched, prompts
@@ -50,7 +50,8 @@ from tailclip.config import Config  # noqa: E402
 from tailclip.data import BalancedSampler, build_data  # noqa: E402
 from tailclip.metrics import evaluate  # noqa: E402
 from tailclip.optim import build_optimizer, build_scheduler  # noqa: E402
-from tailclip.precision import autocast, grad_scaler, resolve_precision  # noqa: E402
+from tailclip.precision import (PER_OPERATOR_TF32, autocast, grad_scaler, resolve_precision,  # noqa: E402
+                                set_tf32, tf32_flags)
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -142,16 +143,27 @@ def peak_memory_mib(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**10  # KiB on Linux
 
 
-def set_tf32(device: torch.device, ours: bool) -> None:
-    """Ours allows TF32 everywhere (as ``training.train``); the paper ran with PyTorch's defaults."""
-    if device.type == "cuda":
-        torch.backends.cuda.matmul.allow_tf32 = ours
-        torch.backends.cudnn.allow_tf32 = True
+# PyTorch's defaults, what the paper ran with: both views of the matmul flag, as `set_tf32`
+# writes both.
+PYTORCH_TF32_FLAGS = tf32_flags()
+PYTORCH_MATMUL_ALLOWS_TF32 = torch.backends.cuda.matmul.allow_tf32
+
+
+def use_tf32_flags(device: torch.device, tf32: bool) -> None:
+    """PyTorch's default TF32 flags, then TF32 allowed if ``tf32`` (``training.train``'s
+    ``set_tf32(cfg.tf32, device)``): the paper path passes False."""
+    torch.backends.cuda.matmul.allow_tf32 = PYTORCH_MATMUL_ALLOWS_TF32
+    if PER_OPERATOR_TF32:
+        torch.backends.cuda.matmul.fp32_precision = PYTORCH_TF32_FLAGS["matmul"]
+        torch.backends.cudnn.conv.fp32_precision = PYTORCH_TF32_FLAGS["conv"]
+    else:
+        torch.backends.cudnn.allow_tf32 = PYTORCH_TF32_FLAGS["conv"] == "tf32"
+    set_tf32(tf32, device)
 
 
 def math_mode(precision: str, device: torch.device) -> str:
     """What the matmuls run in: bf16/fp16, tf32 when float32 matmuls may use TF32, or fp32."""
-    if precision == "fp32" and device.type == "cuda" and torch.backends.cuda.matmul.allow_tf32:
+    if precision == "fp32" and device.type == "cuda" and tf32_flags()["matmul"] == "tf32":
         return "tf32"
     return precision
 
@@ -282,7 +294,8 @@ class Bench:
                      model_name=args.model, pretrained=False, size=args.size or clip.model_resolution(args.model),
                      interpolate_pos_embedding=args.size is not None, batch_size=args.batch_size,
                      eval_batch_size=args.eval_batch_size, num_workers=args.ours_workers, lr=1e-5,
-                     device=args.device, precision=args.precision, image_cache=args.input == "cache",
+                     device=args.device, precision=args.precision, tf32=args.tf32,
+                     image_cache=args.input == "cache",
                      compile=args.compile)
         data = build_data(cfg)
         factory.seed_everything(cfg.seed)
@@ -323,7 +336,7 @@ class Bench:
     def _train(self, model, optimizer, precision: str, batches, compile_model: bool = False) -> dict:
         """Images/s and peak memory of training ``model`` with our step (through
         ``torch.compile`` as ``training.train`` with ``compile_model``)."""
-        forward = torch.compile(model) if compile_model else model
+        forward = training.compile_forward(model) if compile_model else model
         trainer = training.Trainer(model, forward, optimizer, build_scheduler(self.cfg, optimizer),
                                  grad_scaler(precision, self.device), precision, self.device, 0)
         rate, _, memory = timed(lambda: train_images_per_s(trainer, batches, self.args.warmup, self.args.steps),
@@ -331,8 +344,9 @@ class Bench:
         return {"images_per_s": rate, "peak_mib": memory, "math": math_mode(precision, self.device)}
 
     def training(self) -> dict:
-        say(f"training: ours ({self.precision}, {self.args.input}{', compiled' if self.cfg.compile else ''}) ...")
-        set_tf32(self.device, ours=True)
+        say(f"training: ours ({self.precision}{', tf32' if self.cfg.tf32 else ''}, {self.args.input}"
+            f"{', compiled' if self.cfg.compile else ''}) ...")
+        use_tf32_flags(self.device, self.cfg.tf32)
         model = self.model(ours=True)
         split = build_split_batches(self.cfg, self.data, train=True, device=self.device)
         batches = our_batches(split, self.device)
@@ -343,7 +357,7 @@ class Bench:
                                        self.precision, batches, self.cfg.compile)}
 
         say("training: paper path (fp32, JPEG DataLoader, plain AdamW) ...")
-        set_tf32(self.device, ours=False)
+        use_tf32_flags(self.device, False)
         model = self.model(ours=False)
         optimizer = torch.optim.AdamW(model.parameters(), lr=self.cfg.lr, betas=(0.9, 0.98), eps=1e-9,
                                       weight_decay=self.cfg.weight_decay)
@@ -359,7 +373,7 @@ class Bench:
     def evaluation(self) -> dict:
         test = self.data.test
         say(f"evaluation: ours (batched, {self.args.input}) over {len(test)} images ...")
-        set_tf32(self.device, ours=True)
+        use_tf32_flags(self.device, self.cfg.tf32)
         model = self.model(ours=True)
         batches = build_split_batches(self.cfg, self.data, train=False, device=self.device)
         ours, seconds, memory = timed(lambda: evaluation.evaluate_model(
@@ -369,7 +383,7 @@ class Bench:
 
         limit = self.args.paper_eval_images or len(test)
         say(f"evaluation: paper path (per-image loop, JPEG DataLoader) over {limit} images ...")
-        set_tf32(self.device, ours=False)
+        use_tf32_flags(self.device, False)
         model = self.model(ours=False)
         batches = itertools.islice(jpeg_batches(self.paper_loader(train=False), self.device, range(1)), limit)
         paper, seconds, memory = timed(
@@ -389,6 +403,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--eval-batch-size", type=int, default=64)
     parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default="auto",
                         help="ours (auto: bf16 on CUDA, fp32 on the CPU); the paper path is fp32")
+    parser.add_argument("--tf32", action="store_true",
+                        help="ours: TF32 matmuls and convolutions on CUDA (the config option tf32 = True); "
+                             "the paper path keeps PyTorch's default flags")
     parser.add_argument("--input", choices=["cache", "loader"], default="cache",
                         help="ours: decoded-image cache, or the tuned JPEG DataLoader")
     parser.add_argument("--steps", type=int, default=30, help="timed training steps per path")

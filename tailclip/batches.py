@@ -50,6 +50,20 @@ class ResumableSampler(Sampler):
         return len(self.sampler) - self.skip
 
 
+# Under torch.compile every caption length is another input shape, so another graph to trace
+# and compile: with `compile = True` training caption ids are cut at the first of these lengths
+# that holds the batch's longest caption (the text tower masks what follows the end-of-text
+# token, so the embeddings are the same), and a run compiles at most one graph per length.
+COMPILED_CAPTION_LENGTHS = (16, 32, 77)
+
+
+def caption_length(tokens: torch.Tensor, fixed_lengths: tuple[int, ...] = (), trim=trim_padding) -> int:
+    """Where to cut the caption ids [N, L]: where ``trim`` (the tokenizer's ``trim_padding``)
+    cuts them, or at the first of ``fixed_lengths`` at least that long (at most L)."""
+    length = trim(tokens).shape[1]
+    return min(min((fixed for fixed in fixed_lengths if fixed >= length), default=length), tokens.shape[1])
+
+
 def seed_of(*keys: int) -> int:
     """A well-mixed 63-bit seed from integers (no clashes such as seed + epoch)."""
     return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -106,7 +120,8 @@ class SplitBatches:
 
     ``read_ahead`` (cached only): batches the loader reads in a background thread ahead of
     the one in use, so that on a GPU the next batch is gathered from the cache and pinned
-    while the device computes, not in the wait after each step.
+    while the device computes, not in the wait after each step. ``caption_lengths``: the
+    fixed lengths caption ids are cut at (``caption_length``); none: the batch's own.
 
     ``skip_unreadable``: the loader gives None for a batch whose images were all unreadable
     (``collate_skip_none``); an empty batch of ``image_size`` images stands in for it in a
@@ -116,7 +131,7 @@ class SplitBatches:
     def __init__(self, loader: DataLoader, sampler: ResumableSampler | None, batch_size: int,
                  cached: bool, normalize: str, train: bool, seed: int, read_ahead: int = 0,
                  trim_padding=trim_padding, skip_unreadable: bool = False,
-                 image_size: int | None = None):
+                 image_size: int | None = None, caption_lengths: tuple[int, ...] = ()):
         if read_ahead and not cached:
             # The JPEG path draws its flips from torch's global generator as it reads: read
             # ahead, it would draw before a checkpoint what the steps after it use.
@@ -132,6 +147,7 @@ class SplitBatches:
         self.trim_padding = trim_padding  # the backbone tokenizer's (`tailclip.text_tokens`)
         self.skip_unreadable = skip_unreadable
         self.image_size = image_size
+        self.caption_lengths = caption_lengths
 
     def steps_per_epoch(self) -> int:
         """Batches in a whole epoch (before any skip)."""
@@ -180,7 +196,7 @@ class SplitBatches:
             images = to_model_input(images, self.mean, self.std, flip=self.train, generator=flips)
         # The length is read on the CPU and the whole (pinned) ids are copied: the device
         # never waits for the length, nor for a copy from pageable memory.
-        length = self.trim_padding(tokens).shape[1]
+        length = caption_length(tokens, self.caption_lengths, self.trim_padding)
         return (images, targets.to(device, non_blocking=True),
                 tokens.to(device, non_blocking=True)[:, :length], index)
 
@@ -228,4 +244,5 @@ def build_split_batches(cfg: Config, data, train: bool, device: torch.device) ->
     return SplitBatches(loader, sampler, batch_size, cached, cfg.normalize, train, cfg.seed,
                         read_ahead=2 if cached and device.type == "cuda" else 0,
                         trim_padding=text_tokenizer(cfg).trim_padding,
-                        skip_unreadable=cfg.skip_unreadable_images, image_size=cfg.size)
+                        skip_unreadable=cfg.skip_unreadable_images, image_size=cfg.size,
+                        caption_lengths=COMPILED_CAPTION_LENGTHS if cfg.compile and train else ())

@@ -103,6 +103,7 @@ class Config:
     device: str = "auto"
     num_threads: int = 0
     precision: str = "auto"
+    tf32: bool = False
     image_cache: bool = True
     compile: bool = False
     grad_checkpointing: bool = False

@@ -39,7 +39,9 @@ from tailclip.errors import DeviceError, TailCLIPError
 # Processes waiting while the first one downloads weights or builds an image cache can wait
 # far longer than NCCL's default 10-minute collective timeout; they wait in a CPU group.
 PREPARATION_TIMEOUT = datetime.timedelta(hours=2)
-_host_group = None  # created by the first `barrier`
+# Made by `init_distributed` (`_create_groups`) as the processes join.
+_host_group = None
+_gather_group = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -107,6 +109,7 @@ def init_distributed(cfg_device: str = "auto") -> DistInfo:
     if dist.is_available() and dist.is_initialized():
         rank, world = rank_and_world()
         local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        _create_groups()
         return DistInfo(rank, local_rank, world, resolve_device(cfg_device, local_rank, world), rank == 0)
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world == 1:
@@ -118,13 +121,28 @@ def init_distributed(cfg_device: str = "auto") -> DistInfo:
         dist.init_process_group("nccl", device_id=device)
     else:
         dist.init_process_group("gloo")
+    _create_groups()
     return DistInfo(rank, local_rank, world, device, rank == 0)
+
+
+def _create_groups() -> None:
+    """The host group and the gather's group, made by every process as it joins, before any
+    process waits for another: made at first use, the processes waiting for rank 0's download
+    would make the host group without it, their wait bound by the store's timeout."""
+    global _host_group, _gather_group
+    if _host_group is not None or dist.get_world_size() == 1:
+        return
+    _host_group = dist.new_group(backend="gloo", timeout=PREPARATION_TIMEOUT)
+    # DistributedDataParallel's reducer all-reduces gradient buckets on the default group
+    # from autograd hooks, during the same backward pass as the gather's reduce-scatter:
+    # with its own group (its own NCCL communicator) the gather never interleaves with them.
+    _gather_group = dist.new_group()
 
 
 def cleanup() -> None:
     """Leave the process group (if any); call once at the end of the process."""
-    global _host_group
-    _host_group = None
+    global _host_group, _gather_group
+    _host_group = _gather_group = None
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
 
@@ -147,12 +165,17 @@ def barrier() -> None:
 
 
 def _host_processes():
-    """All processes in a gloo group (created by the first caller: every process must call
-    this at the same point), for exchanges of host values that must not wait for a GPU."""
-    global _host_group
+    """All processes in a gloo group, for exchanges of host values that must not wait for a GPU."""
     if _host_group is None:
-        _host_group = dist.new_group(backend="gloo", timeout=PREPARATION_TIMEOUT)
+        raise RuntimeError("tailclip.distributed.init_distributed must be called first")
     return _host_group
+
+
+def gather_group():
+    """The group of ``all_gather_with_grad``: all processes, apart from the default group."""
+    if _gather_group is None:
+        raise RuntimeError("tailclip.distributed.init_distributed must be called first")
+    return _gather_group
 
 
 @contextlib.contextmanager
@@ -245,7 +268,7 @@ def all_gather_with_grad(tensor: torch.Tensor) -> torch.Tensor:
         return tensor
     # The functional collective (torch.distributed.nn.functional.all_gather is deprecated)
     # also works under torch.compile; all_gather_tensor_autograd exists from torch 2.3 on.
-    return funcol.all_gather_tensor_autograd(tensor.contiguous(), 0, dist.group.WORLD)
+    return funcol.all_gather_tensor_autograd(tensor.contiguous(), 0, gather_group())
 
 
 def all_gather_rows_with_grad(tensor: torch.Tensor, counts: list[int]) -> torch.Tensor:

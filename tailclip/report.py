@@ -17,7 +17,7 @@ from tailclip.evaluation import evaluate_model
 from tailclip.factory import build_model, seed_everything, set_cpu_threads
 from tailclip.logger import MAP_UNIT, json_safe
 from tailclip.metrics import pd_nd_ratio, subset_metrics
-from tailclip.precision import resolve_precision
+from tailclip.precision import resolve_precision, set_tf32
 from tailclip.run_folder import BEST_MAP_CHECKPOINT, check_checkpoint_matches, trained_model
 
 GROUPS = ("head", "medium", "tail")
@@ -51,6 +51,7 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
     """Evaluate on the test split and return the report that ``test.py`` prints and writes."""
     device = init_distributed(cfg.device).device  # under torchrun, each process scores a shard
     precision = resolve_precision(cfg.precision, device)
+    set_tf32(cfg.tf32, device)
     set_cpu_threads(cfg.num_threads)
     seed_everything(cfg.seed)  # the random weights of a zero-shot run with pretrained = False
     with main_process_first():  # one process per node generates the data, downloads weights

@@ -46,7 +46,7 @@ from tailclip.logger import RunLogger, say
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer, build_scheduler
-from tailclip.precision import allow_tf32, autocast, grad_scaler, resolve_precision
+from tailclip.precision import autocast, grad_scaler, resolve_precision, set_tf32
 from tailclip.progress import show_progress
 from tailclip.run_folder import (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT, NEWEST_CHECKPOINT,
                                  TrainState, check_checkpoint_matches, claimed_run_folder,
@@ -162,6 +162,13 @@ class Trainer:
     max_nonfinite_steps: int
 
 
+def compile_forward(forward: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
+    """``forward`` through ``torch.compile``, one graph per input shape: the training batches'
+    caption lengths are a few fixed ones (``batches.COMPILED_CAPTION_LENGTHS``), so each
+    gets kernels for its own shape, not the shape-generic graph of a second length."""
+    return torch.compile(forward, backend=backend, dynamic=False)
+
+
 def train_step(trainer: Trainer, images, targets, tokens, state: TrainState, epoch: int) -> dict | None:
     """One optimisation step; returns the model outputs (the loss also as a number in
     ``state.last_loss``), or None for a skipped non-finite loss."""
@@ -271,8 +278,7 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
     """`train`, in a run folder that this training holds."""
     device = processes.device
     precision = resolve_precision(cfg.precision, device)
-    if device.type == "cuda":
-        allow_tf32()
+    set_tf32(cfg.tf32, device)
     set_cpu_threads(cfg.num_threads)
     seed_everything(cfg.seed)
 
@@ -290,7 +296,7 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
     forward = distribute_model(model, device, find_unused_parameters=idle_text_tower,
                                uneven_batches=cfg.skip_unreadable_images)
     optimizer = build_optimizer(cfg, model.parameters(), device)
-    trainer = Trainer(model, torch.compile(forward) if cfg.compile else forward, optimizer,
+    trainer = Trainer(model, compile_forward(forward) if cfg.compile else forward, optimizer,
                       build_scheduler(cfg, optimizer), grad_scaler(precision, device), precision,
                       device, cfg.max_nonfinite_steps)
     train_batches = build_split_batches(cfg, data, train=True, device=device)
