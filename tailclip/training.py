@@ -50,7 +50,8 @@ from tailclip.precision import autocast, grad_scaler, resolve_precision, set_tf3
 from tailclip.progress import show_progress
 from tailclip.run_folder import (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT, NEWEST_CHECKPOINT,
                                  TrainState, check_checkpoint_matches, claimed_run_folder,
-                                 report_config_changes, restore_training, training_checkpoint)
+                                 report_config_changes, restore_training, run_files,
+                                 training_checkpoint)
 
 
 class NonFiniteLossError(TailCLIPError, RuntimeError):
@@ -263,7 +264,9 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
     checkpoint = None
     if resume:
         if not (run_dir / NEWEST_CHECKPOINT).is_file():
-            raise MissingFileError(f"cannot resume: no {run_dir / NEWEST_CHECKPOINT}")
+            hint = ("; the run stopped before its first checkpoint: start it again with --overwrite"
+                    if run_files(run_dir) else "")
+            raise MissingFileError(f"cannot resume: no {run_dir / NEWEST_CHECKPOINT}{hint}")
         checkpoint = load_checkpoint(run_dir / NEWEST_CHECKPOINT)
         finished = TrainState(**checkpoint["state"])
         if finished.epoch >= cfg.epochs:

@@ -105,6 +105,15 @@ def test_resume_without_checkpoint_is_a_clear_error(train_main, tmp_path, capsys
     assert f"cannot resume: no {tmp_path / 'nothing-here' / NEWEST}" in capsys.readouterr().err
 
 
+def test_resume_of_a_run_killed_before_its_first_checkpoint_says_how_to_restart(train_main, tmp_path,
+                                                                                capsys):
+    run_dir = tmp_path / "early"
+    run_dir.mkdir()
+    (run_dir / "metrics.jsonl").write_text('{"epoch": 0, "mAP_unit": "fraction", "val/mAP": 0.1}\n')
+    assert train_main(train_args(tmp_path, "early", "--resume")) == 1
+    assert "stopped before its first checkpoint: start it again with --overwrite" in capsys.readouterr().err
+
+
 def test_resume_after_a_step_without_readable_images(train_main, tmp_path, monkeypatch):
     # 16 images in 4 steps of 4 (the tiny dataset, one epoch); every image of step 2 is
     # unreadable, so that step is skipped; Ctrl-C in step 3 (the second forward pass).
