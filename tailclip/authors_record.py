@@ -1,0 +1,208 @@
+"""The paper's authors' own training runs, as they logged them, and which of them a config matches.
+
+``datasets/authors_runs/lm_clip_runs.json`` holds every TensorBoard run of the authors'
+repository (its ``README.md`` says where from): the config each run logged at its start
+(every value a string, in the authors' option names, which are ours) and per epoch their
+twelve scalars as fractions. Their epoch k is the evaluation after k epochs of training, as
+ours is; they have no evaluation before training (our epoch 0).
+
+Matching compares the options that change training, as numbers where they are numbers
+(``"1e-06"`` is ``1e-6``), and only those that act on both sides: the loss options of the
+class-logit term when both train one, a power when its switch is on on both sides. The
+authors' code builds one loss for ``"asl"`` and for ``"bal"``: their Balanced Asymmetric Loss,
+its class weights on when ``use_weighted_loss`` is; both are our ``"bal"`` (our ``"asl"``, the
+plain Asymmetric Loss, is none of their runs). Options their code does not log but fixes
+(full fine-tuning from OpenAI's weights, ImageNet statistics, softmax scores, CLIP's softmax
+contrastive loss) must hold their value in ours. Event files copied into several run folders
+(identical curves) are one run with several names.
+"""
+import ast
+import dataclasses
+import json
+import math
+import re
+from pathlib import Path
+
+from tailclip.config import Config
+from tailclip.errors import TailCLIPError
+
+RECORD_FILE = Path(__file__).resolve().parents[1] / "datasets" / "authors_runs" / "lm_clip_runs.json"
+RECORD_SHA256 = "e1c747ca517f82a703d7011af54b908abb0d2ec4fed943ba53fd4794cb219202"
+RECORD_DATASETS = ("voc_mlt", "coco_mlt")
+# Their tag names are ours but for the medium classes' group.
+AUTHORS_TAGS = {"middle": "medium"}
+
+# Options that change training, in the order differences are listed.
+MATCHED_OPTIONS = ("dataset", "model_name", "loss_function", "asl_mul", "asl_gamma_neg", "asl_gamma_pos",
+                   "asl_clip", "asl_eps", "label_smoothing", "use_sample_weights", "sample_weights_power",
+                   "use_weighted_loss", "class_weights_power", "lr", "weight_decay", "optimizer",
+                   "batch_size", "epochs", "size", "max_length", "use_dataset_train_captions",
+                   "class_caption")
+# Options of the Balanced Asymmetric Loss: they act only where a run trains it.
+BAL_OPTIONS = ("asl_gamma_neg", "asl_gamma_pos", "asl_clip", "asl_eps", "label_smoothing",
+               "use_weighted_loss", "class_weights_power")
+# What the authors' code does without logging it, as our options say it.
+AUTHORS_FIXED = {"finetune": ("full",), "pretrained": (True,), "normalize": ("imagenet",),
+                 "score": ("softmax",), "contrastive": ("auto", "softmax")}
+
+
+class RecordError(TailCLIPError):
+    """The authors' record is missing or cannot speak to a run (another dataset)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class AuthorsRun:
+    """One of the authors' runs: one curve, under one or several run folder names."""
+    label: str  # its first run folder name, made unique by its event file's time when shared
+    names: tuple[str, ...]  # every run folder that holds this curve, in the record's order
+    commit: str
+    logged_config: dict  # as the run logged it: the authors' strings
+    epochs: tuple[dict, ...]  # {"epoch": k, "train/loss": ..., "val/mAP_medium": ...}, fractions
+
+    @property
+    def config(self) -> dict:
+        return authors_config(self.logged_config)
+
+    @property
+    def planned_epochs(self) -> int:
+        return int(self.logged_config["epochs"])
+
+    @property
+    def complete(self) -> bool:
+        return len(self.epochs) >= self.planned_epochs
+
+    def up_to(self, epoch: int) -> tuple[dict, ...]:
+        return tuple(record for record in self.epochs if record["epoch"] <= epoch)
+
+
+@dataclasses.dataclass(frozen=True)
+class Difference:
+    option: str
+    ours: object
+    theirs: object
+
+    def __str__(self) -> str:
+        return f"{self.option} {format_value(self.ours)} vs {format_value(self.theirs)}"
+
+
+def format_value(value) -> str:
+    """A setting as a person writes it: ``2e-6``, ``0.4``, ``clip+bal``."""
+    if isinstance(value, (list, tuple)):
+        return "+".join(map(str, value))
+    if isinstance(value, float):
+        return re.sub(r"e([+-])0*(\d)", lambda m: f"e{m[1].replace('+', '')}{m[2]}", f"{value:g}")
+    return str(value)
+
+
+def _our_tag(tag: str) -> str:
+    split, _, name = tag.rpartition("/")
+    group = name.partition("_")[2]
+    return f"{split}/mAP_{AUTHORS_TAGS[group]}" if group in AUTHORS_TAGS else tag
+
+
+def load_record(path=RECORD_FILE) -> list["AuthorsRun"]:
+    """The authors' runs that logged at least one evaluation, identical curves merged, in the
+    record's order."""
+    path = Path(path)
+    if not path.is_file():
+        raise RecordError(f"the authors' record {path} is missing (it ships with the repository)")
+    entries = json.loads(path.read_text())["runs"]
+    curves: dict[str, list[dict]] = {}
+    for entry in entries:
+        if entry["epochs"]:  # three runs were stopped before their first evaluation
+            curves.setdefault(json.dumps(entry["epochs"], sort_keys=True), []).append(entry)
+    first_names = [group[0]["run"] for group in curves.values()]
+    runs = []
+    for group in curves.values():
+        first = group[0]
+        label = first["run"]
+        if first_names.count(label) > 1:
+            label += "@" + first["event_file"].rsplit("tfevents.", 1)[-1].split(".")[0]
+        epochs = tuple({_our_tag(tag): value for tag, value in record.items()} for record in first["epochs"])
+        runs.append(AuthorsRun(label, tuple(entry["run"] for entry in group), first["commit"],
+                               first["config"], epochs))
+    return runs
+
+
+def _literal(text: str):
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text  # a plain string: a dataset, model or optimizer name, a caption
+
+
+def _loss_terms(terms) -> tuple[str, ...]:
+    return tuple(sorted(terms))
+
+
+def authors_config(logged: dict) -> dict:
+    """A logged config in our values: numbers, booleans, loss terms with ``"asl"`` as ``"bal"``."""
+    config = {key: _literal(value) for key, value in logged.items()}
+    config["class_caption"] = logged["class_caption"]  # kept as logged, trailing space included
+    config["loss_function"] = _loss_terms("bal" if term == "asl" else term for term in config["loss_function"])
+    return config
+
+
+def our_config(config: dict) -> dict:
+    """A run's ``config.json`` (options it lacks at their defaults) with its loss terms as a
+    sorted tuple, comparable with ``authors_config``."""
+    full = {**Config().to_dict(), **config}
+    full["loss_function"] = _loss_terms(full["loss_function"])
+    return full
+
+
+def _acting_options(config: dict) -> set[str]:
+    options = set(MATCHED_OPTIONS)
+    terms = config["loss_function"]
+    if "bal" not in terms:
+        options -= set(BAL_OPTIONS)
+    if not set(terms) - {"clip"}:
+        options.discard("asl_mul")
+    if "clip" not in terms:
+        options.discard("use_dataset_train_captions")  # the captions feed the contrastive term only
+    if not config["use_weighted_loss"]:
+        options.discard("class_weights_power")
+    if not config["use_sample_weights"]:
+        options.discard("sample_weights_power")
+    return options
+
+
+def _same(ours, theirs) -> bool:
+    numbers = (int, float)
+    if isinstance(ours, numbers) and isinstance(theirs, numbers) and not isinstance(ours, bool) \
+            and not isinstance(theirs, bool):
+        return math.isclose(ours, theirs, rel_tol=1e-9, abs_tol=0.0)
+    if isinstance(ours, (list, tuple)) and isinstance(theirs, (list, tuple)):
+        return tuple(ours) == tuple(theirs)
+    return type(ours) is type(theirs) and ours == theirs
+
+
+def differences(ours: dict, run: AuthorsRun) -> list[Difference]:
+    """The settings in which ``ours`` (``our_config``) trains otherwise than ``run``."""
+    theirs = run.config
+    compared = _acting_options(ours) & _acting_options(theirs)
+    found = [Difference(option, ours[option], theirs[option]) for option in MATCHED_OPTIONS
+             if option in compared and not _same(ours[option], theirs[option])]
+    found += [Difference(option, ours[option], allowed[-1]) for option, allowed in AUTHORS_FIXED.items()
+              if ours[option] not in allowed]
+    return found
+
+
+def check_record_speaks_to(config: dict) -> None:
+    if config["dataset"] not in RECORD_DATASETS:
+        raise RecordError(f"the authors' record holds {' and '.join(RECORD_DATASETS)} runs only, "
+                          f"not dataset {config['dataset']!r}")
+
+
+def matching_runs(config: dict, runs: list[AuthorsRun]) -> list[AuthorsRun]:
+    """The authors' runs that trained as the run config ``config`` (a ``config.json``) does."""
+    ours = our_config(config)
+    return [run for run in runs if not differences(ours, run)]
+
+
+def nearest_runs(config: dict, runs: list[AuthorsRun], count: int = 3) -> list[tuple[AuthorsRun, list[Difference]]]:
+    """The ``count`` authors' runs on the same dataset with the fewest differing settings (ties
+    in the record's order), each with its differences."""
+    ours = our_config(config)
+    candidates = [(run, differences(ours, run)) for run in runs if run.config["dataset"] == ours["dataset"]]
+    return sorted(candidates, key=lambda pair: len(pair[1]))[:count]
