@@ -132,7 +132,7 @@ def _literal(text: str):
 
 
 def _loss_terms(terms) -> tuple[str, ...]:
-    return tuple(sorted(terms))
+    return tuple(sorted(terms, key=lambda term: (term != "clip", term)))  # the sum's order does not matter
 
 
 def authors_config(logged: dict) -> dict:
