@@ -4,8 +4,10 @@ Runs are the folders ``<setting>_seed<k>`` of the sweep folder that hold ``confi
 ``metrics.jsonl``; a run counts once it has logged its config's last epoch. For each setting
 the table gives the test mAP over all classes and over the head, medium and tail classes at
 the best epoch (the highest test mAP: selected on test data, as in the paper's protocol) and
-at the last epoch, as the mean and sample standard deviation (n - 1) over seeds. Files keep
-mAP as fractions in [0, 1]; the Markdown table and the plot show percent.
+at the last epoch, as the mean and sample standard deviation (n - 1) over seeds. A setting
+that trained as some of the authors' logged runs did (``tailclip.authors_record``) also gets
+their number of runs and their best-epoch and last-epoch mAP (a value, or the range over their
+runs). Files keep mAP as fractions in [0, 1]; the Markdown table and the plot show percent.
 """
 import csv
 import json
@@ -15,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tailclip.authors_record import RECORD_DATASETS, AuthorsRun, load_record, matching_runs
+from tailclip.comparison import authors_summary
 from tailclip.errors import TailCLIPError
 from tailclip.logger import CONFIG_FILE, METRICS_FILE, read_metrics
 
@@ -24,6 +28,7 @@ EPOCHS = ("best", "last")
 # The paper's test mAP (%) for its published configs, as README's Results table lists them.
 PUBLISHED_MAP = {"voc_mlt_vitb16": "92.5", "voc_mlt_rn50": "86.1",
                  "coco_mlt_vitb16": "74.3", "coco_mlt_rn50": "58.2-58.5"}
+AUTHORS_COLUMNS = ("authors_runs", *(f"authors_{when}_mAP_{end}" for when in EPOCHS for end in ("min", "max")))
 RUN_FOLDER = re.compile(r"(?P<setting>.+)_seed(?P<seed>\d+)")
 
 
@@ -52,6 +57,19 @@ def mean_std(values: list[float]) -> tuple[float, float]:
     return float(finite.mean()), float(finite.std(ddof=1)) if finite.size > 1 else math.nan
 
 
+def authors_figures(config: dict, record: list[AuthorsRun]) -> dict:
+    """The authors' runs of ``config``'s settings: how many, and the minimum and maximum of
+    their best-epoch and last-epoch test mAP (None without a match)."""
+    matched = matching_runs(config, record) if config.get("dataset") in RECORD_DATASETS else []
+    summaries = [authors_summary(run) for run in matched]
+    figures = {"authors_runs": len(matched)}
+    for when in EPOCHS:
+        values = [summary[f"{when}_mAP"] for summary in summaries]
+        figures[f"authors_{when}_mAP_min"] = min(values) if values else None
+        figures[f"authors_{when}_mAP_max"] = max(values) if values else None
+    return figures
+
+
 def collect(sweep_dir: Path) -> tuple[list[dict], list[str], list[str], dict]:
     """One row per setting (its swept values, seeds and statistics), the swept keys, the
     runs not finished yet, and ``sweep.json`` (empty for a plain folder of runs)."""
@@ -69,7 +87,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str], list[str], dict]:
             runs.setdefault(match["setting"], []).append({**run, "seed": int(match["seed"])})
     swept = sweep.get("swept") or _differing_keys([run["config"] for group in runs.values() for run in group])
     order = {name: index for index, name in enumerate(sweep.get("settings", []))}
-    rows = []
+    rows, record = [], load_record()
     for setting in sorted(runs, key=lambda name: (order.get(name, len(order)), name)):
         group = sorted(runs[setting], key=lambda run: run["seed"])
         row = {"setting": setting, **{key: group[0]["config"].get(key) for key in swept},
@@ -78,7 +96,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str], list[str], dict]:
             for metric in GROUPS:
                 row[f"{when}_{metric}_mean"], row[f"{when}_{metric}_std"] = mean_std(
                     [run[f"{when}_{metric}"] for run in group])
-        rows.append(row)
+        rows.append({**row, **authors_figures(group[0]["config"], record)})
     return rows, swept, unfinished, sweep
 
 
@@ -93,6 +111,17 @@ def _percent(mean: float, std: float) -> str:
     return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if math.isfinite(std) else "")
 
 
+def _authors_cell(row: dict, when: str) -> str:
+    low, high = row[f"authors_{when}_mAP_min"], row[f"authors_{when}_mAP_max"]
+    if low is None:
+        return "-"
+    return f"{100 * low:.1f}" if f"{100 * low:.1f}" == f"{100 * high:.1f}" else f"{100 * low:.1f}-{100 * high:.1f}"
+
+
+def has_authors(rows: list[dict]) -> bool:
+    return any(row["authors_runs"] for row in rows)
+
+
 def _cell(value) -> str:
     return "+".join(map(str, value)) if isinstance(value, list) else str(value)
 
@@ -102,21 +131,27 @@ def markdown_table(rows: list[dict], swept: list[str], published: str | None) ->
               *(f"{GROUP_LABELS[m]} ({when})" for when in EPOCHS for m in GROUPS)]
     if published:
         header.append("paper mAP")
+    authors = has_authors(rows)
+    if authors:
+        header += ["authors' runs", "authors' mAP (best)", "authors' mAP (last)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["setting"], *(_cell(row[key]) for key in swept), str(row["seeds"]),
                  *(_percent(row[f"{when}_{m}_mean"], row[f"{when}_{m}_std"]) for when in EPOCHS for m in GROUPS)]
-        lines.append("| " + " | ".join(cells + ([published] if published else [])) + " |")
+        cells += [published] if published else []
+        cells += [str(row["authors_runs"]), *(_authors_cell(row, when) for when in EPOCHS)] if authors else []
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def write_csv(path: Path, rows: list[dict], swept: list[str], published: str | None) -> None:
     fields = ["setting", *swept, "seeds", *(f"{when}_{m}_{stat}" for when in EPOCHS for m in GROUPS
                                            for stat in ("mean", "std"))]
+    authors = list(AUTHORS_COLUMNS) if has_authors(rows) else []
     # The paper's percent as a fraction, like the other columns ("0.582-0.585" for a range).
     paper = {"paper_mAP": "-".join(f"{float(p) / 100:.3f}" for p in published.split("-"))} if published else {}
     with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fields + list(paper))
+        writer = csv.DictWriter(f, fields + list(paper) + authors, extrasaction="ignore")
         writer.writeheader()
         for row in rows:
             writer.writerow({**{key: (_cell(value) if key in swept else value) for key, value in row.items()},
@@ -139,6 +174,10 @@ def write_report(sweep_dir) -> list[Path]:
              "(selected on test data, as in the paper's protocol); *last*: the final epoch.", ""]
     if published:
         text += ["*paper mAP*: the published result of this config (the paper's settings).", ""]
+    if rows and has_authors(rows):
+        text += ["*authors'*: the paper's authors' logged runs with the same settings "
+                 "(`datasets/authors_runs/`): how many, and their test mAP at the best and the last "
+                 "epoch (the range over their runs; a run stopped early gives its last logged epoch).", ""]
     text.append(markdown_table(rows, swept, published) if rows else "No finished runs yet.")
     if unfinished:
         text += ["", f"Not finished (left out): {', '.join(unfinished)}."]

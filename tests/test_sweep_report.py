@@ -96,3 +96,25 @@ def test_categorical_settings_are_plotted_as_bars(tmp_path, monkeypatch):
                   [{f"val/{g}": value for g in GROUPS}])
     write_report(folder)
     assert bars == [[40.0, 20.0]] * 3  # head, medium and tail of "bal" and "clip", in percent
+
+
+def test_settings_of_the_authors_runs_show_their_best_and_last_map(tmp_path, repo_root):
+    from tailclip.config import load_config
+
+    folder = tmp_path / "sweep"
+    published = repo_root / "configs" / "voc_mlt_vitb16.py"
+    for setting, overrides in (("paper", []), ("lr=3e-6", ["lr=3e-6"])):
+        config = load_config(published, [*overrides, "seed=0"]).to_dict()
+        write_run(folder, f"{setting}_seed0", config, [{f"val/{g}": 0.9 for g in GROUPS}] * config["epochs"])
+    write_report(folder)
+    rows = {row["setting"]: row for row in csv.DictReader(open(folder / "results.csv"))}
+    # VOC-MLT ViT-B/16, the published config: two runs, best 92.54 (stopped after 22 epochs,
+    # last 91.56) and 92.42 (complete, last 91.98), as the record's README lists them.
+    paper = rows["paper"]
+    assert paper["authors_runs"] == "2"
+    assert [round(100 * float(paper[f"authors_{when}_mAP_{end}"]), 2) for when in ("best", "last")
+            for end in ("min", "max")] == [92.42, 92.54, 91.56, 91.98]
+    assert rows["lr=3e-6"]["authors_runs"] == "0" and rows["lr=3e-6"]["authors_best_mAP_min"] == ""
+    table = (folder / "results.md").read_text()
+    assert next(line for line in table.splitlines() if line.startswith("| paper |")).endswith("| 2 | 92.4-92.5 | 91.6-92.0 |")
+    assert next(line for line in table.splitlines() if line.startswith("| lr=3e-6 |")).endswith("| 0 | - | - |")
