@@ -147,3 +147,20 @@ PUBLISHED = {
 def test_each_published_config_matches_the_authors_runs_of_its_figure(repo_root, name):
     config = load_config(repo_root / "configs" / f"{name}.py").to_dict()
     assert {run.label for run in matching_runs(config, load_record())} == PUBLISHED[name]
+
+
+def _results_cell(runs) -> str:
+    cells = []
+    for run in runs:
+        best = max(run.epochs, key=lambda record: record["val/mAP"])
+        state = "complete" if run.complete else f"stopped after {len(run.epochs)} of {run.planned_epochs} epochs"
+        cells.append(f"{100 * best['val/mAP']:.2f} ({best['epoch']}), {100 * run.epochs[-1]['val/mAP']:.2f}: {state}")
+    return "; ".join(cells)
+
+
+@pytest.mark.parametrize("name", sorted(PUBLISHED))
+def test_readme_results_table_gives_the_records_figures(repo_root, name):
+    readme = (repo_root / "README.md").read_text()
+    row = next(line for line in readme.splitlines() if f"| `configs/{name}.py` |" in line)
+    config = load_config(repo_root / "configs" / f"{name}.py").to_dict()
+    assert f"| {_results_cell(matching_runs(config, load_record()))} |" in row

@@ -143,3 +143,14 @@ def test_command_line_refuses_the_demo_and_a_folder_that_is_no_run_in_one_line(t
     assert result.stderr.splitlines() == [
         "error: the authors' record holds voc_mlt and coco_mlt runs only, not dataset 'synthetic_mlt'",
         f"error: {tmp_path / 'empty'} is not a TailCLIP run folder (no config.json and metrics.jsonl)"]
+
+
+def test_help_loads_neither_torch_nor_the_library(repo_root):
+    heavy = ("torch", "numpy", "matplotlib", "tensorboard", "tailclip.authors_record")
+    code = ("import runpy, sys\nsys.argv = ['compare.py', '--help']\n"
+            "try:\n    runpy.run_path('compare.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            f"print('loaded:', sorted(m for m in {heavy!r} if m in sys.modules))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True,
+                            timeout=60, check=True)
+    assert "usage: compare.py" in result.stdout and "--tensorboard" in result.stdout
+    assert result.stdout.splitlines()[-1] == "loaded: []"
