@@ -18,6 +18,7 @@ contrastive loss) must hold their value in ours. Event files copied into several
 """
 import ast
 import dataclasses
+import hashlib
 import json
 import math
 import re
@@ -100,13 +101,17 @@ def _our_tag(tag: str) -> str:
     return f"{split}/mAP_{AUTHORS_TAGS[group]}" if group in AUTHORS_TAGS else tag
 
 
-def load_record(path=RECORD_FILE) -> list["AuthorsRun"]:
+def load_record(path=None) -> list["AuthorsRun"]:
     """The authors' runs that logged at least one evaluation, identical curves merged, in the
-    record's order."""
-    path = Path(path)
+    record's order; by default those of the shipped record, checked against its sha256."""
+    path = Path(RECORD_FILE if path is None else path)
     if not path.is_file():
         raise RecordError(f"the authors' record {path} is missing (it ships with the repository)")
-    entries = json.loads(path.read_text())["runs"]
+    content = path.read_bytes()
+    if path == RECORD_FILE and hashlib.sha256(content).hexdigest() != RECORD_SHA256:
+        raise RecordError(f"{path} differs from the shipped record (sha256 {RECORD_SHA256}): "
+                          f"restore it with git checkout")
+    entries = json.loads(content)["runs"]
     curves: dict[str, list[dict]] = {}
     for entry in entries:
         if entry["epochs"]:  # three runs were stopped before their first evaluation

@@ -16,6 +16,21 @@ from tailclip.config import Config, load_config
 REFERENCE = "authors_runs/lm_clip_runs.json"
 
 
+def test_shipped_record_has_its_pinned_sha256():
+    assert hashlib.sha256(RECORD_FILE.read_bytes()).hexdigest() == RECORD_SHA256
+
+
+def test_a_changed_shipped_record_is_refused(tmp_path, monkeypatch):
+    from tailclip import authors_record
+
+    changed = tmp_path / "lm_clip_runs.json"
+    changed.write_bytes(RECORD_FILE.read_bytes() + b" ")
+    monkeypatch.setattr(authors_record, "RECORD_FILE", changed)
+    with pytest.raises(RecordError, match="differs from the shipped record"):
+        load_record()
+    assert len(load_record(RECORD_FILE)) == 114  # another path: read as it is
+
+
 def test_shipped_record_is_the_reference_file_with_its_listed_sha256(shared_data):
     listed = re.search(r"authors_runs/lm_clip_runs\.json.*?sha256 `([0-9a-f]{64})`",
                        (shared_data / "README.md").read_text(), flags=re.S)[1]
