@@ -205,9 +205,10 @@ def matching_runs(config: dict, runs: list[AuthorsRun]) -> list[AuthorsRun]:
     return [run for run in runs if not differences(ours, run)]
 
 
-def nearest_runs(config: dict, runs: list[AuthorsRun], count: int = 3) -> list[tuple[AuthorsRun, list[Difference]]]:
-    """The ``count`` authors' runs on the same dataset with the fewest differing settings (ties
-    in the record's order), each with its differences."""
+def nearest_runs(config: dict, runs: list[AuthorsRun], limit: int = 10) -> list[tuple[AuthorsRun, list[Difference]]]:
+    """The authors' runs on the same dataset with the fewest differing settings, every one of
+    them up to ``limit`` (in the record's order), each with its differences."""
     ours = our_config(config)
     candidates = [(run, differences(ours, run)) for run in runs if run.config["dataset"] == ours["dataset"]]
-    return sorted(candidates, key=lambda pair: len(pair[1]))[:count]
+    fewest = min((len(found) for _, found in candidates), default=0)
+    return [(run, found) for run, found in candidates if len(found) == fewest][:limit]

@@ -137,7 +137,8 @@ def test_nearest_runs_name_each_differing_setting_with_both_values(record):
         ("as_asl", ["asl_mul 0.5 vs 0.4", "lr 1.5e-6 vs 1e-6"]),
         ("as_bal", ["asl_mul 0.5 vs 0.4", "lr 1.5e-6 vs 1e-6"]),
         ("lr_2e-6", ["asl_mul 0.5 vs 0.4", "lr 1.5e-6 vs 2e-6"])]
-    [(_, found)] = nearest_runs(ours(loss_function=["clip"], finetune="prompt", lr=2e-6), record, count=1)
+    assert [run.label for run, _ in nearest_runs(ours(asl_mul=0.5), record)] == ["as_asl", "as_bal"]  # fewest only
+    [(_, found)] = nearest_runs(ours(loss_function=["clip"], finetune="prompt", lr=2e-6), record, limit=1)
     assert [str(d) for d in found] == ["loss_function clip vs clip+bal", "finetune prompt vs full"]
 
 
