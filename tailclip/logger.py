@@ -4,8 +4,9 @@ Only the main process of a distributed run writes (``enabled=False`` elsewhere m
 method a no-op), so callers never check the rank themselves.
 
 One unit per reader: the files (``metrics.jsonl``, ``test_*.json``, checkpoints) store mAP,
-AP and AUROC as fractions in [0, 1] and say so (``"mAP_unit": "fraction"``); what a person
-reads, the console and TensorBoard's charts, shows them in percent.
+AP, AUROC and the decision metrics (CP, CR, CF1, OP, OR, OF1) as fractions in [0, 1] and say
+so (``"mAP_unit": "fraction"``); what a person reads, the console and TensorBoard's charts,
+shows them in percent.
 """
 import json
 import math
@@ -16,16 +17,18 @@ from tqdm import tqdm
 
 from tailclip import visualize
 from tailclip.distributed import is_main_process
+from tailclip.thresholds import SUMMARY_NAMES
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
-MAP_UNIT = "fraction"  # of mAP, AP and AUROC in the files
+MAP_UNIT = "fraction"  # of mAP, AP, AUROC and the decision metrics in the files
 
 
 def in_percent(tag: str) -> bool:
-    """Whether TensorBoard shows the scalar ``tag`` in percent: mAP (any group) and AUROC."""
+    """Whether TensorBoard shows the scalar ``tag`` in percent: mAP (any group), AUROC and
+    the decision metrics (``CF1``, ``OP_top3``, ``CR_tail``, ...)."""
     name = tag.rsplit("/", 1)[-1]
-    return "mAP" in name or "AUROC" in name
+    return "mAP" in name or "AUROC" in name or name.split("_", 1)[0] in SUMMARY_NAMES
 
 
 def percent_scalars(record: dict) -> dict:

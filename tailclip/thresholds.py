@@ -26,6 +26,10 @@ DEFAULT_THRESHOLD = 0.5
 TOP_K = 3
 PROBABILITY = "sigmoid of the class logits"  # what a threshold applies to, as the files say
 SUMMARY_NAMES = ("CP", "CR", "CF1", "OP", "OR", "OF1")
+DEFINITIONS = ("CP, CR: means over classes of the per-class precision and recall (scikit-learn's "
+               "macro); OP, OR: over all (image, class) pairs (micro); CF1 = 2 CP CR / (CP + CR) "
+               "(ML-GCN's), OF1 likewise; precision 0 for a class never predicted, recall 0 for a "
+               "class without positives (zero_division=0)")
 GROUP_NAMES = ("CP", "CR", "CF1")
 
 
@@ -65,7 +69,8 @@ def _harmonic(p, r) -> float:
 
 def decision_metrics(predicted, targets, groups=None) -> dict:
     """CP, CR, CF1, OP, OR, OF1 of boolean predictions [N, C] against binary targets [N, C];
-    ``CP_<group>``, ``CR_<group>``, ``CF1_<group>`` over each group's classes; and the
+    ``CP_<group>``, ``CR_<group>``, ``CF1_<group>`` over each group's classes (NaN for a
+    group without classes); and the
     per-class ``P``, ``R``, ``F1`` lists (F1 per class: the harmonic mean of its P and R)."""
     predicted, targets = np.asarray(predicted, bool), _numpy(targets) > 0.5
     true_pos = (predicted & targets).sum(0)
@@ -74,6 +79,8 @@ def decision_metrics(predicted, targets, groups=None) -> dict:
     f1 = _ratio(2 * precision * recall, precision + recall)
 
     def macro(classes) -> dict:
+        if not classes:  # an empty group, as its mAP is
+            return {"CP": float("nan"), "CR": float("nan"), "CF1": float("nan")}
         cp, cr = float(precision[classes].mean()), float(recall[classes].mean())
         return {"CP": cp, "CR": cr, "CF1": _harmonic(cp, cr)}
 
@@ -92,6 +99,18 @@ def threshold_metrics(logits, targets, groups=None, thresholds=DEFAULT_THRESHOLD
     at_threshold = decision_metrics(class_probabilities(logits) >= _numpy(thresholds), targets, groups)
     top = decision_metrics(top_k_predictions(logits), targets, groups)
     return {**at_threshold, **{f"{name}_top{TOP_K}": value for name, value in top.items()}}
+
+
+def per_class(metrics: dict, class_names) -> dict:
+    """``{class name: {"P", "R", "F1"}}`` from ``decision_metrics``' lists."""
+    return {name: {key: metrics[key][c] for key in ("P", "R", "F1")} for c, name in enumerate(class_names)}
+
+
+def split_top_k(metrics: dict) -> tuple[dict, dict]:
+    """``threshold_metrics``' result as (at the threshold, at top-3 without the suffix)."""
+    suffix = f"_top{TOP_K}"
+    return ({k: v for k, v in metrics.items() if not k.endswith(suffix)},
+            {k.removesuffix(suffix): v for k, v in metrics.items() if k.endswith(suffix)})
 
 
 def scalar_metrics(metrics: dict) -> dict:
@@ -137,13 +156,23 @@ def calibrate(probabilities, targets, target_precision: float | None = None,
     return thresholds, notes
 
 
+def selected_classes(probabilities, class_names, thresholds) -> list[tuple[str, float]]:
+    """``(class, probability)`` of one image's classes at or above ``thresholds`` (one for
+    all classes, or one per class), most probable first."""
+    probabilities = _numpy(probabilities)
+    chosen = np.flatnonzero(probabilities >= _numpy(thresholds))
+    chosen = chosen[np.argsort(-probabilities[chosen], kind="stable")]
+    return [(class_names[c], float(probabilities[c])) for c in chosen]
+
+
 def thresholds_file_name(checkpoint: str | Path) -> str:
     return f"thresholds_{Path(checkpoint).stem}.json"
 
 
-def write_thresholds(path: Path, class_names, thresholds, split: str, checkpoint: str,
+def write_thresholds(path: Path, thresholds: dict, split: str, checkpoint: str,
                      target_precision: float | None, notes: dict) -> Path:
-    """The thresholds file: one threshold per class with where they came from."""
+    """The thresholds file: ``thresholds`` ``{class name: threshold}`` in class order, with
+    where they came from and ``notes`` ``{class name: why it kept another threshold}``."""
     document = {
         "checkpoint": str(checkpoint),
         "split": str(split),
@@ -151,9 +180,9 @@ def write_thresholds(path: Path, class_names, thresholds, split: str, checkpoint
         "criterion": ("max F1" if target_precision is None
                       else f"lowest threshold with precision >= {target_precision:g}"),
         "target_precision": target_precision,
-        "classes": list(class_names),
-        "thresholds": [float(t) for t in thresholds],
-        "notes": {class_names[c]: note for c, note in sorted(notes.items())},
+        "classes": list(thresholds),
+        "thresholds": [float(t) for t in thresholds.values()],
+        "notes": notes,
     }
     path.write_text(json.dumps(document, indent=2) + "\n")
     return path

@@ -119,8 +119,8 @@ def test_ties_in_scores_are_one_threshold():
 
 def test_thresholds_file_round_trip_and_refusals(tmp_path):
     names = ["cat", "dog", "bird"]
-    path = th.write_thresholds(tmp_path / "t.json", names, [0.2, 0.5, 0.7], "val.txt", "best.pt",
-                               None, {1: "no positive image: kept the global threshold 0.5"})
+    path = th.write_thresholds(tmp_path / "t.json", dict(zip(names, [0.2, 0.5, 0.7])), "val.txt",
+                               "best.pt", None, {"dog": "no positive image: kept the global threshold 0.5"})
     document = json.loads(path.read_text())
     assert document["classes"] == names and document["split"] == "val.txt"
     assert document["notes"] == {"dog": "no positive image: kept the global threshold 0.5"}
