@@ -4,7 +4,9 @@ One epoch: balanced sampling (seeded by (seed, epoch)), mixed-precision forward,
 objective, AdamW with a cosine schedule stepped once per epoch, then an evaluation of the
 test split (the paper's "valid" split); one evaluation before the first epoch gives the
 starting point (the untrained or zero-shot model) that the final summary compares with.
-Every epoch is logged to TensorBoard and ``metrics.jsonl`` and checkpointed atomically;
+Every epoch is logged to TensorBoard and ``metrics.jsonl`` and checkpointed atomically, and
+every ``log_every_steps`` steps the loss, its terms and the learning rate go to TensorBoard
+on the global step axis (``logger.StepCurves``);
 ``resume=True`` continues from ``newest_train_checkpoint.pt`` with the same subsequent losses
 as an unbroken run.
 
