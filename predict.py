@@ -1,12 +1,14 @@
 """Predict the classes of new images with a trained TailCLIP checkpoint.
 
     python predict.py --checkpoint=runs/demo/best_valid_mAP.pt photos/ extra.jpg \\
-        [--top-k 5] [--threshold 0.3] [--output results.csv|results.json]
+        [--top-k 5] [--threshold 0.3] [--thresholds FILE] [--output results.csv|results.json]
 
 Folders are searched recursively for image files (.jpg, .jpeg, .png, .bmp, .gif, .webp,
 .tif, .tiff, ... in any case). The checkpoint alone is enough: no training data or config
 file is needed. Prints the top-k classes with their scores (the config's `score` kind) for
-each image, and the classes at or above --threshold when given. Files that cannot be read
+each image, and the classes at or above --threshold when given. --thresholds FILE (written
+by test.py --calibrate) lists the classes whose probability, the sigmoid of the class logit,
+reaches that class's threshold. Files that cannot be read
 (not an image, corrupt or truncated) are reported and skipped, and listed at the end.
 Exit codes: 0 when at least one image was read, 1 when none could be or the checkpoint or
 the device cannot be used, 2 for bad arguments.
@@ -28,6 +30,9 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="classes printed per image (default 5)")
     parser.add_argument("--threshold", type=float,
                         help="also list every class whose score is >= this value")
+    parser.add_argument("--thresholds", metavar="FILE",
+                        help="per-class thresholds on the class probabilities (sigmoid of the logits), "
+                             "from test.py --calibrate: also list the classes that reach theirs")
     parser.add_argument("--output", help="write the predictions to this .csv or .json file")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
@@ -50,11 +55,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def describe(path: str, top: list, above: list, threshold) -> str:
-    """One output line: the image and its best classes with scores."""
+def describe(path: str, top: list, above: list, threshold, selected: list | None = None) -> str:
+    """One output line: the image and its best classes with scores, and those selected by
+    the per-class thresholds when given."""
     line = f"{path}: " + ", ".join(f"{name} {score:.4f}" for name, score in top)
     if threshold is not None:
         line += f"  [>= {threshold:g}: {', '.join(name for name, _ in above) or 'none'}]"
+    if selected is not None:
+        line += f"  [per-class thresholds: {', '.join(name for name, _ in selected) or 'none'}]"
     return line
 
 
@@ -62,9 +70,12 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
     from tailclip.predict import find_images, load_predictor, predict_files, ranked_classes, write_results
+    from tailclip.thresholds import PROBABILITY, read_thresholds, selected_classes
 
     try:
         predictor = load_predictor(args.checkpoint, args.device)
+        class_thresholds = (read_thresholds(args.thresholds, predictor.class_names)
+                            if args.thresholds else None)
     except TailCLIPError as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"predict.py: error: {error}", file=sys.stderr)
         return 1
@@ -77,13 +88,17 @@ def main(argv=None) -> int:
             continue
         top, above = ranked_classes(result.scores, predictor.class_names, args.top_k,
                                     args.threshold)
-        print(describe(result.path, top, above, args.threshold), flush=True)
+        selected = (selected_classes(result.probabilities, predictor.class_names, class_thresholds)
+                    if class_thresholds is not None else None)
+        print(describe(result.path, top, above, args.threshold, selected), flush=True)
 
     unreadable = not_read + [result for result in results if result.scores is None]
     read = sum(result.scores is not None for result in results)
     if args.output:
+        metadata = {**predictor.metadata, **({"thresholds_file": args.thresholds, "probability": PROBABILITY}
+                                             if args.thresholds else {})}
         path = write_results(args.output, results + not_read, predictor.class_names, args.top_k,
-                             args.threshold, predictor.metadata)
+                             args.threshold, metadata, class_thresholds)
         print(f"wrote {read} predictions to {path}", file=sys.stderr)
     if unreadable:
         print(f"{len(unreadable)} file(s) could not be read:", file=sys.stderr)

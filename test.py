@@ -12,8 +12,16 @@ single-label subsets and the PD/ND ratios in percent, and writes them as fractio
 ``<run>/test_<checkpoint stem or "zeroshot">.json`` (strict JSON: an undefined value, such as
 the AP of a class without test images, is null) with the per-class AP chart
 ``<run>/per_class_ap_<checkpoint stem or "zeroshot">.png``. Under ``torchrun`` the processes
-share the test images and rank 0 prints and writes. Exit codes: 0 done, 1 error (a bad config,
-checkpoint or input), 2 bad arguments.
+share the test images and rank 0 prints and writes. It also prints CP, CR, CF1, OP, OR and
+OF1 (and CF1 per group) at the probability threshold 0.5 and at top-3, with the per-class
+precision, recall and F1 in the JSON file.
+
+``--calibrate SPLIT`` chooses a threshold per class on SPLIT (a list file in the split format,
+or ``train``, with a warning that its thresholds are optimistic; never the test split): the
+one that maximises F1, or with ``--target-precision P`` the lowest that reaches precision P.
+It writes them to ``<run>/thresholds_<checkpoint stem>.json`` (for ``predict.py
+--thresholds``) and prints the test metrics with them beside the global threshold's.
+Exit codes: 0 done, 1 error (a bad config, checkpoint or input), 2 bad arguments.
 """
 import argparse
 import sys
@@ -40,9 +48,19 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config option (repeatable)")
     parser.add_argument("--run-name", help="name of the run folder (default: the config's stem)")
+    parser.add_argument("--calibrate", metavar="SPLIT",
+                        help="choose per-class thresholds on this split file (or 'train')")
+    parser.add_argument("--target-precision", type=float, metavar="P",
+                        help="with --calibrate: the lowest threshold reaching precision P per class "
+                             "(default: the threshold with the best F1)")
     args = parser.parse_args(argv)
     if args.zeroshot and args.checkpoint:
         parser.error("give either --checkpoint or --zeroshot, not both")
+    if args.target_precision is not None:
+        if args.calibrate is None:
+            parser.error("--target-precision needs --calibrate SPLIT")
+        if not 0 < args.target_precision <= 1:
+            parser.error("--target-precision must be in (0, 1]")
     return args
 
 
@@ -56,7 +74,8 @@ def main(argv=None) -> int:
     try:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(cfg.run_dir) / (args.run_name or Path(args.config).stem)
-        report = evaluate_checkpoint(cfg, run_dir, args.checkpoint, args.zeroshot)
+        report = evaluate_checkpoint(cfg, run_dir, args.checkpoint, args.zeroshot, args.calibrate,
+                                     args.target_precision)
         writes = is_main_process()  # under torchrun only rank 0 prints and writes
     except TailCLIPError as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
@@ -65,7 +84,8 @@ def main(argv=None) -> int:
         cleanup()
     if writes:
         print(format_report(report))
-        print("wrote {} and {}".format(*write_report(report, run_dir)))
+        *files, last = write_report(report, run_dir)
+        print(f"wrote {', '.join(map(str, files))} and {last}")
     return 0
 
 

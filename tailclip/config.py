@@ -118,6 +118,7 @@ class Config:
     n_visual_prompts: int = 8
     # Output
     run_dir: str = "runs"
+    log_every_steps: int = 1
 
     def __post_init__(self) -> None:
         coerced, problems = _check({name: getattr(self, name) for name in OPTION_NAMES})
@@ -194,6 +195,7 @@ _RANGES = {
     "class_weights_power": _at_least(0),
     "seed": _at_least(0),
     "max_nonfinite_steps": _at_least(0),
+    "log_every_steps": _at_least(0),
     "n_ctx": _at_least(1),
     "n_visual_prompts": _at_least(1),
 }

@@ -10,6 +10,7 @@ from tailclip.errors import TailCLIPError
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.precision import autocast
+from tailclip.thresholds import scalar_metrics, threshold_metrics
 
 
 class NonFiniteScoresError(TailCLIPError):
@@ -18,10 +19,13 @@ class NonFiniteScoresError(TailCLIPError):
 
 @dataclasses.dataclass
 class Evaluation:
-    """Result of `evaluate_model`: mean loss, ``evaluate`` metrics and the raw outputs (CPU)."""
+    """Result of `evaluate_model`: mean loss, ``evaluate`` metrics, the decision metrics at
+    the default threshold and at top-3 (``threshold_metrics``) and the raw outputs (CPU)."""
     loss: float
     metrics: dict
+    decisions: dict
     scores: torch.Tensor
+    logits: torch.Tensor
     targets: torch.Tensor
     image_emb: torch.Tensor | None = None
 
@@ -54,7 +58,7 @@ def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, devic
             caption_of_image = caption_of_image.to(device)
     loss_sum = torch.zeros((), device=device)
     # Empty first entries: with several processes, one may have no batch at all.
-    scores, targets = ([torch.empty(0, label_emb.shape[0], device=device)] for _ in range(2))
+    scores, logits_of, targets = ([torch.empty(0, label_emb.shape[0], device=device)] for _ in range(3))
     embeddings, indices = [torch.empty(0, label_emb.shape[1], device=device)], [torch.empty(0, dtype=torch.long)]
     for images, batch_targets, _, index in batches:
         with autocast(precision, device):
@@ -67,23 +71,26 @@ def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, devic
                 logit_bias=model.logit_bias)
         loss_sum += out["loss"].float() * batch_targets.shape[0]
         scores.append(scores_from_logits(logits.float(), model.score_kind))
+        logits_of.append(logits.float())
         targets.append(batch_targets)
         indices.append(index)
         if keep_embeddings:
             embeddings.append(image_emb.float())
     loss = reduce_mean(loss_sum.item(), count=sum(len(index) for index in indices))
-    outputs = [torch.cat(scores), torch.cat(targets)] + ([torch.cat(embeddings)] if keep_embeddings else [])
-    _, scores, targets, *image_emb = (t.cpu() for t in gather_eval(torch.cat(indices), *outputs))
+    outputs = ([torch.cat(scores), torch.cat(logits_of), torch.cat(targets)]
+               + ([torch.cat(embeddings)] if keep_embeddings else []))
+    _, scores, logits, targets, *image_emb = (t.cpu() for t in gather_eval(torch.cat(indices), *outputs))
     nonfinite = int((~torch.isfinite(scores)).any(dim=1).sum())
     if nonfinite:
         raise NonFiniteScoresError(f"non-finite scores (NaN or inf) for {nonfinite} of {len(scores)} images")
-    return Evaluation(loss=loss, metrics=evaluate(scores, targets, groups), scores=scores,
-                      targets=targets, image_emb=image_emb[0] if keep_embeddings else None)
-
+    return Evaluation(loss=loss, metrics=evaluate(scores, targets, groups),
+                      decisions=threshold_metrics(logits, targets, groups), scores=scores,
+                      logits=logits, targets=targets, image_emb=image_emb[0] if keep_embeddings else None)
 
 
 def val_record(evaluation: Evaluation) -> dict:
-    return {"val/loss": evaluation.loss, **{f"val/{k}": v for k, v in evaluation.metrics.items() if k != "AP"}}
+    return {"val/loss": evaluation.loss, **{f"val/{k}": v for k, v in evaluation.metrics.items() if k != "AP"},
+            **{f"val/{k}": v for k, v in scalar_metrics(evaluation.decisions).items()}}
 
 
 def val_line(record: dict) -> str:

@@ -1,31 +1,42 @@
-"""Run logging: TensorBoard events and one JSON line per epoch in ``runs/<run>/``.
+"""Run logging: TensorBoard events and one JSON line per epoch in ``runs/<run>/``, and the
+per-step training curves in ``runs/<run>/steps/``.
 
 Only the main process of a distributed run writes (``enabled=False`` elsewhere makes every
 method a no-op), so callers never check the rank themselves.
 
 One unit per reader: the files (``metrics.jsonl``, ``test_*.json``, checkpoints) store mAP,
-AP and AUROC as fractions in [0, 1] and say so (``"mAP_unit": "fraction"``); what a person
-reads, the console and TensorBoard's charts, shows them in percent.
+AP, AUROC and the decision metrics (CP, CR, CF1, OP, OR, OF1) as fractions in [0, 1] and say
+so (``"mAP_unit": "fraction"``); what a person reads, the console and TensorBoard's charts,
+shows them in percent.
 """
+import dataclasses
 import json
 import math
 from pathlib import Path
 
+import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from tailclip import visualize
 from tailclip.distributed import is_main_process
+from tailclip.thresholds import SUMMARY_NAMES
 
 METRICS_FILE = "metrics.jsonl"
 CONFIG_FILE = "config.json"
-MAP_UNIT = "fraction"  # of mAP, AP and AUROC in the files
+# The per-step curves: a TensorBoard run of their own, on the global step axis. In the run
+# folder, a resumed run's purge of the epochs after its checkpoint would also drop every
+# step after that epoch number.
+STEPS_DIR = "steps"
+STEP_TAG = "train_step"
+MAP_UNIT = "fraction"  # of mAP, AP, AUROC and the decision metrics in the files
 
 
 def in_percent(tag: str) -> bool:
-    """Whether TensorBoard shows the scalar ``tag`` in percent: mAP (any group) and AUROC."""
+    """Whether TensorBoard shows the scalar ``tag`` in percent: mAP (any group), AUROC and
+    the decision metrics (``CF1``, ``OP_top3``, ``CR_tail``, ...)."""
     name = tag.rsplit("/", 1)[-1]
-    return "mAP" in name or "AUROC" in name
+    return "mAP" in name or "AUROC" in name or name.split("_", 1)[0] in SUMMARY_NAMES
 
 
 def percent_scalars(record: dict) -> dict:
@@ -43,16 +54,20 @@ def say(message: str) -> None:
 class RunLogger:
     """TensorBoard `SummaryWriter` plus ``metrics.jsonl`` for one run folder.
 
-    Every scalar is logged against the 1-based epoch number. When a run resumes after
-    ``resume_epoch`` finished epochs, records of later epochs (written by the interrupted
-    run after its last checkpoint) are dropped from ``metrics.jsonl`` and hidden in
-    TensorBoard, so the resumed run's lines replace them instead of duplicating them.
+    Every epoch scalar is logged against the 1-based epoch number, every per-step scalar
+    (``log_step``) against the global step in ``steps/``. When a run resumes after
+    ``resume_epoch`` finished epochs and ``resume_step`` global steps, records of later
+    epochs and steps (written by the interrupted run after its last checkpoint) are dropped
+    from ``metrics.jsonl`` and hidden in TensorBoard, so the resumed run's points replace
+    them instead of duplicating them.
     """
 
-    def __init__(self, run_dir, enabled: bool = True, resume_epoch: int | None = None):
+    def __init__(self, run_dir, enabled: bool = True, resume_epoch: int | None = None,
+                 resume_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
-        self.writer = None
+        self.writer = self.step_writer = None
+        self.resume_step = resume_step
         if not enabled:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -95,6 +110,23 @@ class RunLogger:
             f.write(line + "\n")
             f.flush()
 
+    def log_step(self, step: int, record: dict) -> None:
+        """``record``'s numbers as the scalars ``train_step/<key>`` at the global ``step``."""
+        if not self.enabled:
+            return
+        if self.step_writer is None:  # created at the first point: none when steps are not logged
+            purge = None if self.resume_step is None else self.resume_step + 1
+            self.step_writer = SummaryWriter(self.run_dir / STEPS_DIR, purge_step=purge)
+        for name, value in record.items():
+            self.step_writer.add_scalar(f"{STEP_TAG}/{name}", value, global_step=step)
+
+    def flush(self) -> None:
+        """Write what is logged to disk: before a checkpoint, so that a run resumed from it
+        misses no step."""
+        for writer in (self.writer, self.step_writer):
+            if writer is not None:
+                writer.flush()
+
     def log_evaluation(self, epoch: int, scores, targets, ap, class_names, groups,
                        class_counts=None) -> None:
         """Pictures of an evaluation: per-class AP bars and the tail classes' PR curves."""
@@ -112,14 +144,32 @@ class RunLogger:
         self.writer.flush()
 
     def close(self) -> None:
-        if self.writer is not None:
-            self.writer.close()
+        for writer in (self.writer, self.step_writer):
+            if writer is not None:
+                writer.close()
 
     def __enter__(self):
         return self
 
     def __exit__(self, *exc):
         self.close()
+
+
+@dataclasses.dataclass
+class StepCurves:
+    """The per-step training curves: the loss, each of its terms and the learning rate,
+    every ``every`` global steps (0: none). A point is that step's value, not an average, so
+    a resumed run logs exactly the points of an unbroken one."""
+    logger: RunLogger
+    every: int
+
+    def log(self, step: int, out: dict, lr: float) -> None:
+        """After global step ``step`` (1-based), with the step's outputs ``out``."""
+        if not self.every or step % self.every or not self.logger.enabled:
+            return
+        names = [name for name in out if name.startswith("loss")]
+        values = torch.stack([out[name].detach().float() for name in names]).tolist()  # one sync
+        self.logger.log_step(step, {**dict(zip(names, values)), "lr": lr})
 
 
 def _record_epoch(line: str) -> float:

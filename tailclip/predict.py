@@ -21,8 +21,10 @@ from tailclip.data.datasets import UnreadableImageError, load_image
 from tailclip.data.transforms import build_transform
 from tailclip.distributed import resolve_device
 from tailclip.errors import TailCLIPError
+from tailclip.metrics import scores_from_logits
 from tailclip.run_folder import model_from_checkpoint
 from tailclip.precision import autocast, resolve_precision
+from tailclip.thresholds import class_probabilities, selected_classes
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm"})
@@ -35,19 +37,22 @@ class OutputFormatError(TailCLIPError, ValueError):
 
 @dataclass
 class Result:
-    """The outcome for one file: class scores [C] (float32, CPU), or why it was not read."""
+    """The outcome for one file: class scores [C] (float32, CPU) and probabilities [C] (the
+    sigmoid of the class logits, float64), or why it was not read."""
 
     path: str
     scores: torch.Tensor | None = None
     error: str | None = None
+    probabilities: torch.Tensor | None = None
 
 
 class Predictor:
-    """A trained TailCLIP ready for inference: ``predictor(images) -> scores [N, C]`` (CPU).
+    """A trained TailCLIP ready for inference: ``predictor(images) -> (scores, probabilities)``
+    [N, C] (CPU).
 
     ``transform`` turns a PIL RGB image into the model's input (the config's size and
-    normalisation, no flip). Scores are of the config's ``score`` kind. The class prompts are
-    encoded once, at the first call.
+    normalisation, no flip). Scores are of the config's ``score`` kind, probabilities the
+    sigmoid of the class logits. The class prompts are encoded once, at the first call.
     """
 
     def __init__(self, model, class_names: Sequence[str], transform, device: torch.device,
@@ -61,12 +66,13 @@ class Predictor:
         self.label_emb = None
 
     @torch.no_grad()
-    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+    def __call__(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.precision, self.device):
             if self.label_emb is None:
                 self.label_emb = self.model.encode_labels()
-            scores = self.model.predict_scores(images.to(self.device), self.label_emb)
-        return scores.float().cpu()
+            logits = self.model.predict_logits(images.to(self.device), self.label_emb).float().cpu()
+        return (scores_from_logits(logits, self.model.score_kind),
+                torch.from_numpy(class_probabilities(logits)))
 
 
 def load_predictor(checkpoint_path: str | Path, device: str = "auto") -> Predictor:
@@ -141,16 +147,16 @@ def predict_files(predictor, paths: Sequence[Path], batch_size: int = 32,
                   num_workers: int = 0) -> Iterator[Result]:
     """Score image files in batches; yields one ``Result`` per path, in order.
 
-    ``predictor`` maps a batch of transformed images to scores (``Predictor``) and has the
-    ``transform`` to apply. Files that cannot be decoded give a ``Result`` with ``error``.
+    ``predictor`` maps a batch of transformed images to scores and probabilities
+    (``Predictor``) and has the ``transform`` to apply. Files that cannot be decoded give a ``Result`` with ``error``.
     """
     loader = DataLoader(ImageFiles(paths, predictor.transform), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate_readable)
     for indices, images, failures in loader:
         results = {index: Result(str(paths[index]), error=error) for index, error in failures}
         if images is not None:
-            for index, row in zip(indices, predictor(images)):
-                results[index] = Result(str(paths[index]), scores=row)
+            for index, scores, probabilities in zip(indices, *predictor(images)):
+                results[index] = Result(str(paths[index]), scores=scores, probabilities=probabilities)
         yield from (results[index] for index in sorted(results))
 
 
@@ -166,14 +172,17 @@ def ranked_classes(scores: torch.Tensor, class_names: Sequence[str], top_k: int,
 
 
 def write_results(path: str | Path, results: Sequence[Result], class_names: Sequence[str],
-                  top_k: int, threshold: float | None = None, metadata: dict | None = None) -> Path:
+                  top_k: int, threshold: float | None = None, metadata: dict | None = None,
+                  class_thresholds: torch.Tensor | None = None) -> Path:
     """Write predictions as CSV or JSON, chosen by the extension of ``path``.
 
     CSV: one row per file, columns ``path, error, class_1, score_1, ..., class_k, score_k``
-    and, with a threshold, ``above_threshold`` (class names joined by ";"); a file that could
-    not be read has only ``path`` and ``error`` filled in. JSON: ``metadata`` fields plus
-    ``predictions`` (``path``, ``top_k`` list of ``{"class", "score"}``, ``above_threshold``)
-    and ``unreadable`` (``path``, ``error``).
+    and, with a threshold, ``above_threshold`` (class names joined by ";"), with per-class
+    thresholds [C] ``above_class_threshold`` (the classes whose probability reaches their
+    threshold); a file that could not be read has only ``path`` and ``error`` filled in.
+    JSON: ``metadata`` fields plus ``predictions`` (``path``, ``top_k`` list of ``{"class",
+    "score"}``, ``above_threshold``, ``above_class_threshold`` list of ``{"class",
+    "probability"}``) and ``unreadable`` (``path``, ``error``).
     """
     path = Path(path)
     check_output_path(path)
@@ -189,6 +198,10 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
             entry = {"path": result.path, "top_k": [{"class": c, "score": s} for c, s in top]}
             if threshold is not None:
                 entry["above_threshold"] = [{"class": c, "score": s} for c, s in above]
+            if class_thresholds is not None:
+                entry["above_class_threshold"] = [
+                    {"class": c, "probability": p}
+                    for c, p in selected_classes(result.probabilities, class_names, class_thresholds)]
             predictions.append(entry)
         document = {**(metadata or {}), "top_k": k, "threshold": threshold,
                     "classes": list(class_names), "predictions": predictions,
@@ -198,6 +211,7 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
     header = ["path", "error"] + [f"{kind}_{rank}" for rank in range(1, k + 1)
                                   for kind in ("class", "score")]
     header += ["above_threshold"] if threshold is not None else []
+    header += ["above_class_threshold"] if class_thresholds is not None else []
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -208,6 +222,9 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
             top, above = ranked_classes(result.scores, class_names, k, threshold)
             row = [result.path, ""] + [value for c, s in top for value in (c, f"{s:.6g}")]
             row += [";".join(c for c, _ in above)] if threshold is not None else []
+            if class_thresholds is not None:
+                selected = selected_classes(result.probabilities, class_names, class_thresholds)
+                row.append(";".join(c for c, _ in selected))
             writer.writerow(row)
     return path
 

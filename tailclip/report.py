@@ -1,7 +1,8 @@
 """The test report of ``test.py``: a checkpoint (or zero-shot CLIP) scored on the test split.
 
-mAP, AUROC and AP are stored as fractions in [0, 1] (``"mAP_unit": "fraction"`` says so in
-the JSON file) and printed in percent, as the training logs do.
+mAP, AUROC, AP and the decision metrics (``tailclip.thresholds``) are stored as fractions in
+[0, 1] (``"mAP_unit": "fraction"`` says so in the JSON file) and printed in percent, as the
+training logs do.
 """
 import json
 import math
@@ -9,6 +10,7 @@ from pathlib import Path
 
 from tailclip import visualize
 from tailclip.batches import build_split_batches
+from tailclip.calibration import calibrated_report, calibration_entries
 from tailclip.checkpoint import load_checkpoint
 from tailclip.data import build_data
 from tailclip.distributed import init_distributed, main_process_first
@@ -19,6 +21,8 @@ from tailclip.logger import MAP_UNIT, json_safe
 from tailclip.metrics import pd_nd_ratio, subset_metrics
 from tailclip.precision import resolve_precision, set_tf32
 from tailclip.run_folder import BEST_MAP_CHECKPOINT, check_checkpoint_matches, trained_model
+from tailclip.thresholds import (DEFAULT_THRESHOLD, DEFINITIONS, PROBABILITY, SUMMARY_NAMES, TOP_K,
+                                 per_class, scalar_metrics, split_top_k, write_thresholds)
 
 GROUPS = ("head", "medium", "tail")
 ZEROSHOT = "zeroshot"  # the report's name for CLIP's own weights
@@ -47,8 +51,20 @@ def zeroshot_warning(cfg) -> str | None:
             f"(seed {cfg.seed}), not a trained CLIP; its scores are those of chance")
 
 
-def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zeroshot: bool) -> dict:
-    """Evaluate on the test split and return the report that ``test.py`` prints and writes."""
+def _decisions(evaluation, class_names) -> dict:
+    at_threshold, top = split_top_k(evaluation.decisions)
+    return {"probability": PROBABILITY, "definitions": DEFINITIONS, "threshold": DEFAULT_THRESHOLD,
+            "at_threshold": scalar_metrics(at_threshold), f"top{TOP_K}": scalar_metrics(top),
+            "per_class": per_class(at_threshold, class_names),
+            f"per_class_top{TOP_K}": per_class(top, class_names)}
+
+
+def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zeroshot: bool,
+                        calibrate_on: str | None = None, target_precision: float | None = None) -> dict:
+    """Evaluate on the test split and return the report that ``test.py`` prints and writes;
+    with ``calibrate_on`` (a split file or "train", `tailclip.calibration`), also per-class
+    thresholds chosen on that split (to the F1 maximum, or to ``target_precision``) and the
+    test metrics with them."""
     device = init_distributed(cfg.device).device  # under torchrun, each process scores a shard
     precision = resolve_precision(cfg.precision, device)
     set_tf32(cfg.tf32, device)
@@ -66,6 +82,7 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
             model = trained_model(checkpoint, cfg, data.label_prompts, path, data.class_weights,
                                   data.class_priors)
             source, epoch = str(path), checkpoint["state"]["epoch"]
+    calibration = calibration_entries(calibrate_on, data) if calibrate_on is not None else None
     model.to(device)
     batches = build_split_batches(cfg, data, train=False, device=device)
     result = evaluate_model(model, batches.batches(device), data.test.caption_tokens, device,
@@ -73,6 +90,9 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
     labels_per_image = result.targets.sum(1)
     subsets = subset_metrics(result.scores, result.targets, data.groups)
     warning = zeroshot_warning(cfg) if zeroshot else None
+    calibrated = ({"calibrated": calibrated_report(cfg, data, model, calibration, calibrate_on, source, result,
+                                                   device, precision, target_precision)}
+                  if calibration is not None else {})
     return {
         "checkpoint": source,
         "epoch": epoch,
@@ -91,15 +111,36 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
                              **_without_ap(subsets["single_label"])},
         },
         "pd_nd": pd_nd_ratio(result.image_emb, result.targets, data.groups),
+        "decisions": _decisions(result, data.class_names),
+        **calibrated,
         "groups": data.groups,
         "class_counts": data.train_targets.sum(0).tolist(),
     }
 
 
-def _cell(value, percent: bool = True) -> str:
+def _cell(value, percent: bool = True, width: int = 8) -> str:
     if value is None or not math.isfinite(value):
-        return f"{'n/a':>8}"
-    return f"{100 * value:8.1f}" if percent else f"{value:8.3f}"
+        return f"{'n/a':>{width}}"
+    return f"{100 * value:{width}.1f}" if percent else f"{value:{width}.3f}"
+
+
+def _decision_lines(report: dict) -> list[str]:
+    """CP ... OF1 and the groups' CF1 at the global threshold, at top-3 and, when calibrated,
+    at the per-class thresholds."""
+    decisions = report["decisions"]
+    rows = [(f"threshold {decisions['threshold']:g}", decisions["at_threshold"]),
+            (f"top-{TOP_K}", decisions[f"top{TOP_K}"])]
+    calibrated = report.get("calibrated")
+    if calibrated:
+        rows.append((f"per-class ({Path(calibrated['split']).name})", calibrated["metrics"]))
+    lines = [f"{'(percent)':24}" + "".join(f"{name:>8}" for name in SUMMARY_NAMES)
+             + "".join(f"{'CF1 ' + g:>11}" for g in GROUPS)]
+    lines += [f"{label:24}" + "".join(_cell(metrics.get(name)) for name in SUMMARY_NAMES)
+              + "".join(_cell(metrics.get(f"CF1_{g}"), width=11) for g in GROUPS) for label, metrics in rows]
+    if calibrated:
+        lines += [f"warning: {calibrated['warning']}"] if "warning" in calibrated else []
+        lines += [f"note: {name}: {note}" for name, note in calibrated["notes"].items()]
+    return lines
 
 
 def format_report(report: dict) -> str:
@@ -120,7 +161,7 @@ def format_report(report: dict) -> str:
     pd_nd = report["pd_nd"]
     lines.append(f"{'PD/ND (lower is better)':24}{_cell(pd_nd['PD_ND'], False)}"
                  + "".join(_cell(pd_nd.get(f"PD_ND_{g}"), False) for g in GROUPS))
-    return "\n".join(lines)
+    return "\n".join(lines + _decision_lines(report))
 
 
 def report_name(report: dict) -> str:
@@ -128,9 +169,10 @@ def report_name(report: dict) -> str:
     return Path(report["checkpoint"]).stem
 
 
-def write_report(report: dict, run_dir: Path) -> tuple[Path, Path]:
+def write_report(report: dict, run_dir: Path) -> list[Path]:
     """``test_<name>.json`` (strict JSON: an undefined value is null) and the per-class AP
-    chart ``per_class_ap_<name>.png`` in ``run_dir``, one pair per checkpoint."""
+    chart ``per_class_ap_<name>.png`` in ``run_dir``, one pair per checkpoint, and with a
+    calibration its ``thresholds_<name>.json``."""
     name = report_name(report)
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / f"test_{name}.json"
@@ -139,4 +181,10 @@ def write_report(report: dict, run_dir: Path) -> tuple[Path, Path]:
     chart = visualize.save_per_class_ap_png(run_dir / f"per_class_ap_{name}.png", list(per_class.values()),
                                             list(per_class), report["groups"], report["class_counts"],
                                             title=name)
-    return output, chart
+    calibrated = report.get("calibrated")
+    if not calibrated:
+        return [output, chart]
+    thresholds = write_thresholds(run_dir / calibrated["thresholds_file"], calibrated["thresholds"],
+                                  calibrated["split"], report["checkpoint"], calibrated["target_precision"],
+                                  calibrated["notes"])
+    return [output, chart, thresholds]

@@ -30,7 +30,7 @@ from tailclip.config import Config, ConfigError
 from tailclip.distributed import main_process_outcome, rank_and_world
 from tailclip.errors import TailCLIPError
 from tailclip.factory import build_model
-from tailclip.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, say
+from tailclip.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, STEPS_DIR, say
 from tailclip.model import TailCLIP
 from tailclip.prompt_learning import (PROMPT_MODES, PromptTailCLIP, load_trainable_state_dict,
                                       trainable_state_dict)
@@ -40,9 +40,10 @@ BEST_TAIL_CHECKPOINT = "best_valid_mAP_tail.pt"
 NEWEST_CHECKPOINT = "newest_train_checkpoint.pt"
 LOCK_FILE = ".lock"
 # A folder holds a run once any of these exists; --overwrite deletes them and the run's other
-# outputs (its config, unfinished checkpoint writes, test.py's reports and charts).
-RUN_RECORDS = ("*.pt", METRICS_FILE, "events.out.tfevents.*")
-RUN_OUTPUTS = (*RUN_RECORDS, CONFIG_FILE, ".*.pt.*.tmp", "test_*.json", "per_class_ap*.png")
+# outputs (its config, unfinished checkpoint writes, test.py's reports, charts and thresholds).
+RUN_RECORDS = ("*.pt", METRICS_FILE, "events.out.tfevents.*", f"{STEPS_DIR}/events.out.tfevents.*")
+RUN_OUTPUTS = (*RUN_RECORDS, CONFIG_FILE, ".*.pt.*.tmp", "test_*.json", "per_class_ap*.png",
+               "thresholds_*.json")
 
 
 class RunFolderError(TailCLIPError):

@@ -4,7 +4,9 @@ One epoch: balanced sampling (seeded by (seed, epoch)), mixed-precision forward,
 objective, AdamW with a cosine schedule stepped once per epoch, then an evaluation of the
 test split (the paper's "valid" split); one evaluation before the first epoch gives the
 starting point (the untrained or zero-shot model) that the final summary compares with.
-Every epoch is logged to TensorBoard and ``metrics.jsonl`` and checkpointed atomically;
+Every epoch is logged to TensorBoard and ``metrics.jsonl`` and checkpointed atomically, and
+every ``log_every_steps`` steps the loss, its terms and the learning rate go to TensorBoard
+on the global step axis (``logger.StepCurves``);
 ``resume=True`` continues from ``newest_train_checkpoint.pt`` with the same subsequent losses
 as an unbroken run.
 
@@ -42,7 +44,7 @@ from tailclip.errors import MissingFileError, TailCLIPError
 from tailclip.evaluation import (Evaluation, NonFiniteScoresError, evaluate_model, percent, val_line,
                                  val_record)
 from tailclip.factory import build_model, seed_everything, set_cpu_threads
-from tailclip.logger import RunLogger, say
+from tailclip.logger import RunLogger, StepCurves, say
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer, build_scheduler
@@ -198,9 +200,11 @@ def train_step(trainer: Trainer, images, targets, tokens, state: TrainState, epo
 
 
 def train_one_epoch(trainer: Trainer, batches: SplitBatches, state: TrainState, meter: EpochMeter,
-                    epoch: int, epochs: int, stop: _StopOnSignal | None = None) -> None:
+                    epoch: int, epochs: int, stop: _StopOnSignal | None = None,
+                    curves: StepCurves | None = None) -> None:
     """Train on the epoch's batches from ``state.step_in_epoch`` on, updating ``state`` and
-    ``meter``; returns early (with the state at a step boundary) when ``stop`` is requested."""
+    ``meter`` and logging the per-step ``curves``; returns early (with the state at a step
+    boundary) when ``stop`` is requested."""
     model = trainer.model
     model.train()
     if model.label_embedding_mode == "per_epoch" and state.step_in_epoch == 0:
@@ -223,6 +227,8 @@ def train_one_epoch(trainer: Trainer, batches: SplitBatches, state: TrainState, 
                             img_s=f"{seen / (time.perf_counter() - started):.1f}", refresh=False)
         state.step_in_epoch += 1
         state.global_step += 1
+        if out is not None and curves is not None:
+            curves.log(state.global_step, out, lr)
         bar.update()
         if stop is not None and stop.agree():
             break
@@ -314,7 +320,8 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
         for leftover in remove_partial_writes(run_dir):
             say(f"removed {leftover}, left by an interrupted checkpoint write")
     logger = RunLogger(run_dir, enabled=is_main_process(),
-                       resume_epoch=state.epoch if checkpoint is not None else None)
+                       resume_epoch=state.epoch if checkpoint is not None else None,
+                       resume_step=state.global_step if checkpoint is not None else None)
     logger.log_config(cfg.to_dict())
     where = f"{processes.world_size} processes ({device.type})" if processes.world_size > 1 else device
     say(f"training {cfg.model_name} on {cfg.dataset} ({len(data.train)} train, {len(data.test)} test "
@@ -326,6 +333,7 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
         rng = all_processes_objects(rng_states())  # each process resumes with its own
         if not is_main_process():
             return
+        logger.flush()
         content = training_checkpoint(cfg, data, trainer, state, meter, rng)
         for name in names:
             save_atomic(content, run_dir / name)
@@ -364,7 +372,8 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
             images_before = meter.images
-            train_one_epoch(trainer, train_batches, state, meter, epoch, cfg.epochs, stop)
+            train_one_epoch(trainer, train_batches, state, meter, epoch, cfg.epochs, stop,
+                            StepCurves(logger, cfg.log_every_steps))
             if stop.agree():
                 raise stop_here()
             train_seconds = time.perf_counter() - started

@@ -239,7 +239,7 @@ class _MeanColourPredictor:
 
     def __call__(self, images):
         self.batches.append(len(images))
-        return images / 255
+        return images / 255, images / 255
 
 
 def test_predict_files_batches_and_keeps_order_past_bad_files(tmp_path):

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tailclip.checkpoint import load_checkpoint
 from tailclip.data import BalancedSampler
@@ -48,14 +49,24 @@ def straight(train_main, tmp_path_factory):
     return runs / "straight"
 
 
+def step_points(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    """The per-step curve ``tag`` as TensorBoard reads it (a resumed run's purge applied)."""
+    events = EventAccumulator(str(run_dir / "steps"))
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
 def assert_same_run(run_dir: Path, reference: Path) -> None:
     """Same logged numbers (timings and unreadable-image counts aside: a resumed process
-    counts only the images it met) and bit-identical final weights."""
+    counts only the images it met), the same per-step curves, each step once, and
+    bit-identical final weights."""
     def logged(path):
         return [{k: v for k, v in record.items() if not k.startswith(("time/", "data/"))}
                 for record in read_metrics(path)]
 
     assert logged(run_dir) == logged(reference)
+    for tag in ("train_step/loss", "train_step/loss_bal", "train_step/lr"):
+        assert step_points(run_dir, tag) == step_points(reference, tag)
     weights = load_checkpoint(run_dir / NEWEST)["model"]
     expected = load_checkpoint(reference / NEWEST)["model"]
     assert weights.keys() == expected.keys()
@@ -95,9 +106,11 @@ def test_killed_then_interrupted_run_resumes_identically(train_main, straight, t
     assert (saved["epoch"], saved["step_in_epoch"], saved["global_step"]) == (1, 4, steps_per_epoch + 4)
     assert [record["epoch"] for record in read_metrics(run_dir)] == [0, 1]
 
-    # 3. --resume again: the same numbers and weights as the run that was never stopped
+    # 3. --resume again: the same numbers and weights as the run that was never stopped,
+    # and a point at every global step, each once (the killed run's later steps purged).
     assert train_main(train_args(tmp_path, "broken", "--resume")) == 0
     assert_same_run(run_dir, straight)
+    assert [step for step, _ in step_points(run_dir, "train_step/loss")] == list(range(1, 2 * steps_per_epoch + 1))
 
 
 def test_resume_without_checkpoint_is_a_clear_error(train_main, tmp_path, capsys):
@@ -132,3 +145,5 @@ def test_resume_after_a_step_without_readable_images(train_main, tmp_path, monke
     assert (saved["step_in_epoch"], saved["global_step"]) == (3, 3)  # the skipped step counts
     assert train_main([f"--config={config}", "--run-name=broken", "--resume"]) == 0
     assert_same_run(tmp_path / "runs" / "broken", tmp_path / "runs" / "straight")
+    # The skipped step has no point; the others keep their global step.
+    assert [step for step, _ in step_points(tmp_path / "runs" / "broken", "train_step/loss")] == [1, 3, 4]

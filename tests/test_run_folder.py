@@ -34,10 +34,11 @@ def finished_run(train_main, tmp_path_factory):
 
 
 def snapshot(folder: Path) -> dict:
-    """Every file's size, modification time and content hash."""
-    return {path.name: (path.stat().st_size, path.stat().st_mtime_ns,
-                        hashlib.sha256(path.read_bytes()).hexdigest())
-            for path in sorted(folder.iterdir())}
+    """Every file's size, modification time and content hash, by its path in ``folder``
+    (``steps/`` holds the per-step curves' events)."""
+    return {path.relative_to(folder).as_posix(): (path.stat().st_size, path.stat().st_mtime_ns,
+                                                  hashlib.sha256(path.read_bytes()).hexdigest())
+            for path in sorted(folder.rglob("*")) if path.is_file()}
 
 
 def test_a_new_run_in_a_folder_with_a_run_is_refused_and_changes_nothing(train_main, finished_run, capsys):
@@ -74,12 +75,14 @@ def test_overwrite_replaces_the_earlier_run(train_main, finished_run, tmp_path, 
     (run_dir / "notes.txt").write_text("mine")  # not a run's file: kept
     before = snapshot(run_dir)
     assert train_main([f"--config={config}", "--set", f"run_dir={tmp_path / 'runs'}", "--overwrite"]) == 0
-    assert "--overwrite: deleted the earlier run's 7 files" in capsys.readouterr().out
+    assert "--overwrite: deleted the earlier run's 8 files" in capsys.readouterr().out
     after = snapshot(run_dir)
     assert "test_best_valid_mAP.json" not in after and after["notes.txt"] == before["notes.txt"]
     old_events = {name for name in before if name.startswith("events.out.tfevents.")}
     assert len(old_events) == 1 and not old_events & set(after)
     assert len([name for name in after if name.startswith("events.out.tfevents.")]) == 1
+    old_steps = {name for name in before if name.startswith("steps/events.out.tfevents.")}
+    assert len(old_steps) == 1 and not old_steps & set(after)
     assert [record["epoch"] for record in read_metrics(run_dir)] == [0, 1]  # epoch 0: before training
     for name in ("newest_train_checkpoint.pt", "best_valid_mAP.pt", "config.json"):
         assert after[name][1] > before[name][1], name  # written again

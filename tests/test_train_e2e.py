@@ -21,6 +21,10 @@ EPOCH_TAGS = ["train/loss", "train/loss_clip", "train/loss_bal", "train/mAP", "t
               "train/mAP_medium", "train/mAP_tail", "train/AUROC", "val/loss", "val/mAP",
               "val/mAP_head", "val/mAP_medium", "val/mAP_tail", "val/AUROC", "lr",
               "time/epoch_s", "time/train_images_per_s", "best/val_mAP", "best/val_mAP_tail"]
+# The decisions at the probability threshold 0.5 and at top-3, in percent on the charts.
+DECISIONS = [f"{name}{group}" for name in ("CP", "CR", "CF1") for group in ("", "_head", "_medium", "_tail")]
+DECISIONS += ["OP", "OR", "OF1"]
+EPOCH_TAGS += [f"val/{name}{at}" for name in DECISIONS for at in ("", "_top3")]
 CHECKPOINTS = ["best_valid_mAP.pt", "best_valid_mAP_tail.pt", "newest_train_checkpoint.pt"]
 
 
@@ -62,11 +66,18 @@ def test_training_writes_checkpoints_metrics_and_tensorboard(demo_run):
     events.Reload()
     assert set(EPOCH_TAGS) <= set(events.Tags()["scalars"])
     for tag in EPOCH_TAGS:  # mAP and AUROC in percent on the charts
-        scale = 100 if "mAP" in tag or "AUROC" in tag else 1
+        scale = 100 if "mAP" in tag or "AUROC" in tag or tag.startswith(("val/C", "val/O")) else 1
         logged = [(e.step, e.value) for e in events.Scalars(tag)]
         assert logged == [(r["epoch"], pytest.approx(scale * r[tag], rel=1e-6))
                           for r in (start, *records) if tag in r], tag
     assert "config/text_summary" in events.Tags()["tensors"]
+    # The per-step curves: every step of the 2 epochs (1,142 images in batches of 128), once.
+    steps = EventAccumulator(str(run_dir / "steps"))
+    steps.Reload()
+    assert set(steps.Tags()["scalars"]) == {"train_step/loss", "train_step/loss_clip", "train_step/loss_bal",
+                                            "train_step/lr"}
+    assert [e.step for e in steps.Scalars("train_step/loss")] == list(range(1, 2 * 9 + 1))
+    assert [e.value for e in steps.Scalars("train_step/lr")] == pytest.approx([5e-4] * 9 + [2.5e-4] * 9)
 
     config = json.loads((run_dir / "config.json").read_text())
     assert config["epochs"] == 2 and config["batch_size"] == 128
