@@ -3,14 +3,11 @@ derived by hand from its published formula, entry by entry in float64, and in th
 alone or with the contrastive term."""
 import dataclasses
 import math
-import os
-import socket
 from fractions import Fraction
 from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import clip
 from tailclip import distributed
@@ -24,9 +21,8 @@ from tailclip.losses import (
     clip_contrastive_loss,
 )
 from tailclip.model import TailCLIP
-
-LOGITS = [[2.0, -1.0, 0.5], [1.0, 4.0, -2.0]]
-TARGETS = [[1, 0, 0], [0, 1, 1]]
+from loss_examples import LOGITS, TARGETS
+from process_group import save_rank_result, set_rendezvous_env, spawn_and_collect
 
 
 def sigmoid(v):
@@ -296,8 +292,7 @@ def _global_batch_worker(rank: int, port: int, folder: str) -> None:
     torch.set_num_threads(1)
     inputs = objective_inputs(seed=6)
     objective = build_objective(make_cfg(loss_function=ALL_TERMS, asl_mul=0.7), class_priors=priors())
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    set_rendezvous_env(rank, 2, port)
     distributed.init_distributed("cpu")
     try:
         rows = slice(3 * rank, 3 * rank + 3)
@@ -306,8 +301,8 @@ def _global_batch_worker(rank: int, port: int, folder: str) -> None:
         local["targets"].requires_grad_(False)
         out = distributed.GlobalBatchObjective(objective).train()(**local)
         out["loss"].backward()
-        torch.save({"terms": {k: v.detach() for k, v in out.items() if k.startswith("loss")},
-                    "logits_grad": local["logits"].grad}, os.path.join(folder, f"rank{rank}.pt"))
+        save_rank_result({"terms": {k: v.detach() for k, v in out.items() if k.startswith("loss")},
+                          "logits_grad": local["logits"].grad}, folder, rank)
     finally:
         distributed.cleanup()
 
@@ -315,17 +310,13 @@ def _global_batch_worker(rank: int, port: int, folder: str) -> None:
 def test_baselines_on_the_global_batch_of_two_processes_equal_one_process(tmp_path):
     """Each process gets the single-process loss, and through its own rows twice the
     single-process gradient (DistributedDataParallel's average over 2 processes halves it)."""
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    mp.spawn(_global_batch_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    results = spawn_and_collect(_global_batch_worker, tmp_path, world=2)
     inputs = objective_inputs(seed=6)
     logits = inputs["logits"].clone().requires_grad_(True)
     single = build_objective(make_cfg(loss_function=ALL_TERMS, asl_mul=0.7),
                              class_priors=priors())(**{**inputs, "logits": logits})
     single["loss"].backward()
-    for rank in range(2):
-        result = torch.load(tmp_path / f"rank{rank}.pt")
+    for rank, result in enumerate(results):
         assert set(result["terms"]) == {"loss", *(f"loss_{name}" for name in ALL_TERMS)}
         for name, value in result["terms"].items():
             assert torch.allclose(value, single[name].detach(), rtol=1e-6), name

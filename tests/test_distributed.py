@@ -12,14 +12,12 @@ import copy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import clip
 from tailclip import distributed, evaluation, run_folder, training
@@ -30,6 +28,7 @@ from tailclip.logger import read_metrics
 from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer, build_scheduler
 from tailclip.precision import grad_scaler
+from process_group import save_rank_result, set_rendezvous_env, spawn_and_collect
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -43,12 +42,6 @@ SOT, EOT = 49406, 49407
 # (an Adam step hardly depends on the gradient's scale).
 SGD = Config(model_name="ViT-tiny", pretrained=False, size=64, optimizer="SGD", lr=1.0,
              momentum=0.0, weight_decay=0.0, label_smoothing=0.1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _random_tokens(count: int, generator: torch.Generator) -> torch.Tensor:
@@ -106,8 +99,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
     reference = copy.deepcopy(model)
     single_step = _train_step(reference, reference, images, tokens, targets)
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    set_rendezvous_env(rank, WORLD, port)
     info = distributed.init_distributed("cpu")
     try:
         result = {"info": info, "targets": targets, "single": single_step,
@@ -136,7 +128,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
             result["found_prepared"] = os.path.exists(marker)
             if rank == 0:
                 open(marker, "w").close()
-        torch.save(result, os.path.join(folder, f"rank{rank}.pt"))
+        save_rank_result(result, folder, rank)
     finally:
         distributed.cleanup()
 
@@ -144,8 +136,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     folder = tmp_path_factory.mktemp("distributed")
-    mp.spawn(_worker, args=(_free_port(), str(folder)), nprocs=WORLD, join=True)
-    return [torch.load(folder / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
+    return spawn_and_collect(_worker, folder, WORLD)
 
 
 def _max_difference(a: dict, b: dict) -> float:

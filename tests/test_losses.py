@@ -13,9 +13,9 @@ from tailclip.losses import (
     clip_contrastive_loss,
 )
 
-# The 2x3 worked example: max(x) = 4, so z = x / 4.
-LOGITS = [[2.0, -1.0, 0.5], [1.0, 4.0, -2.0]]
-TARGETS = [[1, 0, 0], [0, 1, 1]]
+from loss_examples import LOGITS, TARGETS
+
+# The worked example's max(x) = 4, so z = x / 4.
 Z = [[0.5, -0.25, 0.125], [0.25, 1.0, -0.5]]
 
 
