@@ -327,8 +327,9 @@ class TailCLIPObjective(nn.Module):
 
     Call with the embeddings, the (exponentiated) logit scale, the class logits and the
     targets, as a model gives them: ``objective(**model.objective_inputs(...), targets=targets)``
-    (`TailCLIP.forward` returns them for a training step); returns ``{"loss": total, "loss_clip": ..., "loss_bal": ..., ...}`` (only the
-    selected terms, each before its ``asl_mul`` factor). ``class_weights`` given to
+    (`TailCLIP.forward` returns them for a training step). Returns ``{"loss": total,
+    "loss_clip": ..., "loss_bal": ..., ...}`` (only the selected terms, each before its
+    ``asl_mul`` factor). ``class_weights`` given to
     ``forward`` replace BAL's own for that call; both are ignored unless
     ``use_class_weights``. ``contrastive`` is the "clip" term, "softmax" (CLIP) or "sigmoid"
     (SigLIP, which needs the model's ``logit_bias``). ``baselines`` maps the other
