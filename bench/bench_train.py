@@ -416,7 +416,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed training steps per path (default 3; 10 with --compile, whose "
                              "first steps compile for the first shapes, then for variable caption lengths)")
-    parser.add_argument("--compile", action="store_true", help="ours: the forward pass through torch.compile")
+    parser.add_argument("--compile", action="store_true", help="ours: the model's forward pass and the objective through torch.compile")
     parser.add_argument("--train-images", type=int, default=1142, help="as VOC-MLT's training split")
     parser.add_argument("--test-images", type=int, default=4952, help="as VOC-MLT's test split")
     parser.add_argument("--paper-eval-images", type=int, default=None,
