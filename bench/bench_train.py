@@ -381,8 +381,8 @@ class Bench:
         model = self.model(ours=True)
         batches = build_split_batches(self.cfg, self.data, train=False, device=self.device)
         ours, seconds, memory = timed(lambda: evaluation.evaluate_model(
-            model, self.objective, batches.batches(self.device), test.caption_tokens, self.device, self.precision,
-            self.data.groups), self.device)
+            model, self.objective, batches.batches(self.device), test.caption_tokens, self.device,
+            self.precision, self.data.groups), self.device)
         results = {"ours": {"images_per_s": len(test) / seconds, "seconds": seconds, "peak_mib": memory}}
 
         limit = self.args.paper_eval_images or len(test)
@@ -416,7 +416,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--warmup", type=int, default=None,
                         help="untimed training steps per path (default 3; 10 with --compile, whose "
                              "first steps compile for the first shapes, then for variable caption lengths)")
-    parser.add_argument("--compile", action="store_true", help="ours: the model's forward pass and the objective through torch.compile")
+    parser.add_argument("--compile", action="store_true",
+                        help="ours: the model's forward pass and the objective through torch.compile")
     parser.add_argument("--train-images", type=int, default=1142, help="as VOC-MLT's training split")
     parser.add_argument("--test-images", type=int, default=4952, help="as VOC-MLT's test split")
     parser.add_argument("--paper-eval-images", type=int, default=None,

@@ -329,11 +329,11 @@ class TailCLIPObjective(nn.Module):
     targets, as a model gives them: ``objective(**model.objective_inputs(...), targets=targets)``
     (`TailCLIP.forward` returns them for a training step). Returns ``{"loss": total,
     "loss_clip": ..., "loss_bal": ..., ...}`` (only the selected terms, each before its
-    ``asl_mul`` factor). ``class_weights`` given to
-    ``forward`` replace BAL's own for that call; both are ignored unless
-    ``use_class_weights``. ``contrastive`` is the "clip" term, "softmax" (CLIP) or "sigmoid"
-    (SigLIP, which needs the model's ``logit_bias``). ``baselines`` maps the other
-    class-logit terms ("bce", "focal", "dbfocal") to a loss ``(logits, targets) -> scalar``.
+    ``asl_mul`` factor). ``class_weights`` given to ``forward`` replace BAL's own for that
+    call; both are ignored unless ``use_class_weights``. ``contrastive`` is the "clip" term,
+    "softmax" (CLIP) or "sigmoid" (SigLIP, which needs the model's ``logit_bias``).
+    ``baselines`` maps the other class-logit terms ("bce", "focal", "dbfocal") to a loss
+    ``(logits, targets) -> scalar``.
     """
 
     def __init__(self, loss_function, asl_mul=1.0, bal=None, asl=None, use_class_weights=True,
