@@ -112,6 +112,7 @@ def measure_step(model_name: str, batch_size: int, grad_checkpointing: bool, dev
                  grad_checkpointing=grad_checkpointing)
     torch.manual_seed(0)
     model = factory.build_model(cfg, [cfg.class_caption + name for name in VOC_CLASSES]).to(device).train()
+    objective = factory.build_objective(cfg, model).to(device)
     optimizer = build_optimizer(cfg, model.parameters(), device)
     precision = resolve_precision(cfg.precision, device)
 
@@ -124,7 +125,7 @@ def measure_step(model_name: str, batch_size: int, grad_checkpointing: bool, dev
 
     def forward_backward() -> None:
         with autocast(precision, device):
-            loss = model(images, tokens, targets)["loss"]
+            loss = objective(**model(images, tokens), targets=targets)["loss"]
         loss.backward()
 
     forward_backward()

@@ -50,9 +50,9 @@ class CFG:
     class_weights_power = 1.0
 
     # The CPU in float32, one thread: the tiny model's operations gain little from a second
-    # thread (1.2-1.5x on 2 nearly free cores) and run 2-10x slower with two when other
-    # programs keep the cores busy. The decoded-image cache is read in the main process
-    # (worker processes would only add start-up time).
+    # thread and run several times slower with two when other programs keep the cores busy
+    # (BENCHMARKS.md). The decoded-image cache is read in the main process (worker processes
+    # would only add start-up time).
     device = "cpu"
     num_threads = 1
     precision = "fp32"

@@ -229,8 +229,7 @@ def build_split_batches(cfg: Config, data, train: bool, device: torch.device) ->
                                   cache_folder(data), "train" if train else "test",
                                   progress=is_main_process() and show_progress())
         # Read in this process whatever num_workers says: a batch is one slice of the memory
-        # map, far cheaper to copy here than to hand over from a worker process (364,000 vs
-        # 11,000 images/s with 2 workers, 64-pixel images, 2 CPU cores).
+        # map, far cheaper to copy here than to hand over from a worker process (BENCHMARKS.md).
         loader = DataLoader(CachedMultiLabelDataset(images, dataset.targets, dataset.caption_tokens),
                             sampler=BatchSampler(order, batch_size, drop_last=False),
                             batch_size=None, num_workers=0, **common)

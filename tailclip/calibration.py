@@ -60,13 +60,13 @@ def _evaluation_data(cfg, data, entries):
     return dataclasses.replace(data, test=split)
 
 
-def calibrated_report(cfg, data, model, entries, split: str, checkpoint: str, test_result, device,
+def calibrated_report(cfg, data, model, objective, entries, split: str, checkpoint: str, test_result, device,
                       precision: str, target_precision: float | None) -> dict:
     """Thresholds from ``entries`` and the test split's metrics with them (``test_result``:
     the test ``Evaluation``): the report's ``calibrated`` section."""
     calibration_data = _evaluation_data(cfg, data, entries)
     batches = build_split_batches(cfg, calibration_data, train=False, device=device)
-    on_split = evaluate_model(model, batches.batches(device), calibration_data.test.caption_tokens,
+    on_split = evaluate_model(model, objective, batches.batches(device), calibration_data.test.caption_tokens,
                               device, precision, data.groups)
     thresholds, notes = calibrate(class_probabilities(on_split.logits), on_split.targets, target_precision)
     at_thresholds, _ = split_top_k(threshold_metrics(test_result.logits, test_result.targets,

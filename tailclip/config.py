@@ -25,7 +25,14 @@ from typing import Any, Callable, Iterable, Optional
 from tailclip.errors import TailCLIPError
 
 DATASETS = ("voc_mlt", "coco_mlt", "synthetic_mlt", "custom")
-LOSS_TERMS = ("clip", "bal", "asl", "bce", "focal", "dbfocal")
+# The choices of the options that other modules act on, named here once.
+CONTRASTIVE_TERM = "clip"  # the contrastive loss between images and captions
+LOSS_TERMS = (CONTRASTIVE_TERM, "bal", "asl", "bce", "focal", "dbfocal")  # the others: on the class logits
+CONTRASTIVE_KINDS = ("auto", "softmax", "sigmoid")
+LABEL_EMBEDDING_MODES = ("per_step", "per_epoch")
+SCORE_KINDS = ("softmax", "sigmoid", "logits")
+FINETUNE_MODES = ("full", "prompt", "prompt+visual")
+PROMPT_MODES = ("prompt", "prompt+visual")
 OPEN_CLIP_PREFIX = "open_clip:"
 CUSTOM_DATASET_FILES = ("train_list", "test_list", "class_names", "captions", "image_root")
 CUSTOM_DATASET_REQUIRED = ("train_list", "test_list", "class_names", "image_root")
@@ -148,11 +155,11 @@ _CHOICES = {
     "dataset": DATASETS,
     "normalize": ("imagenet", "clip"),
     "optimizer": ("AdamW", "Adam", "SGD"),
-    "label_embeddings": ("per_step", "per_epoch"),
-    "score": ("softmax", "sigmoid", "logits"),
+    "label_embeddings": LABEL_EMBEDDING_MODES,
+    "score": SCORE_KINDS,
     "precision": ("auto", "bf16", "fp16", "fp32"),
-    "finetune": ("full", "prompt", "prompt+visual"),
-    "contrastive": ("auto", "softmax", "sigmoid"),
+    "finetune": FINETUNE_MODES,
+    "contrastive": CONTRASTIVE_KINDS,
 }
 
 
@@ -313,6 +320,8 @@ def _check(values: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]
         problems.extend(_check_custom_dataset(coerced))
     if not {key for key, _ in problems} & {"model_name", "pretrained"}:
         problems.extend(_check_backbone(coerced))
+    if not {key for key, _ in problems} & {"finetune", "label_embeddings"}:
+        problems.extend(_check_prompt_learning(coerced))
     return coerced, problems
 
 
@@ -383,6 +392,14 @@ def _check_backbone(values: dict[str, Any]) -> list[tuple[str, str]]:
     if pretrained is True and name.startswith(OPEN_CLIP_PREFIX):
         return [("pretrained", f"True means OpenAI's weights, which {name!r} does not name: give one "
                                "of its open_clip pretrained tags (e.g. 'dfn5b'), a checkpoint path, or False")]
+    return []
+
+
+def _check_prompt_learning(values: dict[str, Any]) -> list[tuple[str, str]]:
+    if values["finetune"] in PROMPT_MODES and values["label_embeddings"] != "per_step":
+        return [("label_embeddings", f"finetune = {values['finetune']!r} trains the class prompts, which needs "
+                                     f"label_embeddings = 'per_step' ({values['label_embeddings']!r} encodes "
+                                     "them without gradient)")]
     return []
 
 

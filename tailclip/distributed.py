@@ -327,14 +327,13 @@ def eval_shard(num_items: int, batch_size: int) -> list[int]:
 
 
 class GlobalBatchObjective(nn.Module):
-    """A TailCLIP objective computed on the global batch.
+    """A TailCLIP objective computed on the global batch, for training steps.
 
-    In training mode the inputs of all processes (caption and image embeddings, class
-    logits, targets) are gathered with ``all_gather_with_grad`` before ``objective`` is
-    applied, so that every process returns the single-process loss (see the module
-    docstring for the gradients). The output adds ``global_logits`` (detached) and
-    ``global_targets``, the gathered batch, for training metrics. In evaluation mode each
-    process applies ``objective`` to its own batch.
+    The inputs of all processes (caption and image embeddings, class logits, targets) are
+    gathered with ``all_gather_with_grad`` before ``objective`` is applied, so that every
+    process returns the single-process loss (see the module docstring for the gradients).
+    The output adds ``global_logits`` (detached) and ``global_targets``, the gathered batch,
+    for training metrics. Evaluation applies the objective itself to each process's batches.
 
     ``uneven_batches``: the processes' batches may differ in length (unreadable images left
     out, down to none in a process), which costs an exchange of the lengths every step.
@@ -352,14 +351,11 @@ class GlobalBatchObjective(nn.Module):
         return [all_gather_rows_with_grad(t, counts) for t in tensors]
 
     @property
-    def loss_function(self) -> tuple:
-        return self.objective.loss_function
+    def uses_captions(self) -> bool:
+        return self.objective.uses_captions
 
     def forward(self, image_emb, caption_emb, logit_scale, logits, targets, class_weights=None,
                 logit_bias=None):
-        if not self.training:
-            return self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights,
-                                  logit_bias)
         if caption_emb is not None:  # image embeddings only enter the contrastive term
             image_emb, caption_emb = self._gather((image_emb, caption_emb))
         logits, targets = self._gather((logits, targets))
@@ -368,16 +364,24 @@ class GlobalBatchObjective(nn.Module):
         return {**out, "global_logits": logits.detach(), "global_targets": targets}
 
 
-def distribute_model(model: nn.Module, device: torch.device, find_unused_parameters: bool = False,
-                     uneven_batches: bool = False) -> nn.Module:
+def global_batch_objective(objective: nn.Module, uneven_batches: bool = False) -> nn.Module:
+    """The objective of training steps: ``objective`` itself with one process, else its
+    `GlobalBatchObjective` (``uneven_batches``: see there)."""
+    if rank_and_world()[1] == 1:
+        return objective
+    return GlobalBatchObjective(objective, uneven_batches)
+
+
+def distribute_model(model: nn.Module, device: torch.device, find_unused_parameters: bool = False) -> nn.Module:
     """The module to call for training steps: ``model`` itself with one process, else
     ``model`` wrapped in ``DistributedDataParallel``.
 
-    With several processes ``model`` is changed in place: its ``objective`` becomes a
-    ``GlobalBatchObjective``, and on CUDA its batch norms (ResNet backbones) become
-    ``SyncBatchNorm``, so that batch statistics too are those of the global batch. Keep
-    using ``model`` itself for evaluation and checkpoints (its state dict is unchanged).
-    ``uneven_batches``: see `GlobalBatchObjective`.
+    The loss is computed outside the wrapped call, by `global_batch_objective` from the
+    model's outputs: DistributedDataParallel averages the gradients of whatever its call
+    returns, each parameter once the backward pass has reached it. With several processes
+    and on CUDA ``model``'s batch norms (ResNet backbones) become ``SyncBatchNorm`` in place,
+    so that batch statistics too are those of the global batch. Keep using ``model`` itself
+    for evaluation and checkpoints (its state dict is unchanged).
     """
     if rank_and_world()[1] == 1:
         return model
@@ -388,6 +392,5 @@ def distribute_model(model: nn.Module, device: torch.device, find_unused_paramet
             warnings.warn("batch norm statistics are per process on the CPU (SyncBatchNorm "
                           "needs CUDA): training differs slightly from a single process",
                           stacklevel=2)
-    model.objective = GlobalBatchObjective(model.objective, uneven_batches)
     return DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None,
                                    find_unused_parameters=find_unused_parameters)

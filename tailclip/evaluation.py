@@ -7,6 +7,7 @@ import torch
 
 from tailclip.distributed import gather_eval, reduce_mean
 from tailclip.errors import TailCLIPError
+from tailclip.losses import TailCLIPObjective
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.precision import autocast
@@ -35,11 +36,11 @@ def _encode_in_chunks(encode, tokens: torch.Tensor, chunk: int, device) -> torch
 
 
 @torch.no_grad()
-def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, device: torch.device,
-                   precision: str, groups=None, keep_embeddings: bool = False,
+def evaluate_model(model: TailCLIP, objective: TailCLIPObjective, batches, caption_tokens: torch.Tensor,
+                   device: torch.device, precision: str, groups=None, keep_embeddings: bool = False,
                    chunk: int = 256) -> Evaluation:
     """Score a split: batched, the class prompts encoded once, scores kept on the device and
-    moved to the CPU in one transfer at the end.
+    moved to the CPU in one transfer at the end; the loss is ``objective``'s.
 
     ``batches`` yields device ``(images, targets, caption_tokens, indices)``;
     ``caption_tokens`` are the split's caption token ids [N, L], needed for the contrastive
@@ -49,10 +50,9 @@ def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, devic
     order, and every process returns the single-process loss, scores and metrics.
     """
     model.eval()
-    uses_captions = "clip" in model.objective.loss_function
     with autocast(precision, device):
         label_emb = model.encode_labels()
-        if uses_captions:
+        if objective.uses_captions:
             distinct, caption_of_image = torch.unique(caption_tokens, dim=0, return_inverse=True)
             caption_emb = _encode_in_chunks(model.encode_texts, model.trim_text_padding(distinct), chunk, device)
             caption_of_image = caption_of_image.to(device)
@@ -63,15 +63,12 @@ def evaluate_model(model: TailCLIP, batches, caption_tokens: torch.Tensor, devic
     for images, batch_targets, _, index in batches:
         with autocast(precision, device):
             image_emb = model.encode_images(images)
-            logits = model.class_logits(image_emb, label_emb)
-            out = model.objective(
-                image_emb=image_emb,
-                caption_emb=caption_emb[caption_of_image[index.to(device)]] if uses_captions else None,
-                logit_scale=model.clip_model.logit_scale.exp(), logits=logits, targets=batch_targets,
-                logit_bias=model.logit_bias)
-        loss_sum += out["loss"].float() * batch_targets.shape[0]
-        scores.append(scores_from_logits(logits.float(), model.score_kind))
-        logits_of.append(logits.float())
+            batch_caption_emb = caption_emb[caption_of_image[index.to(device)]] if objective.uses_captions else None
+            outputs = model.objective_inputs(image_emb, batch_caption_emb, label_emb)
+            loss = objective(**outputs, targets=batch_targets)["loss"]
+        loss_sum += loss.float() * batch_targets.shape[0]
+        scores.append(scores_from_logits(outputs["logits"].float(), model.score_kind))
+        logits_of.append(outputs["logits"].float())
         targets.append(batch_targets)
         indices.append(index)
         if keep_embeddings:

@@ -1,6 +1,7 @@
-"""Building the model a config asks for: the CLIP backbone (OpenAI's, or open_clip's through
-`tailclip.open_clip_backbone`; pretrained or random), then `TailCLIP` or its prompt-learning
-variant on top; and the process-wide set-up (seeds, CPU threads) that comes before it."""
+"""Building what a config asks for: the CLIP backbone (OpenAI's, or open_clip's through
+`tailclip.open_clip_backbone`; pretrained or random), `TailCLIP` or its prompt-learning
+variant on top, and beside it the objective that trains it; and the process-wide set-up
+(seeds, CPU threads) that comes before them."""
 import random
 
 import numpy as np
@@ -8,11 +9,16 @@ import torch
 import torch.nn as nn
 
 import clip
+from clip.architectures import vit_names
+from clip.model import VisionTransformer
 from tailclip.config import Config, ConfigError
+from tailclip.losses import (DBFOCAL_DATASET_DEFAULTS, AsymmetricLoss, BalancedAsymmetricLoss,
+                             BinaryCrossEntropyLoss, DistributionBalancedFocalLoss, SigmoidFocalLoss,
+                             TailCLIPObjective)
 from tailclip.model import TailCLIP
 from tailclip.open_clip_backbone import (OpenCLIPBackbone, OpenCLIPError, build_open_clip_backbone,
                                          is_open_clip_name)
-from tailclip.prompt_learning import build_tailclip
+from tailclip.prompt_learning import PromptTailCLIP
 from tailclip.text_tokens import text_tokenizer
 
 
@@ -92,21 +98,90 @@ def _fit_resolution(cfg: Config, model: nn.Module) -> None:
     clip.interpolate_positional_embedding(model, cfg.size)
 
 
-def build_model(cfg: Config, label_prompts: list[str], class_weights=None,
-                pretrained: bool | None = None, class_priors=None) -> TailCLIP:
-    """The model ``cfg.finetune`` asks for, on the CPU: `TailCLIP` (full fine-tuning) or the
-    prompt-learning `PromptTailCLIP`, on the backbone of `build_clip`.
+def build_model(cfg: Config, label_prompts: list[str], pretrained: bool | None = None) -> TailCLIP:
+    """The model ``cfg.finetune`` asks for, on the CPU, on the backbone of `build_clip`
+    (`build_tailclip`). ``label_prompts`` are the class prompts, ``cfg.class_caption + name``
+    for each class."""
+    return build_tailclip(cfg, build_clip(cfg, pretrained), label_prompts)
 
-    ``label_prompts`` are the class prompts, ``cfg.class_caption + name`` for each class;
-    ``class_weights`` and ``class_priors`` (the training split's) go to the loss.
-    """
+
+def build_tailclip(cfg: Config, backbone: nn.Module, label_prompts: list[str]) -> TailCLIP:
+    """`TailCLIP` (full fine-tuning) or the prompt-learning `PromptTailCLIP` on ``backbone``
+    (prompt modes refused on open_clip's own models, "prompt+visual" on a ResNet)."""
     if not all(prompt.startswith(cfg.class_caption) for prompt in label_prompts):
         raise ValueError(f"class prompts must start with class_caption {cfg.class_caption!r}")
-    class_names = [prompt[len(cfg.class_caption):] for prompt in label_prompts]
-    backbone = build_clip(cfg, pretrained)
-    if cfg.finetune != "full" and isinstance(backbone, OpenCLIPBackbone):
+    label_tokens = text_tokenizer(cfg)(label_prompts)
+    if cfg.finetune == "full":
+        return TailCLIP(backbone, label_tokens, cfg.label_embeddings, cfg.score)
+    if isinstance(backbone, OpenCLIPBackbone):
         raise OpenCLIPError(f"finetune = {cfg.finetune!r} needs a backbone of our clip package (OpenAI's, "
                             f"or an open_clip standard CLIP); {cfg.model_name} runs as open_clip's own "
                             "model: set finetune = 'full'")
-    label_tokens = text_tokenizer(cfg)(label_prompts)
-    return build_tailclip(backbone, label_tokens, class_names, cfg, class_weights, class_priors)
+    visual = cfg.finetune == "prompt+visual"
+    if visual and not isinstance(backbone.visual, VisionTransformer):
+        raise ConfigError(
+            f"finetune = 'prompt+visual' needs a Vision Transformer backbone ({', '.join(vit_names())}); "
+            f"model_name {cfg.model_name!r} has a ResNet image tower (use finetune = 'prompt')")
+    class_names = [prompt[len(cfg.class_caption):] for prompt in label_prompts]
+    return PromptTailCLIP(backbone, label_tokens, class_names, cfg.model_name, n_ctx=cfg.n_ctx,
+                          class_specific_ctx=cfg.class_specific_ctx,
+                          init_caption=cfg.class_caption if cfg.ctx_init else None,
+                          visual_prompts=cfg.n_visual_prompts if visual else 0,
+                          train_logit_scale=cfg.train_logit_scale, score=cfg.score)
+
+
+def build_objective(cfg: Config, model: TailCLIP, class_weights=None, class_priors=None) -> TailCLIPObjective:
+    """The objective that trains ``model``: the terms of ``cfg.loss_function``, in that order.
+
+    BAL and ASL take ``asl_gamma_neg``, ``asl_gamma_pos``, ``asl_clip``, ``asl_eps`` (BAL also
+    ``label_smoothing``, and ``class_weights`` [C] when ``use_weighted_loss``); "focal"
+    ``focal_*``, "dbfocal" ``dbfocal_*`` (`dbfocal_settings`) and ``class_priors`` [C], the
+    training split's class frequencies; the "clip" term is `contrastive_kind`. A logit bias
+    of ``model`` that no term uses stops requiring grad: a parameter without a gradient would
+    stop DistributedDataParallel.
+    """
+    names = cfg.loss_function
+    focusing = dict(gamma_neg=cfg.asl_gamma_neg, gamma_pos=cfg.asl_gamma_pos, clip=cfg.asl_clip, eps=cfg.asl_eps)
+    bal = asl = None
+    if "bal" in names:
+        bal = BalancedAsymmetricLoss(**focusing, class_weights=class_weights if cfg.use_weighted_loss else None,
+                                     label_smoothing=cfg.label_smoothing)
+    if "asl" in names:
+        asl = AsymmetricLoss(**focusing)
+    baselines = {}
+    if "bce" in names:
+        baselines["bce"] = BinaryCrossEntropyLoss()
+    if "focal" in names:
+        baselines["focal"] = SigmoidFocalLoss(gamma=cfg.focal_gamma, alpha=cfg.focal_alpha)
+    if "dbfocal" in names:
+        baselines["dbfocal"] = DistributionBalancedFocalLoss(class_priors, **dbfocal_settings(cfg))
+    objective = TailCLIPObjective(names, cfg.asl_mul, bal=bal, asl=asl, use_class_weights=cfg.use_weighted_loss,
+                                  contrastive=contrastive_kind(cfg, model.logit_bias is not None),
+                                  baselines=baselines)
+    if model.logit_bias is not None and not objective.uses_logit_bias:
+        model.logit_bias.requires_grad_(False)
+    return objective
+
+
+def dbfocal_settings(cfg: Config) -> dict:
+    """The DB-focal parameters of ``cfg``; mu and lambda left at None take LMPT's values for
+    ``cfg.dataset`` (its COCO-LT ones for datasets other than VOC-MLT)."""
+    dataset_defaults = DBFOCAL_DATASET_DEFAULTS.get(cfg.dataset, DBFOCAL_DATASET_DEFAULTS["coco_mlt"])
+    return dict(
+        alpha=cfg.dbfocal_alpha, beta=cfg.dbfocal_beta, kappa=cfg.dbfocal_kappa,
+        gamma=cfg.dbfocal_gamma, scale=cfg.dbfocal_scale,
+        mu=dataset_defaults["mu"] if cfg.dbfocal_mu is None else cfg.dbfocal_mu,
+        neg_scale=dataset_defaults["neg_scale"] if cfg.dbfocal_lambda is None else cfg.dbfocal_lambda,
+    )
+
+
+def contrastive_kind(cfg: Config, has_logit_bias: bool) -> str:
+    """The "clip" term ``cfg.contrastive`` asks for: "auto" is the backbone's own pretraining
+    objective, "sigmoid" for a model with a learned logit bias (SigLIP), else "softmax"."""
+    if cfg.contrastive == "auto":
+        return "sigmoid" if has_logit_bias else "softmax"
+    if cfg.contrastive == "sigmoid" and not has_logit_bias:
+        raise ConfigError(
+            f"contrastive = 'sigmoid' needs a backbone with a learned logit bias (a SigLIP model), "
+            f"and {cfg.model_name!r} has none; set contrastive = 'softmax' or 'auto'")
+    return cfg.contrastive

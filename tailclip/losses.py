@@ -7,23 +7,17 @@
   al., ICCV 2017) and ``DistributionBalancedFocalLoss`` (Wu et al., ECCV 2020).
 - ``clip_contrastive_loss``: the symmetric InfoNCE loss of CLIP between images and captions.
 - ``sigmoid_contrastive_loss``: SigLIP's pairwise sigmoid loss, with the model's learned bias.
-- ``build_objective(cfg, class_weights, has_logit_bias, class_priors)``: the weighted sum
-  selected by ``cfg.loss_function``.
+- ``TailCLIPObjective``: the weighted sum of the selected terms, computed from a model's
+  outputs (``tailclip.factory.build_objective`` builds it from a config).
 
-Every loss is computed in (at least) float32, whatever the precision of the model.
+Every loss is computed in (at least) float32, whatever the precision of the model. Settings
+are taken as given: the config checks their ranges (``tailclip.config``).
 """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .errors import TailCLIPError
-
-CLASS_LOGIT_TERMS = ("bal", "asl", "bce", "focal", "dbfocal")
-LOSS_NAMES = ("clip", *CLASS_LOGIT_TERMS)
-
-
-class ContrastiveLossError(TailCLIPError, ValueError):
-    """``contrastive`` asks for a loss the backbone cannot compute."""
+from .config import CONTRASTIVE_TERM
 
 
 def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
@@ -40,15 +34,6 @@ def similarity_logits(logit_scale: torch.Tensor, emb: torch.Tensor, other_emb: t
     """
     with torch.autocast(device_type=emb.device.type, enabled=False):
         return _at_least_float32(logit_scale) * _at_least_float32(emb) @ _at_least_float32(other_emb).T
-
-
-def _check_focusing_settings(gamma_neg: float, gamma_pos: float, clip, eps: float) -> None:
-    if gamma_neg < 0 or gamma_pos < 0:
-        raise ValueError(f"gamma_neg and gamma_pos must be >= 0, got {gamma_neg} and {gamma_pos}")
-    if clip is not None and not 0 <= clip < 1:
-        raise ValueError(f"clip (probability margin) must be in [0, 1), got {clip}")
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
 
 
 def _check_logits_and_targets(logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -123,9 +108,6 @@ class BalancedAsymmetricLoss(nn.Module):
     def __init__(self, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-8, class_weights=None,
                  label_smoothing=0.0):
         super().__init__()
-        _check_focusing_settings(gamma_neg, gamma_pos, clip, eps)
-        if not 0 <= label_smoothing < 1:
-            raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing}")
         self.gamma_neg = gamma_neg
         self.gamma_pos = gamma_pos
         self.clip = clip
@@ -176,7 +158,6 @@ class AsymmetricLoss(nn.Module):
 
     def __init__(self, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-8):
         super().__init__()
-        _check_focusing_settings(gamma_neg, gamma_pos, clip, eps)
         self.gamma_neg = gamma_neg
         self.gamma_pos = gamma_pos
         self.clip = clip
@@ -213,10 +194,6 @@ class SigmoidFocalLoss(nn.Module):
 
     def __init__(self, gamma=2.0, alpha=0.25):
         super().__init__()
-        if gamma < 0:
-            raise ValueError(f"gamma must be >= 0, got {gamma}")
-        if not 0 <= alpha <= 1:
-            raise ValueError(f"alpha must be in [0, 1], got {alpha}")
         self.gamma = gamma
         self.alpha = alpha
 
@@ -272,9 +249,6 @@ class DistributionBalancedFocalLoss(nn.Module):
     def __init__(self, class_priors, alpha=0.1, beta=10.0, mu=0.2, neg_scale=2.0, kappa=0.05,
                  gamma=2.0, scale=2.0):
         super().__init__()
-        if neg_scale <= 0 or gamma < 0 or scale < 0:
-            raise ValueError(f"need neg_scale > 0, gamma >= 0 and scale >= 0, got {neg_scale}, "
-                             f"{gamma} and {scale}")
         self.alpha, self.beta, self.mu = alpha, beta, mu
         self.neg_scale, self.gamma, self.scale = neg_scale, gamma, scale
         inverse_priors = logit_bias = None
@@ -352,12 +326,14 @@ class TailCLIPObjective(nn.Module):
     "clip") are multiplied by ``asl_mul``.
 
     Call with the embeddings, the (exponentiated) logit scale, the class logits and the
-    targets; returns ``{"loss": total, "loss_clip": ..., "loss_bal": ..., ...}`` (only the
-    selected terms, each before its ``asl_mul`` factor). ``class_weights`` given to
-    ``forward`` replace BAL's own for that call; both are ignored unless
-    ``use_class_weights``. ``contrastive`` is the "clip" term, "softmax" (CLIP) or "sigmoid"
-    (SigLIP, which needs the model's ``logit_bias``). ``baselines`` maps the other
-    class-logit terms ("bce", "focal", "dbfocal") to a loss ``(logits, targets) -> scalar``.
+    targets, as a model gives them: ``objective(**model.objective_inputs(...), targets=targets)``
+    (`TailCLIP.forward` returns them for a training step). Returns ``{"loss": total,
+    "loss_clip": ..., "loss_bal": ..., ...}`` (only the selected terms, each before its
+    ``asl_mul`` factor). ``class_weights`` given to ``forward`` replace BAL's own for that
+    call; both are ignored unless ``use_class_weights``. ``contrastive`` is the "clip" term,
+    "softmax" (CLIP) or "sigmoid" (SigLIP, which needs the model's ``logit_bias``).
+    ``baselines`` maps the other class-logit terms ("bce", "focal", "dbfocal") to a loss
+    ``(logits, targets) -> scalar``.
     """
 
     def __init__(self, loss_function, asl_mul=1.0, bal=None, asl=None, use_class_weights=True,
@@ -372,15 +348,20 @@ class TailCLIPObjective(nn.Module):
         self.baselines = nn.ModuleDict(baselines or {})
 
     @property
+    def uses_captions(self) -> bool:
+        """Whether a term needs the captions' embeddings (the contrastive term)."""
+        return CONTRASTIVE_TERM in self.loss_function
+
+    @property
     def uses_logit_bias(self) -> bool:
-        return "clip" in self.loss_function and self.contrastive == "sigmoid"
+        return self.uses_captions and self.contrastive == "sigmoid"
 
     def forward(self, image_emb, caption_emb, logit_scale, logits, targets, class_weights=None,
                 logit_bias=None):
         terms = {}
         total = 0
         for name in self.loss_function:
-            if name == "clip":
+            if name == CONTRASTIVE_TERM:
                 if self.contrastive == "sigmoid":
                     term = sigmoid_contrastive_loss(image_emb, caption_emb, logit_scale, logit_bias)
                 else:
@@ -405,75 +386,3 @@ class BinaryCrossEntropyLoss(nn.Module):
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return binary_cross_entropy(logits, targets)
-
-
-def dbfocal_settings(cfg) -> dict:
-    """The DB-focal parameters of ``cfg``; mu and lambda left at None take LMPT's values for
-    ``cfg.dataset`` (its COCO-LT ones for datasets other than VOC-MLT)."""
-    dataset_defaults = DBFOCAL_DATASET_DEFAULTS.get(cfg.dataset, DBFOCAL_DATASET_DEFAULTS["coco_mlt"])
-    return dict(
-        alpha=cfg.dbfocal_alpha, beta=cfg.dbfocal_beta, kappa=cfg.dbfocal_kappa,
-        gamma=cfg.dbfocal_gamma, scale=cfg.dbfocal_scale,
-        mu=dataset_defaults["mu"] if cfg.dbfocal_mu is None else cfg.dbfocal_mu,
-        neg_scale=dataset_defaults["neg_scale"] if cfg.dbfocal_lambda is None else cfg.dbfocal_lambda,
-    )
-
-
-def _baseline_losses(cfg, class_priors) -> dict:
-    names = cfg.loss_function
-    baselines = {}
-    if "bce" in names:
-        baselines["bce"] = BinaryCrossEntropyLoss()
-    if "focal" in names:
-        baselines["focal"] = SigmoidFocalLoss(gamma=cfg.focal_gamma, alpha=cfg.focal_alpha)
-    if "dbfocal" in names:
-        baselines["dbfocal"] = DistributionBalancedFocalLoss(class_priors, **dbfocal_settings(cfg))
-    return baselines
-
-
-def contrastive_kind(cfg, has_logit_bias: bool) -> str:
-    """The "clip" term ``cfg.contrastive`` asks for: "auto" is the backbone's own pretraining
-    objective, "sigmoid" for a model with a learned logit bias (SigLIP), else "softmax"."""
-    if cfg.contrastive == "auto":
-        return "sigmoid" if has_logit_bias else "softmax"
-    if cfg.contrastive == "sigmoid" and not has_logit_bias:
-        raise ContrastiveLossError(
-            f"contrastive = 'sigmoid' needs a backbone with a learned logit bias (a SigLIP model), "
-            f"and {cfg.model_name!r} has none; set contrastive = 'softmax' or 'auto'")
-    return cfg.contrastive
-
-
-def build_objective(cfg, class_weights=None, has_logit_bias: bool = False,
-                    class_priors=None) -> TailCLIPObjective:
-    """The objective selected by ``cfg.loss_function`` (a list of ``LOSS_NAMES``).
-
-    Uses ``cfg.asl_mul``, ``asl_gamma_neg``, ``asl_gamma_pos``, ``asl_clip``, ``asl_eps``,
-    ``label_smoothing``, ``use_weighted_loss`` (``class_weights`` [C] enter BAL only when it
-    is true) and ``contrastive`` (``has_logit_bias``: whether the backbone has one). "focal"
-    uses ``focal_gamma`` and ``focal_alpha``; "dbfocal" the ``dbfocal_*`` options and
-    ``class_priors`` [C], the training split's class frequencies.
-    """
-    names = cfg.loss_function
-    if isinstance(names, str) or not names:
-        raise ValueError(f"loss_function must be a non-empty list of {list(LOSS_NAMES)}, got {names!r}")
-    for name in names:
-        if name not in LOSS_NAMES:
-            raise ValueError(f"unknown loss_function entry {name!r}; known: {list(LOSS_NAMES)}")
-    if len(set(names)) != len(names):
-        raise ValueError(f"loss_function lists a term twice: {list(names)}")
-
-    focusing = dict(gamma_neg=cfg.asl_gamma_neg, gamma_pos=cfg.asl_gamma_pos, clip=cfg.asl_clip,
-                    eps=cfg.asl_eps)
-    bal = asl = None
-    if "bal" in names:
-        bal = BalancedAsymmetricLoss(
-            **focusing,
-            class_weights=class_weights if cfg.use_weighted_loss else None,
-            label_smoothing=cfg.label_smoothing,
-        )
-    if "asl" in names:
-        asl = AsymmetricLoss(**focusing)
-    return TailCLIPObjective(names, cfg.asl_mul, bal=bal, asl=asl,
-                             use_class_weights=cfg.use_weighted_loss,
-                             contrastive=contrastive_kind(cfg, has_logit_bias),
-                             baselines=_baseline_losses(cfg, class_priors))

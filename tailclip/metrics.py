@@ -12,7 +12,7 @@ import torch
 from scipy.spatial.distance import cdist
 from sklearn.metrics import average_precision_score, roc_auc_score
 
-SCORE_KINDS = ("softmax", "sigmoid", "logits")
+from tailclip.config import SCORE_KINDS
 
 
 def _numpy(x, name: str) -> np.ndarray:

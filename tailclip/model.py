@@ -1,17 +1,17 @@
 """TailCLIP: a CLIP model fine-tuned end to end with class prompts as the classifier.
 
 Class logits are ``logit_scale.exp() * cos(image, class prompt)`` (the scale is trained and
-not clamped, as in the paper); the loss is ``tailclip.losses.build_objective(cfg)``.
+not clamped, as in the paper). The model is the encoders and the class logits; the loss is
+the objective beside it (`tailclip.losses.TailCLIPObjective`, built by
+``tailclip.factory.build_objective``), applied to the model's outputs.
 """
 import torch
 import torch.nn as nn
 
 from clip import trim_padding
 
-from .losses import build_objective, similarity_logits
-from .metrics import SCORE_KINDS, scores_from_logits
-
-LABEL_EMBEDDING_MODES = ("per_step", "per_epoch")
+from .losses import similarity_logits
+from .metrics import scores_from_logits
 
 
 def l2_normalise(x: torch.Tensor) -> torch.Tensor:
@@ -23,36 +23,25 @@ def l2_normalise(x: torch.Tensor) -> torch.Tensor:
 class TailCLIP(nn.Module):
     """Wraps a ``clip.CLIP`` model with the tokenised class prompts [C, context_length].
 
-    ``cfg.label_embeddings``: "per_step" (the published code) encodes the class prompts in
+    ``label_embeddings``: "per_step" (the published code) encodes the class prompts in
     every training step, with gradient; "per_epoch" (the paper's first version) uses the
     embeddings cached by ``refresh_label_embeddings()``, which the training loop calls at the
     start of each epoch (the first forward fills the cache if it is empty). Evaluation
-    (``predict_logits``) always encodes the prompts with the current weights.
-    ``class_weights`` [C] are BAL's class weights (used when ``cfg.use_weighted_loss``) and
-    ``class_priors`` [C] the training split's class frequencies (the "dbfocal" loss's).
+    (``predict_logits``) always encodes the prompts with the current weights. ``score`` is the
+    kind of `predict_scores` ("softmax", "sigmoid" or "logits").
     All CLIP parameters are trained (full fine-tuning).
     """
 
-    def __init__(self, clip_model: nn.Module, label_tokens: torch.Tensor, cfg, class_weights=None,
-                 class_priors=None):
+    def __init__(self, clip_model: nn.Module, label_tokens: torch.Tensor, label_embeddings: str = "per_step",
+                 score: str = "softmax"):
         super().__init__()
-        if cfg.label_embeddings not in LABEL_EMBEDDING_MODES:
-            raise ValueError(f"unknown label_embeddings {cfg.label_embeddings!r}; "
-                             f"known: {list(LABEL_EMBEDDING_MODES)}")
-        if cfg.score not in SCORE_KINDS:
-            raise ValueError(f"unknown score {cfg.score!r}; known: {list(SCORE_KINDS)}")
         if label_tokens.dim() != 2:
             raise ValueError(f"label_tokens must be [classes, context_length], got {tuple(label_tokens.shape)}")
         self.clip_model = clip_model
         for parameter in self.clip_model.parameters():
             parameter.requires_grad_(True)
-        self.label_embedding_mode = cfg.label_embeddings
-        self.score_kind = cfg.score
-        self.objective = build_objective(cfg, class_weights, has_logit_bias=self.logit_bias is not None,
-                                         class_priors=class_priors)
-        if self.logit_bias is not None and not self.objective.uses_logit_bias:
-            # A parameter no loss term reaches would stop DistributedDataParallel.
-            self.logit_bias.requires_grad_(False)
+        self.label_embedding_mode = label_embeddings
+        self.score_kind = score
         # A text tower that reads the padding (SigLIP's pools the last position) says so.
         self.trims_text_padding = getattr(clip_model, "trims_text_padding", True)
         # Derived from the class names and the weights: not part of a checkpoint.
@@ -100,25 +89,23 @@ class TailCLIP(nn.Module):
             self.refresh_label_embeddings()
         return self.cached_label_emb
 
-    def forward(self, images, caption_tokens, targets, class_weights=None) -> dict:
-        """Training step outputs: ``loss``, each selected ``loss_<term>``, the class
-        ``logits`` [N, C] and ``image_emb`` [N, D]. ``caption_tokens`` may be None when the
-        "clip" term is not selected; ``class_weights`` replace the model's for this call.
-        """
+    def forward(self, images: torch.Tensor, caption_tokens: torch.Tensor | None = None) -> dict:
+        """A training step's outputs, the objective's inputs (`objective_inputs`), with the
+        class prompts' embeddings of ``label_embeddings``. ``caption_tokens`` [N, L] are
+        encoded only when given (the objective's ``uses_captions``)."""
         image_emb = self.encode_images(images)
-        uses_captions = "clip" in self.objective.loss_function
-        caption_emb = self.encode_texts(caption_tokens) if uses_captions else None
-        logits = self.class_logits(image_emb, self._training_label_embeddings())
-        out = self.objective(
-            image_emb=image_emb,
-            caption_emb=caption_emb,
-            logit_scale=self.clip_model.logit_scale.exp(),
-            logits=logits,
-            targets=targets,
-            class_weights=class_weights,
-            logit_bias=self.logit_bias,
-        )
-        return {**out, "logits": logits, "image_emb": image_emb}
+        caption_emb = None if caption_tokens is None else self.encode_texts(caption_tokens)
+        return self.objective_inputs(image_emb, caption_emb, self._training_label_embeddings())
+
+    def objective_inputs(self, image_emb: torch.Tensor, caption_emb: torch.Tensor | None,
+                         label_emb: torch.Tensor) -> dict:
+        """What the objective takes besides the targets: ``image_emb`` [N, D], ``caption_emb``
+        [N, D] (or None), the class ``logits`` [N, C], the exponentiated ``logit_scale`` and
+        the backbone's ``logit_bias`` (or None). Training and evaluation both compute a
+        batch's loss as ``objective(**objective_inputs, targets=targets)``."""
+        return {"image_emb": image_emb, "caption_emb": caption_emb,
+                "logits": self.class_logits(image_emb, label_emb),
+                "logit_scale": self.clip_model.logit_scale.exp(), "logit_bias": self.logit_bias}
 
     def predict_logits(self, images: torch.Tensor, label_emb: torch.Tensor = None) -> torch.Tensor:
         """Class logits [N, C] for evaluation; pass ``label_emb = encode_labels()`` to encode
@@ -128,5 +115,5 @@ class TailCLIP(nn.Module):
         return self.class_logits(self.encode_images(images), label_emb)
 
     def predict_scores(self, images: torch.Tensor, label_emb: torch.Tensor = None) -> torch.Tensor:
-        """Scores [N, C] of kind ``cfg.score`` ("softmax", "sigmoid" or "logits")."""
+        """Scores [N, C] of kind ``score`` ("softmax", "sigmoid" or "logits")."""
         return scores_from_logits(self.predict_logits(images, label_emb), self.score_kind)

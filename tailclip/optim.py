@@ -9,8 +9,8 @@ def build_optimizer(cfg: Config, params, device: torch.device) -> torch.optim.Op
 
     Weight decay applies to every parameter, as in the paper. AdamW/Adam use the fused
     kernel: on CUDA one launch for all parameters instead of one per tensor; on the CPU one
-    pass over memory instead of about ten (3x faster for a tiny CLIP, whose 49,408-token
-    embedding is nearly all of its parameters).
+    pass over memory instead of about ten (which matters for a tiny CLIP, whose 49,408-token
+    embedding is nearly all of its parameters; BENCHMARKS.md).
     """
     params = [p for p in params if p.requires_grad]
     fused = device.type in ("cuda", "cpu")

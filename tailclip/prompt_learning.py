@@ -18,34 +18,34 @@ import torch
 import torch.nn as nn
 
 import clip
-from clip.architectures import vit_names
 from clip.model import VisionTransformer
 
 from .config import ConfigError
 from .data.captions import label_prompts
 from .model import TailCLIP, l2_normalise
 
-PROMPT_MODES = ("prompt", "prompt+visual")
 CONTEXT_PLACEHOLDER = "X"  # one BPE token; its embeddings are replaced by the context vectors
 
 
-def initial_context(clip_model: nn.Module, cfg, num_classes: int) -> torch.Tensor:
+def initial_context(clip_model: nn.Module, n_ctx: int, num_classes: int, class_specific: bool = False,
+                    init_caption: str | None = None) -> torch.Tensor:
     """The context vectors' starting value: [n_ctx, width], or [num_classes, n_ctx, width]
-    with `cfg.class_specific_ctx`.
+    when ``class_specific``.
 
-    With `cfg.ctx_init`: the token embeddings of `cfg.class_caption` (for every class), which
-    must be exactly `n_ctx` tokens long; an error otherwise, since a silently truncated or
-    padded caption would no longer be the zero-shot prompt. Else normal(std=0.02) (CoOp).
+    With ``init_caption`` (`ctx_init`: the config's `class_caption`): its token embeddings
+    (for every class), which must be exactly ``n_ctx`` tokens long; an error otherwise, since a
+    silently truncated or padded caption would no longer be the zero-shot prompt. Else
+    normal(std=0.02) (CoOp).
     """
     width, device = clip_model.token_embedding.embedding_dim, clip_model.token_embedding.weight.device
-    shape = (num_classes, cfg.n_ctx, width) if cfg.class_specific_ctx else (cfg.n_ctx, width)
-    if not cfg.ctx_init:
+    shape = (num_classes, n_ctx, width) if class_specific else (n_ctx, width)
+    if init_caption is None:
         return torch.randn(shape, device=device) * 0.02
-    caption_ids = clip.get_tokenizer().encode(cfg.class_caption)
-    if len(caption_ids) != cfg.n_ctx:
+    caption_ids = clip.get_tokenizer().encode(init_caption)
+    if len(caption_ids) != n_ctx:
         raise ConfigError(
-            f"ctx_init initialises the n_ctx = {cfg.n_ctx} context vectors from class_caption "
-            f"{cfg.class_caption!r}, which is {len(caption_ids)} tokens long: set n_ctx = "
+            f"ctx_init initialises the n_ctx = {n_ctx} context vectors from class_caption "
+            f"{init_caption!r}, which is {len(caption_ids)} tokens long: set n_ctx = "
             f"{len(caption_ids)}, change class_caption, or set ctx_init = False")
     with torch.no_grad():
         caption_embedding = clip_model.token_embedding(torch.tensor(caption_ids, device=device)).float()
@@ -63,17 +63,19 @@ class PromptLearner(nn.Module):
     backbone's current weights, also once a checkpoint's weights are loaded into it.
     """
 
-    def __init__(self, clip_model: nn.Module, class_names, cfg):
+    def __init__(self, clip_model: nn.Module, class_names, n_ctx: int, class_specific: bool = False,
+                 init_caption: str | None = None):
         super().__init__()
-        placeholder_caption = " ".join([CONTEXT_PLACEHOLDER] * cfg.n_ctx) + " "
+        placeholder_caption = " ".join([CONTEXT_PLACEHOLDER] * n_ctx) + " "
         tokens = clip.trim_padding(clip.tokenize(label_prompts(placeholder_caption, class_names),
                                                  context_length=clip_model.context_length))
         tokens = tokens.to(clip_model.token_embedding.weight.device)
-        self.n_ctx = cfg.n_ctx
+        self.n_ctx = n_ctx
         self.register_buffer("tokens", tokens, persistent=False)
         self.register_buffer("eot_index", tokens.argmax(dim=-1), persistent=False)
 
-        self.context = nn.Parameter(initial_context(clip_model, cfg, len(class_names)))
+        self.context = nn.Parameter(initial_context(clip_model, n_ctx, len(class_names), class_specific,
+                                                    init_caption))
 
     def forward(self, token_embedding: nn.Embedding) -> torch.Tensor:
         with torch.no_grad():
@@ -91,38 +93,31 @@ def visual_prompt_tokens(visual: VisionTransformer, count: int) -> nn.Parameter:
 
 
 class PromptTailCLIP(TailCLIP):
-    """TailCLIP whose class prompts (and, for "prompt+visual", ViT inputs) carry learned
-    prompts while every CLIP weight stays frozen; forward, losses and prediction are
+    """TailCLIP whose class prompts (and, with ``visual_prompts``, ViT inputs) carry learned
+    prompts while every CLIP weight stays frozen; encoders, class logits and prediction are
     TailCLIP's. Captions for the contrastive loss go through the frozen text tower.
 
     The frozen backbone is kept in eval mode whatever `train()` says, so that BatchNorm
     statistics (ResNets) never change: a checkpoint of the prompts alone reproduces the model.
     `label_tokens` are the zero-shot prompts TailCLIP takes; the class embeddings come from
-    the `PromptLearner` built from `class_names` (in the same order).
+    the `PromptLearner` built from `class_names` (in the same order) and the prompt options
+    (`n_ctx`, `class_specific_ctx`, `init_caption`: see `PromptLearner`). ``visual_prompts``:
+    the number of VPT tokens ("prompt+visual", a Vision Transformer backbone), 0 for none.
+    ``train_logit_scale``: also train `logit_scale`. ``backbone_name`` is kept for checkpoints.
     """
 
-    def __init__(self, clip_model: nn.Module, label_tokens: torch.Tensor, class_names, cfg,
-                 class_weights=None, class_priors=None):
-        if cfg.finetune not in PROMPT_MODES:
-            raise ValueError(f"PromptTailCLIP needs finetune in {list(PROMPT_MODES)}, got {cfg.finetune!r}")
-        if cfg.label_embeddings != "per_step":
-            raise ConfigError(
-                f"finetune = {cfg.finetune!r} trains the class prompts, which needs label_embeddings = "
-                f"'per_step' ({cfg.label_embeddings!r} encodes them without gradient)")
-        if cfg.finetune == "prompt+visual" and not isinstance(clip_model.visual, VisionTransformer):
-            raise ConfigError(
-                f"finetune = 'prompt+visual' needs a Vision Transformer backbone ({', '.join(vit_names())}); "
-                f"model_name {cfg.model_name!r} has a ResNet image tower (use finetune = 'prompt')")
+    def __init__(self, clip_model: nn.Module, label_tokens: torch.Tensor, class_names, backbone_name: str,
+                 n_ctx: int = 4, class_specific_ctx: bool = False, init_caption: str | None = None,
+                 visual_prompts: int = 0, train_logit_scale: bool = True, score: str = "softmax"):
         if len(class_names) != label_tokens.shape[0]:
             raise ValueError(f"{len(class_names)} class names but {label_tokens.shape[0]} class prompts")
-        super().__init__(clip_model, label_tokens, cfg, class_weights, class_priors)
+        super().__init__(clip_model, label_tokens, "per_step", score)
         for parameter in self.clip_model.parameters():
             parameter.requires_grad_(False)
-        self.clip_model.logit_scale.requires_grad_(cfg.train_logit_scale)
-        self.backbone_name = cfg.model_name
-        self.prompt_learner = PromptLearner(clip_model, class_names, cfg)
-        self.visual_prompts = (visual_prompt_tokens(clip_model.visual, cfg.n_visual_prompts)
-                               if cfg.finetune == "prompt+visual" else None)
+        self.clip_model.logit_scale.requires_grad_(train_logit_scale)
+        self.backbone_name = backbone_name
+        self.prompt_learner = PromptLearner(clip_model, class_names, n_ctx, class_specific_ctx, init_caption)
+        self.visual_prompts = visual_prompt_tokens(clip_model.visual, visual_prompts) if visual_prompts else None
         self.clip_model.eval()
 
     def train(self, mode: bool = True) -> "PromptTailCLIP":
@@ -136,14 +131,6 @@ class PromptTailCLIP(TailCLIP):
     def encode_labels(self) -> torch.Tensor:
         prompts = self.prompt_learner(self.clip_model.token_embedding)
         return l2_normalise(self.clip_model.encode_text_embeddings(prompts, self.prompt_learner.eot_index))
-
-
-def build_tailclip(clip_model: nn.Module, label_tokens: torch.Tensor, class_names, cfg,
-                   class_weights=None, class_priors=None) -> TailCLIP:
-    """The model `cfg.finetune` asks for: `TailCLIP` ("full") or `PromptTailCLIP`."""
-    if cfg.finetune == "full":
-        return TailCLIP(clip_model, label_tokens, cfg, class_weights, class_priors)
-    return PromptTailCLIP(clip_model, label_tokens, class_names, cfg, class_weights, class_priors)
 
 
 def trainable_state_dict(model: PromptTailCLIP) -> dict:

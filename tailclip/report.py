@@ -16,7 +16,7 @@ from tailclip.data import build_data
 from tailclip.distributed import init_distributed, main_process_first
 from tailclip.errors import MissingFileError
 from tailclip.evaluation import evaluate_model
-from tailclip.factory import build_model, seed_everything, set_cpu_threads
+from tailclip.factory import build_model, build_objective, seed_everything, set_cpu_threads
 from tailclip.logger import MAP_UNIT, json_safe
 from tailclip.metrics import pd_nd_ratio, subset_metrics
 from tailclip.precision import resolve_precision, set_tf32
@@ -73,25 +73,25 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
     with main_process_first():  # one process per node generates the data, downloads weights
         data = build_data(cfg)
         if zeroshot:
-            model = build_model(cfg, data.label_prompts, data.class_weights, class_priors=data.class_priors)
+            model = build_model(cfg, data.label_prompts)
             source, epoch = ZEROSHOT, 0
         else:
             path = resolve_checkpoint(checkpoint_name or BEST_MAP_CHECKPOINT, run_dir)
             checkpoint = load_checkpoint(path)
             check_checkpoint_matches(checkpoint, cfg, data.class_names, path)
-            model = trained_model(checkpoint, cfg, data.label_prompts, path, data.class_weights,
-                                  data.class_priors)
+            model = trained_model(checkpoint, cfg, data.label_prompts, path)
             source, epoch = str(path), checkpoint["state"]["epoch"]
     calibration = calibration_entries(calibrate_on, data) if calibrate_on is not None else None
+    objective = build_objective(cfg, model, data.class_weights, data.class_priors).to(device)
     model.to(device)
     batches = build_split_batches(cfg, data, train=False, device=device)
-    result = evaluate_model(model, batches.batches(device), data.test.caption_tokens, device,
+    result = evaluate_model(model, objective, batches.batches(device), data.test.caption_tokens, device,
                             precision, data.groups, keep_embeddings=True)
     labels_per_image = result.targets.sum(1)
     subsets = subset_metrics(result.scores, result.targets, data.groups)
     warning = zeroshot_warning(cfg) if zeroshot else None
-    calibrated = ({"calibrated": calibrated_report(cfg, data, model, calibration, calibrate_on, source, result,
-                                                   device, precision, target_precision)}
+    calibrated = ({"calibrated": calibrated_report(cfg, data, model, objective, calibration, calibrate_on, source,
+                                                   result, device, precision, target_precision)}
                   if calibration is not None else {})
     return {
         "checkpoint": source,

@@ -26,14 +26,13 @@ import threading
 from pathlib import Path
 
 from tailclip.checkpoint import FORMAT, VERSION, restore_rng_states
-from tailclip.config import Config, ConfigError
+from tailclip.config import PROMPT_MODES, Config, ConfigError
 from tailclip.distributed import main_process_outcome, rank_and_world
 from tailclip.errors import TailCLIPError
 from tailclip.factory import build_model
 from tailclip.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, STEPS_DIR, say
 from tailclip.model import TailCLIP
-from tailclip.prompt_learning import (PROMPT_MODES, PromptTailCLIP, load_trainable_state_dict,
-                                      trainable_state_dict)
+from tailclip.prompt_learning import PromptTailCLIP, load_trainable_state_dict, trainable_state_dict
 
 BEST_MAP_CHECKPOINT = "best_valid_mAP.pt"
 BEST_TAIL_CHECKPOINT = "best_valid_mAP_tail.pt"
@@ -268,14 +267,12 @@ def load_model_state(model: TailCLIP, checkpoint: dict, path) -> None:
                           f"{error}") from None
 
 
-def trained_model(checkpoint: dict, cfg: Config, label_prompts: list[str], path,
-                  class_weights=None, class_priors=None) -> TailCLIP:
+def trained_model(checkpoint: dict, cfg: Config, label_prompts: list[str], path) -> TailCLIP:
     """The checkpoint's model (on the CPU) for ``cfg``: prompts saved alone go on top of the
     pretrained backbone they were trained on (loaded, or downloaded once, by name); other
     checkpoints hold every weight, so the backbone starts from random ones."""
     pretrained = checkpoint.get("model_format") == "trainable"
-    model = build_model(cfg, label_prompts, class_weights, pretrained=pretrained,
-                        class_priors=class_priors)
+    model = build_model(cfg, label_prompts, pretrained=pretrained)
     load_model_state(model, checkpoint, path)
     return model
 

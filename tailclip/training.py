@@ -38,12 +38,12 @@ from tailclip.checkpoint import load_checkpoint, remove_partial_writes, rng_stat
 from tailclip.config import Config
 from tailclip.data import build_data
 from tailclip.distributed import (DistInfo, all_processes_objects, any_over_processes, barrier,
-                                  distribute_model, init_distributed, is_main_process,
-                                  main_process_first, max_over_processes)
+                                  distribute_model, global_batch_objective, init_distributed,
+                                  is_main_process, main_process_first, max_over_processes)
 from tailclip.errors import MissingFileError, TailCLIPError
 from tailclip.evaluation import (Evaluation, NonFiniteScoresError, evaluate_model, percent, val_line,
                                  val_record)
-from tailclip.factory import build_model, seed_everything, set_cpu_threads
+from tailclip.factory import build_model, build_objective, seed_everything, set_cpu_threads
 from tailclip.logger import RunLogger, StepCurves, say
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
@@ -157,6 +157,8 @@ class Trainer:
     model: TailCLIP
     forward: torch.nn.Module  # the model (in DistributedDataParallel with several processes),
     # or its torch.compile'd version
+    objective: torch.nn.Module  # the loss of a step's outputs (of the global batch with several
+    # processes), or its torch.compile'd version
     optimizer: torch.optim.Optimizer
     scheduler: torch.optim.lr_scheduler.LRScheduler
     scaler: torch.amp.GradScaler
@@ -173,10 +175,11 @@ def compile_forward(forward: torch.nn.Module, backend: str = "inductor") -> torc
 
 
 def train_step(trainer: Trainer, images, targets, tokens, state: TrainState, epoch: int) -> dict | None:
-    """One optimisation step; returns the model outputs (the loss also as a number in
-    ``state.last_loss``), or None for a skipped non-finite loss."""
+    """One optimisation step; returns the class logits and the objective's outputs (the loss
+    also as a number in ``state.last_loss``), or None for a skipped non-finite loss."""
     with autocast(trainer.precision, trainer.device):
-        out = trainer.forward(images, tokens, targets)
+        outputs = trainer.forward(images, tokens if trainer.objective.uses_captions else None)
+        out = {"logits": outputs["logits"], **trainer.objective(**outputs, targets=targets)}
     trainer.scaler.scale(out["loss"]).backward()
     # The step's one wait for the device, once the backward pass is queued: a non-finite
     # loss leaves only non-finite gradients behind, dropped here before any weight changes.
@@ -296,18 +299,19 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
         if checkpoint is not None:
             check_checkpoint_matches(checkpoint, cfg, data.class_names, run_dir / NEWEST_CHECKPOINT)
             report_config_changes(checkpoint, cfg)
-        model = build_model(cfg, data.label_prompts, data.class_weights,
-                            class_priors=data.class_priors).to(device)
+        model = build_model(cfg, data.label_prompts).to(device)
+        objective = build_objective(cfg, model, data.class_weights, data.class_priors).to(device)
     if device.type == "cuda" and not isinstance(model.clip_model.visual, clip.model.VisionTransformer):
         model = model.to(memory_format=torch.channels_last)  # cuDNN's fast layout for ResNets
     # The text tower is idle in a step only when it encodes neither captions nor class prompts.
-    idle_text_tower = cfg.label_embeddings == "per_epoch" and "clip" not in cfg.loss_function
-    forward = distribute_model(model, device, find_unused_parameters=idle_text_tower,
-                               uneven_batches=cfg.skip_unreadable_images)
+    idle_text_tower = model.label_embedding_mode == "per_epoch" and not objective.uses_captions
+    forward = distribute_model(model, device, find_unused_parameters=idle_text_tower)
+    step_objective = global_batch_objective(objective, uneven_batches=cfg.skip_unreadable_images)
+    if cfg.compile:
+        forward, step_objective = compile_forward(forward), compile_forward(step_objective)
     optimizer = build_optimizer(cfg, model.parameters(), device)
-    trainer = Trainer(model, compile_forward(forward) if cfg.compile else forward, optimizer,
-                      build_scheduler(cfg, optimizer), grad_scaler(precision, device), precision,
-                      device, cfg.max_nonfinite_steps)
+    trainer = Trainer(model, forward, step_objective, optimizer, build_scheduler(cfg, optimizer),
+                      grad_scaler(precision, device), precision, device, cfg.max_nonfinite_steps)
     train_batches = build_split_batches(cfg, data, train=True, device=device)
     test_batches = build_split_batches(cfg, data, train=False, device=device)
     class_counts = data.train_targets.sum(0)
@@ -349,7 +353,7 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
 
     def validate(when: str) -> Evaluation:
         try:
-            return evaluate_model(model, test_batches.batches(device), data.test.caption_tokens,
+            return evaluate_model(model, objective, test_batches.batches(device), data.test.caption_tokens,
                                   device, precision, data.groups)
         except NonFiniteScoresError as error:
             raise NonFiniteLossError(

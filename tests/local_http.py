@@ -1,5 +1,4 @@
 """A local HTTP server for download tests: 127.0.0.1 only, never the network."""
-import socket
 import urllib.parse
 from http.server import SimpleHTTPRequestHandler
 from pathlib import Path
@@ -49,7 +48,3 @@ class RangeRequestHandler(SimpleHTTPRequestHandler):
         pass
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]

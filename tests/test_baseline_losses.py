@@ -1,32 +1,21 @@
 """The baseline losses on the class logits ("bce", "focal", "dbfocal"): each against values
 derived by hand from its published formula, entry by entry in float64, and in the objective
 alone or with the contrastive term."""
-import dataclasses
 import math
-import os
-import socket
 from fractions import Fraction
-from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import clip
 from tailclip import distributed
 from tailclip.config import Config, ConfigError, load_config
 from tailclip.data.balance import balance_weights
-from tailclip.losses import (
-    DistributionBalancedFocalLoss,
-    SigmoidFocalLoss,
-    binary_cross_entropy,
-    build_objective,
-    clip_contrastive_loss,
-)
+from tailclip.factory import build_objective, dbfocal_settings
+from tailclip.losses import DistributionBalancedFocalLoss, SigmoidFocalLoss, binary_cross_entropy, clip_contrastive_loss
 from tailclip.model import TailCLIP
-
-LOGITS = [[2.0, -1.0, 0.5], [1.0, 4.0, -2.0]]
-TARGETS = [[1, 0, 0], [0, 1, 1]]
+from loss_examples import LOGITS, TARGETS
+from process_group import save_rank_result, set_rendezvous_env, spawn_and_collect
 
 
 def sigmoid(v):
@@ -212,10 +201,16 @@ def test_dbfocal_gradient_is_finite_in_float32_with_saturated_logits():
 # ---------------------------------------------------------------- objective and config
 
 
-def make_cfg(**overrides):
-    values = dataclasses.asdict(Config())
-    values.update(overrides)
-    return SimpleNamespace(**values)
+NAMES = ["red", "green", "blue"]
+
+
+def tiny_model() -> TailCLIP:
+    return TailCLIP(clip.create_model("ViT-tiny"), clip.tokenize(["a photo of a " + n for n in NAMES]))
+
+
+def objective(**options):
+    """`build_objective` of the config ``options`` for a tiny model, with the classes' priors."""
+    return build_objective(Config(**options), tiny_model(), class_priors=priors())
 
 
 def objective_inputs(seed=0, classes=3):
@@ -238,12 +233,11 @@ BASELINES = {
 def test_each_baseline_works_alone_and_with_the_contrastive_term(name):
     inputs = objective_inputs()
     term = BASELINES[name](inputs["logits"], inputs["targets"])
-    alone = build_objective(make_cfg(loss_function=[name], asl_mul=0.5), class_priors=priors())(**inputs)
+    alone = objective(loss_function=[name], asl_mul=0.5)(**inputs)
     assert set(alone) == {"loss", f"loss_{name}"}
     assert torch.allclose(alone[f"loss_{name}"], term)
     assert torch.allclose(alone["loss"], 0.5 * term)
-    both = build_objective(make_cfg(loss_function=["clip", name], asl_mul=3.0),
-                           class_priors=priors())(**inputs)
+    both = objective(loss_function=["clip", name], asl_mul=3.0)(**inputs)
     contrastive = clip_contrastive_loss(inputs["image_emb"], inputs["caption_emb"], inputs["logit_scale"])
     assert set(both) == {"loss", "loss_clip", f"loss_{name}"}
     assert torch.allclose(both["loss"], contrastive + 3.0 * term)
@@ -252,12 +246,11 @@ def test_each_baseline_works_alone_and_with_the_contrastive_term(name):
 @pytest.mark.parametrize("dataset,mu,lam", [("voc_mlt", 0.3, 5.0), ("coco_mlt", 0.2, 2.0),
                                             ("synthetic_mlt", 0.2, 2.0)])
 def test_dbfocal_defaults_are_lmpts_for_the_dataset(dataset, mu, lam):
-    loss = build_objective(make_cfg(dataset=dataset, loss_function=["dbfocal"]),
-                           class_priors=priors()).baselines["dbfocal"]
+    loss = DistributionBalancedFocalLoss(priors(), **dbfocal_settings(Config(dataset=dataset)))
     assert (loss.alpha, loss.beta, loss.mu, loss.neg_scale, loss.gamma, loss.scale) == (0.1, 10.0, mu, lam, 2.0, 2.0)
     assert torch.allclose(loss.logit_bias, 0.05 / lam * torch.log(priors() / (1 - priors())))
-    chosen = build_objective(make_cfg(dataset=dataset, loss_function=["dbfocal"], dbfocal_mu=0.5,
-                                      dbfocal_lambda=3.0), class_priors=priors()).baselines["dbfocal"]
+    chosen = DistributionBalancedFocalLoss(priors(), **dbfocal_settings(Config(dataset=dataset, dbfocal_mu=0.5,
+                                                                               dbfocal_lambda=3.0)))
     assert (chosen.mu, chosen.neg_scale) == (0.5, 3.0)
 
 
@@ -274,13 +267,12 @@ def test_config_accepts_the_baseline_terms_and_options(tmp_path):
 
 def test_a_tailclip_model_trains_with_dbfocal_from_the_data_priors():
     torch.manual_seed(0)
-    names = ["red", "green", "blue"]
-    cfg = make_cfg(loss_function=["clip", "dbfocal"])
-    model = TailCLIP(clip.create_model("ViT-tiny"), clip.tokenize(["a photo of a " + n for n in names]),
-                     cfg, class_priors=priors())
+    model = tiny_model()
     images = torch.rand(4, 3, 64, 64)
     targets = torch.tensor([[1.0, 0, 0], [0, 1, 1], [1, 1, 0], [0, 0, 1]])
-    out = model(images, clip.tokenize([f"thing {i}" for i in range(4)]), targets)
+    outputs = model(images, clip.tokenize([f"thing {i}" for i in range(4)]))
+    out = build_objective(Config(loss_function=["clip", "dbfocal"]), model, class_priors=priors())(
+        **outputs, targets=targets)
     out["loss"].backward()
     assert set(out) >= {"loss_clip", "loss_dbfocal"}
     assert all(torch.isfinite(p.grad).all() for p in model.parameters() if p.grad is not None)
@@ -295,19 +287,18 @@ def _global_batch_worker(rank: int, port: int, folder: str) -> None:
     """Process ``rank`` of 2: its half of the batch through ``GlobalBatchObjective``."""
     torch.set_num_threads(1)
     inputs = objective_inputs(seed=6)
-    objective = build_objective(make_cfg(loss_function=ALL_TERMS, asl_mul=0.7), class_priors=priors())
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE="2",
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    all_terms = objective(loss_function=ALL_TERMS, asl_mul=0.7)
+    set_rendezvous_env(rank, 2, port)
     distributed.init_distributed("cpu")
     try:
         rows = slice(3 * rank, 3 * rank + 3)
         local = {name: value[rows].clone().requires_grad_(True) if name != "logit_scale" else value
                  for name, value in inputs.items()}
         local["targets"].requires_grad_(False)
-        out = distributed.GlobalBatchObjective(objective).train()(**local)
+        out = distributed.GlobalBatchObjective(all_terms)(**local)
         out["loss"].backward()
-        torch.save({"terms": {k: v.detach() for k, v in out.items() if k.startswith("loss")},
-                    "logits_grad": local["logits"].grad}, os.path.join(folder, f"rank{rank}.pt"))
+        save_rank_result({"terms": {k: v.detach() for k, v in out.items() if k.startswith("loss")},
+                          "logits_grad": local["logits"].grad}, folder, rank)
     finally:
         distributed.cleanup()
 
@@ -315,17 +306,12 @@ def _global_batch_worker(rank: int, port: int, folder: str) -> None:
 def test_baselines_on_the_global_batch_of_two_processes_equal_one_process(tmp_path):
     """Each process gets the single-process loss, and through its own rows twice the
     single-process gradient (DistributedDataParallel's average over 2 processes halves it)."""
-    with socket.socket() as free:
-        free.bind(("127.0.0.1", 0))
-        port = free.getsockname()[1]
-    mp.spawn(_global_batch_worker, args=(port, str(tmp_path)), nprocs=2, join=True)
+    results = spawn_and_collect(_global_batch_worker, tmp_path, world=2)
     inputs = objective_inputs(seed=6)
     logits = inputs["logits"].clone().requires_grad_(True)
-    single = build_objective(make_cfg(loss_function=ALL_TERMS, asl_mul=0.7),
-                             class_priors=priors())(**{**inputs, "logits": logits})
+    single = objective(loss_function=ALL_TERMS, asl_mul=0.7)(**{**inputs, "logits": logits})
     single["loss"].backward()
-    for rank in range(2):
-        result = torch.load(tmp_path / f"rank{rank}.pt")
+    for rank, result in enumerate(results):
         assert set(result["terms"]) == {"loss", *(f"loss_{name}" for name in ALL_TERMS)}
         for name, value in result["terms"].items():
             assert torch.allclose(value, single[name].detach(), rtol=1e-6), name

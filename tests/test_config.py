@@ -111,6 +111,12 @@ def test_unknown_option_names_the_file_and_suggests_the_closest(tmp_path):
     ("lr = 0", "lr: must be > 0, got 0.0"),
     ("label_smoothing = 1", "label_smoothing: must be in [0, 1), got 1.0"),
     ("label_smoothing = -0.1", "label_smoothing: must be in [0, 1)"),
+    ("asl_eps = 0", "asl_eps: must be > 0, got 0.0"),
+    ("asl_gamma_neg = -1", "asl_gamma_neg: must be >= 0, got -1.0"),
+    ("asl_gamma_pos = -0.5", "asl_gamma_pos: must be >= 0, got -0.5"),
+    ("asl_clip = -0.1", "asl_clip: must be in [0, 1), got -0.1"),
+    ("finetune = 'prompt'\n    label_embeddings = 'per_epoch'",
+     "label_embeddings: finetune = 'prompt' trains the class prompts, which needs label_embeddings = 'per_step'"),
     ("train_list = 'train.txt'", "train_list: is only used with dataset = 'custom'"),
     ("dataset = 'custom'", "test_list: is required when dataset = 'custom'"),
 ])

@@ -22,7 +22,7 @@ from tailclip.download import (
     listed_images,
     main,
 )
-from local_http import free_port
+from process_group import free_port
 
 VOC_IMAGES = {
     "VOCdevkit/VOC2012/JPEGImages/2008_000001.jpg": b"jpeg 1",

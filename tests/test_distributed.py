@@ -12,17 +12,15 @@ import copy
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 
 import clip
-from tailclip import distributed, evaluation, run_folder, training
+from tailclip import distributed, evaluation, factory, run_folder, training
 from tailclip.config import Config
 from tailclip.data import ensure_synthetic
 from tailclip.data.datasets import SYNTHETIC_SEED
@@ -30,6 +28,7 @@ from tailclip.logger import read_metrics
 from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer, build_scheduler
 from tailclip.precision import grad_scaler
+from process_group import save_rank_result, set_rendezvous_env, spawn_and_collect
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -43,12 +42,6 @@ SOT, EOT = 49406, 49407
 # (an Adam step hardly depends on the gradient's scale).
 SGD = Config(model_name="ViT-tiny", pretrained=False, size=64, optimizer="SGD", lr=1.0,
              momentum=0.0, weight_decay=0.0, label_smoothing=0.1)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _random_tokens(count: int, generator: torch.Generator) -> torch.Tensor:
@@ -69,58 +62,58 @@ def _random_targets(count: int, generator: torch.Generator) -> torch.Tensor:
 
 
 def _problem():
-    """A tiny TailCLIP (fixed seed), a training batch and an evaluation set."""
+    """A tiny TailCLIP (fixed seed) and its objective, a training batch and an evaluation set."""
     generator = torch.Generator().manual_seed(1)
     torch.manual_seed(0)
-    model = TailCLIP(clip.create_model("ViT-tiny"), _random_tokens(NUM_CLASSES, generator), SGD,
-                     class_weights=torch.rand(NUM_CLASSES, generator=generator))
+    model = TailCLIP(clip.create_model("ViT-tiny"), _random_tokens(NUM_CLASSES, generator))
+    objective = factory.build_objective(SGD, model, class_weights=torch.rand(NUM_CLASSES, generator=generator))
     batch = (torch.randn(GLOBAL_BATCH, 3, 64, 64, generator=generator),
              _random_tokens(GLOBAL_BATCH, generator), _random_targets(GLOBAL_BATCH, generator))
     evaluation = (torch.randn(EVAL_IMAGES, 3, 64, 64, generator=generator),
                   _random_targets(EVAL_IMAGES, generator), _random_tokens(EVAL_IMAGES, generator))
-    return model, batch, evaluation
+    return model, objective, batch, evaluation
 
 
-def _train_step(forward, model, images, tokens, targets) -> dict:
+def _train_step(forward, model, objective, images, tokens, targets) -> dict:
     """The training step (`training.train_step`); the outputs and the updated weights."""
     optimizer = build_optimizer(SGD, model.parameters(), CPU)
-    trainer = training.Trainer(model, forward, optimizer, build_scheduler(SGD, optimizer),
-                             grad_scaler("fp32", CPU), "fp32", CPU, max_nonfinite_steps=0)
+    trainer = training.Trainer(model, forward, objective, optimizer, build_scheduler(SGD, optimizer),
+                               grad_scaler("fp32", CPU), "fp32", CPU, max_nonfinite_steps=0)
     out = training.train_step(trainer, images, targets, tokens, run_folder.TrainState(), epoch=0)
     return {"out": {name: value.detach() for name, value in out.items()},
             "weights": {name: p.detach().clone() for name, p in model.named_parameters()}}
 
 
-def _evaluate(model, images, targets, tokens, order: list[int]) -> evaluation.Evaluation:
+def _evaluate(model, objective, images, targets, tokens, order: list[int]) -> evaluation.Evaluation:
     """`evaluation.evaluate_model` of the images ``order`` (all, or a shard) in batches of 4."""
     batches = [(images[i], targets[i], tokens[i], torch.tensor(i))
                for i in (order[start:start + 4] for start in range(0, len(order), 4))]
-    return evaluation.evaluate_model(model, batches, tokens, CPU, "fp32", GROUPS)
+    return evaluation.evaluate_model(model, objective, batches, tokens, CPU, "fp32", GROUPS)
 
 
 def _worker(rank: int, port: int, folder: str) -> None:
     torch.set_num_threads(1)
-    model, (images, tokens, targets), evaluation_set = _problem()
+    model, objective, (images, tokens, targets), evaluation_set = _problem()
     # The single-process references, computed by this process alone before joining the group.
-    single_evaluation = _evaluate(model, *evaluation_set, list(range(EVAL_IMAGES)))
+    single_evaluation = _evaluate(model, objective, *evaluation_set, list(range(EVAL_IMAGES)))
     reference = copy.deepcopy(model)
-    single_step = _train_step(reference, reference, images, tokens, targets)
+    single_step = _train_step(reference, reference, objective, images, tokens, targets)
 
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    set_rendezvous_env(rank, WORLD, port)
     info = distributed.init_distributed("cpu")
     try:
         result = {"info": info, "targets": targets, "single": single_step,
                   "single_evaluation": single_evaluation}
         shard = distributed.eval_shard(EVAL_IMAGES, batch_size=4)
         result["shard"] = shard
-        result["evaluation"] = _evaluate(model, *evaluation_set, shard)
+        result["evaluation"] = _evaluate(model, objective, *evaluation_set, shard)
         # More processes than batches: process 1 scores nothing.
-        result["empty"] = _evaluate(model, *evaluation_set, distributed.eval_shard(4, batch_size=4))
+        result["empty"] = _evaluate(model, objective, *evaluation_set, distributed.eval_shard(4, batch_size=4))
 
         local = slice(rank * GLOBAL_BATCH // WORLD, (rank + 1) * GLOBAL_BATCH // WORLD)
         wrapped = distributed.distribute_model(model, info.device)
-        result["distributed"] = _train_step(wrapped, model, images[local], tokens[local], targets[local])
+        result["distributed"] = _train_step(wrapped, model, distributed.global_batch_objective(objective),
+                                            images[local], tokens[local], targets[local])
 
         # Image 9 skipped as unreadable, image 0 scored twice.
         kept = [index for index in shard if index != 9] + [0]
@@ -136,7 +129,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
             result["found_prepared"] = os.path.exists(marker)
             if rank == 0:
                 open(marker, "w").close()
-        torch.save(result, os.path.join(folder, f"rank{rank}.pt"))
+        save_rank_result(result, folder, rank)
     finally:
         distributed.cleanup()
 
@@ -144,8 +137,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
 @pytest.fixture(scope="module")
 def two_processes(tmp_path_factory):
     folder = tmp_path_factory.mktemp("distributed")
-    mp.spawn(_worker, args=(_free_port(), str(folder)), nprocs=WORLD, join=True)
-    return [torch.load(folder / f"rank{rank}.pt", weights_only=False) for rank in range(WORLD)]
+    return spawn_and_collect(_worker, folder, WORLD)
 
 
 def _max_difference(a: dict, b: dict) -> float:
@@ -223,6 +215,7 @@ def test_single_process_without_torchrun(monkeypatch):
     assert distributed.rank_and_world() == (0, 1) and distributed.is_main_process()
     model = torch.nn.Linear(2, 2)
     assert distributed.distribute_model(model, CPU) is model
+    assert distributed.global_batch_objective(model) is model
     tensor = torch.arange(3.0)
     assert distributed.all_gather_with_grad(tensor) is tensor
     assert distributed.reduce_mean(10.0, count=4) == 2.5

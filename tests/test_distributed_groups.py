@@ -2,30 +2,21 @@
 (gloo) group for long waits, made when the processes join, and the group of the autograd
 gather, apart from the one whose communicator DistributedDataParallel's gradient reduction
 uses. Two CPU processes (gloo)."""
-import os
-import socket
 import time
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 
 from tailclip import distributed
+from process_group import save_rank_result, set_rendezvous_env, spawn_and_collect
 
 WORLD = 2
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _worker(rank: int, port: int, folder: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    set_rendezvous_env(rank, WORLD, port)
     distributed.init_distributed("cpu")
     result = {}
 
@@ -47,15 +38,14 @@ def _worker(rank: int, port: int, folder: str) -> None:
         (gathered * torch.arange(4.0)[:, None]).sum().backward()
         result["gathered"], result["grad"] = gathered.tolist(), rows.grad.tolist()
     finally:
-        torch.save(result, os.path.join(folder, f"rank{rank}.pt"))
+        save_rank_result(result, folder, rank)
         distributed.cleanup()
 
 
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     folder = tmp_path_factory.mktemp("groups")
-    mp.spawn(_worker, args=(_free_port(), str(folder)), nprocs=WORLD, join=True)
-    return [torch.load(folder / f"rank{rank}.pt") for rank in range(WORLD)]
+    return spawn_and_collect(_worker, folder, WORLD)
 
 
 def test_every_group_exists_once_the_processes_have_joined(results):

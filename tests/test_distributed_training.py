@@ -13,8 +13,6 @@ nor hang, and:
   the processes' random states apart, having flipped different numbers of images), end as
   an unbroken two-process run: the same logged numbers and weights.
 """
-import os
-import socket
 from pathlib import Path
 
 import pytest
@@ -28,6 +26,7 @@ from tailclip.data import BalancedSampler, datasets
 from tailclip.logger import read_metrics
 from tailclip.run_folder import RunFolderError
 from interrupt import ctrl_c_on_forward_call
+from process_group import free_port, set_rendezvous_env
 from tiny_dataset import TINY_OPTIONS, truncate, write_dataset
 
 WORLD = 2
@@ -62,8 +61,7 @@ def _without_flips(patches: pytest.MonkeyPatch) -> None:
 
 def _worker(rank: int, port: int, root: str, runs: str) -> None:
     torch.set_num_threads(1)
-    os.environ.update(RANK=str(rank), LOCAL_RANK=str(rank), WORLD_SIZE=str(WORLD),
-                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    set_rendezvous_env(rank, WORLD, port)
     distributed.init_distributed("cpu")
     try:
         one_epoch, two_epochs = (_config(Path(root), Path(runs), epochs) for epochs in (1, 2))
@@ -89,17 +87,11 @@ def _worker(rank: int, port: int, root: str, runs: str) -> None:
         distributed.cleanup()
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("unreadable")
     root, runs = _write_data(folder / "data"), folder / "runs"
-    context = mp.spawn(_worker, args=(_free_port(), str(root), str(runs)), nprocs=WORLD, join=False)
+    context = mp.spawn(_worker, args=(free_port(), str(root), str(runs)), nprocs=WORLD, join=False)
     for _ in range(TIMEOUT_S):
         if context.join(timeout=1):
             break

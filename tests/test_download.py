@@ -7,7 +7,7 @@ import time
 import pytest
 
 from clip.download import DownloadError, download, sha256_of
-from local_http import free_port
+from process_group import free_port
 
 PAYLOAD = os.urandom(300_000)
 PAYLOAD_SHA256 = hashlib.sha256(PAYLOAD).hexdigest()

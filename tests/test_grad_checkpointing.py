@@ -24,7 +24,8 @@ def build(model_name: str, finetune: str, grad_checkpointing: bool):
 def loss_of_a_batch(model) -> torch.Tensor:
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     captions = clip.tokenize(["a photo of a red circle, green cross", "a photo of a blue square"])
-    return model(images, captions, TARGETS)["loss"]
+    objective = factory.build_objective(Config(), model)  # the default's: clip + BAL
+    return objective(**model(images, captions), targets=TARGETS)["loss"]
 
 
 class BlockCalls:

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 import clip
 
 from tailclip.config import Config, ConfigError, load_config
-from tailclip.factory import build_clip, build_model
+from tailclip.factory import build_clip, build_model, build_objective
 from tailclip.open_clip_backbone import OpenCLIPBackbone, open_clip_tokenizer
 from tailclip.errors import TailCLIPError
 
@@ -57,6 +57,12 @@ def config(name, **options):
                      "max_length": context, "device": "cpu", **options})
 
 
+def training_step(cfg, model, images, captions, targets) -> dict:
+    """The model's outputs and the loss terms of its objective, as a training step has them."""
+    outputs = model(images, captions)
+    return {**outputs, **build_objective(cfg, model)(**outputs, targets=targets)}
+
+
 @pytest.mark.parametrize("name, has_bias", [
     ("tailclip-test-sigmoid", True), ("tailclip-test-sigmoid-timm", True),
     ("tailclip-test-eva", False), ("tailclip-test-coca", False)])
@@ -81,7 +87,7 @@ def test_family_gives_open_clips_embeddings(tmp_path, name, has_bias):
                                    rtol=1e-4, atol=1e-5)
     assert model.clip_model.logit_scale.item() == pytest.approx(2.5)
     assert (model.logit_bias is not None) == has_bias
-    assert model.objective.contrastive == ("sigmoid" if has_bias else "softmax")
+    assert build_objective(cfg, model).contrastive == ("sigmoid" if has_bias else "softmax")
     if has_bias:
         assert model.logit_bias.item() == pytest.approx(-3.0)
 
@@ -109,13 +115,14 @@ def test_grad_checkpointing_recomputes_open_clips_blocks_with_the_same_loss_and_
     results = []
     for grad_checkpointing in (False, True):
         torch.manual_seed(0)
-        model = build_model(config(name, grad_checkpointing=grad_checkpointing), PROMPTS).train()
+        cfg = config(name, grad_checkpointing=grad_checkpointing)
+        model = build_model(cfg, PROMPTS).train()
         size, context = native(name)
         images = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(1))
         captions = open_clip.get_tokenizer(name)(["a photo of a cat", "a photo of a dog"])
         blocks = [module for module in model.modules() if isinstance(module, open_clip.transformer.Transformer)]
         assert blocks and all(block.grad_checkpointing == grad_checkpointing for block in blocks)
-        loss = model(images, captions, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))["loss"]
+        loss = training_step(cfg, model, images, captions, torch.tensor([[1.0, 0, 0], [0, 1.0, 0]]))["loss"]
         loss.backward()
         results.append((loss.detach(), {n: p.grad for n, p in model.named_parameters() if p.grad is not None}))
     (loss, grads), (checkpointed_loss, checkpointed_grads) = results
@@ -130,10 +137,11 @@ def test_sigmoid_backbone_trains_on_siglips_loss(tmp_path):
     embeddings with its learned scale and bias, and gradient reaches the bias."""
     name = "tailclip-test-sigmoid"
     reference_checkpoint(name, tmp_path / "weights.pt")
-    model = build_model(config(name, pretrained=str(tmp_path / "weights.pt"), loss_function=["clip"]), PROMPTS)
+    cfg = config(name, pretrained=str(tmp_path / "weights.pt"), loss_function=["clip"])
+    model = build_model(cfg, PROMPTS)
     images = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(2))
     captions = open_clip.get_tokenizer(name)(["a photo of a cat", "a photo of a dog", "a photo of a tree"])
-    out = model(images, captions, torch.zeros(3, 3))
+    out = training_step(cfg, model, images, captions, torch.zeros(3, 3))
     expected = open_clip.loss.SigLipLoss()(out["image_emb"], model.encode_texts(captions),
                                            model.clip_model.logit_scale.exp(), model.logit_bias)
     torch.testing.assert_close(out["loss_clip"], expected)
@@ -144,7 +152,9 @@ def test_sigmoid_backbone_trains_on_siglips_loss(tmp_path):
 @pytest.mark.parametrize("options, trained", [
     ({}, True), ({"contrastive": "softmax"}, False), ({"loss_function": ["bal"]}, False)])
 def test_the_logit_bias_is_trained_only_when_the_sigmoid_term_uses_it(options, trained):
-    model = build_model(config("tailclip-test-sigmoid", **options), PROMPTS)
+    cfg = config("tailclip-test-sigmoid", **options)
+    model = build_model(cfg, PROMPTS)
+    build_objective(cfg, model)
     assert model.logit_bias.requires_grad == trained
 
 

@@ -1,7 +1,6 @@
 """Tests of tailclip.prompt_learning: which parameters train, what stays frozen, the zero-shot
 starting point, prompt-only checkpoints, and a prompt-tuning run on the synthetic data."""
 import copy
-import dataclasses
 
 import pytest
 import torch
@@ -9,15 +8,11 @@ import torch
 import clip
 from tailclip.config import Config
 from tailclip.data.datasets import build_data
+from tailclip.factory import build_objective, build_tailclip
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer
-from tailclip.prompt_learning import (
-    PromptTailCLIP,
-    build_tailclip,
-    load_trainable_state_dict,
-    trainable_state_dict,
-)
+from tailclip.prompt_learning import load_trainable_state_dict, trainable_state_dict
 
 CLASS_NAMES = ["red circle", "blue square", "green cross"]
 TARGETS = torch.tensor([[1.0, 0, 1], [0, 1, 0]])
@@ -37,7 +32,7 @@ def make_model(cfg, backbone=None, class_names=CLASS_NAMES):
     if backbone is None:
         torch.manual_seed(0)
         backbone = clip.create_model(cfg.model_name)
-    return build_tailclip(copy.deepcopy(backbone), label_tokens(cfg, class_names), class_names, cfg)
+    return build_tailclip(cfg, copy.deepcopy(backbone), [cfg.class_caption + name for name in class_names])
 
 
 def training_step(model, cfg) -> None:
@@ -46,7 +41,7 @@ def training_step(model, cfg) -> None:
     model.train()
     images = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(1))
     captions = clip.tokenize(["a photo of a red circle, green cross", "a photo of a blue square"])
-    model(images, captions, TARGETS)["loss"].backward()
+    build_objective(cfg, model)(**model(images, captions), targets=TARGETS)["loss"].backward()
     optimizer.step()
 
 
@@ -61,7 +56,7 @@ def test_untrained_prompts_give_the_zero_shot_model(class_specific_ctx):
     cfg = make_cfg(class_specific_ctx=class_specific_ctx)
     torch.manual_seed(0)
     backbone = clip.create_model("ViT-tiny")
-    zero_shot = TailCLIP(copy.deepcopy(backbone), label_tokens(cfg), dataclasses.replace(cfg, finetune="full"))
+    zero_shot = TailCLIP(copy.deepcopy(backbone), label_tokens(cfg))
     prompted = make_model(cfg, backbone)
     torch.testing.assert_close(prompted.encode_labels(), zero_shot.encode_labels(), rtol=0, atol=1e-6)
     images = torch.randn(4, 3, 64, 64)
@@ -197,8 +192,8 @@ def test_prompt_tuning_beats_zero_shot_on_synthetic_data(synthetic_subset):
     cfg = make_cfg(class_specific_ctx=True, lr=3e-2, weight_decay=0.0)
     torch.manual_seed(0)
     backbone = clip.create_model("ViT-tiny")
-    model = PromptTailCLIP(backbone, clip.tokenize(bundle.label_prompts), bundle.class_names, cfg,
-                           class_weights=bundle.class_weights)
+    model = build_tailclip(cfg, backbone, bundle.label_prompts)
+    objective = build_objective(cfg, model, bundle.class_weights)
     optimizer = build_optimizer(cfg, model.parameters(), torch.device("cpu"))
 
     def test_mAP() -> float:
@@ -212,7 +207,7 @@ def test_prompt_tuning_beats_zero_shot_on_synthetic_data(synthetic_subset):
     batches = torch.Generator().manual_seed(0)
     for _ in range(30):
         batch = torch.randint(len(train_images), (32,), generator=batches)
-        loss = model(train_images[batch], train_captions[batch], train_targets[batch])["loss"]
+        loss = objective(**model(train_images[batch], train_captions[batch]), targets=train_targets[batch])["loss"]
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

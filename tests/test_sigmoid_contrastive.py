@@ -1,13 +1,13 @@
 """The sigmoid contrastive term (SigLIP) against open_clip's SigLipLoss, and how
 ``contrastive`` picks the term."""
-from types import SimpleNamespace
-
 import pytest
 import torch
 import torch.nn.functional as F
 
+from tailclip.config import Config
 from tailclip.errors import TailCLIPError
-from tailclip.losses import build_objective, contrastive_kind, sigmoid_contrastive_loss
+from tailclip.factory import contrastive_kind
+from tailclip.losses import TailCLIPObjective, sigmoid_contrastive_loss
 
 open_clip_loss = pytest.importorskip("open_clip.loss")
 
@@ -44,9 +44,7 @@ def test_sigmoid_loss_by_hand_for_two_pairs():
 
 
 def cfg(contrastive):
-    return SimpleNamespace(loss_function=["clip"], asl_mul=1.0, asl_gamma_neg=4.0, asl_gamma_pos=0.0,
-                           asl_clip=0.05, asl_eps=1e-8, label_smoothing=0.0, use_weighted_loss=False,
-                           contrastive=contrastive, model_name="open_clip:test")
+    return Config(loss_function=["clip"], contrastive=contrastive)
 
 
 @pytest.mark.parametrize("contrastive, has_bias, expected", [
@@ -65,9 +63,9 @@ def test_objective_uses_the_chosen_term():
     image, text = embeddings(batch=4)
     scale, bias = torch.tensor(5.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64)
     logits, targets = torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, 3)
-    sigmoid = build_objective(cfg("auto"), has_logit_bias=True)(image, text, scale, logits, targets,
-                                                                 logit_bias=bias)
-    softmax = build_objective(cfg("softmax"), has_logit_bias=True)(image, text, scale, logits, targets,
-                                                                    logit_bias=bias)
+    sigmoid = TailCLIPObjective(["clip"], contrastive=contrastive_kind(cfg("auto"), has_logit_bias=True))(
+        image, text, scale, logits, targets, logit_bias=bias)
+    softmax = TailCLIPObjective(["clip"], contrastive=contrastive_kind(cfg("softmax"), has_logit_bias=True))(
+        image, text, scale, logits, targets, logit_bias=bias)
     torch.testing.assert_close(sigmoid["loss"], open_clip_loss.SigLipLoss()(image, text, scale, bias))
     torch.testing.assert_close(softmax["loss"], open_clip_loss.ClipLoss()(image, text, scale))

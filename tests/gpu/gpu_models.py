@@ -17,12 +17,20 @@ def model_config(model_name: str, **options) -> Config:
 
 
 def build_model(model_name: str, seed: int = 0, **options):
-    """A TailCLIP on real-size random CLIP weights (no download), on the GPU, in training mode."""
+    """A TailCLIP on real-size random CLIP weights (no download), on the GPU, in training mode,
+    and its objective."""
     cfg = model_config(model_name, **options)
     torch.manual_seed(seed)
     prompts = [cfg.class_caption + name for name in VOC_CLASSES]
     weights = torch.linspace(0.5, 2.0, len(VOC_CLASSES))
-    return factory.build_model(cfg, prompts, weights).to(CUDA).train()
+    model = factory.build_model(cfg, prompts).to(CUDA).train()
+    return model, factory.build_objective(cfg, model, weights).to(CUDA)
+
+
+def training_outputs(model, objective, images, targets, tokens) -> dict:
+    """A training step's forward (``training.train_step``): the model's outputs and the loss terms."""
+    outputs = model(images, tokens)
+    return {**outputs, **objective(**outputs, targets=targets)}
 
 
 def batch(count: int = 8, seed: int = 0, longest_caption: int | None = None):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from gpu_models import CUDA, batch, build_model, model_config
+from gpu_models import CUDA, batch, build_model, model_config, training_outputs
 from tailclip import run_folder, training
 from tailclip.optim import build_optimizer
 from tailclip.precision import autocast, grad_scaler
@@ -19,7 +19,7 @@ TOLERANCES = {"bf16": {"logits": 0.15, "loss": 1e-2, "gradient_cosine": 0.99},
               "fp16": {"logits": 0.03, "loss": 2e-3, "gradient_cosine": 0.999}}
 
 
-def forward_backward(model, precision: str, images, targets, tokens):
+def forward_backward(model, objective, precision: str, images, targets, tokens):
     """The training step's forward and backward (``training.train_step``) without the update:
     outputs and the gradient of every parameter as one float32 vector. fp16's loss is scaled
     as by its GradScaler, halving the scale from 2^16 until no gradient overflows."""
@@ -27,7 +27,7 @@ def forward_backward(model, precision: str, images, targets, tokens):
     while True:
         model.zero_grad(set_to_none=True)
         with autocast(precision, CUDA):
-            out = model(images, tokens, targets)
+            out = training_outputs(model, objective, images, targets, tokens)
         (out["loss"] * scale).backward()
         gradient = torch.cat([p.grad.float().flatten() / scale for p in model.parameters() if p.grad is not None])
         if torch.isfinite(gradient).all() or scale < 1:
@@ -38,10 +38,10 @@ def forward_backward(model, precision: str, images, targets, tokens):
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 @pytest.mark.parametrize("model_name", ["RN50", "ViT-B/16"])
 def test_autocast_against_float32(model_name, precision, exact_fp32, record_property):
-    model = build_model(model_name)
+    model, objective = build_model(model_name)
     images, targets, tokens = batch()
-    reference, reference_gradient = forward_backward(model, "fp32", images, targets, tokens)
-    mixed, gradient = forward_backward(model, precision, images, targets, tokens)
+    reference, reference_gradient = forward_backward(model, objective, "fp32", images, targets, tokens)
+    mixed, gradient = forward_backward(model, objective, precision, images, targets, tokens)
     measured = {
         "logits": (mixed["logits"].float() - reference["logits"]).abs().max().item(),
         "loss": abs(mixed["loss"].item() - reference["loss"].item()) / abs(reference["loss"].item()),
@@ -58,9 +58,9 @@ def test_autocast_against_float32(model_name, precision, exact_fp32, record_prop
 
 def test_fp16_with_its_grad_scaler_takes_a_finite_step(record_property):
     # The scaler starts at 2^16 and skips the steps whose gradients overflow, halving the scale.
-    model = build_model("ViT-B/16")
+    model, objective = build_model("ViT-B/16")
     cfg = model_config("ViT-B/16")
-    trainer = training.Trainer(model, model, build_optimizer(cfg, model.parameters(), CUDA), None,
+    trainer = training.Trainer(model, model, objective, build_optimizer(cfg, model.parameters(), CUDA), None,
                                grad_scaler("fp16", CUDA), "fp16", CUDA, max_nonfinite_steps=0)
     before = [p.detach().clone() for p in model.parameters()]
     images, targets, tokens = batch()
@@ -80,7 +80,7 @@ def test_fused_adamw_equals_the_unfused_step(exact_fp32, record_property):
     # lr 1e-3 rather than the paper's 1e-6: each step moves a weight by about lr, so a 1e-6
     # agreement after 3 steps says something.
     cfg = model_config("ViT-B/16", lr=1e-3)
-    fused_model = build_model("ViT-B/16")
+    fused_model, objective = build_model("ViT-B/16")
     plain_model = copy.deepcopy(fused_model)
     fused = build_optimizer(cfg, fused_model.parameters(), CUDA)
     assert fused.defaults.get("fused") is True
@@ -89,7 +89,7 @@ def test_fused_adamw_equals_the_unfused_step(exact_fp32, record_property):
     initial = [p.detach().clone() for p in plain_model.parameters()]
     for step in range(3):
         images, targets, tokens = batch(seed=step)
-        fused_model(images, tokens, targets)["loss"].backward()
+        training_outputs(fused_model, objective, images, targets, tokens)["loss"].backward()
         # The same gradients for both: the optimisers alone are compared.
         for source, target in zip(fused_model.parameters(), plain_model.parameters()):
             target.grad = source.grad.clone()
@@ -104,9 +104,9 @@ def test_fused_adamw_equals_the_unfused_step(exact_fp32, record_property):
     assert moved > 1e-3 and difference <= 1e-6
 
 
-def outputs_and_gradients(model, images, targets, tokens) -> dict:
+def outputs_and_gradients(model, objective, images, targets, tokens) -> dict:
     model.zero_grad(set_to_none=True)
-    out = model(images, tokens, targets)
+    out = training_outputs(model, objective, images, targets, tokens)
     out["loss"].backward()
     return {"loss": out["loss"].detach(), "logits": out["logits"].detach(), "image_emb": out["image_emb"].detach(),
             **{name: p.grad.clone() for name, p in model.named_parameters()}}
@@ -128,7 +128,7 @@ def test_resnet_layout_and_batchnorm_conversions_keep_the_outputs(conversion, ex
     """``training.train`` puts ResNets in channels-last memory on CUDA; ``distribute_model``
     converts their batch norms to SyncBatchNorm under torchrun (alone in its process here,
     where it normalises with the batch's own statistics, as the plain batch norm does)."""
-    plain = build_model("RN50")
+    plain, objective = build_model("RN50")
     converted = copy.deepcopy(plain)
     if conversion == "channels_last":
         converted = converted.to(memory_format=torch.channels_last)
@@ -137,8 +137,8 @@ def test_resnet_layout_and_batchnorm_conversions_keep_the_outputs(conversion, ex
         assert any(isinstance(m, nn.SyncBatchNorm) for m in converted.modules())
         assert converted.state_dict().keys() == plain.state_dict().keys()
     images, targets, tokens = batch()
-    expected = outputs_and_gradients(plain, images, targets, tokens)
-    got = outputs_and_gradients(converted, images, targets, tokens)
+    expected = outputs_and_gradients(plain, objective, images, targets, tokens)
+    got = outputs_and_gradients(converted, objective, images, targets, tokens)
     name, relative = largest_difference(got, expected)
     record_property("largest_relative_difference", {"entry": name, "value": relative})
     assert relative <= 1e-4, name
@@ -151,14 +151,14 @@ def test_resnet_layout_and_batchnorm_conversions_keep_the_outputs(conversion, ex
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_peak_memory_of_a_vitb16_training_step_at_batch_8(precision, record_property):
-    model = build_model("ViT-B/16")
+    model, objective = build_model("ViT-B/16")
     optimizer = build_optimizer(model_config("ViT-B/16"), model.parameters(), CUDA)
     images, targets, tokens = batch()
     for _ in range(2):  # the second step: optimiser state allocated, as in a run
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         with autocast(precision, CUDA):
-            loss = model(images, tokens, targets)["loss"]
+            loss = training_outputs(model, objective, images, targets, tokens)["loss"]
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
