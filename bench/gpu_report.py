@@ -78,4 +78,5 @@ if __name__ == "__main__":
     for stage in result["stages"]:
         print(f"{stage['stage']:<22} {stage['outcome']} ({stage['seconds']} s)")
     print(json.dumps(result["summary"], indent=2))
-    print(f"report: {Path(sys.argv[1]) / 'report.json'} ({result['total_seconds']:.0f} s of {result['budget_seconds']:.0f})")
+    print(f"report: {Path(sys.argv[1]) / 'report.json'} "
+          f"({result['total_seconds']:.0f} s of {result['budget_seconds']:.0f})")

@@ -1,8 +1,12 @@
 """Our CLIP backbone: OpenAI-checkpoint compatible models, tokenizer and preprocessing."""
 from .factory import available_models, create_model, load, model_resolution
 from .model import CLIP, build_model, interpolate_positional_embedding
-from .open_clip_compat import (build_from_open_clip_config, convert_open_clip_state_dict, is_plain_clip,
-                               unsupported_options)
+from .open_clip_compat import (
+                               build_from_open_clip_config,
+                               convert_open_clip_state_dict,
+                               is_plain_clip,
+                               unsupported_options,
+)
 from .tokenizer import get_tokenizer, tokenize, trim_padding
 
 __all__ = [

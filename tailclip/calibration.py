@@ -17,8 +17,15 @@ from tailclip.data.transforms import build_transform
 from tailclip.errors import MissingFileError, TailCLIPError
 from tailclip.evaluation import evaluate_model
 from tailclip.text_tokens import text_tokenizer
-from tailclip.thresholds import (calibrate, class_probabilities, per_class, scalar_metrics, split_top_k,
-                                 threshold_metrics, thresholds_file_name)
+from tailclip.thresholds import (
+    calibrate,
+    class_probabilities,
+    per_class,
+    scalar_metrics,
+    split_top_k,
+    threshold_metrics,
+    thresholds_file_name,
+)
 
 TRAIN = "train"
 TRAIN_WARNING = ("calibrating on the training split, which the model has learnt: its thresholds "

@@ -16,8 +16,14 @@ import json
 import math
 from pathlib import Path
 
-from tailclip.authors_record import (AuthorsRun, check_record_speaks_to, format_value, load_record,
-                                     matching_runs, nearest_runs)
+from tailclip.authors_record import (
+    AuthorsRun,
+    check_record_speaks_to,
+    format_value,
+    load_record,
+    matching_runs,
+    nearest_runs,
+)
 from tailclip.errors import TailCLIPError
 from tailclip.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, percent_scalars, read_metrics
 
@@ -258,7 +264,8 @@ def export_tensorboard(run_dir, runs: list[AuthorsRun]) -> list[Path]:
     return folders
 
 
-def write_comparison(run_dir, runs: list[AuthorsRun] | None = None, tensorboard: bool = False) -> tuple[dict, list[Path]]:
+def write_comparison(run_dir, runs: list[AuthorsRun] | None = None,
+                     tensorboard: bool = False) -> tuple[dict, list[Path]]:
     """Compare a run folder and write ``comparison.md``, ``comparison.json``, ``comparison.png``
     (and with ``tensorboard`` the matching authors' runs) into it; the result and the paths."""
     run_dir = Path(run_dir)

@@ -5,7 +5,6 @@ from pathlib import Path
 import pytest
 
 import tailclip.training
-
 from tiny_dataset import write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,8 +9,15 @@ import subprocess
 
 import pytest
 
-from tailclip.authors_record import (RECORD_FILE, RECORD_SHA256, RecordError, check_record_speaks_to,
-                                     load_record, matching_runs, nearest_runs)
+from tailclip.authors_record import (
+    RECORD_FILE,
+    RECORD_SHA256,
+    RecordError,
+    check_record_speaks_to,
+    load_record,
+    matching_runs,
+    nearest_runs,
+)
 from tailclip.config import Config, load_config
 
 REFERENCE = "authors_runs/lm_clip_runs.json"
@@ -120,8 +127,9 @@ def test_numbers_compare_as_numbers(record):
 
 def test_settings_that_do_not_act_are_not_compared(record):
     # Contrastive loss alone, no sampler: the BAL options and the sampling power do nothing.
-    assert [run.label for run in matching_runs(ours(loss_function=["clip"], use_sample_weights=False,
-                                                    asl_gamma_neg=4.0, sample_weights_power=0.5), record)] == ["clip_only"]
+    contrastive_only = ours(loss_function=["clip"], use_sample_weights=False, asl_gamma_neg=4.0,
+                            sample_weights_power=0.5)
+    assert [run.label for run in matching_runs(contrastive_only, record)] == ["clip_only"]
     assert matching_runs(ours(loss_function=["clip"]), record) == []  # the sampler is on in ours
 
 

@@ -1,11 +1,11 @@
 """The CLIP model: architectures against open_clip, initialisation, masking, extension points."""
 from types import SimpleNamespace
 
+import open_clip  # the reference implementation (requirements-dev.txt)
 import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
-import open_clip  # the reference implementation (requirements-dev.txt)
 
 import clip
 from clip.architectures import ARCHITECTURES, CHECKPOINT_URLS
@@ -27,7 +27,7 @@ PARAMETER_COUNTS = {
 
 def test_available_models_are_the_official_checkpoints():
     assert clip.available_models() == list(OPEN_CLIP_NAMES)
-    for name, url in CHECKPOINT_URLS.items():
+    for url in CHECKPOINT_URLS.values():
         assert len(url.split("/")[-2]) == 64  # the sha256 path segment
 
 
@@ -182,7 +182,8 @@ def test_visual_prompt_tokens_enter_after_class_and_positions_before_ln_pre(vit_
         hook.remove()
     visual = vit_tiny.visual
     assert ln_pre_input.shape == (2, 1 + 3 + 16, 64)
-    torch.testing.assert_close(ln_pre_input[:, 0], (visual.class_embedding + visual.positional_embedding[0]).expand(2, 64))
+    class_token = visual.class_embedding + visual.positional_embedding[0]
+    torch.testing.assert_close(ln_pre_input[:, 0], class_token.expand(2, 64))
     assert torch.equal(ln_pre_input[:, 1:4], prompts.expand(2, 3, 64))  # no positional embedding on prompts
     torch.testing.assert_close(shared, per_image, rtol=0, atol=0)
     assert not torch.allclose(shared, plain)

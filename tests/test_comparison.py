@@ -87,7 +87,8 @@ def test_files_written_and_the_per_epoch_table(tmp_path, record, authors_run):
     assert table[44]["ours_mAP"] is None and table[44]["authors_mAP_min"] == authors_run.epochs[44]["val/mAP"]
     assert table[0]["ours_mAP_medium"] == table[0]["authors_mAP_medium_max"] == authors_run.epochs[0]["val/mAP_medium"]
     text = paths[0].read_text()
-    assert f"| 38 | {100 * authors_run.epochs[37]['val/mAP']:.2f} | {100 * authors_run.epochs[37]['val/mAP']:.2f} |" in text
+    epoch_38 = f"{100 * authors_run.epochs[37]['val/mAP']:.2f}"
+    assert f"| 38 | {epoch_38} | {epoch_38} |" in text
     assert "stopped early" not in text and "complete (50 epochs)" in text
     assert paths[2].read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 

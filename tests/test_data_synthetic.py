@@ -7,9 +7,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tailclip.data import (class_groups, ensure_synthetic, read_captions, read_class_names,
-                           read_split)
-from tailclip.data import synthetic
+from tailclip.data import class_groups, ensure_synthetic, read_captions, read_class_names, read_split, synthetic
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 import clip
+from process_group import save_rank_result, set_rendezvous_env, spawn_and_collect
 from tailclip import distributed, evaluation, factory, run_folder, training
 from tailclip.config import Config
 from tailclip.data import ensure_synthetic
@@ -28,7 +29,6 @@ from tailclip.logger import read_metrics
 from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer, build_scheduler
 from tailclip.precision import grad_scaler
-from process_group import save_rank_result, set_rendezvous_env, spawn_and_collect
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

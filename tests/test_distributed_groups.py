@@ -8,8 +8,8 @@ import pytest
 import torch
 import torch.distributed as dist
 
-from tailclip import distributed
 from process_group import save_rank_result, set_rendezvous_env, spawn_and_collect
+from tailclip import distributed
 
 WORLD = 2
 

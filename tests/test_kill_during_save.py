@@ -14,8 +14,8 @@ from pathlib import Path
 import torch
 
 from tailclip.checkpoint import load_checkpoint
-from tailclip.run_folder import model_from_checkpoint
 from tailclip.logger import read_metrics
+from tailclip.run_folder import model_from_checkpoint
 from tiny_dataset import write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -59,7 +59,8 @@ def test_kill_during_checkpoint_write_then_resume(tmp_path, capsys):
     deadline = time.monotonic() + 120
     while not marker.exists() and process.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert marker.exists(), process.communicate(timeout=10)[1][-3000:] if process.poll() is not None else "hang not reached"
+    assert marker.exists(), (process.communicate(timeout=10)[1][-3000:] if process.poll() is not None
+                             else "hang not reached")
     process.send_signal(signal.SIGKILL)
     process.communicate()
     assert process.returncode == -signal.SIGKILL

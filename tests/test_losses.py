@@ -6,12 +6,11 @@ import torch
 from open_clip.loss import ClipLoss
 
 import clip
+from loss_examples import LOGITS, TARGETS
 from tailclip.config import Config
 from tailclip.factory import build_objective
 from tailclip.losses import AsymmetricLoss, BalancedAsymmetricLoss, TailCLIPObjective, clip_contrastive_loss
 from tailclip.model import TailCLIP
-
-from loss_examples import LOGITS, TARGETS
 
 # The worked example's max(x) = 4, so z = x / 4.
 Z = [[0.5, -0.25, 0.125], [0.25, 1.0, -0.5]]

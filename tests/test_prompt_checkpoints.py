@@ -15,12 +15,12 @@ import pytest
 import torch
 
 import clip
+from interrupt import ctrl_c_on_forward_call
 from tailclip import factory, run_folder
 from tailclip.checkpoint import load_checkpoint
 from tailclip.config import Config
 from tailclip.logger import read_metrics
 from tailclip.model import TailCLIP
-from interrupt import ctrl_c_on_forward_call
 from tiny_dataset import CLASS_NAMES, TEST_LABELS, write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]

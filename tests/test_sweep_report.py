@@ -116,5 +116,6 @@ def test_settings_of_the_authors_runs_show_their_best_and_last_map(tmp_path, rep
             for end in ("min", "max")] == [92.42, 92.54, 91.56, 91.98]
     assert rows["lr=3e-6"]["authors_runs"] == "0" and rows["lr=3e-6"]["authors_best_mAP_min"] == ""
     table = (folder / "results.md").read_text()
-    assert next(line for line in table.splitlines() if line.startswith("| paper |")).endswith("| 2 | 92.4-92.5 | 91.6-92.0 |")
+    paper_row = next(line for line in table.splitlines() if line.startswith("| paper |"))
+    assert paper_row.endswith("| 2 | 92.4-92.5 | 91.6-92.0 |")
     assert next(line for line in table.splitlines() if line.startswith("| lr=3e-6 |")).endswith("| 0 | - | - |")

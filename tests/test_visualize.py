@@ -42,7 +42,7 @@ def test_bar_chart_has_one_bar_per_class_coloured_by_group():
     group_of = {c: name for name, members in GROUPS.items() for c in members}
     expected_order = GROUPS["head"] + GROUPS["medium"] + GROUPS["tail"]
     assert [label for label, _, _ in bars] == [NAMES[c] for c in expected_order]
-    for (label, height, colour), c in zip(bars, expected_order):
+    for (_, height, colour), c in zip(bars, expected_order):
         assert colour == visualize.GROUP_COLORS[group_of[c]]
         assert height == pytest.approx(0.0 if np.isnan(ap[c]) else ap[c] * 100)
     title = figure.axes[0].get_title()
