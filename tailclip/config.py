@@ -14,8 +14,10 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import importlib.util
 import re
 import runpy
+import sys
 import traceback
 import typing
 from dataclasses import dataclass, field
@@ -311,6 +313,8 @@ def _check(values: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]
         problems.extend(_check_custom_dataset(coerced))
     if not {key for key, _ in problems} & {"model_name", "pretrained"}:
         problems.extend(_check_backbone(coerced))
+    if not {key for key, _ in problems} & {"model_name", "size", "interpolate_pos_embedding", "finetune"}:
+        problems.extend(_check_architecture(coerced))
     return coerced, problems
 
 
@@ -382,6 +386,70 @@ def _check_backbone(values: dict[str, Any]) -> list[tuple[str, str]]:
         return [("pretrained", f"True means OpenAI's weights, which {name!r} does not name: give one "
                                "of its open_clip pretrained tags (e.g. 'dfn5b'), a checkpoint path, or False")]
     return []
+
+
+def _check_architecture(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """The model name and the options that depend on its architecture (input size, ViT-only
+    options), so that a wrong choice fails before any data is read rather than when the
+    model is built. OpenAI's names are checked against ``clip.architectures``; open_clip's
+    as far as its shipped model configs tell, without importing it."""
+    name = values["model_name"]
+    if name.startswith(OPEN_CLIP_PREFIX):
+        return _check_open_clip_name(name)
+    from clip.architectures import ARCHITECTURES  # imports torch (through clip/__init__): only when checking
+
+    if name not in ARCHITECTURES:
+        return [("model_name", f"unknown CLIP model {name!r}{close_matches(name, ARCHITECTURES)} "
+                               f"(known: {', '.join(ARCHITECTURES)}; or 'open_clip:<name>')")]
+    arch, size = ARCHITECTURES[name], values["size"]
+    native, patch = arch.image_resolution, arch.vision_patch_size
+    if not arch.is_vit:
+        kind = f"{name} is a ResNet (its attention pool is tied to {native}-pixel images)"
+        if values["interpolate_pos_embedding"]:
+            return [("interpolate_pos_embedding", f"works on Vision Transformers only; {kind}: set "
+                                                  "interpolate_pos_embedding = False")]
+        if values["finetune"] == "prompt+visual":
+            return [("finetune", f"'prompt+visual' needs a Vision Transformer; {kind}: set finetune = 'prompt'")]
+    if size != native and not values["interpolate_pos_embedding"]:
+        resize = ", or interpolate_pos_embedding = True" if arch.is_vit else ""
+        return [("size", f"{name} takes {native}-pixel images, not {size}; set size = {native}{resize}")]
+    if arch.is_vit and size % patch:
+        below = max(patch, size - size % patch)
+        return [("size", f"{size} is not a multiple of {name}'s patch size {patch}; set size = {below} "
+                         f"or {below + patch}")]
+    return []
+
+
+def _check_open_clip_name(model_name: str) -> list[tuple[str, str]]:
+    """An unknown open_clip model name, with the close matches. Without open_clip installed
+    nothing is checked here: building the model says how to install it."""
+    known = _open_clip_model_names()
+    name = model_name[len(OPEN_CLIP_PREFIX):]
+    if known is None or name in known:
+        return []
+    return [("model_name", f"unknown open_clip model {name!r}{close_matches(name, known)} "
+                           "(open_clip.list_models() lists them all)")]
+
+
+def _open_clip_model_names() -> Optional[set[str]]:
+    """The models open_clip knows, or None when it is not installed. Once imported, its
+    registry (which code may extend); before, the configs it ships, read without importing
+    it (open_clip imports torch, timm and its model zoo)."""
+    if "open_clip" in sys.modules:
+        module = sys.modules["open_clip"]
+        return None if module is None else set(module.list_models())
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return {path.stem for folder in spec.submodule_search_locations
+            for path in (Path(folder) / "model_configs").glob("*.json")}
+
+
+def close_matches(word: str, candidates: Iterable[str]) -> str:
+    """"; close matches: a, b" for the candidates nearest to ``word`` (case aside), else ""."""
+    by_lower = {candidate.lower(): candidate for candidate in candidates}
+    matches = difflib.get_close_matches(word.lower(), by_lower, n=5, cutoff=0.6)
+    return f"; close matches: {', '.join(by_lower[m] for m in matches)}" if matches else ""
 
 
 def _reject_unknown(values: dict[str, Any], source: str) -> None:
