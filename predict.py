@@ -6,7 +6,9 @@
 Folders are searched recursively for image files (.jpg, .jpeg, .png, .bmp, .gif, .webp,
 .tif, .tiff, ... in any case). The checkpoint alone is enough: no training data or config
 file is needed. Prints the top-k classes with their scores (the config's `score` kind) for
-each image, and the classes at or above --threshold when given. Files that cannot be read
+each image, and with --threshold every class whose probability, the sigmoid of its class
+logit, is at or above it (whatever the score kind: softmax scores share one unit, so a
+threshold on them could select only a few classes). Files that cannot be read
 (not an image, corrupt or truncated) are reported and skipped, and listed at the end.
 Exit codes: 0 when at least one image was read, 1 when none could be or the checkpoint or
 the device cannot be used, 2 for bad arguments.
@@ -27,9 +29,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=5,
                         help="classes printed per image (default 5)")
     parser.add_argument("--threshold", type=float,
-                        help="also list every class whose score is >= this value")
+                        help="also list every class whose probability (the sigmoid of its class "
+                             "logit, whatever the ranking score) is >= this value")
     parser.add_argument("--output", help="write the predictions to this .csv or .json file")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="images scored at a time (default 32; lower it if memory runs short)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="image-decoding processes (0: decode in this process)")
     parser.add_argument("--device", default="auto",
@@ -54,7 +58,7 @@ def describe(path: str, top: list, above: list, threshold) -> str:
     """One output line: the image and its best classes with scores."""
     line = f"{path}: " + ", ".join(f"{name} {score:.4f}" for name, score in top)
     if threshold is not None:
-        line += f"  [>= {threshold:g}: {', '.join(name for name, _ in above) or 'none'}]"
+        line += f"  [sigmoid >= {threshold:g}: {', '.join(name for name, _ in above) or 'none'}]"
     return line
 
 
@@ -62,6 +66,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
     from tailclip.predict import find_images, load_predictor, predict_files, ranked_classes, write_results
+    from tailclip.wording import count
 
     try:
         predictor = load_predictor(args.checkpoint, args.device)
@@ -75,8 +80,7 @@ def main(argv=None) -> int:
         if result.scores is None:
             print(f"warning: skipped {result.path}: {result.error}", file=sys.stderr)
             continue
-        top, above = ranked_classes(result.scores, predictor.class_names, args.top_k,
-                                    args.threshold)
+        top, above = ranked_classes(result, predictor.class_names, args.top_k, args.threshold)
         print(describe(result.path, top, above, args.threshold), flush=True)
 
     unreadable = not_read + [result for result in results if result.scores is None]
@@ -84,7 +88,7 @@ def main(argv=None) -> int:
     if args.output:
         path = write_results(args.output, results + not_read, predictor.class_names, args.top_k,
                              args.threshold, predictor.metadata)
-        print(f"wrote {read} predictions to {path}", file=sys.stderr)
+        print(f"wrote {count(read, 'prediction')} to {path}", file=sys.stderr)
     if unreadable:
         print(f"{len(unreadable)} file(s) could not be read:", file=sys.stderr)
         for result in unreadable:

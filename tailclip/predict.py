@@ -21,12 +21,17 @@ from tailclip.data.datasets import UnreadableImageError, load_image
 from tailclip.data.transforms import build_transform
 from tailclip.distributed import resolve_device
 from tailclip.errors import TailCLIPError
+from tailclip.metrics import scores_from_logits
 from tailclip.run_folder import model_from_checkpoint
 from tailclip.precision import autocast, resolve_precision
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm"})
 OUTPUT_FORMATS = (".csv", ".json")
+# What a threshold is compared with: a per-class probability, whatever the ranking score.
+# A softmax's scores share one unit of mass, so a threshold on them could select only a
+# few classes; the sigmoid of each class logit is what the BAL / ASL / BCE terms train.
+THRESHOLD_ON = "sigmoid of the class logits"
 
 
 class OutputFormatError(TailCLIPError, ValueError):
@@ -35,15 +40,18 @@ class OutputFormatError(TailCLIPError, ValueError):
 
 @dataclass
 class Result:
-    """The outcome for one file: class scores [C] (float32, CPU), or why it was not read."""
+    """The outcome for one file: class scores [C] (float32, CPU) and the per-class
+    probabilities [C] that thresholds select by (`THRESHOLD_ON`), or why it was not read."""
 
     path: str
     scores: torch.Tensor | None = None
     error: str | None = None
+    probabilities: torch.Tensor | None = None
 
 
 class Predictor:
-    """A trained TailCLIP ready for inference: ``predictor(images) -> scores [N, C]`` (CPU).
+    """A trained TailCLIP ready for inference: ``predictor(images) -> (scores [N, C],
+    probabilities [N, C])`` (CPU), the probabilities being `THRESHOLD_ON`.
 
     ``transform`` turns a PIL RGB image into the model's input (the config's size and
     normalisation, no flip). Scores are of the config's ``score`` kind. The class prompts are
@@ -65,8 +73,8 @@ class Predictor:
         with autocast(self.precision, self.device):
             if self.label_emb is None:
                 self.label_emb = self.model.encode_labels()
-            scores = self.model.predict_scores(images.to(self.device), self.label_emb)
-        return scores.float().cpu()
+            logits = self.model.predict_logits(images.to(self.device), self.label_emb).float().cpu()
+        return scores_from_logits(logits, self.model.score_kind), logits.sigmoid()
 
 
 def load_predictor(checkpoint_path: str | Path, device: str = "auto") -> Predictor:
@@ -76,7 +84,8 @@ def load_predictor(checkpoint_path: str | Path, device: str = "auto") -> Predict
     and class prompts from the checkpoint itself. ``device``: "auto" (CUDA when available),
     "cpu", "cuda" or "cuda:N"; bf16 autocast on CUDA, float32 on the CPU.
     """
-    device = resolve_device(device)  # before the model is built: a missing GPU fails at once
+    # Before the model is built: a missing GPU fails at once.
+    device = resolve_device(device, cpu_hint="--device cpu or --device auto")
     checkpoint = load_checkpoint(checkpoint_path)
     model, cfg = model_from_checkpoint(checkpoint, checkpoint_path)
     metadata = {"checkpoint": str(checkpoint_path), "backbone": cfg.model_name,
@@ -141,7 +150,8 @@ def predict_files(predictor, paths: Sequence[Path], batch_size: int = 32,
                   num_workers: int = 0) -> Iterator[Result]:
     """Score image files in batches; yields one ``Result`` per path, in order.
 
-    ``predictor`` maps a batch of transformed images to scores (``Predictor``) and has the
+    ``predictor`` maps a batch of transformed images to (scores, probabilities)
+    (``Predictor``) and has the
     ``transform`` to apply. Files that cannot be decoded give a ``Result`` with ``error``.
     """
     loader = DataLoader(ImageFiles(paths, predictor.transform), batch_size=batch_size,
@@ -149,20 +159,23 @@ def predict_files(predictor, paths: Sequence[Path], batch_size: int = 32,
     for indices, images, failures in loader:
         results = {index: Result(str(paths[index]), error=error) for index, error in failures}
         if images is not None:
-            for index, row in zip(indices, predictor(images)):
-                results[index] = Result(str(paths[index]), scores=row)
+            for index, scores, probabilities in zip(indices, *predictor(images)):
+                results[index] = Result(str(paths[index]), scores=scores, probabilities=probabilities)
         yield from (results[index] for index in sorted(results))
 
 
-def ranked_classes(scores: torch.Tensor, class_names: Sequence[str], top_k: int,
+def ranked_classes(result: Result, class_names: Sequence[str], top_k: int,
                    threshold: float | None = None) -> tuple[list[tuple[str, float]], ...]:
-    """``(top_k best (class, score) pairs, all pairs with score >= threshold)``, best first.
+    """``(top_k best (class, score) pairs, all (class, probability) pairs with probability
+    >= threshold)``, each best first; the probability is `THRESHOLD_ON`, so a threshold may
+    select any number of classes. The second list is empty when ``threshold`` is None."""
+    def best_first(values: torch.Tensor) -> list[tuple[str, float]]:
+        return [(class_names[c], float(values[c]))
+                for c in torch.argsort(values, descending=True, stable=True).tolist()]
 
-    The second list is empty when ``threshold`` is None."""
-    order = torch.argsort(scores, descending=True, stable=True).tolist()
-    pairs = [(class_names[c], float(scores[c])) for c in order]
-    above = [pair for pair in pairs if threshold is not None and pair[1] >= threshold]
-    return pairs[:top_k], above
+    above = ([] if threshold is None else
+             [pair for pair in best_first(result.probabilities) if pair[1] >= threshold])
+    return best_first(result.scores)[:top_k], above
 
 
 def write_results(path: str | Path, results: Sequence[Result], class_names: Sequence[str],
@@ -170,10 +183,11 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
     """Write predictions as CSV or JSON, chosen by the extension of ``path``.
 
     CSV: one row per file, columns ``path, error, class_1, score_1, ..., class_k, score_k``
-    and, with a threshold, ``above_threshold`` (class names joined by ";"); a file that could
-    not be read has only ``path`` and ``error`` filled in. JSON: ``metadata`` fields plus
-    ``predictions`` (``path``, ``top_k`` list of ``{"class", "score"}``, ``above_threshold``)
-    and ``unreadable`` (``path``, ``error``).
+    and, with a threshold, ``sigmoid_above_threshold`` (class names joined by ";"); a file
+    that could not be read has only ``path`` and ``error`` filled in. JSON: ``metadata``
+    fields, ``threshold_on`` (`THRESHOLD_ON`) plus ``predictions`` (``path``, ``top_k`` list
+    of ``{"class", "score"}``, ``above_threshold`` list of ``{"class", "probability"}``) and
+    ``unreadable`` (``path``, ``error``).
     """
     path = Path(path)
     check_output_path(path)
@@ -185,19 +199,19 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
             if result.scores is None:
                 unreadable.append({"path": result.path, "error": result.error})
                 continue
-            top, above = ranked_classes(result.scores, class_names, k, threshold)
+            top, above = ranked_classes(result, class_names, k, threshold)
             entry = {"path": result.path, "top_k": [{"class": c, "score": s} for c, s in top]}
             if threshold is not None:
-                entry["above_threshold"] = [{"class": c, "score": s} for c, s in above]
+                entry["above_threshold"] = [{"class": c, "probability": p} for c, p in above]
             predictions.append(entry)
-        document = {**(metadata or {}), "top_k": k, "threshold": threshold,
+        document = {**(metadata or {}), "top_k": k, "threshold": threshold, "threshold_on": THRESHOLD_ON,
                     "classes": list(class_names), "predictions": predictions,
                     "unreadable": unreadable}
         path.write_text(json.dumps(document, indent=2) + "\n")
         return path
     header = ["path", "error"] + [f"{kind}_{rank}" for rank in range(1, k + 1)
                                   for kind in ("class", "score")]
-    header += ["above_threshold"] if threshold is not None else []
+    header += ["sigmoid_above_threshold"] if threshold is not None else []
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(header)
@@ -205,7 +219,7 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
             if result.scores is None:
                 writer.writerow([result.path, result.error] + [""] * (len(header) - 2))
                 continue
-            top, above = ranked_classes(result.scores, class_names, k, threshold)
+            top, above = ranked_classes(result, class_names, k, threshold)
             row = [result.path, ""] + [value for c, s in top for value in (c, f"{s:.6g}")]
             row += [";".join(c for c, _ in above)] if threshold is not None else []
             writer.writerow(row)

@@ -231,8 +231,11 @@ def _train_captions(cfg, files: DataFiles, class_names, entries) -> list[str]:
     return [captions[entry.path] for entry in entries]
 
 
-def build_data(cfg) -> DataBundle:
-    """Read, check and assemble the dataset that ``cfg`` names (see docs/ARCHITECTURE.md options)."""
+def build_data(cfg, train_images: bool = True) -> DataBundle:
+    """Read, check and assemble the dataset that ``cfg`` names (see docs/ARCHITECTURE.md options).
+
+    ``train_images=False`` (evaluation) checks only the test images: the class counts and
+    groups come from the training split file, whose images are never read."""
     files = dataset_files(cfg)
     if cfg.dataset == "synthetic_mlt":
         ensure_synthetic(files.train_list.parent, SYNTHETIC_SEED)  # the dataset folder
@@ -241,7 +244,8 @@ def build_data(cfg) -> DataBundle:
     num_classes = len(class_names)
     train_entries = read_split(files.train_list, num_classes, files.class_names)
     test_entries = read_split(files.test_list, num_classes, files.class_names)
-    check_images_exist(files.image_root, train_entries + test_entries, files.download_hint)
+    check_images_exist(files.image_root, (train_entries if train_images else []) + test_entries,
+                       files.download_hint)
 
     train_label_sets = [entry.labels for entry in train_entries]
     try:
