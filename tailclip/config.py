@@ -210,6 +210,10 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     option (suggesting the closest known one), a wrong type or a value out of range.
     """
     path = Path(path)
+    if path.is_dir():
+        files = sorted(child.name for child in path.glob("*.py"))
+        raise ConfigError(f"{path} is a folder, not a config file; "
+                          + (f"give one of its files: {', '.join(files)}" if files else "it holds no .py file"))
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     cfg_class = _run_config_file(path).get("CFG")
@@ -259,7 +263,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text}: {key}: {_unknown_option_message(key)}")
     kind = _TYPES[key]
     if kind == bool | str and raw.strip() not in ("True", "true", "1", "False", "false", "0"):
-        return key, raw.strip()  # a pretrained tag or a checkpoint path
+        # A pretrained tag or a checkpoint path, quoted or not, as a text option reads it.
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            return key, raw.strip()
+        return key, value if isinstance(value, str) else raw.strip()
     if kind in (bool, bool | str):
         try:
             return key, parse_bool(raw.strip())
@@ -301,14 +310,9 @@ def _check(values: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]
     to list) and a list of ``(key, problem)``."""
     coerced, problems = {}, []
     for key in OPTION_NAMES:
-        value = values[key]
-        coerced[key], type_problem = _check_type(value, _TYPES[key])
-        if type_problem:
-            problems.append((key, f"{type_problem}, got {type(value).__name__} {value!r}"))
-            continue
-        value_problem = _check_value(key, coerced[key])
-        if value_problem:
-            problems.append((key, f"{value_problem}, got {coerced[key]!r}"))
+        coerced[key], problem = _check_option(key, values[key])
+        if problem:
+            problems.append((key, problem))
     if not {key for key, _ in problems} & {"dataset", *CUSTOM_DATASET_FILES}:
         problems.extend(_check_custom_dataset(coerced))
     if not {key for key, _ in problems} & {"model_name", "pretrained"}:
@@ -316,6 +320,21 @@ def _check(values: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]
     if not {key for key, _ in problems} & {"model_name", "size", "interpolate_pos_embedding", "finetune"}:
         problems.extend(_check_architecture(coerced))
     return coerced, problems
+
+
+def option_problem(key: str, value: Any) -> Optional[str]:
+    """What is wrong with ``value`` for the option ``key`` on its own (type, range, allowed
+    values), or None; how it combines with other options is checked with the whole config."""
+    return _check_option(key, value)[1]
+
+
+def _check_option(key: str, value: Any) -> tuple[Any, Optional[str]]:
+    """``(value coerced to the option's type, problem or None)``."""
+    coerced, type_problem = _check_type(value, _TYPES[key])
+    if type_problem:
+        return value, f"{type_problem}, got {type(value).__name__} {value!r}"
+    value_problem = _check_value(key, coerced)
+    return coerced, f"{value_problem}, got {coerced!r}" if value_problem else None
 
 
 def _check_type(value: Any, kind: Any) -> tuple[Any, Optional[str]]:

@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from tailclip import training
-from tailclip.config import Config, load_config, parse_override
+from tailclip.config import Config, load_config, option_problem, parse_override
 from tailclip.errors import TailCLIPError
 from tailclip.logger import METRICS_FILE, read_metrics
 from tailclip.run_folder import NEWEST_CHECKPOINT
@@ -97,9 +97,11 @@ def _checked_override(key: str, value: str, flag: str) -> str:
     if not value:
         raise SweepError(f"{flag}: {key} has an empty value")
     try:
-        parse_override(f"{key}={value}")
+        problem = option_problem(*parse_override(f"{key}={value}"))
     except ValueError as error:
         raise SweepError(f"{flag}: {error}") from None
+    if problem:  # named here, not as the --set it becomes
+        raise SweepError(f"{flag}: {key}: {problem}")
     return f"{key}={value}"
 
 

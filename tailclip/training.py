@@ -52,6 +52,7 @@ from tailclip.run_folder import (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT, NEWE
                                  TrainState, check_checkpoint_matches, claimed_run_folder,
                                  report_config_changes, restore_training, run_files,
                                  training_checkpoint)
+from tailclip.wording import count
 
 
 class NonFiniteLossError(TailCLIPError, RuntimeError):
@@ -270,7 +271,7 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
         checkpoint = load_checkpoint(run_dir / NEWEST_CHECKPOINT)
         finished = TrainState(**checkpoint["state"])
         if finished.epoch >= cfg.epochs:
-            say(f"{run_dir} is complete: {finished.epoch} of {cfg.epochs} epochs; nothing to do")
+            say(f"{run_dir} is complete: {finished.epoch} of {count(cfg.epochs, 'epoch')}; nothing to do")
             return _summary(finished, run_dir)
     with claimed_run_folder(run_dir, resume, overwrite):
         return _train_in(run_dir, cfg, checkpoint, processes, on_epoch)
@@ -318,7 +319,7 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
     logger.log_config(cfg.to_dict())
     where = f"{processes.world_size} processes ({device.type})" if processes.world_size > 1 else device
     say(f"training {cfg.model_name} on {cfg.dataset} ({len(data.train)} train, {len(data.test)} test "
-        f"images) on {where}, {precision}, {cfg.epochs} epochs -> {run_dir}")
+        f"images) on {where}, {precision}, {count(cfg.epochs, 'epoch')} -> {run_dir}")
 
     def save(names: list[str]) -> None:
         if not names:

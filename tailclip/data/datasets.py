@@ -11,6 +11,7 @@ from torch.utils.data import Dataset, default_collate
 from tailclip.config import ConfigError
 from tailclip.errors import MissingFileError, TailCLIPError
 from tailclip.text_tokens import text_tokenizer
+from tailclip.wording import count
 
 from .balance import balance_weights, class_groups
 from .captions import fit_to_context, label_caption, label_prompts
@@ -102,9 +103,10 @@ def check_images_exist(image_root, entries, download_hint: str) -> None:
     image_root = Path(image_root)
     missing = [str(image_root / entry.path) for entry in entries if not (image_root / entry.path).is_file()]
     if missing:
+        verb, listed = ("is", "it is") if len(missing) == 1 else ("are", "the first 10" if len(missing) > 10 else "they are")
         raise MissingFileError(
-            f"{len(missing)} of {len(entries)} images listed in the splits are missing under "
-            f"{image_root}; the first {min(len(missing), 10)}:\n  " + "\n  ".join(missing[:10])
+            f"{len(missing)} of {count(len(entries), 'image')} listed in the splits {verb} missing under "
+            f"{image_root}; {listed}:\n  " + "\n  ".join(missing[:10])
             + f"\nTo get them: {download_hint}")
 
 
