@@ -94,6 +94,8 @@ def _percent(mean: float, std: float) -> str:
 
 
 def _cell(value) -> str:
+    if isinstance(value, float):  # a searched value: four digits tell the settings apart
+        return f"{value:.4g}"
     return "+".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
