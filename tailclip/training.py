@@ -21,6 +21,7 @@ prints, logs and writes checkpoints.
 """
 import dataclasses
 import math
+import os
 import signal
 import threading
 import time
@@ -123,6 +124,8 @@ class _StopOnSignal:
         self.previous = {}
 
     def _handle(self, signal_number, frame):
+        if os.getpid() != self.pid:
+            return  # a DataLoader worker, forked with this handler: the training process stops it
         if self.signal_number is not None and signal_number == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_number = signal_number
@@ -141,6 +144,7 @@ class _StopOnSignal:
         return self.requested
 
     def __enter__(self):
+        self.pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
