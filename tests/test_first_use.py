@@ -143,3 +143,14 @@ def test_batch_larger_than_the_training_split_is_said(tmp_path, capsys):
     build_split_batches(cfg, build_data(cfg), train=True, device=torch.device("cpu"))
     assert ("warning: batch_size = 64 is more than the 16 training images: each epoch is one step "
             "of 16 images") in capsys.readouterr().out
+
+
+def test_readme_says_how_to_install_the_cpu_build_of_the_pinned_torch():
+    pins = dict(line.split("==") for line in (REPO / "requirements.txt").read_text().splitlines()
+                if line.startswith(("torch==", "torchvision==")))
+    readme = (REPO / "README.md").read_text()
+    assert (f".venv/bin/pip install torch=={pins['torch']} torchvision=={pins['torchvision']} "
+            "--index-url https://download.pytorch.org/whl/cpu") in readme
+    # The two set-up commands stay as they are.
+    assert ("python3 -m venv .venv && .venv/bin/pip install -r requirements.txt -r requirements-dev.txt "
+            "&& .venv/bin/python train.py --config=configs/demo.py\n.venv/bin/python -m pytest -q tests\n") in readme
