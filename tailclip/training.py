@@ -275,7 +275,7 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
         checkpoint = load_checkpoint(run_dir / NEWEST_CHECKPOINT)
         finished = TrainState(**checkpoint["state"])
         if finished.epoch >= cfg.epochs:
-            say(f"{run_dir} is complete: {finished.epoch} of {count(cfg.epochs, 'epoch')}; nothing to do")
+            say(f"{run_dir} is complete: {finished.epoch} of {cfg.epochs} epochs; nothing to do")
             return _summary(finished, run_dir)
     with claimed_run_folder(run_dir, resume, overwrite):
         return _train_in(run_dir, cfg, checkpoint, processes, on_epoch)
