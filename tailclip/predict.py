@@ -151,8 +151,8 @@ def predict_files(predictor, paths: Sequence[Path], batch_size: int = 32,
     """Score image files in batches; yields one ``Result`` per path, in order.
 
     ``predictor`` maps a batch of transformed images to (scores, probabilities)
-    (``Predictor``) and has the
-    ``transform`` to apply. Files that cannot be decoded give a ``Result`` with ``error``.
+    (``Predictor``) and has the ``transform`` to apply. Files that cannot be decoded give a
+    ``Result`` with ``error``.
     """
     loader = DataLoader(ImageFiles(paths, predictor.transform), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate_readable)
