@@ -348,10 +348,13 @@ def parse_range(text: str) -> Range:
         raise SweepError(f"{flag}: expected KEY=LOW:HIGH or KEY=LOW:HIGH:log")
     ends = []
     for part in parts[:2]:
-        _checked_override(key, part, flag)
-        value = parse_override(f"{key}={part}")[1]
+        try:
+            value = parse_override(f"{key}={part}")[1]
+        except ValueError as error:
+            raise SweepError(f"{flag}: {error}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SweepError(f"{flag}: {key}: {part!r} is not a number")
+        _checked_override(key, part, flag)  # a reserved key, a value the option refuses
         ends.append(value)
     low, high = ends
     if not low < high:

@@ -94,9 +94,12 @@ def _percent(mean: float, std: float) -> str:
 
 
 def _cell(value) -> str:
-    if isinstance(value, float):  # a searched value: four digits tell the settings apart
-        return f"{value:.4g}"
     return "+".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _shown(value) -> str:
+    """A value in the markdown table: a float (a searched one) to four significant digits."""
+    return str(float(f"{value:.4g}")) if isinstance(value, float) else _cell(value)
 
 
 def markdown_table(rows: list[dict], swept: list[str], published: str | None) -> str:
@@ -106,7 +109,7 @@ def markdown_table(rows: list[dict], swept: list[str], published: str | None) ->
         header.append("paper mAP")
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["setting"], *(_cell(row[key]) for key in swept), str(row["seeds"]),
+        cells = [row["setting"], *(_shown(row[key]) for key in swept), str(row["seeds"]),
                  *(_percent(row[f"{when}_{m}_mean"], row[f"{when}_{m}_std"]) for when in EPOCHS for m in GROUPS)]
         lines.append("| " + " | ".join(cells + ([published] if published else [])) + " |")
     return "\n".join(lines)
