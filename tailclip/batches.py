@@ -214,8 +214,9 @@ def build_split_batches(cfg: Config, data, train: bool, device: torch.device) ->
     sampler = None
     if train:
         if cfg.batch_size > len(dataset):
-            say(f"warning: batch_size = {cfg.batch_size} is more than the {count(len(dataset), 'training image')}: "
-                f"each epoch is one step of {len(dataset)} images (a smaller batch_size gives more steps)")
+            say(f"warning: batch_size = {cfg.batch_size} is more than the "
+                f"{count(len(dataset), 'training image')}: each epoch is one step of {len(dataset)} "
+                "images (a smaller batch_size gives more steps)")
         batch_size = local_batch_size(cfg.batch_size, world)
         weights = data.sample_weights if cfg.use_sample_weights else None
         sampler = ResumableSampler(BalancedSampler(weights, len(dataset), cfg.seed, cfg.batch_size,

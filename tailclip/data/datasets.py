@@ -103,7 +103,8 @@ def check_images_exist(image_root, entries, download_hint: str) -> None:
     image_root = Path(image_root)
     missing = [str(image_root / entry.path) for entry in entries if not (image_root / entry.path).is_file()]
     if missing:
-        verb, listed = ("is", "it is") if len(missing) == 1 else ("are", "the first 10" if len(missing) > 10 else "they are")
+        verb, listed = (("is", "it is") if len(missing) == 1
+                        else ("are", "the first 10" if len(missing) > 10 else "they are"))
         raise MissingFileError(
             f"{len(missing)} of {count(len(entries), 'image')} listed in the splits {verb} missing under "
             f"{image_root}; {listed}:\n  " + "\n  ".join(missing[:10])
