@@ -92,5 +92,5 @@ def test_failed_launch_leaves_no_empty_run_folder(train_main, tmp_path, capsys):
     (root / "images/train/00.jpg").unlink()  # found missing once the run has its folder
     config = write_config(tmp_path / "tiny.py", root, tmp_path / "runs" / "nested")
     assert train_main([f"--config={config}"]) == 1
-    assert "images listed in the splits are missing" in capsys.readouterr().err
+    assert "1 of 24 images listed in the splits is missing" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
