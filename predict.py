@@ -6,9 +6,11 @@
 Folders are searched recursively for image files (.jpg, .jpeg, .png, .bmp, .gif, .webp,
 .tif, .tiff, ... in any case). The checkpoint alone is enough: no training data or config
 file is needed. Prints the top-k classes with their scores (the config's `score` kind) for
-each image, and the classes at or above --threshold when given. --thresholds FILE (written
-by test.py --calibrate) lists the classes whose probability, the sigmoid of the class logit,
-reaches that class's threshold. Files that cannot be read
+each image, and with --threshold every class whose probability, the sigmoid of its class
+logit, is at or above it (whatever the score kind: softmax scores share one unit, so a
+threshold on them could select only a few classes). --thresholds FILE (written by test.py
+--calibrate) lists the classes whose probability reaches that class's threshold. Files that
+cannot be read
 (not an image, corrupt or truncated) are reported and skipped, and listed at the end.
 Exit codes: 0 when at least one image was read, 1 when none could be or the checkpoint or
 the device cannot be used, 2 for bad arguments.
@@ -29,12 +31,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--top-k", type=int, default=5,
                         help="classes printed per image (default 5)")
     parser.add_argument("--threshold", type=float,
-                        help="also list every class whose score is >= this value")
+                        help="also list every class whose probability (the sigmoid of its class "
+                             "logit, whatever the ranking score) is >= this value")
     parser.add_argument("--thresholds", metavar="FILE",
                         help="per-class thresholds on the class probabilities (sigmoid of the logits), "
                              "from test.py --calibrate: also list the classes that reach theirs")
     parser.add_argument("--output", help="write the predictions to this .csv or .json file")
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--batch-size", type=int, default=32,
+                        help="images scored at a time (default 32; lower it if memory runs short)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="image-decoding processes (0: decode in this process)")
     parser.add_argument("--device", default="auto",
@@ -60,7 +64,7 @@ def describe(path: str, top: list, above: list, threshold, selected: list | None
     the per-class thresholds when given."""
     line = f"{path}: " + ", ".join(f"{name} {score:.4f}" for name, score in top)
     if threshold is not None:
-        line += f"  [>= {threshold:g}: {', '.join(name for name, _ in above) or 'none'}]"
+        line += f"  [sigmoid >= {threshold:g}: {', '.join(name for name, _ in above) or 'none'}]"
     if selected is not None:
         line += f"  [per-class thresholds: {', '.join(name for name, _ in selected) or 'none'}]"
     return line
@@ -71,6 +75,7 @@ def main(argv=None) -> int:
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
     from tailclip.predict import find_images, load_predictor, predict_files, ranked_classes, write_results
     from tailclip.thresholds import PROBABILITY, read_thresholds, selected_classes
+    from tailclip.wording import count
 
     try:
         predictor = load_predictor(args.checkpoint, args.device)
@@ -86,8 +91,7 @@ def main(argv=None) -> int:
         if result.scores is None:
             print(f"warning: skipped {result.path}: {result.error}", file=sys.stderr)
             continue
-        top, above = ranked_classes(result.scores, predictor.class_names, args.top_k,
-                                    args.threshold)
+        top, above = ranked_classes(result, predictor.class_names, args.top_k, args.threshold)
         selected = (selected_classes(result.probabilities, predictor.class_names, class_thresholds)
                     if class_thresholds is not None else None)
         print(describe(result.path, top, above, args.threshold, selected), flush=True)
@@ -99,7 +103,7 @@ def main(argv=None) -> int:
                                              if args.thresholds else {})}
         path = write_results(args.output, results + not_read, predictor.class_names, args.top_k,
                              args.threshold, metadata, class_thresholds)
-        print(f"wrote {read} predictions to {path}", file=sys.stderr)
+        print(f"wrote {count(read, 'prediction')} to {path}", file=sys.stderr)
     if unreadable:
         print(f"{len(unreadable)} file(s) could not be read:", file=sys.stderr)
         for result in unreadable:

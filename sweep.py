@@ -20,7 +20,7 @@ from tailclip.errors import TailCLIPError
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n", 2)[2])
+                                     epilog=__doc__.split("\n", 2)[2].replace("``", ""))
     parser.add_argument("--config", help="the config file every run starts from")
     parser.add_argument("--name", help="the sweep's folder name under the config's run_dir")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",

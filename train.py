@@ -1,4 +1,4 @@
-"""Train TailCLIP: ``python train.py --config=configs/demo.py [--set key=value ...] [--resume | --overwrite]``.
+"""Train TailCLIP: python train.py --config=configs/demo.py [--set key=value ...] [--resume | --overwrite].
 
 Writes ``<run_dir>/<run name>/``: TensorBoard events, ``metrics.jsonl``, ``config.json`` and
 the checkpoints ``best_valid_mAP.pt``, ``best_valid_mAP_tail.pt`` and

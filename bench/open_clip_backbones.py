@@ -8,6 +8,7 @@ float32 weights, gradients and two moments, 16 bytes per parameter.
 
     python bench/open_clip_backbones.py
 """
+import argparse
 import sys
 from pathlib import Path
 
@@ -47,7 +48,10 @@ def row(name: str, tag: str) -> str:
             f"{built_by} | {static_gb:.1f} GB + activations |")
 
 
-def main() -> None:
+def main(argv=None) -> None:
+    summary, details = __doc__.split("\n\n", 1)
+    argparse.ArgumentParser(description=summary, epilog=details,
+                            formatter_class=argparse.RawDescriptionHelpFormatter).parse_args(argv)
     print(f"open_clip {open_clip.__version__}, torch {torch.__version__}")
     print("| model_name | parameters | size | max_length | pretrained tag checked | built by | memory at batch 8 |")
     print("| --- | --- | --- | --- | --- | --- | --- |")

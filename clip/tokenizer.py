@@ -2,12 +2,11 @@
 
 Text is cleaned (ftfy, HTML entities, whitespace, lower case), split by OpenAI's regex, each
 piece mapped byte-wise to printable characters and merged by the ranked BPE merges of
-`bpe_simple_vocab_16e6.txt.gz`. The vocabulary file is looked up, never shipped.
+`bpe_simple_vocab_16e6.txt.gz`, which ships in this package.
 """
 import functools
 import gzip
 import html
-import importlib.util
 import os
 from pathlib import Path
 
@@ -18,8 +17,7 @@ import torch
 from tailclip.errors import MissingFileError, TailCLIPError
 
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
-BPE_URL = "https://github.com/openai/CLIP/raw/main/clip/bpe_simple_vocab_16e6.txt.gz"
-BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"
+SHIPPED_BPE = Path(__file__).with_name(BPE_FILENAME)  # OpenAI's file, byte for byte
 
 SOT_TOKEN = "<|startoftext|>"
 EOT_TOKEN = "<|endoftext|>"
@@ -34,28 +32,14 @@ _PATTERN = regex.compile(
 
 
 def bpe_path() -> Path:
-    """The vocabulary file: `$TAILCLIP_BPE_PATH`, else the model cache directory, else the copy
-    inside an installed `open_clip` package, else downloaded into the cache directory."""
+    """The vocabulary file: `$TAILCLIP_BPE_PATH` when set, else the copy shipped inside this
+    package (as OpenAI's package ships it), so that tokenizing never needs a download."""
     from_env = os.environ.get("TAILCLIP_BPE_PATH")
     if from_env:
         if not Path(from_env).is_file():
             raise MissingFileError(f"TAILCLIP_BPE_PATH={from_env} is not a file")
         return Path(from_env)
-
-    from .factory import cache_dir  # factory imports the model; keep tokenizer imports light
-    cached = cache_dir() / BPE_FILENAME
-    if cached.is_file():
-        return cached
-
-    # find_spec locates the package without importing it (and torch extensions with it).
-    spec = importlib.util.find_spec("open_clip")
-    for folder in (spec.submodule_search_locations or []) if spec else []:
-        bundled = Path(folder) / BPE_FILENAME
-        if bundled.is_file():
-            return bundled
-
-    from .download import download
-    return download(BPE_URL, cache_dir(), sha256=BPE_SHA256, filename=BPE_FILENAME)
+    return SHIPPED_BPE
 
 
 @functools.lru_cache()

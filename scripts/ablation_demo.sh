@@ -8,10 +8,13 @@
 #
 # Interrupted (Ctrl-C), the same command continues: finished runs are skipped and the
 # interrupted one resumes from its checkpoint.
+# Python: $PYTHON, else the project's .venv (the README's set-up makes it, and need not
+# activate it), else python3, as the download scripts choose.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python}
-exec "$PYTHON" sweep.py --config configs/demo.py --name ablation_demo --seeds 0,1,2 \
+python="${PYTHON:-.venv/bin/python}"
+[ -n "${PYTHON:-}" ] || [ -x "$python" ] || python=python3
+exec "$python" sweep.py --config configs/demo.py --name ablation_demo --seeds 0,1,2 \
     --variant "clip:loss_function=['clip']" \
     --variant "bal:loss_function=['bal']" \
     --variant "clip+bce:loss_function=['clip','bce']" \

@@ -33,6 +33,7 @@ from tailclip.distributed import (eval_shard, is_main_process, local_batch_size,
 from tailclip.logger import say
 from tailclip.progress import show_progress
 from tailclip.text_tokens import text_tokenizer
+from tailclip.wording import count
 
 
 class ResumableSampler(Sampler):
@@ -212,6 +213,10 @@ def build_split_batches(cfg: Config, data, train: bool, device: torch.device) ->
     rank, world = rank_and_world()
     sampler = None
     if train:
+        if cfg.batch_size > len(dataset):
+            say(f"warning: batch_size = {cfg.batch_size} is more than the "
+                f"{count(len(dataset), 'training image')}: each epoch is one step of {len(dataset)} "
+                "images (a smaller batch_size gives more steps)")
         batch_size = local_batch_size(cfg.batch_size, world)
         weights = data.sample_weights if cfg.use_sample_weights else None
         sampler = ResumableSampler(BalancedSampler(weights, len(dataset), cfg.seed, cfg.batch_size,

@@ -14,13 +14,16 @@ from __future__ import annotations
 import ast
 import dataclasses
 import difflib
+import importlib.util
 import re
 import runpy
+import sys
 import traceback
 import typing
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Optional
 
 from tailclip.errors import TailCLIPError
 
@@ -139,7 +142,7 @@ class Config:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "dict") -> "Config":
+    def from_dict(cls, values: dict[str, Any], source: str = "dict") -> Config:
         """The inverse of ``to_dict``; options missing from ``values`` take their defaults.
 
         ``source`` names where ``values`` came from (a checkpoint path) in error messages.
@@ -217,6 +220,10 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
     option (suggesting the closest known one), a wrong type or a value out of range.
     """
     path = Path(path)
+    if path.is_dir():
+        files = sorted(child.name for child in path.glob("*.py"))
+        raise ConfigError(f"{path} is a folder, not a config file; "
+                          + (f"give one of its files: {', '.join(files)}" if files else "it holds no .py file"))
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     cfg_class = _run_config_file(path).get("CFG")
@@ -266,7 +273,12 @@ def parse_override(text: str) -> tuple[str, Any]:
         raise ConfigError(f"--set {text}: {key}: {_unknown_option_message(key)}")
     kind = _TYPES[key]
     if kind == bool | str and raw.strip() not in ("True", "true", "1", "False", "false", "0"):
-        return key, raw.strip()  # a pretrained tag or a checkpoint path
+        # A pretrained tag or a checkpoint path, quoted or not, as a text option reads it.
+        try:
+            value = ast.literal_eval(raw.strip())
+        except (ValueError, SyntaxError):
+            return key, raw.strip()
+        return key, value if isinstance(value, str) else raw.strip()
     if kind in (bool, bool | str):
         try:
             return key, parse_bool(raw.strip())
@@ -308,21 +320,33 @@ def _check(values: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]
     to list) and a list of ``(key, problem)``."""
     coerced, problems = {}, []
     for key in OPTION_NAMES:
-        value = values[key]
-        coerced[key], type_problem = _check_type(value, _TYPES[key])
-        if type_problem:
-            problems.append((key, f"{type_problem}, got {type(value).__name__} {value!r}"))
-            continue
-        value_problem = _check_value(key, coerced[key])
-        if value_problem:
-            problems.append((key, f"{value_problem}, got {coerced[key]!r}"))
+        coerced[key], problem = _check_option(key, values[key])
+        if problem:
+            problems.append((key, problem))
     if not {key for key, _ in problems} & {"dataset", *CUSTOM_DATASET_FILES}:
         problems.extend(_check_custom_dataset(coerced))
     if not {key for key, _ in problems} & {"model_name", "pretrained"}:
         problems.extend(_check_backbone(coerced))
     if not {key for key, _ in problems} & {"finetune", "label_embeddings"}:
         problems.extend(_check_prompt_learning(coerced))
+    if not {key for key, _ in problems} & {"model_name", "size", "interpolate_pos_embedding", "finetune"}:
+        problems.extend(_check_architecture(coerced))
     return coerced, problems
+
+
+def option_problem(key: str, value: Any) -> Optional[str]:
+    """What is wrong with ``value`` for the option ``key`` on its own (type, range, allowed
+    values), or None; how it combines with other options is checked with the whole config."""
+    return _check_option(key, value)[1]
+
+
+def _check_option(key: str, value: Any) -> tuple[Any, Optional[str]]:
+    """``(value coerced to the option's type, problem or None)``."""
+    coerced, type_problem = _check_type(value, _TYPES[key])
+    if type_problem:
+        return value, f"{type_problem}, got {type(value).__name__} {value!r}"
+    value_problem = _check_value(key, coerced)
+    return coerced, f"{value_problem}, got {coerced!r}" if value_problem else None
 
 
 def _check_type(value: Any, kind: Any) -> tuple[Any, Optional[str]]:
@@ -401,6 +425,70 @@ def _check_prompt_learning(values: dict[str, Any]) -> list[tuple[str, str]]:
                                      f"label_embeddings = 'per_step' ({values['label_embeddings']!r} encodes "
                                      "them without gradient)")]
     return []
+
+
+def _check_architecture(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """The model name and the options that depend on its architecture (input size, ViT-only
+    options), so that a wrong choice fails before any data is read rather than when the
+    model is built. OpenAI's names are checked against ``clip.architectures``; open_clip's
+    as far as its shipped model configs tell, without importing it."""
+    name = values["model_name"]
+    if name.startswith(OPEN_CLIP_PREFIX):
+        return _check_open_clip_name(name)
+    from clip.architectures import ARCHITECTURES  # imports torch (through clip/__init__): only when checking
+
+    if name not in ARCHITECTURES:
+        return [("model_name", f"unknown CLIP model {name!r}{close_matches(name, ARCHITECTURES)} "
+                               f"(known: {', '.join(ARCHITECTURES)}; or 'open_clip:<name>')")]
+    arch, size = ARCHITECTURES[name], values["size"]
+    native, patch = arch.image_resolution, arch.vision_patch_size
+    if not arch.is_vit:
+        kind = f"{name} is a ResNet (its attention pool is tied to {native}-pixel images)"
+        if values["interpolate_pos_embedding"]:
+            return [("interpolate_pos_embedding", f"works on Vision Transformers only; {kind}: set "
+                                                  "interpolate_pos_embedding = False")]
+        if values["finetune"] == "prompt+visual":
+            return [("finetune", f"'prompt+visual' needs a Vision Transformer; {kind}: set finetune = 'prompt'")]
+    if size != native and not values["interpolate_pos_embedding"]:
+        resize = ", or interpolate_pos_embedding = True" if arch.is_vit else ""
+        return [("size", f"{name} takes {native}-pixel images, not {size}; set size = {native}{resize}")]
+    if arch.is_vit and size % patch:
+        below = max(patch, size - size % patch)
+        return [("size", f"{size} is not a multiple of {name}'s patch size {patch}; set size = {below} "
+                         f"or {below + patch}")]
+    return []
+
+
+def _check_open_clip_name(model_name: str) -> list[tuple[str, str]]:
+    """An unknown open_clip model name, with the close matches. Without open_clip installed
+    nothing is checked here: building the model says how to install it."""
+    known = _open_clip_model_names()
+    name = model_name[len(OPEN_CLIP_PREFIX):]
+    if known is None or name in known:
+        return []
+    return [("model_name", f"unknown open_clip model {name!r}{close_matches(name, known)} "
+                           "(open_clip.list_models() lists them all)")]
+
+
+def _open_clip_model_names() -> Optional[set[str]]:
+    """The models open_clip knows, or None when it is not installed. Once imported, its
+    registry (which code may extend); before, the configs it ships, read without importing
+    it (open_clip imports torch, timm and its model zoo)."""
+    if "open_clip" in sys.modules:
+        module = sys.modules["open_clip"]
+        return None if module is None else set(module.list_models())
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    return {path.stem for folder in spec.submodule_search_locations
+            for path in (Path(folder) / "model_configs").glob("*.json")}
+
+
+def close_matches(word: str, candidates: Iterable[str]) -> str:
+    """"; close matches: a, b" for the candidates nearest to ``word`` (case aside), else ""."""
+    by_lower = {candidate.lower(): candidate for candidate in candidates}
+    matches = difflib.get_close_matches(word.lower(), by_lower, n=5, cutoff=0.6)
+    return f"; close matches: {', '.join(by_lower[m] for m in matches)}" if matches else ""
 
 
 def _reject_unknown(values: dict[str, Any], source: str) -> None:

@@ -66,8 +66,10 @@ def is_main_process() -> bool:
     return rank_and_world()[0] == 0
 
 
-def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch.device:
-    """The device that config option ``device`` names for this process.
+def resolve_device(name: str, local_rank: int = 0, world_size: int = 1,
+                   cpu_hint: str = "device = 'cpu' or 'auto'") -> torch.device:
+    """The device that config option ``device`` names for this process. ``cpu_hint``: how
+    the caller's user picks the CPU instead (a config option, or a command-line flag).
 
     ``"auto"`` is CUDA when available, else the CPU. With several processes, ``"auto"`` and
     ``"cuda"`` mean this process's own GPU, ``cuda:LOCAL_RANK``.
@@ -81,7 +83,7 @@ def resolve_device(name: str, local_rank: int = 0, world_size: int = 1) -> torch
         return device
     if not torch.cuda.is_available():
         raise DeviceError(f"device = {name!r} but this machine has no CUDA GPU that torch can use; "
-                          "use device = 'cpu' or 'auto'")
+                          f"use {cpu_hint}")
     if world_size == 1:
         if (device.index or 0) >= torch.cuda.device_count():
             raise DeviceError(f"device = {name!r} but this machine has {torch.cuda.device_count()} "

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from clip.download import DownloadError, download, sha256_of
 from tailclip.errors import TailCLIPError
 from tailclip.progress import show_progress
+from tailclip.wording import count
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 LMPT_COMMIT = "aab39caca28362bfb9d9340f9c8a5cd75614e130"
@@ -132,9 +133,22 @@ def missing_images(image_root: Path, paths: list[str]) -> list[str]:
     return [path for path in paths if not (image_root / path).is_file()]
 
 
+def by_hand_hint(name: str, spec: Benchmark, dataset_dir: Path, missing: list[str]) -> str:
+    """What to do when this machine cannot download the images: the archives that hold the
+    missing ones, as a whole, where to put them, and that running the script again resumes."""
+    needed = [url for prefix, url in spec.archives.items() if any(path.startswith(prefix) for path in missing)]
+    them = "it" if len(needed) == 1 else "them"
+    rerun = f"bash datasets/{name}/download_{name}.sh" + (" --full" if spec.image_url else "")
+    return (f"The {count(len(missing), 'missing image')} come from {count(len(needed), 'archive')}: "
+            f"{', '.join(needed)}. Download {them} on another machine if need be, place {them} in "
+            f"{dataset_dir}/ and run `{rerun}` again: it extracts what is missing, and keeps the "
+            "images already there and any partial download, so a rerun resumes.")
+
+
 def fetch_images(base_url: str, image_root: Path, paths: list[str], workers: int,
-                 progress: bool = True) -> None:
-    """Download each image `base_url/<path>` to `image_root/<path>`, `workers` at a time."""
+                 progress: bool = True, by_hand: str = "") -> None:
+    """Download each image `base_url/<path>` to `image_root/<path>`, `workers` at a time;
+    `by_hand` (`by_hand_hint`) ends the error when they cannot be."""
     failures = []
 
     def fetch(path: str) -> DownloadError | None:
@@ -149,7 +163,8 @@ def fetch_images(base_url: str, image_root: Path, paths: list[str], workers: int
     # stop at once instead of failing thousands of times.
     first_error = fetch(paths[0])
     if first_error is not None and not isinstance(first_error.__cause__, urllib.error.HTTPError):
-        raise first_error
+        raise DownloadError(f"cannot reach {base_url} ({first_error.__cause__ or first_error}). "
+                            f"{by_hand}") from first_error
     pool = ThreadPoolExecutor(max_workers=workers)
     try:
         jobs = [pool.submit(fetch, path) for path in paths[1:]]
@@ -161,20 +176,24 @@ def fetch_images(base_url: str, image_root: Path, paths: list[str], workers: int
     if failures:
         raise DownloadError(f"{len(failures)} of {len(paths)} images could not be downloaded from "
                             f"{base_url}, for example: {'; '.join(failures[:SHOWN_FAILURES])}. "
-                            "Run again to retry them.")
+                            f"Run again to retry them. {by_hand}")
 
 
 def fetch_archives(spec: Benchmark, dataset_dir: Path, image_root: Path, missing: list[str],
-                   full: bool, progress: bool = True) -> None:
+                   full: bool, progress: bool = True, by_hand: str = "") -> None:
     """Download each archive that holds a missing image, extract it into `image_root`, delete it.
 
-    Only the missing images are extracted unless `full`, which extracts whole archives.
+    Only the missing images are extracted unless `full`, which extracts whole archives. An
+    archive already in `dataset_dir` is used as it is.
     """
     for prefix, url in spec.archives.items():
         wanted = {path for path in missing if path.startswith(prefix)}
         if not wanted:
             continue
-        archive = download(url, dataset_dir, progress=progress)
+        try:
+            archive = download(url, dataset_dir, progress=progress)
+        except DownloadError as error:
+            raise DownloadError(f"could not download {url} ({error.__cause__ or error}). {by_hand}") from error
         print(f"extracting {archive.name} into {image_root}")
         try:
             extract(archive, image_root, None if full else wanted)
@@ -218,10 +237,11 @@ def download_benchmark(name: str, data_root: str | Path, full: bool = False, wor
     missing = missing_images(image_root, paths)
     if missing:
         print(f"{name}: {len(missing)} of {len(paths)} listed images missing under {image_root}")
+        by_hand = by_hand_hint(name, spec, dataset_dir, missing)
         if spec.image_url and not full:
-            fetch_images(spec.image_url, image_root, missing, workers, progress)
+            fetch_images(spec.image_url, image_root, missing, workers, progress, by_hand)
         else:
-            fetch_archives(spec, dataset_dir, image_root, missing, full, progress)
+            fetch_archives(spec, dataset_dir, image_root, missing, full, progress, by_hand)
         still_missing = missing_images(image_root, missing)
         if still_missing:
             raise DownloadError(f"{len(still_missing)} listed images are still missing under {image_root} "

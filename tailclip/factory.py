@@ -3,6 +3,7 @@
 variant on top, and beside it the objective that trains it; and the process-wide set-up
 (seeds, CPU threads) that comes before them."""
 import random
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,12 +13,18 @@ import clip
 from clip.architectures import vit_names
 from clip.model import VisionTransformer
 from tailclip.config import Config, ConfigError
-from tailclip.losses import (DBFOCAL_DATASET_DEFAULTS, AsymmetricLoss, BalancedAsymmetricLoss,
-                             BinaryCrossEntropyLoss, DistributionBalancedFocalLoss, SigmoidFocalLoss,
-                             TailCLIPObjective)
+from tailclip.errors import MissingFileError
+from tailclip.losses import (
+    DBFOCAL_DATASET_DEFAULTS,
+    AsymmetricLoss,
+    BalancedAsymmetricLoss,
+    BinaryCrossEntropyLoss,
+    DistributionBalancedFocalLoss,
+    SigmoidFocalLoss,
+    TailCLIPObjective,
+)
 from tailclip.model import TailCLIP
-from tailclip.open_clip_backbone import (OpenCLIPBackbone, OpenCLIPError, build_open_clip_backbone,
-                                         is_open_clip_name)
+from tailclip.open_clip_backbone import OpenCLIPBackbone, OpenCLIPError, build_open_clip_backbone, is_open_clip_name
 from tailclip.prompt_learning import PromptTailCLIP
 from tailclip.text_tokens import text_tokenizer
 
@@ -67,7 +74,10 @@ def _openai_clip(name: str, weights: bool | str) -> clip.CLIP:
                              f"(those are: {', '.join(clip.available_models())}); "
                              "set pretrained = False to train it from random weights")
         return clip.load(name, device="cpu")[0]
-    model = clip.load(weights, device="cpu")[0]
+    if not Path(weights).expanduser().is_file():
+        raise MissingFileError(f"pretrained = {weights!r} is not a checkpoint file; for {name} pretrained is "
+                               "True (OpenAI's weights), False (random ones) or the path of a checkpoint file")
+    model = clip.load(Path(weights).expanduser(), device="cpu")[0]
     with torch.device("meta"):
         expected = clip.create_model(name).state_dict()
     if {k: v.shape for k, v in model.state_dict().items()} != {k: v.shape for k, v in expected.items()}:

@@ -15,7 +15,6 @@ dependency, imported only here.
 from __future__ import annotations
 
 import contextlib
-import difflib
 import functools
 import os
 import urllib.parse
@@ -26,7 +25,7 @@ import torch.nn as nn
 
 from clip.factory import cache_dir
 
-from .config import OPEN_CLIP_PREFIX
+from .config import OPEN_CLIP_PREFIX, close_matches
 from .errors import TailCLIPError
 
 INSTALL_HINT = "pip install open_clip_torch"
@@ -57,13 +56,6 @@ def import_open_clip(model_name: str):
         raise OpenCLIPError(f"model_name = {model_name!r} needs open_clip, which is not installed: "
                             f"{INSTALL_HINT}") from None
     return open_clip
-
-
-def close_matches(word: str, candidates) -> str:
-    """", close matches: a, b" for the candidates nearest to ``word``, else a pointer to the list."""
-    by_lower = {candidate.lower(): candidate for candidate in candidates}
-    matches = difflib.get_close_matches(word.lower(), by_lower, n=5, cutoff=0.6)
-    return f"; close matches: {', '.join(by_lower[m] for m in matches)}" if matches else ""
 
 
 def model_config(model_name: str) -> dict:

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
 
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -22,13 +22,16 @@ from tailclip.data.transforms import build_transform
 from tailclip.distributed import resolve_device
 from tailclip.errors import TailCLIPError
 from tailclip.metrics import scores_from_logits
-from tailclip.run_folder import model_from_checkpoint
 from tailclip.precision import autocast, resolve_precision
-from tailclip.thresholds import class_probabilities, selected_classes
+from tailclip.run_folder import model_from_checkpoint
+from tailclip.thresholds import PROBABILITY, class_probabilities, selected_classes
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm"})
 OUTPUT_FORMATS = (".csv", ".json")
+# What a threshold is compared with: a per-class probability, whatever the ranking score.
+# A softmax's scores share one unit of mass, so a threshold on them could select only a
+# few classes; the sigmoid of each class logit is what the BAL / ASL / BCE terms train.
 
 
 class OutputFormatError(TailCLIPError, ValueError):
@@ -37,8 +40,9 @@ class OutputFormatError(TailCLIPError, ValueError):
 
 @dataclass
 class Result:
-    """The outcome for one file: class scores [C] (float32, CPU) and probabilities [C] (the
-    sigmoid of the class logits, float64), or why it was not read."""
+    """The outcome for one file: class scores [C] (float32, CPU) and the per-class
+    probabilities [C] that thresholds select by (`PROBABILITY`: the sigmoid of the class
+    logits, float64), or why it was not read."""
 
     path: str
     scores: torch.Tensor | None = None
@@ -47,8 +51,8 @@ class Result:
 
 
 class Predictor:
-    """A trained TailCLIP ready for inference: ``predictor(images) -> (scores, probabilities)``
-    [N, C] (CPU).
+    """A trained TailCLIP ready for inference: ``predictor(images) -> (scores [N, C],
+    probabilities [N, C])`` (CPU), the probabilities being `PROBABILITY`.
 
     ``transform`` turns a PIL RGB image into the model's input (the config's size and
     normalisation, no flip). Scores are of the config's ``score`` kind, probabilities the
@@ -82,7 +86,8 @@ def load_predictor(checkpoint_path: str | Path, device: str = "auto") -> Predict
     and class prompts from the checkpoint itself. ``device``: "auto" (CUDA when available),
     "cpu", "cuda" or "cuda:N"; bf16 autocast on CUDA, float32 on the CPU.
     """
-    device = resolve_device(device)  # before the model is built: a missing GPU fails at once
+    # Before the model is built: a missing GPU fails at once.
+    device = resolve_device(device, cpu_hint="--device cpu or --device auto")
     checkpoint = load_checkpoint(checkpoint_path)
     model, cfg = model_from_checkpoint(checkpoint, checkpoint_path)
     metadata = {"checkpoint": str(checkpoint_path), "backbone": cfg.model_name,
@@ -147,8 +152,9 @@ def predict_files(predictor, paths: Sequence[Path], batch_size: int = 32,
                   num_workers: int = 0) -> Iterator[Result]:
     """Score image files in batches; yields one ``Result`` per path, in order.
 
-    ``predictor`` maps a batch of transformed images to scores and probabilities
-    (``Predictor``) and has the ``transform`` to apply. Files that cannot be decoded give a ``Result`` with ``error``.
+    ``predictor`` maps a batch of transformed images to (scores, probabilities)
+    (``Predictor``) and has the ``transform`` to apply. Files that cannot be decoded give a
+    ``Result`` with ``error``.
     """
     loader = DataLoader(ImageFiles(paths, predictor.transform), batch_size=batch_size,
                         num_workers=num_workers, collate_fn=collate_readable)
@@ -160,15 +166,18 @@ def predict_files(predictor, paths: Sequence[Path], batch_size: int = 32,
         yield from (results[index] for index in sorted(results))
 
 
-def ranked_classes(scores: torch.Tensor, class_names: Sequence[str], top_k: int,
+def ranked_classes(result: Result, class_names: Sequence[str], top_k: int,
                    threshold: float | None = None) -> tuple[list[tuple[str, float]], ...]:
-    """``(top_k best (class, score) pairs, all pairs with score >= threshold)``, best first.
+    """``(top_k best (class, score) pairs, all (class, probability) pairs with probability
+    >= threshold)``, each best first; the probability is `PROBABILITY`, so a threshold may
+    select any number of classes. The second list is empty when ``threshold`` is None."""
+    def best_first(values: torch.Tensor) -> list[tuple[str, float]]:
+        return [(class_names[c], float(values[c]))
+                for c in torch.argsort(values, descending=True, stable=True).tolist()]
 
-    The second list is empty when ``threshold`` is None."""
-    order = torch.argsort(scores, descending=True, stable=True).tolist()
-    pairs = [(class_names[c], float(scores[c])) for c in order]
-    above = [pair for pair in pairs if threshold is not None and pair[1] >= threshold]
-    return pairs[:top_k], above
+    above = ([] if threshold is None else
+             [pair for pair in best_first(result.probabilities) if pair[1] >= threshold])
+    return best_first(result.scores)[:top_k], above
 
 
 def write_results(path: str | Path, results: Sequence[Result], class_names: Sequence[str],
@@ -177,12 +186,13 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
     """Write predictions as CSV or JSON, chosen by the extension of ``path``.
 
     CSV: one row per file, columns ``path, error, class_1, score_1, ..., class_k, score_k``
-    and, with a threshold, ``above_threshold`` (class names joined by ";"), with per-class
-    thresholds [C] ``above_class_threshold`` (the classes whose probability reaches their
-    threshold); a file that could not be read has only ``path`` and ``error`` filled in.
-    JSON: ``metadata`` fields plus ``predictions`` (``path``, ``top_k`` list of ``{"class",
-    "score"}``, ``above_threshold``, ``above_class_threshold`` list of ``{"class",
-    "probability"}``) and ``unreadable`` (``path``, ``error``).
+    and, with a threshold, ``sigmoid_above_threshold`` (class names joined by ";"), with
+    per-class thresholds [C] ``above_class_threshold`` (the classes whose probability reaches
+    their threshold); a file that could not be read has only ``path`` and ``error`` filled in.
+    JSON: ``metadata`` fields, ``threshold_on`` (`PROBABILITY`) plus ``predictions``
+    (``path``, ``top_k`` list of ``{"class", "score"}``, ``above_threshold`` and
+    ``above_class_threshold`` lists of ``{"class", "probability"}``) and ``unreadable``
+    (``path``, ``error``).
     """
     path = Path(path)
     check_output_path(path)
@@ -194,23 +204,23 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
             if result.scores is None:
                 unreadable.append({"path": result.path, "error": result.error})
                 continue
-            top, above = ranked_classes(result.scores, class_names, k, threshold)
+            top, above = ranked_classes(result, class_names, k, threshold)
             entry = {"path": result.path, "top_k": [{"class": c, "score": s} for c, s in top]}
             if threshold is not None:
-                entry["above_threshold"] = [{"class": c, "score": s} for c, s in above]
+                entry["above_threshold"] = [{"class": c, "probability": p} for c, p in above]
             if class_thresholds is not None:
                 entry["above_class_threshold"] = [
                     {"class": c, "probability": p}
                     for c, p in selected_classes(result.probabilities, class_names, class_thresholds)]
             predictions.append(entry)
-        document = {**(metadata or {}), "top_k": k, "threshold": threshold,
+        document = {**(metadata or {}), "top_k": k, "threshold": threshold, "threshold_on": PROBABILITY,
                     "classes": list(class_names), "predictions": predictions,
                     "unreadable": unreadable}
         path.write_text(json.dumps(document, indent=2) + "\n")
         return path
     header = ["path", "error"] + [f"{kind}_{rank}" for rank in range(1, k + 1)
                                   for kind in ("class", "score")]
-    header += ["above_threshold"] if threshold is not None else []
+    header += ["sigmoid_above_threshold"] if threshold is not None else []
     header += ["above_class_threshold"] if class_thresholds is not None else []
     with open(path, "w", newline="") as f:
         writer = csv.writer(f)
@@ -219,7 +229,7 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
             if result.scores is None:
                 writer.writerow([result.path, result.error] + [""] * (len(header) - 2))
                 continue
-            top, above = ranked_classes(result.scores, class_names, k, threshold)
+            top, above = ranked_classes(result, class_names, k, threshold)
             row = [result.path, ""] + [value for c, s in top for value in (c, f"{s:.6g}")]
             row += [";".join(c for c, _ in above)] if threshold is not None else []
             if class_thresholds is not None:

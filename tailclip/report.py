@@ -71,7 +71,7 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
     set_cpu_threads(cfg.num_threads)
     seed_everything(cfg.seed)  # the random weights of a zero-shot run with pretrained = False
     with main_process_first():  # one process per node generates the data, downloads weights
-        data = build_data(cfg)
+        data = build_data(cfg, train_images=False)  # evaluation reads the test images only
         if zeroshot:
             model = build_model(cfg, data.label_prompts)
             source, epoch = ZEROSHOT, 0

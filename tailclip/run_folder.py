@@ -215,13 +215,25 @@ def claimed_run_folder(run_dir: Path, resume: bool, overwrite: bool):
     """Hold ``run_dir`` for one training: its lock taken (by the main process only, under
     torchrun; the others wait for it), and for a new run, the folder checked, and an
     earlier run's files deleted when ``overwrite``. A `RunFolderError` is raised in every
-    process."""
+    process. The folders the claim created are removed again when the training leaves them
+    empty: a launch that failed before its run started leaves no trace."""
+    created = [folder for folder in (run_dir, *run_dir.parents) if not folder.exists()]
     lock = main_process_outcome(lambda: _claim(run_dir, resume, overwrite))
     try:
         yield
     finally:
         if lock is not None:
             lock.release()
+            _remove_empty(created)
+
+
+def _remove_empty(folders: list[Path]) -> None:
+    """Remove each folder, innermost first, as long as it is empty."""
+    for folder in folders:
+        try:
+            folder.rmdir()
+        except OSError:  # holds the run's files (or is gone)
+            return
 
 
 def check_checkpoint_matches(checkpoint: dict, cfg: Config, class_names: list[str], path) -> None:

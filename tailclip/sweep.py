@@ -30,13 +30,15 @@ from typing import Callable
 import torch
 
 from tailclip import training
-from tailclip.config import Config, load_config, parse_override
+from tailclip.config import Config, load_config, option_problem, parse_override
 from tailclip.errors import TailCLIPError
 from tailclip.logger import METRICS_FILE, read_metrics
 from tailclip.run_folder import NEWEST_CHECKPOINT
+from tailclip.wording import count
 
 SWEEP_FILE = "sweep.json"
 STUDY_FILE = "optuna.db"
+SEARCH_SPACE_ATTR = "search_space"  # the study's --range and --grid values, as last given
 RESERVED_KEYS = {"seed": "use --seeds", "run_dir": "the sweep chooses each run's folder"}
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 
@@ -97,9 +99,11 @@ def _checked_override(key: str, value: str, flag: str) -> str:
     if not value:
         raise SweepError(f"{flag}: {key} has an empty value")
     try:
-        parse_override(f"{key}={value}")
+        problem = option_problem(*parse_override(f"{key}={value}"))
     except ValueError as error:
         raise SweepError(f"{flag}: {error}") from None
+    if problem:  # named here, not as the --set it becomes
+        raise SweepError(f"{flag}: {key}: {problem}")
     return f"{key}={value}"
 
 
@@ -218,8 +222,10 @@ def prepare(run: PlannedRun) -> tuple[str, bool]:
 
 
 def run_in_process(runs: list[PlannedRun], on_epoch: Callable | None = None,
-                   log: Callable[[str], None] = print) -> dict[str, str]:
-    """Train the runs one after another in this process; ``{run name: outcome}``.
+                   log: Callable[[str], None] = print, numbered: bool = True) -> dict[str, str]:
+    """Train the runs one after another in this process; ``{run name: outcome}``. Each is
+    announced as ``[k/n]`` of the runs given, unless not ``numbered`` (a search's trial, whose
+    count is open).
 
     A run whose loss diverges is recorded as failed and the sweep goes on; Ctrl-C
     (``TrainingInterrupted``) stops the sweep after the run saved its checkpoint.
@@ -227,7 +233,7 @@ def run_in_process(runs: list[PlannedRun], on_epoch: Callable | None = None,
     outcomes = {}
     for index, run in enumerate(runs, 1):
         progress, overwrite = prepare(run)
-        log(f"[{index}/{len(runs)}] {run.name}: "
+        log((f"[{index}/{len(runs)}] " if numbered else "") + f"{run.name}: "
             + {"finished": "finished, skipped", "resume": "resuming", "fresh": "starting"}[progress])
         if progress == "finished":
             outcomes[run.name] = "skipped"
@@ -342,10 +348,13 @@ def parse_range(text: str) -> Range:
         raise SweepError(f"{flag}: expected KEY=LOW:HIGH or KEY=LOW:HIGH:log")
     ends = []
     for part in parts[:2]:
-        _checked_override(key, part, flag)
-        value = parse_override(f"{key}={part}")[1]
+        try:
+            value = parse_override(f"{key}={part}")[1]
+        except ValueError as error:
+            raise SweepError(f"{flag}: {error}") from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise SweepError(f"{flag}: {key}: {part!r} is not a number")
+        _checked_override(key, part, flag)  # a reserved key, a value the option refuses
         ends.append(value)
     low, high = ends
     if not low < high:
@@ -391,6 +400,7 @@ def run_search(config_path, sets: list[str], ranges: list[Range], choices: list[
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{folder / STUDY_FILE}",
                                 direction="maximize", sampler=optuna.samplers.TPESampler(),
                                 pruner=optuna.pruners.MedianPruner(), load_if_exists=True)
+    _warn_of_a_changed_search_space(study, ranges, choices, log)
     _retry_failed_trials(study, optuna)
     finished_states = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)
     done = len(study.get_trials(states=finished_states))
@@ -402,6 +412,21 @@ def run_search(config_path, sets: list[str], ranges: list[Range], choices: list[
         log(f"best trial {study.best_trial.user_attrs['run']}: mAP {100 * study.best_value:.1f}, "
             f"{study.best_params}")
     return study
+
+
+def _warn_of_a_changed_search_space(study, ranges: list[Range], choices, log) -> None:
+    """Record the study's ranges and choices; warn when a continued study is given others
+    (its earlier trials, which still count, were sampled from the old ones)."""
+    space = {**{r.key: f"{r.low}:{r.high}" + (":log" if r.log else "") for r in ranges},
+             **{key: ",".join(value.partition("=")[2] for value in values) for key, values in choices}}
+    earlier = study.user_attrs.get(SEARCH_SPACE_ATTR)
+    if earlier is not None and earlier != space:
+        changed = ", ".join(f"{key}: {earlier.get(key, 'not searched')} -> {space.get(key, 'not searched')}"
+                            for key in sorted({*earlier, *space}) if earlier.get(key) != space.get(key))
+        log(f"warning: study {study.study_name} continues with another search space ({changed}); its "
+            f"{count(len(study.trials), 'earlier trial')} were sampled from the old one and still count "
+            "(a new --name starts a fresh study)")
+    study.set_user_attr(SEARCH_SPACE_ATTR, space)
 
 
 def _retry_failed_trials(study, optuna) -> None:
@@ -429,7 +454,8 @@ def _objective(config_path, sets, ranges, choices, seeds, folder, optuna, log):
                 if trial.should_prune():
                     log(f"{planned.name}: pruned after epoch {epoch}")
                     raise optuna.TrialPruned()
-            if run_in_process([planned], on_epoch=prune_below_median, log=log)[planned.name] == "failed":
+            if run_in_process([planned], on_epoch=prune_below_median, log=log,
+                              numbered=False)[planned.name] == "failed":
                 raise optuna.TrialPruned()  # a diverging setting: stopped, not to be retried
             last_mAPs.append(read_metrics(Path(planned.cfg.run_dir) / planned.name)[-1]["val/mAP"])
         return sum(last_mAPs) / len(last_mAPs)

@@ -126,6 +126,11 @@ def _cell(value) -> str:
     return "+".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
+def _shown(value) -> str:
+    """A value in the markdown table: a float (a searched one) to four significant digits."""
+    return str(float(f"{value:.4g}")) if isinstance(value, float) else _cell(value)
+
+
 def markdown_table(rows: list[dict], swept: list[str], published: str | None) -> str:
     header = ["setting", *swept, "seeds",
               *(f"{GROUP_LABELS[m]} ({when})" for when in EPOCHS for m in GROUPS)]
@@ -136,7 +141,7 @@ def markdown_table(rows: list[dict], swept: list[str], published: str | None) ->
         header += ["authors' runs", "authors' mAP (best)", "authors' mAP (last)"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
-        cells = [row["setting"], *(_cell(row[key]) for key in swept), str(row["seeds"]),
+        cells = [row["setting"], *(_shown(row[key]) for key in swept), str(row["seeds"]),
                  *(_percent(row[f"{when}_{m}_mean"], row[f"{when}_{m}_std"]) for when in EPOCHS for m in GROUPS)]
         cells += [published] if published else []
         cells += [str(row["authors_runs"]), *(_authors_cell(row, when) for when in EPOCHS)] if authors else []

@@ -23,6 +23,7 @@ prints, logs and writes checkpoints.
 """
 import dataclasses
 import math
+import os
 import signal
 import threading
 import time
@@ -54,6 +55,7 @@ from tailclip.run_folder import (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT, NEWE
                                  TrainState, check_checkpoint_matches, claimed_run_folder,
                                  report_config_changes, restore_training, run_files,
                                  training_checkpoint)
+from tailclip.wording import count
 
 
 class NonFiniteLossError(TailCLIPError, RuntimeError):
@@ -124,6 +126,8 @@ class _StopOnSignal:
         self.previous = {}
 
     def _handle(self, signal_number, frame):
+        if os.getpid() != self.pid:
+            return  # a DataLoader worker, forked with this handler: the training process stops it
         if self.signal_number is not None and signal_number == signal.SIGINT:
             raise KeyboardInterrupt
         self.signal_number = signal_number
@@ -142,6 +146,7 @@ class _StopOnSignal:
         return self.requested
 
     def __enter__(self):
+        self.pid = os.getpid()
         if threading.current_thread() is threading.main_thread():
             self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
         return self
@@ -329,7 +334,7 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
     logger.log_config(cfg.to_dict())
     where = f"{processes.world_size} processes ({device.type})" if processes.world_size > 1 else device
     say(f"training {cfg.model_name} on {cfg.dataset} ({len(data.train)} train, {len(data.test)} test "
-        f"images) on {where}, {precision}, {cfg.epochs} epochs -> {run_dir}")
+        f"images) on {where}, {precision}, {count(cfg.epochs, 'epoch')} -> {run_dir}")
 
     def save(names: list[str]) -> None:
         if not names:

@@ -11,12 +11,17 @@ pyplot's figure registry between evaluations.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
+import warnings
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
 import torch
+from matplotlib import font_manager
 from matplotlib.figure import Figure
+from matplotlib.ft2font import FT2Font
 from matplotlib.patches import Patch
 from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
@@ -59,6 +64,33 @@ def group_map(ap: np.ndarray, groups: Mapping[str, Sequence[int]]) -> dict[str, 
     for name in GROUPS:
         result[name] = mean(ap[list(groups.get(name, ()))])
     return result
+
+
+@functools.lru_cache(maxsize=1)
+def _font_characters() -> frozenset[str]:
+    """The characters of the font the charts are drawn in (matplotlib's default)."""
+    font = FT2Font(font_manager.findfont(font_manager.FontProperties()))
+    return frozenset(map(chr, font.get_charmap()))
+
+
+_reported_characters: set[str] = set()
+
+
+@contextlib.contextmanager
+def _missing_characters_said_once(texts: Sequence[str]):
+    """Render without matplotlib's warning per missing glyph and per drawing (ten or more for
+    each evaluation of non-Latin class names); one warning names, once per process, the
+    characters the chart font lacks."""
+    missing = sorted({char for text in texts for char in text if not char.isspace()}
+                     - _font_characters() - _reported_characters)
+    if missing:
+        _reported_characters.update(missing)
+        warnings.warn(f"the charts' font lacks {len(missing)} characters of the class names "
+                      f"({''.join(missing[:20])}{'...' if len(missing) > 20 else ''}); they are drawn "
+                      "as empty boxes (the names are intact in every file)", stacklevel=3)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r"Glyph \d+ .* missing from font")
+        yield
 
 
 def per_class_ap_figure(ap, class_names: Sequence[str], groups: Mapping[str, Sequence[int]],
@@ -118,7 +150,8 @@ def save_per_class_ap_png(path, ap, class_names: Sequence[str],
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     figure = per_class_ap_figure(ap, class_names, groups, class_counts, title)
-    figure.savefig(path, format="png", dpi=dpi)
+    with _missing_characters_said_once(class_names):
+        figure.savefig(path, format="png", dpi=dpi)
     return path
 
 
@@ -189,8 +222,9 @@ def log_evaluation_figures(writer, step: int, scores, targets, ap,
     which breaks raw logits and flattens softmax scores), and, when both ``hparams`` and
     ``final_metrics`` are given, the HParams entry (``log_hparams``).
     """
-    writer.add_figure(f"{prefix}/per_class_ap",
-                      per_class_ap_figure(ap, class_names, groups, class_counts), step)
+    with _missing_characters_said_once(class_names):
+        writer.add_figure(f"{prefix}/per_class_ap",
+                          per_class_ap_figure(ap, class_names, groups, class_counts), step)
     scores, targets = _as_numpy(scores), _as_numpy(targets)
     for c in groups.get("tail", ()):
         if targets[:, c].sum() == 0:

@@ -246,6 +246,9 @@ def test_missing_device_is_one_line_in_every_command_line(device, tmp_path, caps
         stderr = capsys.readouterr().err
         check_message(stderr, [expected], [])
         assert stderr.count("\n") == 1, script
+        # Each says how to pick the CPU in its own syntax: a config option, or a flag.
+        hint = "use --device cpu" if script == "predict.py" else "use device = 'cpu'"
+        assert hint in stderr or torch.cuda.is_available(), script
     assert not (tmp_path / "runs").exists()
 
 

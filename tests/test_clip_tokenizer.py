@@ -1,4 +1,8 @@
 """The tokenizer against open_clip's (the independent reference), on the benchmarks' real text."""
+import hashlib
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -9,6 +13,8 @@ import clip
 from clip import tokenizer as clip_tokenizer
 
 SOT, EOT = 49406, 49407
+REPO_ROOT = Path(__file__).resolve().parents[1]
+OPENAI_BPE_SHA256 = "924691ac288e54409236115652ad4aa250f48203de50a9e4722a6ecd48d6804a"  # ../shared/data/README.md
 
 
 def _captions(path: Path) -> list[str]:
@@ -107,15 +113,21 @@ def test_bpe_path_lookup_order(monkeypatch, tmp_path, shared_data):
     with pytest.raises(FileNotFoundError, match="TAILCLIP_BPE_PATH"):
         clip_tokenizer.bpe_path()
 
-    # Without the variable: the cache directory first, then open_clip's bundled copy.
+    # Without the variable: the copy inside our package, whatever the cache holds.
     monkeypatch.delenv("TAILCLIP_BPE_PATH")
     monkeypatch.setenv("TAILCLIP_CACHE", str(tmp_path))
-    bundled = clip_tokenizer.bpe_path()
-    assert bundled == Path(open_clip.__file__).parent / clip_tokenizer.BPE_FILENAME
-    cached = tmp_path / clip_tokenizer.BPE_FILENAME
-    cached.write_bytes(Path(shared).read_bytes())
-    assert clip_tokenizer.bpe_path() == cached
-    assert clip_tokenizer.SimpleTokenizer(cached).encode("a photo") == [320, 1125]
+    assert clip_tokenizer.bpe_path() == REPO_ROOT / "clip" / clip_tokenizer.BPE_FILENAME
+    assert clip_tokenizer.SimpleTokenizer(clip_tokenizer.bpe_path()).encode("a photo") == [320, 1125]
+
+
+def test_shipped_vocabulary_is_openai_file(shared_data):
+    shipped = (REPO_ROOT / "clip" / clip_tokenizer.BPE_FILENAME).read_bytes()
+    assert hashlib.sha256(shipped).hexdigest() == OPENAI_BPE_SHA256
+    assert shipped == (shared_data / "clip" / clip_tokenizer.BPE_FILENAME).read_bytes()
+    # Tracked by git, so that a fresh clone has it.
+    tracked = subprocess.run(["git", "ls-files", "--error-unmatch", "clip/" + clip_tokenizer.BPE_FILENAME],
+                             cwd=REPO_ROOT, capture_output=True)
+    assert tracked.returncode == 0, tracked.stderr
 
 
 def test_wrong_vocabulary_file_is_refused(tmp_path):
@@ -125,3 +137,23 @@ def test_wrong_vocabulary_file_is_refused(tmp_path):
         f.write("header\na b\n")
     with pytest.raises(ValueError, match="not CLIP's BPE vocabulary"):
         clip_tokenizer.SimpleTokenizer(bad)
+
+
+def test_tokenizer_needs_no_download_nor_open_clip(tmp_path):
+    # The runtime requirements alone, an empty cache, no network: the vocabulary is at hand.
+    script = """
+import socket, sys
+sys.modules["open_clip"] = None  # not installed
+def no_network(*args, **kwargs):
+    raise AssertionError("network used")
+socket.socket.connect = no_network
+import clip
+print(clip.tokenize(["a photo of a cat"])[0, :4].tolist())
+"""
+    env = {key: value for key, value in os.environ.items() if key != "TAILCLIP_BPE_PATH"}
+    env["TAILCLIP_CACHE"] = str(tmp_path)
+    result = subprocess.run([sys.executable, "-c", script], cwd=REPO_ROOT, env=env,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split("\n")[0] == "[49406, 320, 1125, 539]"
+    assert not list(tmp_path.iterdir())

@@ -7,6 +7,7 @@ as a log file would be, not a terminal."""
 import contextlib
 import io
 import json
+import re
 import runpy
 import subprocess
 import sys
@@ -145,7 +146,7 @@ def test_bare_zeroshot_flag_warns_about_random_weights(tiny_run, capsys):
     report = json.loads((run_dir / "test_zeroshot.json").read_text())
     assert report["checkpoint"] == "zeroshot" and report["warning"].startswith(expected)
     assert (run_dir / "per_class_ap_zeroshot.png").is_file()
-    assert zeroshot_warning(Config(model_name="ViT-tiny", pretrained=True)) is None
+    assert zeroshot_warning(Config(model_name="ViT-tiny", pretrained=True, size=64)) is None
 
 
 def test_zeroshot_false_and_checkpoint_together(tiny_run, capsys):
@@ -155,3 +156,23 @@ def test_zeroshot_false_and_checkpoint_together(tiny_run, capsys):
     with pytest.raises(SystemExit):
         script_main("test.py")([f"--config={config}", "--zeroshot", "--checkpoint=best_valid_mAP.pt"])
     assert "give either --checkpoint or --zeroshot, not both" in capsys.readouterr().err
+
+
+def _readme_tags(repo_root: Path) -> list[str]:
+    """The tags in the first column of the README's TensorBoard table."""
+    text = (repo_root / "README.md").read_text()
+    section = text[text.index("## Reading TensorBoard"):]
+    section = section[:section.index("\n## ", 1)]
+    cells = [line.split("|")[1] for line in section.splitlines() if line.startswith("| `")]
+    return [tag for cell in cells for tag in re.findall(r"`([^`]+)`", cell)]
+
+
+def test_readme_tensorboard_table_lists_every_scalar_written(tiny_run, repo_root):
+    _, run_dir, _, _ = tiny_run
+    events = EventAccumulator(str(run_dir))
+    events.Reload()
+    written = set(events.Tags()["scalars"])
+    patterns = [re.sub(r"<[a-z]+>", "[a-z0-9_]+", re.escape(tag).replace(r"\<", "<").replace(r"\>", ">"))
+                for tag in _readme_tags(repo_root)]
+    assert {"train/loss", "val/mAP", "best/val_mAP", "time/epoch_s", "hparam/best_val_mAP"} <= written
+    assert [tag for tag in sorted(written) if not any(re.fullmatch(p, tag) for p in patterns)] == []

@@ -74,7 +74,8 @@ def _check_error(path, text, read, line, message):
     ("a.jpg 1\nb.jpg 20\n", 2, "label 20 is out of range"),
     ("a.jpg -1\n", 1, "'-1' is not a non-negative integer"),
     ("a.jpg 1.0\n", 1, "'1.0' is not a non-negative integer"),
-    ("a b.jpg 1\n", 1, "'b.jpg' is not a non-negative integer"),
+    ("a b.jpg 1\n", 1, "'b.jpg' is not a non-negative integer; the line is '<image path> <label> ...', "
+                       "and an image path cannot contain spaces"),
     ("a.jpg 1\n\nb.jpg 2\n", 2, "blank line"),
     ("a.jpg 1\nb.jpg 2\na.jpg 3\n", 3, "already listed on line 1"),
     ("", None, "file is empty"),
@@ -89,7 +90,8 @@ def test_malformed_split(tmp_path, text, line, message):
     ("cat 0\ndog 0\n", 2, "class index 0 already used on line 1"),
     ("cat 0\ndog 3\n", None, "missing [1, 2]"),
     ("cat 0\ncat 1\n", None, "used more than once: ['cat']"),
-    ("\n", 1, "blank line"),
+    ("cat 0\n\ndog 1\n", 2, "blank line"),
+    ("\n", None, "file is empty"),
     ("", None, "file is empty"),
 ])
 def test_malformed_class_names(tmp_path, text, line, message):
@@ -100,7 +102,7 @@ def test_malformed_class_names(tmp_path, text, line, message):
     ("a.jpg a cat\nz.jpg a dog\n", 2, "caption for z.jpg, which is not in the split"),
     ("a.jpg a cat\na.jpg a dog\n", 2, "second caption for a.jpg (first on line 1)"),
     ("a.jpg a cat\nb.jpg\n", 2, "expected '<image path> <caption>'"),
-    ("a.jpg a cat\n", None, "1 images of the split have no caption, first: ['b.jpg']"),
+    ("a.jpg a cat\n", None, "1 image of the split has no caption, first: ['b.jpg']"),
 ])
 def test_malformed_captions(tmp_path, text, line, message):
     _check_error(tmp_path / "captions.txt", text, lambda p: read_captions(p, ["a.jpg", "b.jpg"]),
@@ -113,3 +115,9 @@ def test_not_utf8(tmp_path):
     with pytest.raises(SplitFormatError, match="not UTF-8 text") as error:
         read_split(path, 2)
     assert str(error.value).startswith(f"{path}:")
+
+
+def test_blank_lines_at_the_end_are_accepted(tmp_path):
+    path = tmp_path / "split.txt"
+    path.write_text("a.jpg 1\nb.jpg\n\n  \n")
+    assert [(entry.path, entry.labels) for entry in read_split(path, 20)] == [("a.jpg", (1,)), ("b.jpg", ())]

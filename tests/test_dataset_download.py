@@ -256,8 +256,34 @@ def test_coco_unreachable_image_host_fails_at_the_first_image(fake_coco, tmp_pat
     with pytest.raises(DownloadError) as info:
         download_benchmark("coco_mlt", tmp_path, spec=spec, progress=False)
     assert time.monotonic() - started < 10
-    assert f"download {dead_host}/train2017/000000000001.jpg" in str(info.value)
-    assert "by hand" in str(info.value) and "images could not be downloaded" not in str(info.value)
+    message = str(info.value)
+    # Not the one image it tried: the archives that hold every missing image, where they go,
+    # and that a rerun resumes.
+    assert message.startswith(f"cannot reach {dead_host} (") and "000000000001.jpg" not in message
+    assert (f"The 4 missing images come from 2 archives: {fake_coco.url}/zips/train2017.zip, "
+            f"{fake_coco.url}/zips/val2017.zip. Download them on another machine if need be, place them "
+            f"in {tmp_path / 'coco_mlt'}/ and run `bash datasets/coco_mlt/download_coco_mlt.sh --full` "
+            "again") in message
+    assert "so a rerun resumes" in message and "images could not be downloaded" not in message
+
+
+def test_voc_unreachable_archive_names_both_archives(fake_voc, tmp_path):
+    server, spec = fake_voc
+    dead_host = f"http://127.0.0.1:{free_port()}"
+    spec = replace(spec, archives={prefix: url.replace(server.url, dead_host) for prefix, url in spec.archives.items()})
+    with pytest.raises(DownloadError) as info:
+        download_benchmark("voc_mlt", tmp_path, mirror=f"{server.url}/lmpt", spec=spec, progress=False)
+    message = str(info.value)
+    assert message.startswith(f"could not download {dead_host}/archives/VOC2012.tar (")
+    assert (f"come from 2 archives: {dead_host}/archives/VOC2012.tar, {dead_host}/archives/VOC2007.tar. "
+            f"Download them on another machine if need be, place them in {tmp_path / 'voc_mlt'}/ and run "
+            "`bash datasets/voc_mlt/download_voc_mlt.sh` again") in message
+
+    # Placed there by hand, the archives are used as they are.
+    for url in spec.archives.values():
+        shutil.copy(server.root / "archives" / url.rsplit("/", 1)[1], tmp_path / "voc_mlt")
+    download_benchmark("voc_mlt", tmp_path, mirror=f"{server.url}/lmpt", spec=spec, progress=False)
+    assert all((tmp_path / "voc_mlt" / path).read_bytes() == data for path, data in VOC_IMAGES.items())
 
 
 def test_coco_full_extracts_the_official_zips(fake_coco, tmp_path):

@@ -88,8 +88,8 @@ class CFG:
     return checkpoint, good_image
 
 
-def _reference_scores(checkpoint_path, image_path) -> np.ndarray:
-    """Softmax class scores by hand: clip.CLIP with the checkpoint's weights, PIL bilinear
+def _reference_logits(checkpoint_path, image_path) -> np.ndarray:
+    """Class logits by hand: clip.CLIP with the checkpoint's weights, PIL bilinear
     resize to 64x64, ImageNet normalisation, cosine similarity times the logit scale."""
     checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=True)
     cfg = checkpoint["config"]
@@ -106,7 +106,12 @@ def _reference_scores(checkpoint_path, image_path) -> np.ndarray:
         image_emb = torch.nn.functional.normalize(model.encode_image(images), dim=-1)
         text_emb = torch.nn.functional.normalize(model.encode_text(tokens), dim=-1)
         logits = model.logit_scale.exp() * image_emb @ text_emb.T
-    return logits.softmax(dim=-1)[0].numpy()
+    return logits[0].numpy()
+
+
+def _reference_scores(checkpoint_path, image_path) -> np.ndarray:
+    """The softmax class scores (the config's score kind)."""
+    return torch.from_numpy(_reference_logits(checkpoint_path, image_path)).softmax(-1).numpy()
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +141,7 @@ def test_predict_cli_csv_on_a_trained_checkpoint(trained_run, tmp_path, repo_roo
     lines = done.stdout.splitlines()
     assert [line.split(": ")[0] for line in lines] == [str(folder / "good.jpg"),
                                                        str(folder / "sub" / "other.PNG")]
-    assert all(line.count(", ") == 1 and "[>= 0.2: " in line for line in lines)
+    assert all(line.split("  [")[0].count(", ") == 1 and "  [sigmoid >= 0.2: " in line for line in lines)
     # The three bad files are reported at the end, each with its reason.
     report = done.stderr[done.stderr.index("3 file(s) could not be read:"):]
     assert f"{folder / 'broken.jpg'}: cannot read image: image file is truncated" in report
@@ -147,7 +152,7 @@ def test_predict_cli_csv_on_a_trained_checkpoint(trained_run, tmp_path, repo_roo
     with open(output, newline="") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0]) == ["path", "error", "class_1", "score_1", "class_2", "score_2",
-                             "above_threshold"]
+                             "sigmoid_above_threshold"]
     # Files in the order found (sorted), then those skipped for their extension.
     assert [row["path"] for row in rows] == [str(folder / name) for name in
                                              ("broken.jpg", "fake.jpg", "good.jpg",
@@ -158,9 +163,12 @@ def test_predict_cli_csv_on_a_trained_checkpoint(trained_run, tmp_path, repo_roo
     assert [good["class_1"], good["class_2"]] == [CLASSES[order[0]], CLASSES[order[1]]]
     np.testing.assert_allclose([float(good["score_1"]), float(good["score_2"])],
                                expected[order[:2]], rtol=1e-4)
-    assert good["above_threshold"] == ";".join(CLASSES[c] for c in order if expected[c] >= 0.2)
+    # The threshold selects by the sigmoid of the class logits, not by the softmax scores.
+    probabilities = 1 / (1 + np.exp(-_reference_logits(checkpoint, good_image)))
+    assert good["sigmoid_above_threshold"] == ";".join(
+        CLASSES[c] for c in np.argsort(-probabilities) if probabilities[c] >= 0.2)
     assert rows[0]["error"].startswith("cannot read image: image file is truncated")
-    assert rows[0]["class_1"] == "" and rows[0]["above_threshold"] == ""
+    assert rows[0]["class_1"] == "" and rows[0]["sigmoid_above_threshold"] == ""
 
 
 def test_predict_cli_json_on_a_trained_checkpoint(trained_run, tmp_path, predict_cli, capsys):
@@ -260,21 +268,46 @@ def test_predict_files_batches_and_keeps_order_past_bad_files(tmp_path):
 
 
 def test_write_results_csv_and_json(tmp_path):
-    results = [predict.Result("a.jpg", scores=torch.tensor([0.1, 0.6, 0.3])),
+    results = [predict.Result("a.jpg", scores=torch.tensor([0.1, 0.6, 0.3]),
+                              probabilities=torch.tensor([0.9, 0.2, 0.5])),
                predict.Result("b.jpg", error="cannot read image: boom")]
     names = ["cat", "dog", "bird"]
     csv_path = predict.write_results(tmp_path / "r.csv", results, names, top_k=5, threshold=0.3)
     assert csv_path.read_text().splitlines() == [
-        "path,error,class_1,score_1,class_2,score_2,class_3,score_3,above_threshold",
-        "a.jpg,,dog,0.6,bird,0.3,cat,0.1,dog;bird",
+        "path,error,class_1,score_1,class_2,score_2,class_3,score_3,sigmoid_above_threshold",
+        "a.jpg,,dog,0.6,bird,0.3,cat,0.1,cat;bird",
         "b.jpg,cannot read image: boom,,,,,,,"]
     json_path = predict.write_results(tmp_path / "r.json", results, names, top_k=1,
                                       metadata={"score": "softmax"})
     document = json.loads(json_path.read_text())
     assert document == {
-        "score": "softmax", "top_k": 1, "threshold": None, "classes": names,
+        "score": "softmax", "top_k": 1, "threshold": None,
+        "threshold_on": "sigmoid of the class logits", "classes": names,
         "predictions": [{"path": "a.jpg",
                          "top_k": [{"class": "dog", "score": pytest.approx(0.6)}]}],
         "unreadable": [{"path": "b.jpg", "error": "cannot read image: boom"}]}
     with pytest.raises(ValueError, match="r.txt: unknown format"):
         predict.write_results(tmp_path / "r.txt", results, names, top_k=1)
+
+
+def test_threshold_on_softmax_scores_can_select_every_class(tmp_path):
+    # Four equally likely classes: softmax gives each 0.25, so no threshold above 0.25 could
+    # select more than one of them; their sigmoid probabilities are all sigmoid(3) = 0.953.
+    logits = torch.tensor([3.0, 3.0, 3.0, 3.0, -4.0])
+    result = predict.Result("a.jpg", scores=logits.softmax(-1), probabilities=logits.sigmoid())
+    names = ["cat", "dog", "bird", "fish", "car"]
+    top, above = predict.ranked_classes(result, names, top_k=2, threshold=0.5)
+    assert [name for name, _ in top] == ["cat", "dog"] and top[0][1] == pytest.approx(0.2499, abs=1e-4)
+    assert above == [(name, pytest.approx(0.9526, abs=1e-4)) for name in names[:4]]
+    document = json.loads(predict.write_results(tmp_path / "r.json", [result], names, top_k=1,
+                                                threshold=0.5).read_text())
+    assert document["threshold_on"] == "sigmoid of the class logits"
+    assert [entry["class"] for entry in document["predictions"][0]["above_threshold"]] == names[:4]
+
+
+def test_predict_help_says_what_the_threshold_and_batch_size_mean(predict_cli, capsys):
+    with pytest.raises(SystemExit):
+        predict_cli.parse_args(["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--threshold THRESHOLD also list every class whose probability (the sigmoid of its class logit" in text
+    assert "--batch-size BATCH_SIZE images scored at a time" in text

@@ -125,9 +125,9 @@ def test_a_step_trains_exactly_the_prompts(options):
 
 
 def test_visual_prompts_need_a_vit():
-    cfg = make_cfg(model_name="RN-tiny", finetune="prompt+visual")
-    with pytest.raises(ValueError, match=r"Vision Transformer backbone \(.*ViT-B/16.*\).*'RN-tiny'"):
-        make_model(cfg)
+    # Found with the config, for our models; the model's own check stays for open_clip's ResNets.
+    with pytest.raises(ValueError, match=r"'prompt\+visual' needs a Vision Transformer; RN-tiny is a ResNet"):
+        make_cfg(model_name="RN-tiny", finetune="prompt+visual")
 
 
 def test_prompt_modes_need_per_step_label_embeddings():

@@ -99,7 +99,8 @@ def test_on_epoch_callback_sees_each_record_and_its_exception_leaves_a_resumable
 
 @pytest.mark.parametrize("text, message", [
     ("lr=1e-2:1e-4", "LOW must be below HIGH"),
-    ("lr=0:1:log", "LOW > 0"),
+    ("weight_decay=0:1:log", "LOW > 0"),
+    ("lr=0:1", "lr: must be > 0, got 0.0"),  # an end the option refuses, named as given
     ("lr=1e-4", "expected KEY=LOW:HIGH"),
     ("lrr=1:2", "did you mean 'lr'"),
     ("dataset=a:b", "not a number"),
@@ -112,3 +113,23 @@ def test_bad_ranges_are_refused(text, message):
 def test_integer_ranges_suggest_integers():
     assert parse_range("epochs=1:4").suggest(optuna.trial.FixedTrial({"epochs": 3})) == 3
     assert parse_range("lr=1e-4:1e-2:log").log
+
+
+def test_trials_are_announced_by_name_and_the_table_rounds_searched_values(
+        sweep_main, tiny_config, tmp_path, capsys):
+    assert sweep_main(search_args(tiny_config, 1)) == 0
+    out = capsys.readouterr().out
+    assert "trial0000_seed0: starting" in out and "[1/1]" not in out
+    lr = load_study(tmp_path).trials[0].params["lr"]
+    table = (tmp_path / "runs" / "st" / "results.md").read_text()
+    assert f"| {float(f'{lr:.4g}')} |" in table and repr(lr) not in table
+
+
+def test_a_continued_search_with_another_range_warns(sweep_main, tiny_config, tmp_path, capsys):
+    assert sweep_main(search_args(tiny_config, 0)) == 0  # the study, without a trial
+    assert sweep_main(search_args(tiny_config, 0)) == 0
+    assert "warning" not in capsys.readouterr().out
+    changed = [arg.replace("lr=1e-4:1e-2:log", "lr=1e-3:1e-1:log") for arg in search_args(tiny_config, 0)]
+    assert sweep_main(changed) == 0
+    assert ("warning: study st continues with another search space (lr: 0.0001:0.01:log -> "
+            "0.001:0.1:log)") in capsys.readouterr().out

@@ -158,7 +158,8 @@ def test_checkpoint_of_other_classes_or_architecture_is_refused(demo_run, test_p
         return capsys.readouterr().err
 
     message = refused("--config=configs/demo.py", f"--checkpoint={checkpoint}",
-                      "--set", "model_name=RN-tiny", "--set", f"run_dir={tmp_path}")
+                      "--set", "model_name=RN-tiny", "--set", "size=64", "--set", "interpolate_pos_embedding=False",
+                      "--set", f"run_dir={tmp_path}")
     assert "model_name = 'ViT-tiny'" in message and "'RN-tiny'" in message
 
     labels = (REPO / "datasets" / "synthetic_mlt" / "synthetic_labels.txt").read_text().splitlines()

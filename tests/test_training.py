@@ -55,7 +55,7 @@ def tiny_objective(tiny_model) -> TailCLIPObjective:
 
 
 def test_backbone_resolution_and_context_are_checked():
-    with pytest.raises(ValueError, match=r"size = 32 but ViT-tiny takes 64-pixel images.*interpolate_pos_embedding"):
+    with pytest.raises(ValueError, match=r"ViT-tiny takes 64-pixel images, not 32.*interpolate_pos_embedding"):
         factory.build_clip(dataclasses.replace(TINY, size=32))
     model = factory.build_clip(dataclasses.replace(TINY, size=32, interpolate_pos_embedding=True))
     assert model.visual.input_resolution == 32

@@ -11,6 +11,7 @@ from torch.utils.data import Dataset, default_collate
 from tailclip.config import ConfigError
 from tailclip.errors import MissingFileError, TailCLIPError
 from tailclip.text_tokens import text_tokenizer
+from tailclip.wording import count
 
 from .balance import balance_weights, class_groups
 from .captions import fit_to_context, label_caption, label_prompts
@@ -102,9 +103,11 @@ def check_images_exist(image_root, entries, download_hint: str) -> None:
     image_root = Path(image_root)
     missing = [str(image_root / entry.path) for entry in entries if not (image_root / entry.path).is_file()]
     if missing:
+        verb, listed = (("is", "it is") if len(missing) == 1
+                        else ("are", "the first 10" if len(missing) > 10 else "they are"))
         raise MissingFileError(
-            f"{len(missing)} of {len(entries)} images listed in the splits are missing under "
-            f"{image_root}; the first {min(len(missing), 10)}:\n  " + "\n  ".join(missing[:10])
+            f"{len(missing)} of {count(len(entries), 'image')} listed in the splits {verb} missing under "
+            f"{image_root}; {listed}:\n  " + "\n  ".join(missing[:10])
             + f"\nTo get them: {download_hint}")
 
 
@@ -231,8 +234,11 @@ def _train_captions(cfg, files: DataFiles, class_names, entries) -> list[str]:
     return [captions[entry.path] for entry in entries]
 
 
-def build_data(cfg) -> DataBundle:
-    """Read, check and assemble the dataset that ``cfg`` names (see docs/ARCHITECTURE.md options)."""
+def build_data(cfg, train_images: bool = True) -> DataBundle:
+    """Read, check and assemble the dataset that ``cfg`` names (see docs/ARCHITECTURE.md options).
+
+    ``train_images=False`` (evaluation) checks only the test images: the class counts and
+    groups come from the training split file, whose images are never read."""
     files = dataset_files(cfg)
     if cfg.dataset == "synthetic_mlt":
         ensure_synthetic(files.train_list.parent, SYNTHETIC_SEED)  # the dataset folder
@@ -241,7 +247,8 @@ def build_data(cfg) -> DataBundle:
     num_classes = len(class_names)
     train_entries = read_split(files.train_list, num_classes, files.class_names)
     test_entries = read_split(files.test_list, num_classes, files.class_names)
-    check_images_exist(files.image_root, train_entries + test_entries, files.download_hint)
+    check_images_exist(files.image_root, (train_entries if train_images else []) + test_entries,
+                       files.download_hint)
 
     train_label_sets = [entry.labels for entry in train_entries]
     try:

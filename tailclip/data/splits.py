@@ -1,10 +1,11 @@
 """Strict readers for the benchmark's text files.
 
-Three formats, one item per line (see ``../shared/data/README.md``):
-- split file: ``relative/path.jpg <label> <label> ...`` (labels are class indices, possibly none);
+Three formats, one item per line (the README's "Train on your own data" lists them):
+- split file: ``relative/path.jpg <label> <label> ...`` (labels are class indices, possibly
+  none; the path holds no space);
 - class-name file: ``<name> <index>`` (names may contain spaces: ``traffic light 9``);
 - caption file: ``<path> <caption text>``.
-Trailing spaces and Windows line endings occur in the published files and are accepted.
+Trailing spaces, blank lines at the end and Windows line endings are accepted.
 Anything else that is off is a ``SplitFormatError`` naming the file and the line, because a
 silently skipped line changes the class counts and therefore the tail metrics.
 """
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Iterator, NamedTuple
 
 from tailclip.errors import TailCLIPError
+from tailclip.wording import count
 
 
 class SplitFormatError(TailCLIPError, ValueError):
@@ -34,7 +36,7 @@ def _lines(path) -> Iterator[tuple[str, int, str]]:
     except OSError as error:  # a folder, no permission
         raise SplitFormatError(f"{path}: cannot be read ({error.strerror or error})") from None
     lines = text.split("\n")  # read_text turned "\r\n" into "\n"
-    if lines[-1] == "":  # the newline ending the last line
+    while lines and not lines[-1].strip():  # the newline ending the last line, blank lines after it
         lines.pop()
     if not lines:
         raise SplitFormatError(f"{path}: file is empty")
@@ -53,14 +55,17 @@ def _two_fields(line: str, where: str, expected: str, name_first: bool) -> list[
     return parts
 
 
-def _non_negative_int(token: str, where: str, what: str) -> int:
+def _non_negative_int(token: str, where: str, what: str, hint: str = "") -> int:
     if not (token.isascii() and token.isdigit()):  # rejects "-1", "3.0", "x"
-        raise SplitFormatError(f"{where}: {what} {token!r} is not a non-negative integer")
+        raise SplitFormatError(f"{where}: {what} {token!r} is not a non-negative integer{hint}")
     return int(token)
 
 
 def _label(token: str, num_classes: int, where: str, class_file) -> int:
-    value = _non_negative_int(token, where, "label (a class index)")
+    # A path with a space reads as a path and labels: "my photo.jpg 3" has the label "photo.jpg".
+    value = _non_negative_int(token, where, "label (a class index)",
+                              "; the line is '<image path> <label> ...', and an image path cannot "
+                              "contain spaces (rename the file or its folder)")
     if value >= num_classes:
         raise SplitFormatError(f"{where}: label {value} is out of range: unknown class "
                                f"({class_file or 'the class-name file'} defines {num_classes} "
@@ -117,5 +122,6 @@ def read_captions(path, image_paths) -> dict[str, str]:
     uncaptioned = [image for image in image_paths if image not in captions]
     if uncaptioned:
         raise SplitFormatError(
-            f"{path}: {len(uncaptioned)} images of the split have no caption, first: {uncaptioned[:3]}")
+            f"{path}: {count(len(uncaptioned), 'image')} of the split "
+            f"{'has' if len(uncaptioned) == 1 else 'have'} no caption, first: {uncaptioned[:3]}")
     return captions
