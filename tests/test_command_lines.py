@@ -172,7 +172,7 @@ def test_readme_tensorboard_table_lists_every_scalar_written(tiny_run, repo_root
     events = EventAccumulator(str(run_dir))
     events.Reload()
     written = set(events.Tags()["scalars"])
-    patterns = [re.sub(r"<[a-z]+>", "[a-z0-9_]+", re.escape(tag).replace(r"\<", "<").replace(r"\>", ">"))
+    patterns = [re.sub(r"<[a-z]+>", "[A-Za-z0-9_]+", re.escape(tag).replace(r"\<", "<").replace(r"\>", ">"))
                 for tag in _readme_tags(repo_root)]
     assert {"train/loss", "val/mAP", "best/val_mAP", "time/epoch_s", "hparam/best_val_mAP"} <= written
     assert [tag for tag in sorted(written) if not any(re.fullmatch(p, tag) for p in patterns)] == []
