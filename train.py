@@ -44,7 +44,8 @@ def main(argv=None) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
-        train(cfg, args.run_name or Path(args.config).stem, resume=args.resume, overwrite=args.overwrite)
+        train(cfg, args.run_name or Path(args.config).stem, resume=args.resume, overwrite=args.overwrite,
+              given_options=[text.partition("=")[0].strip() for text in args.overrides])
     except TailCLIPError as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 1

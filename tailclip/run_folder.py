@@ -309,10 +309,10 @@ def training_checkpoint(cfg: Config, data, trainer, state: TrainState, meter, rn
 
 
 def restore_training(checkpoint: dict, trainer, meter) -> TrainState:
-    """Restore model, optimiser, schedule, scaler, progress and this process's random states."""
+    """Restore model, optimiser, scaler, progress and this process's random states; the
+    schedule is the caller's to rebuild at the epoch reached (`optim.build_scheduler`)."""
     load_model_state(trainer.model, checkpoint, NEWEST_CHECKPOINT)
     trainer.optimizer.load_state_dict(checkpoint["optimizer"])
-    trainer.scheduler.load_state_dict(checkpoint["scheduler"])
     trainer.scaler.load_state_dict(checkpoint["scaler"])
     state = TrainState(**checkpoint["state"])
     if checkpoint["epoch_progress"] is not None:
@@ -335,8 +335,37 @@ def _restore_process_rng(states: list[dict] | dict) -> None:
     restore_rng_states(states[rank % len(states)])
 
 
-def report_config_changes(checkpoint: dict, cfg: Config) -> None:
-    changed = {key: (value, getattr(cfg, key)) for key, value in checkpoint["config"].items()
-               if getattr(cfg, key, value) != value}
-    for key, (old, new) in changed.items():
-        say(f"resume: {key} was {old!r} in the checkpoint, is {new!r} now")
+# Options a resumed run may take from the command line. Each changes how the run goes on,
+# not what it has trained so far: `epochs` and `lr` rebuild the cosine schedule from the
+# epoch reached (`optim.build_scheduler`); the others choose where and how fast it runs,
+# which checkpoints it keeps and how many non-finite steps it tolerates. Every other option
+# (model, data, loss, batch size, optimiser, seed, ...) is the run's own and cannot change.
+RESUMABLE_OPTIONS = ("epochs", "lr", "device", "num_threads", "num_workers", "eval_batch_size",
+                     "precision", "tf32", "compile", "grad_checkpointing", "image_cache", "run_dir",
+                     "save_best_mAP_checkpoint", "save_best_tail_mAP_checkpoint",
+                     "save_newest_checkpoint", "max_nonfinite_steps")
+
+
+def resumed_config(checkpoint: dict, cfg: Config, given, path) -> Config:
+    """The config a resumed run trains with: the run's own (saved in its checkpoint ``path``),
+    with the values of ``cfg`` for the options named in ``given`` (those set on the command
+    line now; None: every option of ``cfg``) and its ``run_dir`` (where the run is now).
+
+    A given option outside `RESUMABLE_OPTIONS` whose value differs from the run's is a
+    `ConfigError` naming it. Changes are reported in one line each.
+    """
+    saved = Config.from_dict(checkpoint["config"], source=str(path))
+    given = set(cfg.to_dict() if given is None else given) | {"run_dir"}
+    changed = {key for key in given if getattr(cfg, key) != getattr(saved, key)}
+    fixed = sorted(changed - set(RESUMABLE_OPTIONS))
+    if fixed:
+        key = fixed[0]
+        raise ConfigError(
+            f"cannot resume {Path(path).parent} with {key} = {getattr(cfg, key)!r}: the run has "
+            f"{key} = {getattr(saved, key)!r}, and {key} cannot change during a run (a resumed run "
+            f"may change {', '.join(RESUMABLE_OPTIONS[:2])} and how it runs: "
+            f"{', '.join(RESUMABLE_OPTIONS[2:])}); train a new run with --run-name NAME")
+    resumed = dataclasses.replace(saved, **{key: getattr(cfg, key) for key in changed})
+    for key in sorted(changed - {"run_dir"}):
+        say(f"resume: {key} = {getattr(resumed, key)!r} from now on (the run had {getattr(saved, key)!r})")
+    return resumed

@@ -50,7 +50,7 @@ from tailclip.precision import autocast, grad_scaler, resolve_precision, set_tf3
 from tailclip.progress import show_progress
 from tailclip.run_folder import (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT, NEWEST_CHECKPOINT,
                                  TrainState, check_checkpoint_matches, claimed_run_folder,
-                                 report_config_changes, restore_training, run_files,
+                                 restore_training, resumed_config, run_files,
                                  training_checkpoint)
 
 
@@ -240,13 +240,15 @@ def _epoch_line(epoch: int, epochs: int, record: dict) -> str:
 
 
 def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = False,
-          on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+          on_epoch: Callable[[int, dict], None] | None = None, given_options=None) -> dict:
     """Train per ``cfg`` into ``<cfg.run_dir>/<run_name>/``; returns a summary of the run.
 
     A new run refuses a folder that holds an earlier run (any checkpoint, ``metrics.jsonl``
     or TensorBoard events) unless ``overwrite``, which deletes that run's files first;
     ``resume`` continues the run from its newest checkpoint, and changes nothing when that
-    run is complete. Either way a folder that another training holds is refused
+    run is complete. A resumed run trains with its own saved config, changed only in the
+    ``given_options`` (the names of the options set on the command line; None: every
+    option) to ``cfg``'s values, where `run_folder.resumed_config` allows it. Either way a folder that another training holds is refused
     (``RunFolderError``, before anything in it changes).
 
     ``on_epoch(epoch, record)`` is called after each epoch's checkpoints are written, with
@@ -268,6 +270,7 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
                     if run_files(run_dir) else "")
             raise MissingFileError(f"cannot resume: no {run_dir / NEWEST_CHECKPOINT}{hint}")
         checkpoint = load_checkpoint(run_dir / NEWEST_CHECKPOINT)
+        cfg = resumed_config(checkpoint, cfg, given_options, run_dir / NEWEST_CHECKPOINT)
         finished = TrainState(**checkpoint["state"])
         if finished.epoch >= cfg.epochs:
             say(f"{run_dir} is complete: {finished.epoch} of {cfg.epochs} epochs; nothing to do")
@@ -289,7 +292,6 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
         data = build_data(cfg)
         if checkpoint is not None:
             check_checkpoint_matches(checkpoint, cfg, data.class_names, run_dir / NEWEST_CHECKPOINT)
-            report_config_changes(checkpoint, cfg)
         model = build_model(cfg, data.label_prompts, data.class_weights,
                             class_priors=data.class_priors).to(device)
     if device.type == "cuda" and not isinstance(model.clip_model.visual, clip.model.VisionTransformer):
@@ -307,8 +309,11 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
     class_counts = data.train_targets.sum(0)
 
     meter = EpochMeter()
-    state = restore_training(checkpoint, trainer, meter) if checkpoint is not None else TrainState()
+    state = TrainState()
     if checkpoint is not None:
+        state = restore_training(checkpoint, trainer, meter)
+        # For the lr and epochs the run has now: an extended run goes on along its new cosine.
+        trainer.scheduler = build_scheduler(cfg, optimizer, start_epoch=state.epoch)
         say(f"resuming {run_dir} after epoch {state.epoch}, step {state.step_in_epoch}")
     if is_main_process():
         for leftover in remove_partial_writes(run_dir):
