@@ -365,6 +365,8 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
             logger.log_epoch(0, start)
             log_pictures(0, evaluation)
             say(f"epoch 0/{cfg.epochs} (before training)  {val_line(start)}")
+            if stop.agree():
+                raise stop_here()
         for epoch in range(state.epoch, cfg.epochs):
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
@@ -399,6 +401,10 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
         summary = _summary(state, run_dir)
         logger.log_hparams(cfg.to_dict(), {f"hparam/{key}": value for key, value in summary.items()
                                            if "mAP" in key and "epoch" not in key})
+        if stop.agree():  # during the last epoch: nothing is left to save, but the caller stops
+            raise TrainingInterrupted(
+                f"stopped by {signal.Signals(stop.signal_number).name} during the last epoch, once "
+                f"it was saved: {run_dir} is complete ({state.epoch} epochs)", stop.signal_number)
     say(f"val mAP: start {percent(summary['start_val_mAP'])} (before training) -> end "
         f"{percent(summary['last_val_mAP'])} (after epoch {state.epoch}); best "
         f"{percent(state.best_mAP)} (epoch {state.best_mAP_epoch}), best tail mAP "
