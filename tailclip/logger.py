@@ -9,6 +9,8 @@ reads, the console and TensorBoard's charts, shows them in percent.
 """
 import json
 import math
+import os
+import sys
 from pathlib import Path
 
 from torch.utils.tensorboard import SummaryWriter
@@ -35,9 +37,26 @@ def percent_scalars(record: dict) -> dict:
 
 
 def say(message: str) -> None:
-    """Print from the main process only, without breaking a tqdm progress bar."""
-    if is_main_process():
+    """Print from the main process only, without breaking a tqdm progress bar.
+
+    Each line is flushed at once (a pipe or a log file shows it when it happens). When the
+    reader of the output has gone (``train.py | head``), the lines go nowhere from then on
+    and the training goes on: a closed output never costs a checkpoint."""
+    if not is_main_process():
+        return
+    try:
         tqdm.write(message)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+
+
+def _discard_stdout() -> None:
+    # Onto the same file descriptor, so that every later write, the interpreter's last
+    # flush at exit included, succeeds instead of raising again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 class RunLogger:

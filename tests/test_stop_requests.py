@@ -1,8 +1,12 @@
 """A stop request (Ctrl-C, SIGTERM) is honoured whenever it comes: during the evaluation
 before training, during the last epoch's evaluation (the run is then complete, and a sweep
-stops before starting another run). Tiny custom dataset, 2 steps per epoch, CPU."""
+stops before starting another run); an output whose reader has gone (``| head``) costs
+no checkpoint. Tiny custom dataset, 2 steps per epoch, CPU."""
 import os
 import signal
+import subprocess
+import sys
+from pathlib import Path
 
 import tailclip.training
 from tailclip.checkpoint import load_checkpoint
@@ -11,6 +15,7 @@ from tailclip.logger import read_metrics
 from sweep_fixtures import sweep_main, tiny_config, train_calls  # noqa: F401 (fixtures)
 
 NEWEST = "newest_train_checkpoint.pt"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def ctrl_c_on_evaluation(monkeypatch, call_number: int) -> None:
@@ -51,3 +56,17 @@ def test_ctrl_c_during_the_evaluation_before_training_saves_and_stops(train_main
     assert (state["epoch"], state["global_step"]) == (0, 0)
     assert train_main([f"--config={tiny_config}", "--resume"]) == 0
     assert [record["epoch"] for record in read_metrics(run_dir)] == [0, 1, 2]
+
+
+def test_closed_output_costs_no_checkpoint(tiny_config, tmp_path):
+    # `train.py | head`: the reader has gone before the first line.
+    process = subprocess.Popen([sys.executable, "train.py", f"--config={tiny_config}", "--set", "epochs=1"],
+                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process.stdout.close()
+    err = process.stderr.read().decode()
+    assert process.wait() == 0, err[-3000:]
+    assert "Error" not in err
+    run_dir = tmp_path / "runs" / "tiny"
+    assert [record["epoch"] for record in read_metrics(run_dir)] == [0, 1]
+    for name in ("best_valid_mAP.pt", "best_valid_mAP_tail.pt", NEWEST):
+        assert load_checkpoint(run_dir / name)["state"]["epoch"] == 1
