@@ -4,12 +4,16 @@ A TailCLIP checkpoint is a plain dict that is enough on its own to rebuild and u
 weights, config, class names, label prompts and backbone name, plus the optimiser,
 scheduler, scaler and random-number states that `--resume` needs. It holds only tensors and
 Python primitives, so it loads with ``torch.load(weights_only=True)``: opening a checkpoint
-never runs code from the file.
+never runs code from the file. Since version 2 it carries a checksum of its contents
+(``checksum``: CRC-32 over every tensor's bytes and every other value), which every load
+verifies: flipped bits on a disk or in a copy are an error naming the file, never weights
+used silently.
 """
 import contextlib
 import os
 import random
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +22,8 @@ import torch
 from tailclip.errors import MissingFileError, TailCLIPError
 
 FORMAT = "tailclip-checkpoint"
-VERSION = 1
+VERSION = 2
+CHECKSUM_KEY = "checksum"
 
 
 class CheckpointError(TailCLIPError, RuntimeError):
@@ -100,7 +105,46 @@ def load_checkpoint(path, map_location="cpu") -> dict:
             f"{path} has checkpoint version {checkpoint['version']}, newer than this code "
             f"understands ({VERSION}); update TailCLIP"
         )
+    # Version 1 checkpoints were written before checksums.
+    if checkpoint.get("version", 0) >= 2 and checkpoint.get(CHECKSUM_KEY) != content_checksum(checkpoint):
+        raise CheckpointError(
+            f"{path} is damaged: its contents do not match the checksum written with them (a "
+            "disk or copy error); use another checkpoint or train again")
     return checkpoint
+
+
+def with_checksum(checkpoint: dict) -> dict:
+    """``checkpoint`` with the checksum of its contents that `load_checkpoint` verifies."""
+    return {**checkpoint, CHECKSUM_KEY: content_checksum(checkpoint)}
+
+
+def content_checksum(checkpoint: dict) -> str:
+    """CRC-32 of a checkpoint's contents (its ``checksum`` entry left out): the bytes of every
+    tensor with its dtype and shape, the repr of every other value, in the dicts' order
+    (which torch.save keeps)."""
+    crc = 0
+    for key, value in checkpoint.items():
+        if key != CHECKSUM_KEY:
+            crc = _crc(value, _crc(key, crc))
+    return f"crc32:{crc:08x}"
+
+
+def _crc(value, crc: int) -> int:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        crc = zlib.crc32(f"tensor {tensor.dtype} {tuple(tensor.shape)}".encode(), crc)
+        return zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)
+    if isinstance(value, dict):
+        crc = zlib.crc32(f"dict {len(value)}".encode(), crc)
+        for key, item in value.items():
+            crc = _crc(item, _crc(key, crc))
+        return crc
+    if isinstance(value, (list, tuple)):
+        crc = zlib.crc32(f"{type(value).__name__} {len(value)}".encode(), crc)
+        for item in value:
+            crc = _crc(item, crc)
+        return crc
+    return zlib.crc32(repr(value).encode(), crc)
 
 
 def rng_states() -> dict:

@@ -25,7 +25,7 @@ import socket
 import threading
 from pathlib import Path
 
-from tailclip.checkpoint import FORMAT, VERSION, restore_rng_states
+from tailclip.checkpoint import FORMAT, VERSION, restore_rng_states, with_checksum
 from tailclip.config import Config, ConfigError
 from tailclip.distributed import main_process_outcome, rank_and_world
 from tailclip.errors import TailCLIPError
@@ -288,7 +288,7 @@ def model_from_checkpoint(checkpoint: dict, path="checkpoint") -> tuple[TailCLIP
 def training_checkpoint(cfg: Config, data, trainer, state: TrainState, meter, rng: list[dict]) -> dict:
     """Everything needed to resume training, or to use the model without the data; ``rng``
     holds the random-number states of every process, by rank (`checkpoint.rng_states`)."""
-    return {
+    return with_checksum({
         "format": FORMAT,
         "version": VERSION,
         **model_state(trainer.model, cfg),
@@ -305,7 +305,7 @@ def training_checkpoint(cfg: Config, data, trainer, state: TrainState, meter, rn
         "label_prompts": list(data.label_prompts),
         "groups": data.groups,
         "rng": rng,
-    }
+    })
 
 
 def restore_training(checkpoint: dict, trainer, meter) -> TrainState:

@@ -12,7 +12,8 @@ from tailclip.logger import RunLogger, read_metrics
 
 
 def _checkpoint(value: float) -> dict:
-    return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "model": {"w": torch.full((4,), value)}}
+    return ckpt.with_checksum({"format": ckpt.FORMAT, "version": ckpt.VERSION,
+                               "model": {"w": torch.full((4,), value)}})
 
 
 def test_save_atomic_round_trip_leaves_no_temporary_file(tmp_path):
@@ -71,9 +72,35 @@ def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="truncated.pt"):
         ckpt.load_checkpoint(truncated)
 
-    newer = ckpt.save_atomic({**_checkpoint(1.0), "version": ckpt.VERSION + 1}, tmp_path / "new.pt")
+    newer = ckpt.save_atomic(ckpt.with_checksum({**_checkpoint(1.0), "version": ckpt.VERSION + 1}),
+                             tmp_path / "new.pt")
     with pytest.raises(ckpt.CheckpointError, match="newer than this code"):
         ckpt.load_checkpoint(newer)
+
+
+def test_flipped_bytes_in_a_tensor_are_an_error_naming_the_file(tmp_path):
+    weights = torch.arange(4096, dtype=torch.float32)
+    path = ckpt.save_atomic(ckpt.with_checksum({**_checkpoint(1.0), "model": {"w": weights},
+                                                "state": {"epoch": 3}}), tmp_path / "best.pt")
+    data = bytearray(path.read_bytes())
+    start = data.find(weights.numpy().tobytes())  # torch.save stores tensor bytes as they are
+    assert start > 0
+    for offset in range(start + 1000, start + 1016):  # 16 flipped bytes inside the tensor
+        data[offset] ^= 0xFF
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    assert torch.load(damaged, weights_only=True)["state"] == {"epoch": 3}  # torch itself does not notice
+    with pytest.raises(ckpt.CheckpointError, match=f"{damaged} is damaged: its contents do not match"):
+        ckpt.load_checkpoint(damaged)
+    assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], weights)
+
+
+def test_checksum_covers_values_besides_tensors():
+    checkpoint = _checkpoint(1.0)
+    for changed in ({"state": {"epoch": 2}}, {"model": {"w": torch.ones(4, dtype=torch.float64)}},
+                    {"model": {"w": torch.ones(2, 2)}}, {"config": [1, 2]}):
+        assert ckpt.content_checksum({**checkpoint, **changed}) != checkpoint["checksum"]
+    assert ckpt.content_checksum(checkpoint) == checkpoint["checksum"]
 
 
 def _draw() -> tuple:
@@ -85,7 +112,8 @@ def test_rng_states_survive_a_checkpoint_file(tmp_path):
     np.random.seed(2)
     torch.manual_seed(3)
     np.random.randn()  # leaves a cached gaussian in numpy's state
-    path = ckpt.save_atomic({**_checkpoint(0.0), "rng": ckpt.rng_states()}, tmp_path / "c.pt")
+    path = ckpt.save_atomic(ckpt.with_checksum({**_checkpoint(0.0), "rng": ckpt.rng_states()}),
+                            tmp_path / "c.pt")
     expected = _draw()
     _draw()  # move every generator on
     ckpt.restore_rng_states(ckpt.load_checkpoint(path)["rng"])
