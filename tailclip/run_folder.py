@@ -179,6 +179,27 @@ def _exit_on_signal(signal_number, frame):
     raise SystemExit(128 + signal_number)
 
 
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint that ``--resume`` continues from: ``newest_train_checkpoint.pt``, or,
+    for a run that never wrote it (its first write failed, or ``save_newest_checkpoint =
+    False``), the most recent best checkpoint (each holds the whole training state of its
+    epoch); None when the folder holds no checkpoint."""
+    if (run_dir / NEWEST_CHECKPOINT).is_file():
+        return run_dir / NEWEST_CHECKPOINT
+    best = [path for path in (run_dir / BEST_MAP_CHECKPOINT, run_dir / BEST_TAIL_CHECKPOINT) if path.is_file()]
+    return max(best, key=lambda path: path.stat().st_mtime_ns) if best else None
+
+
+RESTART_ADVICE = "start the run again with --overwrite (deletes its logs)"
+
+
+def how_to_go_on(run_dir: Path) -> str:
+    """What the user can do with the run in ``run_dir``, as its files allow."""
+    if resume_checkpoint(run_dir) is not None:
+        return "continue it with --resume"
+    return f"{RESTART_ADVICE}: it has no checkpoint to resume from"
+
+
 def run_files(run_dir: Path, patterns=RUN_RECORDS) -> list[Path]:
     """The files in ``run_dir`` that match ``patterns``, sorted."""
     return sorted({path for pattern in patterns for path in run_dir.glob(pattern) if path.is_file()})
@@ -199,6 +220,11 @@ def _clear_for_new_run(run_dir: Path, overwrite: bool) -> None:
     earlier = run_files(run_dir)
     if earlier and not overwrite:
         names = ", ".join(path.name for path in earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+        if resume_checkpoint(run_dir) is None:
+            raise RunFolderError(
+                f"{run_dir} holds an earlier run ({names}) that stopped before its first "
+                f"checkpoint; nothing was changed. To go on, {RESTART_ADVICE}, or start another "
+                "run with --run-name NAME")
         raise RunFolderError(
             f"{run_dir} holds an earlier run ({names}); nothing was changed. Continue it with "
             "--resume, start another run with --run-name NAME, or replace it with --overwrite "

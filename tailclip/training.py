@@ -38,7 +38,7 @@ from tailclip.data import build_data
 from tailclip.distributed import (DistInfo, all_processes_objects, any_over_processes, barrier,
                                   distribute_model, init_distributed, is_main_process,
                                   main_process_first, max_over_processes)
-from tailclip.errors import MissingFileError, TailCLIPError
+from tailclip.errors import MissingFileError, NoSpaceError, TailCLIPError
 from tailclip.evaluation import (Evaluation, NonFiniteScoresError, evaluate_model, percent, val_line,
                                  val_record)
 from tailclip.factory import build_model, seed_everything, set_cpu_threads
@@ -50,7 +50,8 @@ from tailclip.precision import autocast, grad_scaler, resolve_precision, set_tf3
 from tailclip.progress import show_progress
 from tailclip.run_folder import (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT, NEWEST_CHECKPOINT,
                                  TrainState, check_checkpoint_matches, claimed_run_folder,
-                                 restore_training, resumed_config, run_files,
+                                 RESTART_ADVICE, how_to_go_on, restore_training, resume_checkpoint,
+                                 resumed_config, run_files,
                                  training_checkpoint)
 
 
@@ -265,18 +266,24 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
     processes = init_distributed(cfg.device)
     checkpoint = None
     if resume:
-        if not (run_dir / NEWEST_CHECKPOINT).is_file():
-            hint = ("; the run stopped before its first checkpoint: start it again with --overwrite"
+        path = resume_checkpoint(run_dir)
+        if path is None:
+            hint = (f"; the run stopped before its first checkpoint: {RESTART_ADVICE}"
                     if run_files(run_dir) else "")
             raise MissingFileError(f"cannot resume: no {run_dir / NEWEST_CHECKPOINT}{hint}")
-        checkpoint = load_checkpoint(run_dir / NEWEST_CHECKPOINT)
-        cfg = resumed_config(checkpoint, cfg, given_options, run_dir / NEWEST_CHECKPOINT)
+        if path.name != NEWEST_CHECKPOINT:
+            say(f"resume: no {NEWEST_CHECKPOINT} in {run_dir}; continuing from {path.name}")
+        checkpoint = load_checkpoint(path)
+        cfg = resumed_config(checkpoint, cfg, given_options, path)
         finished = TrainState(**checkpoint["state"])
         if finished.epoch >= cfg.epochs:
             say(f"{run_dir} is complete: {finished.epoch} of {cfg.epochs} epochs; nothing to do")
             return _summary(finished, run_dir)
     with claimed_run_folder(run_dir, resume, overwrite):
-        return _train_in(run_dir, cfg, checkpoint, processes, on_epoch)
+        try:
+            return _train_in(run_dir, cfg, checkpoint, processes, on_epoch)
+        except NoSpaceError as error:  # the files written before are intact
+            raise NoSpaceError(f"{error}; free some space, then {how_to_go_on(run_dir)}") from None
 
 
 def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: DistInfo,

@@ -111,7 +111,7 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_says_how_to_restart(
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text('{"epoch": 0, "mAP_unit": "fraction", "val/mAP": 0.1}\n')
     assert train_main(train_args(tmp_path, "early", "--resume")) == 1
-    assert "stopped before its first checkpoint: start it again with --overwrite" in capsys.readouterr().err
+    assert "stopped before its first checkpoint: start the run again with --overwrite" in capsys.readouterr().err
 
 
 def test_resume_after_a_step_without_readable_images(train_main, tmp_path, monkeypatch):
