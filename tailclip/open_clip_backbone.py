@@ -18,13 +18,14 @@ import contextlib
 import difflib
 import functools
 import os
+import pickle
 import urllib.parse
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from clip.factory import cache_dir
+from clip.factory import cache_dir, check_weights_file
 
 from .config import OPEN_CLIP_PREFIX
 from .errors import TailCLIPError
@@ -220,9 +221,14 @@ def build_open_clip_backbone(model_name: str, pretrained: bool | str) -> nn.Modu
 
 @contextlib.contextmanager
 def weights_must_fit(model_name: str, path: Path):
-    """A checkpoint of another architecture is the user's error, named in one line."""
+    """A checkpoint of another architecture, or a file that is no checkpoint, is the user's
+    error, named in one line."""
+    check_weights_file(path)
     try:
         yield
+    except (pickle.UnpicklingError, EOFError, KeyError):  # torch.load's, on a damaged file
+        raise OpenCLIPError(f"{path}: cannot be read as a weights file (truncated or damaged, or "
+                            "holding Python objects other than tensors)") from None
     except RuntimeError as error:
         detail = " ".join(str(error).split())  # torch's message spans many lines
         raise OpenCLIPError(f"{path}: the weights do not fit {model_name!r}: "

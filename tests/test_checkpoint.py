@@ -1,5 +1,6 @@
 """Checkpoint files (atomic writes, clear load errors, RNG states) and the run logger."""
 import json
+import os
 import random
 
 import numpy as np
@@ -8,6 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tailclip import checkpoint as ckpt
+from tailclip.errors import TailCLIPError
 from tailclip.logger import RunLogger, read_metrics
 
 
@@ -160,6 +162,25 @@ def test_resumed_logger_drops_records_after_the_checkpoint(tmp_path):
     logger.close()
     assert [(r["epoch"], r["val/loss"]) for r in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 30.0)]
     assert _scalars(tmp_path)["val/loss"] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+def test_torn_last_line_is_left_out_and_the_rewrite_on_resume_is_atomic(tmp_path, monkeypatch):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"epoch": 1, "val/mAP": 0.5}\n{"epoch": 2, "val/mAP": 0.6}\n{"epoch": 3, "val/m')
+    assert read_metrics(tmp_path) == [{"epoch": 1, "val/mAP": 0.5}, {"epoch": 2, "val/mAP": 0.6}]
+    before = metrics.read_bytes()
+
+    def killed_while_writing(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", killed_while_writing)  # during the rewrite, before its rename
+    with pytest.raises(KeyboardInterrupt):
+        RunLogger(tmp_path, resume_epoch=1)
+    monkeypatch.undo()
+    assert metrics.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+    metrics.write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')  # damage before the last line: named
+    with pytest.raises(TailCLIPError, match=f"{metrics}:2: not a JSON record"):
+        read_metrics(tmp_path)
 
 
 def test_disabled_logger_writes_nothing(tmp_path):

@@ -175,6 +175,20 @@ def test_a_checkpoint_of_another_architecture_is_a_one_line_error(tmp_path, name
     assert "\n" not in str(error.value)
 
 
+@pytest.mark.parametrize("name", ["tailclip-test-sigmoid", "tailclip-test-standard"])
+@pytest.mark.parametrize("content, what", [(b"hello\n", "text ('hello')"),
+                                           (b"<!DOCTYPE html><html><body>404</body></html>", "an HTML page")])
+def test_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path, name, content, what):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(TailCLIPError) as error:
+        build_clip(config(name, pretrained=str(path)))
+    message = str(error.value)
+    assert message.startswith(f"{path} is not a weights file (a PyTorch checkpoint or safetensors): "
+                              f"it holds {what}")
+    assert "\n" not in message and "weights_only" not in message
+
+
 def test_unknown_model_name_lists_close_matches():
     with pytest.raises(TailCLIPError, match=r"unknown open_clip model 'ViT-B-61'.*close matches: .*ViT-B-16"):
         build_clip(config("tailclip-test-sigmoid", model_name="open_clip:ViT-B-61"))

@@ -38,6 +38,7 @@ folder and the space needed (never a bus error from a memory-mapped page without
 """
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
@@ -191,7 +192,8 @@ class CachedImages:
                 _allocate_blocks(f, offset + needed)
             return np.memmap(temp, dtype=np.uint8, mode="r+", offset=offset, shape=shape)
         except OSError as error:
-            temp.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # none was made where the folder cannot be
+                temp.unlink()
             raise self._write_error(temp, error, needed) from None
 
     def _write_error(self, path: Path, error: OSError, needed: int) -> CacheWriteError:
