@@ -23,12 +23,13 @@ import os
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
 from tailclip.checkpoint import FORMAT, VERSION, restore_rng_states, with_checksum
 from tailclip.config import Config, ConfigError
 from tailclip.distributed import main_process_outcome, rank_and_world
-from tailclip.errors import TailCLIPError
+from tailclip.errors import TailCLIPError, no_space_error
 from tailclip.factory import build_model
 from tailclip.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, say
 from tailclip.model import TailCLIP
@@ -39,6 +40,7 @@ BEST_MAP_CHECKPOINT = "best_valid_mAP.pt"
 BEST_TAIL_CHECKPOINT = "best_valid_mAP_tail.pt"
 NEWEST_CHECKPOINT = "newest_train_checkpoint.pt"
 LOCK_FILE = ".lock"
+UNFINISHED_LOCK_SECONDS = 10
 # A folder holds a run once any of these exists; --overwrite deletes them and the run's other
 # outputs (its config, unfinished checkpoint writes, test.py's reports and charts).
 RUN_RECORDS = ("*.pt", METRICS_FILE, "events.out.tfevents.*")
@@ -122,6 +124,10 @@ class RunLock:
                 owner = lock.owner()
             except FileNotFoundError:  # released in the meantime
                 continue
+            if owner is None and lock._unfinished_long_ago():
+                lock.path.unlink(missing_ok=True)
+                say(f"removed the stale lock {lock.path}: empty or unreadable, and not being written")
+                continue
             if owner is None or not owner.is_gone(lock.path):
                 raise RunFolderError(lock._in_use_message(owner))
             lock.path.unlink(missing_ok=True)
@@ -135,10 +141,24 @@ class RunLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(dataclasses.asdict(LockOwner.this_process()), f)
-            f.write("\n")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(dataclasses.asdict(LockOwner.this_process()), f)
+                f.write("\n")
+        except OSError as error:  # a lock that does not say whose it is must not stay
+            self.path.unlink(missing_ok=True)
+            raise no_space_error(self.path, error) or error
         return True
+
+    def _unfinished_long_ago(self) -> bool:
+        """Whether the unreadable lock file was last written long before now: a training
+        writes its lock within milliseconds of creating it, so one that is still empty or
+        cut short after `UNFINISHED_LOCK_SECONDS` belongs to none (it was killed, or met a
+        full disk, in between)."""
+        try:
+            return time.time() - self.path.stat().st_mtime > UNFINISHED_LOCK_SECONDS
+        except FileNotFoundError:
+            return False
 
     def owner(self) -> LockOwner | None:
         """Who holds the lock; None when the file cannot be read as a lock (being written,
