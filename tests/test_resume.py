@@ -112,6 +112,11 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_says_how_to_restart(
     (run_dir / "metrics.jsonl").write_text('{"epoch": 0, "mAP_unit": "fraction", "val/mAP": 0.1}\n')
     assert train_main(train_args(tmp_path, "early", "--resume")) == 1
     assert "stopped before its first checkpoint: start the run again with --overwrite" in capsys.readouterr().err
+    # Without --resume: the same advice, never "continue it with --resume".
+    assert train_main(train_args(tmp_path, "early")) == 1
+    error = capsys.readouterr().err
+    assert "stopped before its first checkpoint" in error and "start the run again with --overwrite" in error
+    assert "--resume" not in error
 
 
 def test_resume_after_a_step_without_readable_images(train_main, tmp_path, monkeypatch):
