@@ -249,8 +249,9 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
     ``resume`` continues the run from its newest checkpoint, and changes nothing when that
     run is complete. A resumed run trains with its own saved config, changed only in the
     ``given_options`` (the names of the options set on the command line; None: every
-    option) to ``cfg``'s values, where `run_folder.resumed_config` allows it. Either way a folder that another training holds is refused
-    (``RunFolderError``, before anything in it changes).
+    option) to ``cfg``'s values, where `run_folder.resumed_config` allows it. Either way a
+    folder that another training holds is refused (``RunFolderError``, before anything in
+    it changes).
 
     ``on_epoch(epoch, record)`` is called after each epoch's checkpoints are written, with
     the epoch's ``metrics.jsonl`` record; an exception it raises (a search pruning the run)
