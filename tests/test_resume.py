@@ -119,6 +119,20 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_says_how_to_restart(
     assert "--resume" not in error
 
 
+def test_mid_epoch_resume_with_dataloader_workers_is_exact(train_main, tmp_path, monkeypatch):
+    # The JPEG path with 2 worker processes: 16 images in 4 steps of 4; Ctrl-C in step 2.
+    root = write_dataset(tmp_path / "data")
+    config = write_config(tmp_path / "tiny.py", root, tmp_path / "runs", batch_size=4, image_cache=False,
+                          num_workers=2, loss_function=["bal"])
+    assert train_main([f"--config={config}", "--run-name=straight"]) == 0
+    ctrl_c_on_forward_call(monkeypatch, 2)
+    assert train_main([f"--config={config}", "--run-name=broken"]) == 130
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "runs" / "broken" / NEWEST)["state"]["step_in_epoch"] == 2
+    assert train_main([f"--config={config}", "--run-name=broken", "--resume"]) == 0
+    assert_same_run(tmp_path / "runs" / "broken", tmp_path / "runs" / "straight")
+
+
 def test_resume_after_a_step_without_readable_images(train_main, tmp_path, monkeypatch):
     # 16 images in 4 steps of 4 (the tiny dataset, one epoch); every image of step 2 is
     # unreadable, so that step is skipped; Ctrl-C in step 3 (the second forward pass).
