@@ -8,6 +8,9 @@ import pytest
 
 from tailclip.checkpoint import load_checkpoint
 from tailclip.logger import read_metrics
+from tailclip.sweep import Setting, run_grid
+
+from sweep_fixtures import tiny_config  # noqa: F401 (fixture)
 
 NEWEST = "newest_train_checkpoint.pt"
 
@@ -71,3 +74,12 @@ def test_options_that_cannot_change_during_a_run_are_refused(train_main, tmp_pat
         assert "\n" not in error and f"with {key} = " in error, error
         assert f"{key} cannot change during a run" in error
     assert {path.name: path.stat().st_mtime_ns for path in run_dir.iterdir()} == before
+
+
+def test_a_sweep_run_again_with_more_epochs_extends_its_runs(tiny_config, tmp_path):
+    settings = [Setting("plain", ())]
+    assert run_grid(tiny_config, ["epochs=1"], settings, [0], "sw", log=lambda line: None) == {"plain_seed0": "trained"}
+    assert run_grid(tiny_config, ["epochs=3"], settings, [0], "sw", log=lambda line: None) == {"plain_seed0": "resumed"}
+    run_dir = tmp_path / "runs" / "sw" / "plain_seed0"
+    assert logged_lrs(run_dir) == pytest.approx([1e-3, cosine(1e-3, 1, 3), cosine(1e-3, 2, 3)], rel=1e-12)
+    assert saved_config(run_dir)["epochs"] == 3
