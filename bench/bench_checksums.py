@@ -8,7 +8,8 @@
    cache held in memory: 1,142 train + 4,952 test images at 224x224x3 uint8 (random bytes;
    CRC-32 does not depend on the values).
 
-    python bench/bench_checksums.py --checkpoint runs/demo/newest_train_checkpoint.pt --cache datasets/synthetic_mlt/cache
+    python bench/bench_checksums.py --checkpoint runs/demo/newest_train_checkpoint.pt \
+        --cache datasets/synthetic_mlt/cache
 """
 import argparse
 import sys

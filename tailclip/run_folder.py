@@ -206,7 +206,7 @@ def resume_checkpoint(run_dir: Path) -> Path | None:
     epoch); None when the folder holds no checkpoint."""
     if (run_dir / NEWEST_CHECKPOINT).is_file():
         return run_dir / NEWEST_CHECKPOINT
-    best = [path for path in (run_dir / BEST_MAP_CHECKPOINT, run_dir / BEST_TAIL_CHECKPOINT) if path.is_file()]
+    best = [run_dir / name for name in (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT) if (run_dir / name).is_file()]
     return max(best, key=lambda path: path.stat().st_mtime_ns) if best else None
 
 

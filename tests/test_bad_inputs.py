@@ -316,5 +316,6 @@ def test_pretrained_file_that_is_no_checkpoint_is_named_without_torch_advice(tmp
             main = runpy.run_path(str(REPO / script))["main"]
             assert main([*args, *extra, "--set", f"pretrained={path}"]) == 1, (script, name)
             stderr = capsys.readouterr().err
-            check_message(stderr, [f"{path} is not a weights file", f"it holds {what}"], ["weights_only", "KeyError"])
+            check_message(stderr, [f"{path} is not a weights file", f"it holds {what}"],
+                          ["weights_only", "KeyError"])
             assert stderr.count("\n") == 1
