@@ -89,6 +89,8 @@ class RunLogger:
     def _truncate_metrics(self, last_epoch: int) -> None:
         # Written beside and renamed over the file: a crash during the rewrite leaves the old
         # records, never half of them.
+        for leftover in self.run_dir.glob(f".{METRICS_FILE}.*.tmp"):  # of a rewrite killed before
+            leftover.unlink(missing_ok=True)
         if not self.metrics_path.exists():
             return
         lines = self.metrics_path.read_text().splitlines(keepends=True)

@@ -44,7 +44,8 @@ UNFINISHED_LOCK_SECONDS = 10
 # A folder holds a run once any of these exists; --overwrite deletes them and the run's other
 # outputs (its config, unfinished checkpoint writes, test.py's reports and charts).
 RUN_RECORDS = ("*.pt", METRICS_FILE, "events.out.tfevents.*")
-RUN_OUTPUTS = (*RUN_RECORDS, CONFIG_FILE, ".*.pt.*.tmp", "test_*.json", "per_class_ap*.png")
+RUN_OUTPUTS = (*RUN_RECORDS, CONFIG_FILE, ".*.pt.*.tmp", f".{METRICS_FILE}.*.tmp", "test_*.json",
+               "per_class_ap*.png")
 
 
 class RunFolderError(TailCLIPError):

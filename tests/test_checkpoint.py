@@ -178,6 +178,9 @@ def test_torn_last_line_is_left_out_and_the_rewrite_on_resume_is_atomic(tmp_path
         RunLogger(tmp_path, resume_epoch=1)
     monkeypatch.undo()
     assert metrics.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+    (tmp_path / ".metrics.jsonl.999.tmp").write_text("{")  # a rewrite killed before its rename
+    RunLogger(tmp_path, resume_epoch=1).close()
+    assert not (tmp_path / ".metrics.jsonl.999.tmp").exists() and len(read_metrics(tmp_path)) == 1
     metrics.write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')  # damage before the last line: named
     with pytest.raises(TailCLIPError, match=f"{metrics}:2: not a JSON record"):
         read_metrics(tmp_path)
