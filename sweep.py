@@ -44,8 +44,17 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from tailclip.sweep import (SweepError, expand, parse_grid, parse_range, parse_seeds, parse_variant,
-                                run_grid, run_search, sweep_folder)
+    from tailclip.sweep import (
+        SweepError,
+        expand,
+        parse_grid,
+        parse_range,
+        parse_seeds,
+        parse_variant,
+        run_grid,
+        run_search,
+        sweep_folder,
+    )
     from tailclip.sweep_report import write_report
 
     if not args.config or not args.name:

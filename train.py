@@ -5,11 +5,15 @@ the checkpoints ``best_valid_mAP.pt``, ``best_valid_mAP_tail.pt`` and
 ``newest_train_checkpoint.pt``. The run name is the config file's stem unless ``--run-name``.
 A folder that holds an earlier run is refused (exit 1, nothing changed) unless ``--resume``
 continues that run or ``--overwrite`` deletes it first; so is a folder in which another
-training runs (its lock file ``.lock`` names the process and host). ``--resume`` on a
-complete run says so and exits 0.
+training runs (its lock file ``.lock`` names the process and host). ``--resume`` continues
+the run with its own saved config, changed only by the ``--set`` options given now: ``epochs``
+and ``lr`` (the cosine schedule rebuilt from the epoch reached) and those of how it runs
+(device, threads, workers, ...); any other is refused in one line. On a complete run it says
+so and exits 0.
 Several GPUs or nodes: ``torchrun --nproc_per_node=N train.py ...`` (see the README).
-Exit codes: 0 done, 1 error (a bad config or input, a non-finite loss), 130 stopped by
-Ctrl-C (143 by SIGTERM) after saving the newest checkpoint. Progress bars are drawn only
+Exit codes: 0 done, 1 error (a bad config or input, a non-finite loss, no space left), 130
+stopped by Ctrl-C (143 by SIGTERM) at any moment, after saving the newest checkpoint (a second
+Ctrl-C: at once, nothing saved since the last checkpoint). Progress bars are drawn only
 when stderr is a terminal (``TAILCLIP_PROGRESS=1`` or ``0`` forces them on or off); every
 epoch prints one line either way.
 """
@@ -28,7 +32,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="override a config option (repeatable), e.g. --set epochs=2")
     earlier_run = parser.add_mutually_exclusive_group()
     earlier_run.add_argument("--resume", action="store_true",
-                             help="continue the run from its newest_train_checkpoint.pt")
+                             help="continue the run from its newest_train_checkpoint.pt, with its own "
+                                  "config (--set may change epochs, lr and how it runs)")
     earlier_run.add_argument("--overwrite", action="store_true",
                              help="delete the earlier run in the run folder (checkpoints, logs) and start afresh")
     parser.add_argument("--run-name", help="name of the run folder (default: the config's stem)")
@@ -44,7 +49,8 @@ def main(argv=None) -> int:
 
     try:
         cfg = load_config(args.config, args.overrides)
-        train(cfg, args.run_name or Path(args.config).stem, resume=args.resume, overwrite=args.overwrite)
+        train(cfg, args.run_name or Path(args.config).stem, resume=args.resume, overwrite=args.overwrite,
+              given_options=[text.partition("=")[0].strip() for text in args.overrides])
     except TailCLIPError as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 1

@@ -50,8 +50,7 @@ from tailclip.config import Config  # noqa: E402
 from tailclip.data import BalancedSampler, build_data  # noqa: E402
 from tailclip.metrics import evaluate  # noqa: E402
 from tailclip.optim import build_optimizer, build_scheduler  # noqa: E402
-from tailclip.precision import (PER_OPERATOR_TF32, autocast, grad_scaler, resolve_precision,  # noqa: E402
-                                set_tf32, tf32_flags)
+from tailclip.precision import PER_OPERATOR_TF32, autocast, grad_scaler, resolve_precision, set_tf32, tf32_flags  # noqa: E402
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",

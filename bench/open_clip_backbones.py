@@ -18,8 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import open_clip  # noqa: E402
 
-from tailclip.open_clip_backbone import (OpenCLIPBackbone, build_open_clip_backbone,  # noqa: E402
-                                         native_size, pretrained_entry)
+from tailclip.open_clip_backbone import OpenCLIPBackbone, build_open_clip_backbone, native_size, pretrained_entry  # noqa: E402
 
 BACKBONES = [
     ("ViT-H-14-378", "dfn5b"),

@@ -60,10 +60,34 @@ def _is_torchscript_archive(path: Path) -> bool:
         return any(Path(name).name == "constants.pkl" for name in archive.namelist())
 
 
+def check_weights_file(path: str | os.PathLike) -> None:
+    """`WeightsFileError` naming ``path`` when its first bytes are those of no weights file
+    (a PyTorch zip or legacy pickle, a TorchScript archive, safetensors): a text or an HTML
+    page, as a failed download leaves, gets one line saying what it is, never torch's
+    unpickling error (whose advice, ``weights_only=False``, would run code from the file)."""
+    with open(path, "rb") as f:
+        head = f.read(512)
+    is_zip, is_pickle = head.startswith(b"PK\x03\x04"), head.startswith(b"\x80")
+    is_safetensors = len(head) > 8 and head[8:9] == b"{"  # 8-byte header length, then JSON
+    if is_zip or is_pickle or is_safetensors:
+        return
+    if not head:
+        what = "an empty file"
+    elif b"<html" in head.lower() or head.lstrip().lower().startswith(b"<!doctype html"):
+        what = "an HTML page (what a failed download often leaves)"
+    else:
+        try:
+            what = f"text ({head[:40].decode().strip()!r}{'...' if len(head) > 40 else ''})"
+        except UnicodeDecodeError:
+            what = "bytes of another format"
+    raise WeightsFileError(f"{path} is not a weights file (a PyTorch checkpoint or safetensors): it holds {what}")
+
+
 def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The weights in a checkpoint file: an OpenAI TorchScript archive (whose graph is never
     run), a plain state dict, or a dict wrapping one under "state_dict" or "model"."""
     path = Path(path)
+    check_weights_file(path)
     if _is_torchscript_archive(path):
         with warnings.catch_warnings():
             # torch.jit is deprecated, but it is the only reader of OpenAI's archives.
@@ -104,10 +128,15 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", ji
         raise MissingFileError(f"{str(name_or_path)!r} is neither a CLIP model with weights "
                                f"({', '.join(available_models())}) nor a checkpoint file "
                                "(clip.create_model builds any architecture with random weights)")
+    check_weights_file(path)
     try:
         model = build_model(read_state_dict(path))
-    # What torch.load, torch.jit.load and build_model raise for a file that is not CLIP's weights.
-    except (ValueError, RuntimeError, pickle.UnpicklingError, EOFError) as error:
+    except (pickle.UnpicklingError, EOFError, KeyError) as error:  # torch.load's, on a damaged file
+        raise WeightsFileError(f"{path} does not hold CLIP weights: it cannot be read as a weights "
+                               "file (truncated or damaged, or holding Python objects other than "
+                               "tensors)") from error
+    # What torch.jit.load and build_model raise for a file that is not CLIP's weights.
+    except (ValueError, RuntimeError) as error:
         raise WeightsFileError(f"{path} does not hold CLIP weights: {error}") from error
     model = model.to(device)
     return model, clip_transform(model.visual.input_resolution)

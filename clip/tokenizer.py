@@ -42,7 +42,7 @@ def bpe_path() -> Path:
     return SHIPPED_BPE
 
 
-@functools.lru_cache()
+@functools.lru_cache
 def bytes_to_unicode() -> dict[int, str]:
     """A reversible map from every byte to a printable unicode character (no whitespace or
     control characters), so that BPE can work on strings."""
@@ -119,7 +119,7 @@ class SimpleTokenizer:
         return data.decode("utf-8", errors="replace").replace("</w>", " ")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_tokenizer() -> SimpleTokenizer:
     """The shared tokenizer (the vocabulary is read once per process)."""
     return SimpleTokenizer()

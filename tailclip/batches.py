@@ -6,7 +6,8 @@ processes: this process's share of those batches, ``tailclip.distributed.eval_sh
 the middle of an epoch skips the steps already taken and sees the batches an unbroken run
 would have seen: the order depends on (seed, epoch) only, cached-path flips on (seed,
 epoch, step), and JPEG-path flips on torch's generator, whose state the checkpoint restores
-(in DataLoader workers: seeded from (seed, epoch), exact at epoch boundaries).
+(in DataLoader workers, which a resume starts afresh: seeded per sample by (seed, epoch,
+rank, place in the epoch), `SeededSamples`).
 
 With ``skip_unreadable_images`` a batch leaves out the images that cannot be read. A
 training step whose global batch has no readable image is skipped (None in place of the
@@ -22,14 +23,20 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.utils.data import BatchSampler, DataLoader, Sampler
+from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from clip import trim_padding
 from tailclip.config import Config
 from tailclip.data import MEANS_STDS, BalancedSampler, collate_skip_none
 from tailclip.data.cache import CachedImages, CachedMultiLabelDataset, to_model_input
-from tailclip.distributed import (eval_shard, is_main_process, local_batch_size,
-                                  main_process_first, max_over_processes, rank_and_world)
+from tailclip.distributed import (
+    eval_shard,
+    is_main_process,
+    local_batch_size,
+    main_process_first,
+    max_over_processes,
+    rank_and_world,
+)
 from tailclip.logger import say
 from tailclip.progress import show_progress
 from tailclip.text_tokens import text_tokenizer
@@ -49,6 +56,39 @@ class ResumableSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.sampler) - self.skip
+
+
+class SeededSamples(Dataset):
+    """``dataset``'s items by ``(sample_seed, index)``, each drawn with torch's generator
+    seeded by ``sample_seed`` first: the random transforms (flips) of an item depend on its
+    seed alone, not on which DataLoader worker reads it or what that worker read before."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, seeded):
+        sample_seed, index = seeded
+        torch.manual_seed(sample_seed)
+        return self.dataset[index]
+
+
+class SeededSampler(Sampler):
+    """A `ResumableSampler`'s indices as `SeededSamples` keys: the k-th sample of this
+    process in epoch e gets the seed (seed, e, rank, k), wherever the epoch was resumed."""
+
+    def __init__(self, sampler: ResumableSampler, seed: int, rank: int):
+        self.sampler, self.seed, self.rank = sampler, seed, rank
+
+    def __iter__(self):
+        epoch = self.sampler.sampler.epoch
+        return ((seed_of(self.seed, epoch, self.rank, position, 3), index)
+                for position, index in enumerate(self.sampler, start=self.sampler.skip))
+
+    def __len__(self) -> int:
+        return len(self.sampler)
 
 
 # Under torch.compile every caption length is another input shape, so another graph to trace
@@ -239,8 +279,11 @@ def build_split_batches(cfg: Config, data, train: bool, device: torch.device) ->
                             sampler=BatchSampler(order, batch_size, drop_last=False),
                             batch_size=None, num_workers=0, **common)
     else:
-        # Training workers draw random flips: restarting them each epoch, seeded from
-        # (seed, epoch), keeps a resumed run identical to an unbroken one.
+        # In this process the flips come from torch's generator, which a checkpoint restores;
+        # worker processes start afresh after a resume, so there each sample's flip is seeded
+        # by its place in the epoch instead, and a resumed run flips as an unbroken one.
+        if train and cfg.num_workers > 0:
+            dataset, order = SeededSamples(dataset), SeededSampler(order, cfg.seed, rank)
         loader = DataLoader(dataset, batch_size=batch_size, sampler=order,
                             collate_fn=collate_skip_none, num_workers=cfg.num_workers,
                             persistent_workers=cfg.num_workers > 0 and not train, **common)

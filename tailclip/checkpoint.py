@@ -4,21 +4,26 @@ A TailCLIP checkpoint is a plain dict that is enough on its own to rebuild and u
 weights, config, class names, label prompts and backbone name, plus the optimiser,
 scheduler, scaler and random-number states that `--resume` needs. It holds only tensors and
 Python primitives, so it loads with ``torch.load(weights_only=True)``: opening a checkpoint
-never runs code from the file.
+never runs code from the file. Since version 2 it carries a checksum of its contents
+(``checksum``: CRC-32 over every tensor's bytes and every other value), which every load
+verifies: flipped bits on a disk or in a copy are an error naming the file, never weights
+used silently.
 """
 import contextlib
 import os
 import random
 import tempfile
+import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tailclip.errors import MissingFileError, TailCLIPError
+from tailclip.errors import MissingFileError, TailCLIPError, caused_by, no_space_error
 
 FORMAT = "tailclip-checkpoint"
-VERSION = 1
+VERSION = 2
+CHECKSUM_KEY = "checksum"
 
 
 class CheckpointError(TailCLIPError, RuntimeError):
@@ -31,6 +36,8 @@ def save_atomic(obj, path) -> Path:
     The bytes go to a temporary file in the same folder (same file system, so the rename is
     atomic), are flushed to disk, and only then renamed over ``path``. On any failure,
     Ctrl-C included, the temporary file is removed and the old ``path`` is left as it was.
+    A lack of space is a `NoSpaceError` naming ``path``, and a Ctrl-C that torch.save
+    wrapped in a RuntimeError is a KeyboardInterrupt again.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -42,9 +49,14 @@ def save_atomic(obj, path) -> Path:
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)
-    except BaseException:
+    except BaseException as error:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp_name)
+        if caused_by(error, lambda cause: isinstance(cause, KeyboardInterrupt)):
+            raise KeyboardInterrupt from None
+        no_space = no_space_error(path, error)
+        if no_space is not None:
+            raise no_space from None
         raise
     _fsync_directory(path.parent)
     return path
@@ -100,7 +112,46 @@ def load_checkpoint(path, map_location="cpu") -> dict:
             f"{path} has checkpoint version {checkpoint['version']}, newer than this code "
             f"understands ({VERSION}); update TailCLIP"
         )
+    # Version 1 checkpoints were written before checksums.
+    if checkpoint.get("version", 0) >= 2 and checkpoint.get(CHECKSUM_KEY) != content_checksum(checkpoint):
+        raise CheckpointError(
+            f"{path} is damaged: its contents do not match the checksum written with them (a "
+            "disk or copy error); use another checkpoint or train again")
     return checkpoint
+
+
+def with_checksum(checkpoint: dict) -> dict:
+    """``checkpoint`` with the checksum of its contents that `load_checkpoint` verifies."""
+    return {**checkpoint, CHECKSUM_KEY: content_checksum(checkpoint)}
+
+
+def content_checksum(checkpoint: dict) -> str:
+    """CRC-32 of a checkpoint's contents (its ``checksum`` entry left out): the bytes of every
+    tensor with its dtype and shape, the repr of every other value, in the dicts' order
+    (which torch.save keeps)."""
+    crc = 0
+    for key, value in checkpoint.items():
+        if key != CHECKSUM_KEY:
+            crc = _crc(value, _crc(key, crc))
+    return f"crc32:{crc:08x}"
+
+
+def _crc(value, crc: int) -> int:
+    if isinstance(value, torch.Tensor):
+        tensor = value.detach().cpu().contiguous()
+        crc = zlib.crc32(f"tensor {tensor.dtype} {tuple(tensor.shape)}".encode(), crc)
+        return zlib.crc32(tensor.reshape(-1).view(torch.uint8).numpy(), crc)
+    if isinstance(value, dict):
+        crc = zlib.crc32(f"dict {len(value)}".encode(), crc)
+        for key, item in value.items():
+            crc = _crc(item, _crc(key, crc))
+        return crc
+    if isinstance(value, (list, tuple)):
+        crc = zlib.crc32(f"{type(value).__name__} {len(value)}".encode(), crc)
+        for item in value:
+            crc = _crc(item, crc)
+        return crc
+    return zlib.crc32(repr(value).encode(), crc)
 
 
 def rng_states() -> dict:

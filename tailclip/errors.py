@@ -7,6 +7,7 @@ is a bug of ours and keeps its traceback.
 The subclasses live beside the code that raises them (`ConfigError` in `tailclip.config`,
 `CheckpointError` in `tailclip.checkpoint`, ...); those that name no single concept live here.
 """
+import errno
 
 
 class TailCLIPError(Exception):
@@ -19,3 +20,33 @@ class MissingFileError(TailCLIPError, FileNotFoundError):
 
 class DeviceError(TailCLIPError, RuntimeError):
     """The device that the config or a flag asks for is not on this machine."""
+
+
+class NoSpaceError(TailCLIPError, OSError):
+    """A file could not be written for lack of space (a full disk, a quota, a file-size limit)."""
+
+
+NO_SPACE_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+
+
+def caused_by(error: BaseException, condition) -> BaseException | None:
+    """The first exception of ``error``'s chain (itself, then its causes and contexts) for
+    which ``condition`` holds: what a library's wrapping (torch.save's RuntimeError around a
+    failed write) was raised for."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if condition(error):
+            return error
+        seen.add(id(error))
+        error = error.__cause__ or (None if error.__suppress_context__ else error.__context__)
+    return None
+
+
+def is_no_space(error: BaseException) -> bool:
+    return isinstance(error, OSError) and error.errno in NO_SPACE_ERRNOS
+
+
+def no_space_error(path, error: BaseException) -> NoSpaceError | None:
+    """A `NoSpaceError` naming ``path`` when ``error`` comes from a lack of space, else None."""
+    cause = caused_by(error, is_no_space)
+    return None if cause is None else NoSpaceError(f"cannot write {path}: no space left ({cause.strerror})")

@@ -9,9 +9,13 @@ AP, AUROC and the decision metrics (CP, CR, CF1, OP, OR, OF1) as fractions in [0
 so (``"mAP_unit": "fraction"``); what a person reads, the console and TensorBoard's charts,
 shows them in percent.
 """
+import contextlib
 import dataclasses
 import json
 import math
+import os
+import sys
+import threading
 from pathlib import Path
 
 import torch
@@ -20,6 +24,7 @@ from tqdm import tqdm
 
 from tailclip import visualize
 from tailclip.distributed import is_main_process
+from tailclip.errors import NoSpaceError, TailCLIPError, is_no_space, no_space_error
 from tailclip.thresholds import SUMMARY_NAMES
 
 METRICS_FILE = "metrics.jsonl"
@@ -46,9 +51,26 @@ def percent_scalars(record: dict) -> dict:
 
 
 def say(message: str) -> None:
-    """Print from the main process only, without breaking a tqdm progress bar."""
-    if is_main_process():
+    """Print from the main process only, without breaking a tqdm progress bar.
+
+    Each line is flushed at once (a pipe or a log file shows it when it happens). When the
+    reader of the output has gone (``train.py | head``), the lines go nowhere from then on
+    and the training goes on: a closed output never costs a checkpoint."""
+    if not is_main_process():
+        return
+    try:
         tqdm.write(message)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _discard_stdout()
+
+
+def _discard_stdout() -> None:
+    # Onto the same file descriptor, so that every later write, the interpreter's last
+    # flush at exit included, succeeds instead of raising again.
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 class RunLogger:
@@ -72,6 +94,7 @@ class RunLogger:
             return
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / METRICS_FILE
+        _quiet_tensorboard_writer_threads()
         if resume_epoch is None:  # a new run, in a folder without an earlier one (run_folder)
             self.writer = SummaryWriter(self.run_dir)
         else:
@@ -79,20 +102,46 @@ class RunLogger:
             self.writer = SummaryWriter(self.run_dir, purge_step=resume_epoch + 1)
 
     def _truncate_metrics(self, last_epoch: int) -> None:
+        # Written beside and renamed over the file: a crash during the rewrite leaves the old
+        # records, never half of them.
+        for leftover in self.run_dir.glob(f".{METRICS_FILE}.*.tmp"):  # of a rewrite killed before
+            leftover.unlink(missing_ok=True)
         if not self.metrics_path.exists():
             return
         lines = self.metrics_path.read_text().splitlines(keepends=True)
-        kept = [line for line in lines if _record_epoch(line) <= last_epoch]
-        self.metrics_path.write_text("".join(kept))
+        kept = "".join(line for line in lines if _record_epoch(line) <= last_epoch)
+        temp = self.metrics_path.with_name(f".{METRICS_FILE}.{os.getpid()}.tmp")
+        try:
+            with self._writing(self.metrics_path), open(temp, "w") as f:
+                f.write(kept)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(temp, self.metrics_path)
+        finally:
+            temp.unlink(missing_ok=True)
+
+    @contextlib.contextmanager
+    def _writing(self, path=None):
+        """A lack of space while writing ``path`` (None: the TensorBoard events) is a
+        `NoSpaceError` naming the file, alone: the libraries' tracebacks say nothing more."""
+        try:
+            yield
+        except OSError as error:
+            events = sorted(self.run_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
+            no_space = no_space_error(path or (events[-1] if events else self.run_dir), error)
+            if no_space is None:
+                raise
+            raise no_space from None
 
     def log_config(self, config: dict) -> None:
         """Write the effective config to ``config.json`` and to TensorBoard's text tab."""
         if not self.enabled:
             return
         text = json.dumps(config, indent=2, sort_keys=True)
-        (self.run_dir / CONFIG_FILE).write_text(text + "\n")
-        # Markdown code block so that TensorBoard keeps the indentation.
-        self.writer.add_text("config", "```\n" + text + "\n```", global_step=0)
+        with self._writing(self.run_dir / CONFIG_FILE):
+            (self.run_dir / CONFIG_FILE).write_text(text + "\n")
+        with self._writing():  # Markdown code block so that TensorBoard keeps the indentation.
+            self.writer.add_text("config", "```\n" + text + "\n```", global_step=0)
 
     def log_epoch(self, epoch: int, record: dict) -> None:
         """Log ``record``'s numbers as scalars at ``epoch`` and append it to metrics.jsonl.
@@ -102,11 +151,12 @@ class RunLogger:
         """
         if not self.enabled:
             return
-        for tag, value in percent_scalars(record).items():
-            self.writer.add_scalar(tag, value, global_step=epoch)
-        self.writer.flush()
+        with self._writing():
+            for tag, value in percent_scalars(record).items():
+                self.writer.add_scalar(tag, value, global_step=epoch)
+            self.writer.flush()
         line = json.dumps(json_safe({"epoch": epoch, "mAP_unit": MAP_UNIT, **record}), allow_nan=False)
-        with open(self.metrics_path, "a") as f:
+        with self._writing(self.metrics_path), open(self.metrics_path, "a") as f:
             f.write(line + "\n")
             f.flush()
 
@@ -132,27 +182,50 @@ class RunLogger:
         """Pictures of an evaluation: per-class AP bars and the tail classes' PR curves."""
         if not self.enabled:
             return
-        visualize.log_evaluation_figures(self.writer, epoch, scores, targets, ap, class_names,
-                                         groups, class_counts=class_counts)
-        self.writer.flush()
+        with self._writing():
+            visualize.log_evaluation_figures(self.writer, epoch, scores, targets, ap, class_names,
+                                             groups, class_counts=class_counts)
+            self.writer.flush()
 
     def log_hparams(self, hparams: dict, metrics: dict, epoch: int | None = None) -> None:
         """The config with the final metrics, for TensorBoard's HParams tab."""
         if not self.enabled:
             return
-        visualize.log_hparams(self.writer, hparams, percent_scalars(metrics), epoch)
-        self.writer.flush()
+        with self._writing():
+            visualize.log_hparams(self.writer, hparams, percent_scalars(metrics), epoch)
+            self.writer.flush()
 
     def close(self) -> None:
         for writer in (self.writer, self.step_writer):
             if writer is not None:
-                writer.close()
+                with self._writing():
+                    writer.close()
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc):
-        self.close()
+    def __exit__(self, exc_type, *exc):
+        try:
+            self.close()
+        except NoSpaceError:
+            if exc_type is None:  # else the error on its way out says it first
+                raise
+
+
+def _quiet_tensorboard_writer_threads() -> None:
+    """Keep the traceback of TensorBoard's writer thread that meets a full disk off the
+    console: the thread hands its error to the main thread, which reports it in one line
+    (`RunLogger._writing`)."""
+    if getattr(threading.excepthook, "quiet_tensorboard", False):
+        return
+    report = threading.excepthook
+
+    def excepthook(args):
+        if not (is_no_space(args.exc_value) and "tensorboard" in type(args.thread).__module__):
+            report(args)
+
+    excepthook.quiet_tensorboard = True
+    threading.excepthook = excepthook
 
 
 @dataclasses.dataclass
@@ -192,7 +265,22 @@ def json_safe(value):
     return value
 
 
+class MetricsFileError(TailCLIPError, ValueError):
+    """A ``metrics.jsonl`` line that is not a record, other than a last line cut short."""
+
+
 def read_metrics(run_dir) -> list[dict]:
-    """The records of ``runs/<run>/metrics.jsonl``, in order."""
+    """The records of ``runs/<run>/metrics.jsonl``, in order. A last line cut short (the
+    process died while appending it) is left out, as a resumed run drops it."""
     path = Path(run_dir) / METRICS_FILE
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    lines = path.read_text().splitlines()
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            if number < len(lines):
+                raise MetricsFileError(f"{path}:{number}: not a JSON record") from None
+    return records

@@ -17,13 +17,14 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import pickle
 import urllib.parse
 from pathlib import Path
 
 import torch
 import torch.nn as nn
 
-from clip.factory import cache_dir
+from clip.factory import cache_dir, check_weights_file
 
 from .config import OPEN_CLIP_PREFIX, close_matches
 from .errors import TailCLIPError
@@ -212,9 +213,14 @@ def build_open_clip_backbone(model_name: str, pretrained: bool | str) -> nn.Modu
 
 @contextlib.contextmanager
 def weights_must_fit(model_name: str, path: Path):
-    """A checkpoint of another architecture is the user's error, named in one line."""
+    """A checkpoint of another architecture, or a file that is no checkpoint, is the user's
+    error, named in one line."""
+    check_weights_file(path)
     try:
         yield
+    except (pickle.UnpicklingError, EOFError, KeyError):  # torch.load's, on a damaged file
+        raise OpenCLIPError(f"{path}: cannot be read as a weights file (truncated or damaged, or "
+                            "holding Python objects other than tensors)") from None
     except RuntimeError as error:
         detail = " ".join(str(error).split())  # torch's message spans many lines
         raise OpenCLIPError(f"{path}: the weights do not fit {model_name!r}: "
@@ -270,7 +276,7 @@ class OpenCLIPTokenizer:
         return tokens
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def open_clip_tokenizer(model_name: str, context_length: int) -> OpenCLIPTokenizer:
     """open_clip's tokenizer of the model ``model_name`` ("open_clip:<name>")."""
     open_clip = import_open_clip(model_name)

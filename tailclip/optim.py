@@ -1,4 +1,6 @@
 """Optimiser and learning-rate schedule (the paper's: AdamW, cosine to 0 over the epochs)."""
+import math
+
 import torch
 
 from tailclip.config import Config
@@ -26,6 +28,21 @@ def build_optimizer(cfg: Config, params, device: torch.device) -> torch.optim.Op
     raise ValueError(f"unknown optimizer {cfg.optimizer!r}")
 
 
-def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer):
-    """Cosine annealing from ``lr`` to 0 over ``epochs``; the caller steps it once per epoch."""
-    return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs, eta_min=0.0)
+def cosine_factor(epoch: int, epochs: int) -> float:
+    """The schedule's lr at ``epoch`` (0-based) as a fraction of the base lr: 1 at epoch 0,
+    0 after the last one."""
+    return 0.5 * (1 + math.cos(math.pi * epoch / epochs))
+
+
+def build_scheduler(cfg: Config, optimizer: torch.optim.Optimizer, start_epoch: int = 0):
+    """Cosine annealing from ``lr`` to 0 over ``epochs``, at ``start_epoch``; the caller steps
+    it once per epoch.
+
+    The closed form (not the chained update of ``CosineAnnealingLR``) depends on the epoch
+    alone, so a resumed run rebuilds it from the epoch reached, for its ``lr`` and ``epochs``
+    as they are now: an extended run continues on the cosine of its new length.
+    """
+    for group in optimizer.param_groups:
+        group["lr"] = group["initial_lr"] = cfg.lr
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda epoch: cosine_factor(epoch, cfg.epochs),
+                                             last_epoch=start_epoch - 1)

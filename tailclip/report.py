@@ -21,8 +21,17 @@ from tailclip.logger import MAP_UNIT, json_safe
 from tailclip.metrics import pd_nd_ratio, subset_metrics
 from tailclip.precision import resolve_precision, set_tf32
 from tailclip.run_folder import BEST_MAP_CHECKPOINT, check_checkpoint_matches, trained_model
-from tailclip.thresholds import (DEFAULT_THRESHOLD, DEFINITIONS, PROBABILITY, SUMMARY_NAMES, TOP_K,
-                                 per_class, scalar_metrics, split_top_k, write_thresholds)
+from tailclip.thresholds import (
+    DEFAULT_THRESHOLD,
+    DEFINITIONS,
+    PROBABILITY,
+    SUMMARY_NAMES,
+    TOP_K,
+    per_class,
+    scalar_metrics,
+    split_top_k,
+    write_thresholds,
+)
 
 GROUPS = ("head", "medium", "tail")
 ZEROSHOT = "zeroshot"  # the report's name for CLIP's own weights

@@ -23,12 +23,13 @@ import os
 import signal
 import socket
 import threading
+import time
 from pathlib import Path
 
-from tailclip.checkpoint import FORMAT, VERSION, restore_rng_states
+from tailclip.checkpoint import FORMAT, VERSION, restore_rng_states, with_checksum
 from tailclip.config import PROMPT_MODES, Config, ConfigError
 from tailclip.distributed import main_process_outcome, rank_and_world
-from tailclip.errors import TailCLIPError
+from tailclip.errors import TailCLIPError, no_space_error
 from tailclip.factory import build_model
 from tailclip.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, STEPS_DIR, say
 from tailclip.model import TailCLIP
@@ -38,11 +39,14 @@ BEST_MAP_CHECKPOINT = "best_valid_mAP.pt"
 BEST_TAIL_CHECKPOINT = "best_valid_mAP_tail.pt"
 NEWEST_CHECKPOINT = "newest_train_checkpoint.pt"
 LOCK_FILE = ".lock"
+UNFINISHED_LOCK_SECONDS = 10
 # A folder holds a run once any of these exists; --overwrite deletes them and the run's other
-# outputs (its config, unfinished checkpoint writes, test.py's reports, charts and thresholds).
+# outputs (its config, unfinished writes, test.py's reports, charts and thresholds, compare.py's
+# comparison and the authors' runs it exported).
 RUN_RECORDS = ("*.pt", METRICS_FILE, "events.out.tfevents.*", f"{STEPS_DIR}/events.out.tfevents.*")
-RUN_OUTPUTS = (*RUN_RECORDS, CONFIG_FILE, ".*.pt.*.tmp", "test_*.json", "per_class_ap*.png",
-               "thresholds_*.json")
+RUN_OUTPUTS = (*RUN_RECORDS, CONFIG_FILE, ".*.pt.*.tmp", f".{METRICS_FILE}.*.tmp", "test_*.json",
+               "per_class_ap*.png", "thresholds_*.json", "comparison.md", "comparison.json", "comparison.png",
+               "authors/*/events.out.tfevents.*")
 
 
 class RunFolderError(TailCLIPError):
@@ -122,6 +126,10 @@ class RunLock:
                 owner = lock.owner()
             except FileNotFoundError:  # released in the meantime
                 continue
+            if owner is None and lock._unfinished_long_ago():
+                lock.path.unlink(missing_ok=True)
+                say(f"removed the stale lock {lock.path}: empty or unreadable, and not being written")
+                continue
             if owner is None or not owner.is_gone(lock.path):
                 raise RunFolderError(lock._in_use_message(owner))
             lock.path.unlink(missing_ok=True)
@@ -135,10 +143,24 @@ class RunLock:
             fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            json.dump(dataclasses.asdict(LockOwner.this_process()), f)
-            f.write("\n")
+        try:
+            with os.fdopen(fd, "w") as f:
+                json.dump(dataclasses.asdict(LockOwner.this_process()), f)
+                f.write("\n")
+        except OSError as error:  # a lock that does not say whose it is must not stay
+            self.path.unlink(missing_ok=True)
+            raise no_space_error(self.path, error) or error
         return True
+
+    def _unfinished_long_ago(self) -> bool:
+        """Whether the unreadable lock file was last written long before now: a training
+        writes its lock within milliseconds of creating it, so one that is still empty or
+        cut short after `UNFINISHED_LOCK_SECONDS` belongs to none (it was killed, or met a
+        full disk, in between)."""
+        try:
+            return time.time() - self.path.stat().st_mtime > UNFINISHED_LOCK_SECONDS
+        except FileNotFoundError:
+            return False
 
     def owner(self) -> LockOwner | None:
         """Who holds the lock; None when the file cannot be read as a lock (being written,
@@ -179,6 +201,27 @@ def _exit_on_signal(signal_number, frame):
     raise SystemExit(128 + signal_number)
 
 
+def resume_checkpoint(run_dir: Path) -> Path | None:
+    """The checkpoint that ``--resume`` continues from: ``newest_train_checkpoint.pt``, or,
+    for a run that never wrote it (its first write failed, or ``save_newest_checkpoint =
+    False``), the most recent best checkpoint (each holds the whole training state of its
+    epoch); None when the folder holds no checkpoint."""
+    if (run_dir / NEWEST_CHECKPOINT).is_file():
+        return run_dir / NEWEST_CHECKPOINT
+    best = [run_dir / name for name in (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT) if (run_dir / name).is_file()]
+    return max(best, key=lambda path: path.stat().st_mtime_ns) if best else None
+
+
+RESTART_ADVICE = "start the run again with --overwrite (deletes its logs)"
+
+
+def how_to_go_on(run_dir: Path) -> str:
+    """What the user can do with the run in ``run_dir``, as its files allow."""
+    if resume_checkpoint(run_dir) is not None:
+        return "continue it with --resume"
+    return f"{RESTART_ADVICE}: it has no checkpoint to resume from"
+
+
 def run_files(run_dir: Path, patterns=RUN_RECORDS) -> list[Path]:
     """The files in ``run_dir`` that match ``patterns``, sorted."""
     return sorted({path for pattern in patterns for path in run_dir.glob(pattern) if path.is_file()})
@@ -199,6 +242,11 @@ def _clear_for_new_run(run_dir: Path, overwrite: bool) -> None:
     earlier = run_files(run_dir)
     if earlier and not overwrite:
         names = ", ".join(path.name for path in earlier[:3]) + (", ..." if len(earlier) > 3 else "")
+        if resume_checkpoint(run_dir) is None:
+            raise RunFolderError(
+                f"{run_dir} holds an earlier run ({names}) that stopped before its first "
+                f"checkpoint; nothing was changed. To go on, {RESTART_ADVICE}, or start another "
+                "run with --run-name NAME")
         raise RunFolderError(
             f"{run_dir} holds an earlier run ({names}); nothing was changed. Continue it with "
             "--resume, start another run with --run-name NAME, or replace it with --overwrite "
@@ -298,7 +346,7 @@ def model_from_checkpoint(checkpoint: dict, path="checkpoint") -> tuple[TailCLIP
 def training_checkpoint(cfg: Config, data, trainer, state: TrainState, meter, rng: list[dict]) -> dict:
     """Everything needed to resume training, or to use the model without the data; ``rng``
     holds the random-number states of every process, by rank (`checkpoint.rng_states`)."""
-    return {
+    return with_checksum({
         "format": FORMAT,
         "version": VERSION,
         **model_state(trainer.model, cfg),
@@ -315,14 +363,14 @@ def training_checkpoint(cfg: Config, data, trainer, state: TrainState, meter, rn
         "label_prompts": list(data.label_prompts),
         "groups": data.groups,
         "rng": rng,
-    }
+    })
 
 
 def restore_training(checkpoint: dict, trainer, meter) -> TrainState:
-    """Restore model, optimiser, schedule, scaler, progress and this process's random states."""
+    """Restore model, optimiser, scaler, progress and this process's random states; the
+    schedule is the caller's to rebuild at the epoch reached (`optim.build_scheduler`)."""
     load_model_state(trainer.model, checkpoint, NEWEST_CHECKPOINT)
     trainer.optimizer.load_state_dict(checkpoint["optimizer"])
-    trainer.scheduler.load_state_dict(checkpoint["scheduler"])
     trainer.scaler.load_state_dict(checkpoint["scaler"])
     state = TrainState(**checkpoint["state"])
     if checkpoint["epoch_progress"] is not None:
@@ -345,8 +393,37 @@ def _restore_process_rng(states: list[dict] | dict) -> None:
     restore_rng_states(states[rank % len(states)])
 
 
-def report_config_changes(checkpoint: dict, cfg: Config) -> None:
-    changed = {key: (value, getattr(cfg, key)) for key, value in checkpoint["config"].items()
-               if getattr(cfg, key, value) != value}
-    for key, (old, new) in changed.items():
-        say(f"resume: {key} was {old!r} in the checkpoint, is {new!r} now")
+# Options a resumed run may take from the command line. Each changes how the run goes on,
+# not what it has trained so far: `epochs` and `lr` rebuild the cosine schedule from the
+# epoch reached (`optim.build_scheduler`); the others choose where and how fast it runs,
+# which checkpoints it keeps and how many non-finite steps it tolerates. Every other option
+# (model, data, loss, batch size, optimiser, seed, ...) is the run's own and cannot change.
+RESUMABLE_OPTIONS = ("epochs", "lr", "device", "num_threads", "num_workers", "eval_batch_size",
+                     "precision", "tf32", "compile", "grad_checkpointing", "image_cache", "run_dir",
+                     "save_best_mAP_checkpoint", "save_best_tail_mAP_checkpoint",
+                     "save_newest_checkpoint", "max_nonfinite_steps")
+
+
+def resumed_config(checkpoint: dict, cfg: Config, given, path) -> Config:
+    """The config a resumed run trains with: the run's own (saved in its checkpoint ``path``),
+    with the values of ``cfg`` for the options named in ``given`` (those set on the command
+    line now; None: every option of ``cfg``) and its ``run_dir`` (where the run is now).
+
+    A given option outside `RESUMABLE_OPTIONS` whose value differs from the run's is a
+    `ConfigError` naming it. Changes are reported in one line each.
+    """
+    saved = Config.from_dict(checkpoint["config"], source=str(path))
+    given = set(cfg.to_dict() if given is None else given) | {"run_dir"}
+    changed = {key for key in given if getattr(cfg, key) != getattr(saved, key)}
+    fixed = sorted(changed - set(RESUMABLE_OPTIONS))
+    if fixed:
+        key = fixed[0]
+        raise ConfigError(
+            f"cannot resume {Path(path).parent} with {key} = {getattr(cfg, key)!r}: the run has "
+            f"{key} = {getattr(saved, key)!r}, and {key} cannot change during a run (a resumed run "
+            f"may change {', '.join(RESUMABLE_OPTIONS[:2])} and how it runs: "
+            f"{', '.join(RESUMABLE_OPTIONS[2:])}); train a new run with --run-name NAME")
+    resumed = dataclasses.replace(saved, **{key: getattr(cfg, key) for key in changed})
+    for key in sorted(changed - {"run_dir"}):
+        say(f"resume: {key} = {getattr(resumed, key)!r} from now on (the run had {getattr(saved, key)!r})")
+    return resumed

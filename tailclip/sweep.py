@@ -24,8 +24,8 @@ import subprocess
 import sys
 import time
 from collections import deque
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -33,7 +33,7 @@ from tailclip import training
 from tailclip.config import Config, load_config, option_problem, parse_override
 from tailclip.errors import TailCLIPError
 from tailclip.logger import METRICS_FILE, read_metrics
-from tailclip.run_folder import NEWEST_CHECKPOINT
+from tailclip.run_folder import resume_checkpoint
 from tailclip.wording import count
 
 SWEEP_FILE = "sweep.json"
@@ -210,7 +210,7 @@ def run_progress(run_dir: Path, epochs: int) -> str:
         records = read_metrics(run_dir)
         if records and records[-1]["epoch"] >= epochs:
             return "finished"
-    return "resume" if (run_dir / NEWEST_CHECKPOINT).is_file() else "fresh"
+    return "resume" if resume_checkpoint(run_dir) is not None else "fresh"
 
 
 def prepare(run: PlannedRun) -> tuple[str, bool]:

@@ -27,8 +27,8 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import torch
 from tqdm import tqdm
@@ -38,12 +38,20 @@ from tailclip.batches import SplitBatches, build_split_batches
 from tailclip.checkpoint import load_checkpoint, remove_partial_writes, rng_states, save_atomic
 from tailclip.config import Config
 from tailclip.data import build_data
-from tailclip.distributed import (DistInfo, all_processes_objects, any_over_processes, barrier,
-                                  distribute_model, global_batch_objective, init_distributed,
-                                  is_main_process, main_process_first, max_over_processes)
-from tailclip.errors import MissingFileError, TailCLIPError
-from tailclip.evaluation import (Evaluation, NonFiniteScoresError, evaluate_model, percent, val_line,
-                                 val_record)
+from tailclip.distributed import (
+    DistInfo,
+    all_processes_objects,
+    any_over_processes,
+    barrier,
+    distribute_model,
+    global_batch_objective,
+    init_distributed,
+    is_main_process,
+    main_process_first,
+    max_over_processes,
+)
+from tailclip.errors import MissingFileError, NoSpaceError, TailCLIPError
+from tailclip.evaluation import Evaluation, NonFiniteScoresError, evaluate_model, percent, val_line, val_record
 from tailclip.factory import build_model, build_objective, seed_everything, set_cpu_threads
 from tailclip.logger import RunLogger, StepCurves, say
 from tailclip.metrics import evaluate, scores_from_logits
@@ -51,10 +59,21 @@ from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer, build_scheduler
 from tailclip.precision import autocast, grad_scaler, resolve_precision, set_tf32
 from tailclip.progress import show_progress
-from tailclip.run_folder import (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT, NEWEST_CHECKPOINT,
-                                 TrainState, check_checkpoint_matches, claimed_run_folder,
-                                 report_config_changes, restore_training, run_files,
-                                 training_checkpoint)
+from tailclip.run_folder import (
+    BEST_MAP_CHECKPOINT,
+    BEST_TAIL_CHECKPOINT,
+    NEWEST_CHECKPOINT,
+    RESTART_ADVICE,
+    TrainState,
+    check_checkpoint_matches,
+    claimed_run_folder,
+    how_to_go_on,
+    restore_training,
+    resume_checkpoint,
+    resumed_config,
+    run_files,
+    training_checkpoint,
+)
 from tailclip.wording import count
 
 
@@ -254,14 +273,17 @@ def _epoch_line(epoch: int, epochs: int, record: dict) -> str:
 
 
 def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = False,
-          on_epoch: Callable[[int, dict], None] | None = None) -> dict:
+          on_epoch: Callable[[int, dict], None] | None = None, given_options=None) -> dict:
     """Train per ``cfg`` into ``<cfg.run_dir>/<run_name>/``; returns a summary of the run.
 
     A new run refuses a folder that holds an earlier run (any checkpoint, ``metrics.jsonl``
     or TensorBoard events) unless ``overwrite``, which deletes that run's files first;
     ``resume`` continues the run from its newest checkpoint, and changes nothing when that
-    run is complete. Either way a folder that another training holds is refused
-    (``RunFolderError``, before anything in it changes).
+    run is complete. A resumed run trains with its own saved config, changed only in the
+    ``given_options`` (the names of the options set on the command line; None: every
+    option) to ``cfg``'s values, where `run_folder.resumed_config` allows it. Either way a
+    folder that another training holds is refused (``RunFolderError``, before anything in
+    it changes).
 
     ``on_epoch(epoch, record)`` is called after each epoch's checkpoints are written, with
     the epoch's ``metrics.jsonl`` record; an exception it raises (a search pruning the run)
@@ -277,17 +299,24 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
     processes = init_distributed(cfg.device)
     checkpoint = None
     if resume:
-        if not (run_dir / NEWEST_CHECKPOINT).is_file():
-            hint = ("; the run stopped before its first checkpoint: start it again with --overwrite"
+        path = resume_checkpoint(run_dir)
+        if path is None:
+            hint = (f"; the run stopped before its first checkpoint: {RESTART_ADVICE}"
                     if run_files(run_dir) else "")
             raise MissingFileError(f"cannot resume: no {run_dir / NEWEST_CHECKPOINT}{hint}")
-        checkpoint = load_checkpoint(run_dir / NEWEST_CHECKPOINT)
+        if path.name != NEWEST_CHECKPOINT:
+            say(f"resume: no {NEWEST_CHECKPOINT} in {run_dir}; continuing from {path.name}")
+        checkpoint = load_checkpoint(path)
+        cfg = resumed_config(checkpoint, cfg, given_options, path)
         finished = TrainState(**checkpoint["state"])
         if finished.epoch >= cfg.epochs:
             say(f"{run_dir} is complete: {finished.epoch} of {cfg.epochs} epochs; nothing to do")
             return _summary(finished, run_dir)
     with claimed_run_folder(run_dir, resume, overwrite):
-        return _train_in(run_dir, cfg, checkpoint, processes, on_epoch)
+        try:
+            return _train_in(run_dir, cfg, checkpoint, processes, on_epoch)
+        except NoSpaceError as error:  # the files written before are intact
+            raise NoSpaceError(f"{error}; free some space, then {how_to_go_on(run_dir)}") from None
 
 
 def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: DistInfo,
@@ -303,7 +332,6 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
         data = build_data(cfg)
         if checkpoint is not None:
             check_checkpoint_matches(checkpoint, cfg, data.class_names, run_dir / NEWEST_CHECKPOINT)
-            report_config_changes(checkpoint, cfg)
         model = build_model(cfg, data.label_prompts).to(device)
         objective = build_objective(cfg, model, data.class_weights, data.class_priors).to(device)
     if device.type == "cuda" and not isinstance(model.clip_model.visual, clip.model.VisionTransformer):
@@ -322,8 +350,11 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
     class_counts = data.train_targets.sum(0)
 
     meter = EpochMeter()
-    state = restore_training(checkpoint, trainer, meter) if checkpoint is not None else TrainState()
+    state = TrainState()
     if checkpoint is not None:
+        state = restore_training(checkpoint, trainer, meter)
+        # For the lr and epochs the run has now: an extended run goes on along its new cosine.
+        trainer.scheduler = build_scheduler(cfg, optimizer, start_epoch=state.epoch)
         say(f"resuming {run_dir} after epoch {state.epoch}, step {state.step_in_epoch}")
     if is_main_process():
         for leftover in remove_partial_writes(run_dir):
@@ -377,6 +408,8 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
             logger.log_epoch(0, start)
             log_pictures(0, evaluation)
             say(f"epoch 0/{cfg.epochs} (before training)  {val_line(start)}")
+            if stop.agree():
+                raise stop_here()
         for epoch in range(state.epoch, cfg.epochs):
             started = time.perf_counter()
             lr = optimizer.param_groups[0]["lr"]
@@ -412,6 +445,10 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
         summary = _summary(state, run_dir)
         logger.log_hparams(cfg.to_dict(), {f"hparam/{key}": value for key, value in summary.items()
                                            if "mAP" in key and "epoch" not in key})
+        if stop.agree():  # during the last epoch: nothing is left to save, but the caller stops
+            raise TrainingInterrupted(
+                f"stopped by {signal.Signals(stop.signal_number).name} during the last epoch, once "
+                f"it was saved: {run_dir} is complete ({state.epoch} epochs)", stop.signal_number)
     say(f"val mAP: start {percent(summary['start_val_mAP'])} (before training) -> end "
         f"{percent(summary['last_val_mAP'])} (after epoch {state.epoch}); best "
         f"{percent(state.best_mAP)} (epoch {state.best_mAP_epoch}), best tail mAP "

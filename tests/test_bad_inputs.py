@@ -306,3 +306,19 @@ def test_a_bug_keeps_its_traceback(script, function, tmp_path, monkeypatch):
 def test_split_file_that_cannot_be_read_is_named(tmp_path):
     with pytest.raises(SplitFormatError, match=re.escape(f"{tmp_path}: cannot be read (Is a directory)")):
         read_split(tmp_path, num_classes=2)
+
+
+def test_pretrained_file_that_is_no_checkpoint_is_named_without_torch_advice(tmp_path, capsys):
+    _, args = tiny(tmp_path)
+    files = {"hello.pt": (b"hello\n", "text ('hello')"),
+             "page.pt": (b"<!DOCTYPE html>\n<html><body>Not Found</body></html>\n", "an HTML page")}
+    for name, (content, what) in files.items():
+        path = tmp_path / name
+        path.write_bytes(content)
+        for script, extra in (("train.py", []), ("test.py", ["--zeroshot"])):
+            main = runpy.run_path(str(REPO / script))["main"]
+            assert main([*args, *extra, "--set", f"pretrained={path}"]) == 1, (script, name)
+            stderr = capsys.readouterr().err
+            check_message(stderr, [f"{path} is not a weights file", f"it holds {what}"],
+                          ["weights_only", "KeyError"])
+            assert stderr.count("\n") == 1

@@ -1,5 +1,6 @@
 """Checkpoint files (atomic writes, clear load errors, RNG states) and the run logger."""
 import json
+import os
 import random
 
 import numpy as np
@@ -8,11 +9,13 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tailclip import checkpoint as ckpt
+from tailclip.errors import TailCLIPError
 from tailclip.logger import RunLogger, read_metrics
 
 
 def _checkpoint(value: float) -> dict:
-    return {"format": ckpt.FORMAT, "version": ckpt.VERSION, "model": {"w": torch.full((4,), value)}}
+    return ckpt.with_checksum({"format": ckpt.FORMAT, "version": ckpt.VERSION,
+                               "model": {"w": torch.full((4,), value)}})
 
 
 def test_save_atomic_round_trip_leaves_no_temporary_file(tmp_path):
@@ -71,9 +74,35 @@ def test_load_errors_name_the_file(tmp_path):
     with pytest.raises(ckpt.CheckpointError, match="truncated.pt"):
         ckpt.load_checkpoint(truncated)
 
-    newer = ckpt.save_atomic({**_checkpoint(1.0), "version": ckpt.VERSION + 1}, tmp_path / "new.pt")
+    newer = ckpt.save_atomic(ckpt.with_checksum({**_checkpoint(1.0), "version": ckpt.VERSION + 1}),
+                             tmp_path / "new.pt")
     with pytest.raises(ckpt.CheckpointError, match="newer than this code"):
         ckpt.load_checkpoint(newer)
+
+
+def test_flipped_bytes_in_a_tensor_are_an_error_naming_the_file(tmp_path):
+    weights = torch.arange(4096, dtype=torch.float32)
+    path = ckpt.save_atomic(ckpt.with_checksum({**_checkpoint(1.0), "model": {"w": weights},
+                                                "state": {"epoch": 3}}), tmp_path / "best.pt")
+    data = bytearray(path.read_bytes())
+    start = data.find(weights.numpy().tobytes())  # torch.save stores tensor bytes as they are
+    assert start > 0
+    for offset in range(start + 1000, start + 1016):  # 16 flipped bytes inside the tensor
+        data[offset] ^= 0xFF
+    damaged = tmp_path / "damaged.pt"
+    damaged.write_bytes(bytes(data))
+    assert torch.load(damaged, weights_only=True)["state"] == {"epoch": 3}  # torch itself does not notice
+    with pytest.raises(ckpt.CheckpointError, match=f"{damaged} is damaged: its contents do not match"):
+        ckpt.load_checkpoint(damaged)
+    assert torch.equal(ckpt.load_checkpoint(path)["model"]["w"], weights)
+
+
+def test_checksum_covers_values_besides_tensors():
+    checkpoint = _checkpoint(1.0)
+    for changed in ({"state": {"epoch": 2}}, {"model": {"w": torch.ones(4, dtype=torch.float64)}},
+                    {"model": {"w": torch.ones(2, 2)}}, {"config": [1, 2]}):
+        assert ckpt.content_checksum({**checkpoint, **changed}) != checkpoint["checksum"]
+    assert ckpt.content_checksum(checkpoint) == checkpoint["checksum"]
 
 
 def _draw() -> tuple:
@@ -85,7 +114,8 @@ def test_rng_states_survive_a_checkpoint_file(tmp_path):
     np.random.seed(2)
     torch.manual_seed(3)
     np.random.randn()  # leaves a cached gaussian in numpy's state
-    path = ckpt.save_atomic({**_checkpoint(0.0), "rng": ckpt.rng_states()}, tmp_path / "c.pt")
+    path = ckpt.save_atomic(ckpt.with_checksum({**_checkpoint(0.0), "rng": ckpt.rng_states()}),
+                            tmp_path / "c.pt")
     expected = _draw()
     _draw()  # move every generator on
     ckpt.restore_rng_states(ckpt.load_checkpoint(path)["rng"])
@@ -132,6 +162,28 @@ def test_resumed_logger_drops_records_after_the_checkpoint(tmp_path):
     logger.close()
     assert [(r["epoch"], r["val/loss"]) for r in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 30.0)]
     assert _scalars(tmp_path)["val/loss"] == [(1, 1.0), (2, 2.0), (3, 30.0)]
+
+
+def test_torn_last_line_is_left_out_and_the_rewrite_on_resume_is_atomic(tmp_path, monkeypatch):
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"epoch": 1, "val/mAP": 0.5}\n{"epoch": 2, "val/mAP": 0.6}\n{"epoch": 3, "val/m')
+    assert read_metrics(tmp_path) == [{"epoch": 1, "val/mAP": 0.5}, {"epoch": 2, "val/mAP": 0.6}]
+    before = metrics.read_bytes()
+
+    def killed_while_writing(*args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "fsync", killed_while_writing)  # during the rewrite, before its rename
+    with pytest.raises(KeyboardInterrupt):
+        RunLogger(tmp_path, resume_epoch=1)
+    monkeypatch.undo()
+    assert metrics.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
+    (tmp_path / ".metrics.jsonl.999.tmp").write_text("{")  # a rewrite killed before its rename
+    RunLogger(tmp_path, resume_epoch=1).close()
+    assert not (tmp_path / ".metrics.jsonl.999.tmp").exists() and len(read_metrics(tmp_path)) == 1
+    metrics.write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')  # damage before the last line: named
+    with pytest.raises(TailCLIPError, match=f"{metrics}:2: not a JSON record"):
+        read_metrics(tmp_path)
 
 
 def test_disabled_logger_writes_nothing(tmp_path):

@@ -3,10 +3,10 @@ dicts, and the offline failure of a named download."""
 import socket
 import time
 
+import open_clip  # the reference implementation (requirements-dev.txt)
 import pytest
 import torch
 from torch import nn
-import open_clip  # the reference implementation (requirements-dev.txt)
 
 import clip
 from clip.factory import WeightsFileError
@@ -124,8 +124,15 @@ def test_missing_and_unexpected_keys_are_named(tmp_path):
     with pytest.raises(WeightsFileError, match=r"broken\.pt.*ln_final\.bias.*visual\.extra\.weight"):
         clip.load(path)
     path.write_bytes(b"not weights")
-    with pytest.raises(WeightsFileError, match=r"broken\.pt does not hold CLIP weights"):
+    with pytest.raises(WeightsFileError, match=r"broken\.pt is not a weights file .*: it holds text \('not weights'"):
         clip.load(path)
+    path.write_bytes(b"<!DOCTYPE html>\n<html><head><title>Sign in</title></head></html>")
+    with pytest.raises(WeightsFileError, match=r"broken\.pt is not a weights file .*: it holds an HTML page"):
+        clip.load(path)
+    path.write_bytes(b"\x80\x02garbage")  # a pickle's first bytes, then damage
+    with pytest.raises(WeightsFileError, match=r"broken\.pt does not hold CLIP weights: it cannot be read") as error:
+        clip.load(path)
+    assert "weights_only" not in str(error.value)
     with pytest.raises(ValueError, match="not a CLIP state dict: missing text_projection"):
         clip.build_model({"visual.conv1.weight": torch.zeros(1)})
 

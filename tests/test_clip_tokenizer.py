@@ -5,9 +5,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+import open_clip  # the reference implementation (requirements-dev.txt)
 import pytest
 import torch
-import open_clip  # the reference implementation (requirements-dev.txt)
 
 import clip
 from clip import tokenizer as clip_tokenizer

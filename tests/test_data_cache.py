@@ -1,6 +1,12 @@
 """The decoded-image cache returns exactly the uncached pixels, and is rebuilt when it must be."""
+import errno
 import os
 import pickle
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -8,8 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-from tailclip.data import cache
-from tailclip.data import UnreadableImageError
+from tailclip.data import UnreadableImageError, cache
 from tailclip.data.cache import CachedImages, CachedMultiLabelDataset, to_model_input
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
@@ -169,3 +174,79 @@ def test_dataset_batches_through_a_dataloader(images, tmp_path):
         torch.testing.assert_close(token, tokens[index])
     with pytest.raises(ValueError, match="length mismatch"):
         CachedMultiLabelDataset(cached, targets[:2], tokens)
+
+
+def test_full_disk_is_one_line_naming_the_folder_and_the_space(images, tmp_path, monkeypatch):
+    usage = shutil.disk_usage(tmp_path)
+    monkeypatch.setattr(cache.shutil, "disk_usage", lambda path: usage._replace(free=1000))
+    with pytest.raises(cache.CacheWriteError) as caught:
+        open_cache(images, 16, tmp_path)
+    needed = len(images) * 16 * 16 * 3
+    assert str(caught.value) == (f"no space left for the image cache in {tmp_path / '.cache'}: the train "
+                                 f"split needs {needed / 1e6:.1f} MB, 0.0 MB free; free some space, "
+                                 "or set image_cache = False")
+    assert not list((tmp_path / ".cache").iterdir())
+
+
+def test_no_space_for_the_blocks_is_the_same_error(images, tmp_path, monkeypatch):
+    def no_space(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(cache.os, "posix_fallocate", no_space)
+    with pytest.raises(cache.CacheWriteError, match="no space left for the image cache in"):
+        open_cache(images, 16, tmp_path)
+    assert not list((tmp_path / ".cache").iterdir())
+
+
+# Builds a cache under a file-size limit below its size: the kernel refuses the blocks with
+# EFBIG (SIGXFSZ ignored), as a full disk refuses them with ENOSPC; memory-mapped writes into a
+# sparse file would instead die of SIGBUS.
+CACHE_UNDER_FILE_SIZE_LIMIT = """
+import resource, signal, sys
+from pathlib import Path
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
+from tailclip.data.cache import CachedImages, CacheWriteError
+try:
+    CachedImages(sys.argv[2:], 64, Path(sys.argv[1]), "train", progress=False)
+except CacheWriteError as error:
+    print(error)
+"""
+
+
+def test_file_size_limit_gives_the_error_not_a_bus_error(images, tmp_path):
+    folder = tmp_path / ".cache"
+    result = subprocess.run([sys.executable, "-c", CACHE_UNDER_FILE_SIZE_LIMIT, str(folder), *map(str, images)],
+                            cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.startswith(f"no space left for the image cache in {folder}: the train split needs")
+    assert not list(folder.iterdir())
+
+
+def test_stale_temporary_files_are_removed_and_live_ones_kept(images, tmp_path):
+    folder = tmp_path / ".cache"
+    folder.mkdir()
+    host = socket.gethostname()
+    dead = subprocess.Popen([sys.executable, "-c", ""])
+    dead.wait()
+    stale = folder / f"train_0123.npy.{host}.{dead.pid}.tmp"
+    live = folder / f"train_0123.npy.{host}.1.tmp"  # pid 1 always runs
+    other_host = folder / f"train_0123.npy.elsewhere.{dead.pid}.tmp"
+    for path in (stale, live, other_host):
+        path.write_bytes(b"x" * 100)
+    open_cache(images, 16, tmp_path)
+    assert not stale.exists() and live.exists() and other_host.exists()
+
+
+def test_damaged_cache_is_detected_and_rebuilt(images, tmp_path, caplog):
+    first = open_cache(images, 16, tmp_path)
+    expected = first[list(range(len(images)))].numpy()
+    data = bytearray(first.file.read_bytes())
+    for offset in range(len(data) - 300, len(data) - 200):
+        data[offset] ^= 0x5A
+    del first
+    file = next((tmp_path / ".cache").glob("*.npy"))
+    file.write_bytes(bytes(data))
+    reopened = open_cache(images, 16, tmp_path)
+    assert "is damaged" in caplog.text
+    np.testing.assert_array_equal(reopened[list(range(len(images)))].numpy(), expected)

@@ -11,8 +11,16 @@ from torch.utils.data import DataLoader
 
 import clip
 from tailclip.config import Config
-from tailclip.data import (MEANS_STDS, MultiLabelDataset, SplitEntry, UnreadableImageError,
-                           build_data, build_transform, check_images_exist, collate_skip_none)
+from tailclip.data import (
+    MEANS_STDS,
+    MultiLabelDataset,
+    SplitEntry,
+    UnreadableImageError,
+    build_data,
+    build_transform,
+    check_images_exist,
+    collate_skip_none,
+)
 from tailclip.data.datasets import REPO_ROOT, dataset_files
 
 

@@ -4,8 +4,7 @@ from collections import Counter
 
 import pytest
 
-from tailclip.data import (SplitFormatError, class_groups, read_captions, read_class_names,
-                           read_split)
+from tailclip.data import SplitFormatError, class_groups, read_captions, read_class_names, read_split
 
 BENCHMARKS = {
     # dataset: (file prefix, classes, train images, test images, unlabelled test images)

@@ -11,8 +11,9 @@ from dataclasses import replace
 
 import pytest
 
-from clip.download import DownloadError, sha256_of
 import tailclip.download
+from clip.download import DownloadError, sha256_of
+from process_group import free_port
 from tailclip.download import (
     BENCHMARKS,
     SHIPPED_DATASETS,
@@ -22,7 +23,6 @@ from tailclip.download import (
     listed_images,
     main,
 )
-from process_group import free_port
 
 VOC_IMAGES = {
     "VOCdevkit/VOC2012/JPEGImages/2008_000001.jpg": b"jpeg 1",

@@ -17,11 +17,10 @@ import torch
 import torch.nn.functional as F
 
 import clip
-
 from tailclip.config import Config, ConfigError, load_config
+from tailclip.errors import TailCLIPError
 from tailclip.factory import build_clip, build_model, build_objective
 from tailclip.open_clip_backbone import OpenCLIPBackbone, open_clip_tokenizer
-from tailclip.errors import TailCLIPError
 
 open_clip = pytest.importorskip("open_clip")
 
@@ -183,6 +182,20 @@ def test_a_checkpoint_of_another_architecture_is_a_one_line_error(tmp_path, name
                                                       f"'open_clip:{name}': Error(s) in loading")) as error:
         build_clip(config(name, pretrained=str(tmp_path / "coca.pt")))
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("name", ["tailclip-test-sigmoid", "tailclip-test-standard"])
+@pytest.mark.parametrize("content, what", [(b"hello\n", "text ('hello')"),
+                                           (b"<!DOCTYPE html><html><body>404</body></html>", "an HTML page")])
+def test_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path, name, content, what):
+    path = tmp_path / "weights.pt"
+    path.write_bytes(content)
+    with pytest.raises(TailCLIPError) as error:
+        build_clip(config(name, pretrained=str(path)))
+    message = str(error.value)
+    assert message.startswith(f"{path} is not a weights file (a PyTorch checkpoint or safetensors): "
+                              f"it holds {what}")
+    assert "\n" not in message and "weights_only" not in message
 
 
 def test_unknown_model_name_lists_close_matches():

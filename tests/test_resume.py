@@ -20,12 +20,11 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from interrupt import ctrl_c_on_forward_call
 from tailclip.checkpoint import load_checkpoint
 from tailclip.data import BalancedSampler
 from tailclip.logger import read_metrics
 from tailclip.run_folder import LOCK_FILE
-
-from interrupt import ctrl_c_on_forward_call
 from tiny_dataset import truncate, write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -124,7 +123,26 @@ def test_resume_of_a_run_killed_before_its_first_checkpoint_says_how_to_restart(
     run_dir.mkdir()
     (run_dir / "metrics.jsonl").write_text('{"epoch": 0, "mAP_unit": "fraction", "val/mAP": 0.1}\n')
     assert train_main(train_args(tmp_path, "early", "--resume")) == 1
-    assert "stopped before its first checkpoint: start it again with --overwrite" in capsys.readouterr().err
+    assert "stopped before its first checkpoint: start the run again with --overwrite" in capsys.readouterr().err
+    # Without --resume: the same advice, never "continue it with --resume".
+    assert train_main(train_args(tmp_path, "early")) == 1
+    error = capsys.readouterr().err
+    assert "stopped before its first checkpoint" in error and "start the run again with --overwrite" in error
+    assert "--resume" not in error
+
+
+def test_mid_epoch_resume_with_dataloader_workers_is_exact(train_main, tmp_path, monkeypatch):
+    # The JPEG path with 2 worker processes: 16 images in 4 steps of 4; Ctrl-C in step 2.
+    root = write_dataset(tmp_path / "data")
+    config = write_config(tmp_path / "tiny.py", root, tmp_path / "runs", batch_size=4, image_cache=False,
+                          num_workers=2, loss_function=["bal"])
+    assert train_main([f"--config={config}", "--run-name=straight"]) == 0
+    ctrl_c_on_forward_call(monkeypatch, 2)
+    assert train_main([f"--config={config}", "--run-name=broken"]) == 130
+    monkeypatch.undo()
+    assert load_checkpoint(tmp_path / "runs" / "broken" / NEWEST)["state"]["step_in_epoch"] == 2
+    assert train_main([f"--config={config}", "--run-name=broken", "--resume"]) == 0
+    assert_same_run(tmp_path / "runs" / "broken", tmp_path / "runs" / "straight")
 
 
 def test_resume_after_a_step_without_readable_images(train_main, tmp_path, monkeypatch):

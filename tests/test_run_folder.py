@@ -2,6 +2,7 @@
 holds the folder (lock file), and --resume of a complete run changes nothing. Trainings run
 train.py's main on the tiny dataset, in this process; the lock's other holders are real
 processes."""
+import errno
 import hashlib
 import json
 import os
@@ -18,6 +19,7 @@ import torch
 
 from tailclip import run_folder
 from tailclip.checkpoint import rng_states
+from tailclip.errors import TailCLIPError
 from tailclip.logger import read_metrics
 from tailclip.run_folder import LOCK_FILE, RunFolderError, RunLock, claimed_run_folder
 from tiny_dataset import write_config, write_dataset
@@ -135,10 +137,36 @@ def test_a_lock_from_another_host_or_unreadable_is_left_to_the_user(tmp_path):
     with pytest.raises(RunFolderError, match=f"on host another-node .*never removed automatically: "
                                              f"if that run is dead, delete {lock_path} by hand"):
         RunLock.take(run_dir)
-    lock_path.write_text("")
+    lock_path.write_text("")  # just created by a training that is writing it: may be in use
     with pytest.raises(RunFolderError, match=f"lock file {lock_path} cannot be read"):
         RunLock.take(run_dir)
     assert lock_path.exists()
+
+
+def test_an_unreadable_lock_that_nobody_writes_is_stale(tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    lock_path = write_lock(run_dir, socket.gethostname(), os.getpid())
+    for content in ("", '{"host": "'):  # a training killed, or out of space, while writing it
+        lock_path.write_text(content)
+        long_ago = time.time() - 60
+        os.utime(lock_path, (long_ago, long_ago))
+        RunLock.take(run_dir).release()
+        assert f"removed the stale lock {lock_path}: empty or unreadable" in capsys.readouterr().out
+        assert not lock_path.exists()
+
+
+def test_a_lock_that_cannot_be_written_is_removed(tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+
+    def disk_full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(json, "dump", disk_full)
+    with pytest.raises(TailCLIPError, match=f"cannot write {run_dir / LOCK_FILE}: no space left"):
+        RunLock.take(run_dir)
+    monkeypatch.undo()
+    assert not (run_dir / LOCK_FILE).exists()
+    RunLock.take(run_dir).release()
 
 
 def test_the_lock_is_released_on_sigterm_and_on_errors(tmp_path):

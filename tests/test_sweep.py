@@ -8,13 +8,21 @@ import pytest
 
 import tailclip.model
 import tailclip.training
-from tailclip.checkpoint import load_checkpoint
-from tailclip.logger import read_metrics
-from tailclip.sweep import (Setting, SweepError, expand, parse_grid, parse_variant, plan, run_grid,
-                            split_top_level)
-
 from interrupt import ctrl_c_on_forward_call
 from sweep_fixtures import sweep_main, tiny_config, train_calls  # noqa: F401 (fixtures)
+from tailclip.checkpoint import load_checkpoint
+from tailclip.logger import read_metrics
+from tailclip.sweep import (
+    Setting,
+    SweepError,
+    expand,
+    parse_grid,
+    parse_variant,
+    plan,
+    run_grid,
+    run_progress,
+    split_top_level,
+)
 
 NEWEST = "newest_train_checkpoint.pt"
 
@@ -157,3 +165,12 @@ def test_a_diverging_run_fails_alone(sweep_main, tiny_config, tmp_path, monkeypa
     assert "not finished: lr=1.0_seed0" in capsys.readouterr().err
     assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "sw" / "lr=1e-3_seed0")] == [0, 1, 2]
     assert "| lr=1e-3 | 0.001 | 1 |" in (tmp_path / "runs" / "sw" / "results.md").read_text()
+
+
+def test_a_torn_last_metrics_line_is_tolerated(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    lines = "".join(f'{{"epoch": {epoch}, "val/mAP": 0.5}}\n' for epoch in range(3))
+    (run_dir / "metrics.jsonl").write_text(lines + '{"epoch": 3, "val/m')  # killed while appending
+    assert run_progress(run_dir, 2) == "finished"
+    assert run_progress(run_dir, 3) == "fresh"  # epoch 3 was never recorded, and no checkpoint

@@ -8,13 +8,12 @@ import pytest
 
 import tailclip.model
 import tailclip.training
+from interrupt import ctrl_c_on_forward_call
+from sweep_fixtures import sweep_main, tiny_config, train_calls  # noqa: F401 (fixtures)
 from tailclip.checkpoint import load_checkpoint
 from tailclip.config import load_config
 from tailclip.logger import read_metrics
 from tailclip.sweep import SweepError, parse_range
-
-from interrupt import ctrl_c_on_forward_call
-from sweep_fixtures import sweep_main, tiny_config, train_calls  # noqa: F401 (fixtures)
 
 COMPLETE, PRUNED, FAIL = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
                           optuna.trial.TrialState.FAIL)

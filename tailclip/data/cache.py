@@ -28,18 +28,29 @@ the ordered image paths (the part of the split file that decides the pixels), th
 resize method, the Pillow version and ``CACHE_VERSION``, so different sizes never share a
 file. The sidecar records each source file's size and mtime; a difference (or a missing or
 unreadable cache file) rebuilds the cache, and an image that fails to decode raises
-``UnreadableImageError`` naming the file, as the uncached path does. Files are written under
-a temporary name and renamed, so an interrupted build never leaves a cache that looks valid.
+``UnreadableImageError`` naming the file, as the uncached path does. The sidecar also holds
+the CRC-32 of the pixels, verified when the cache is opened: damaged bytes rebuild it.
+Files are written under a temporary name (``<file>.<host>.<pid>.tmp``) and renamed, so an
+interrupted build never leaves a cache that looks valid; the temporary files of processes
+that no longer run on this host are removed when a cache is opened. The file's space is
+allocated before any pixel is written, so a full disk is a `CacheWriteError` naming the
+folder and the space needed (never a bus error from a memory-mapped page without a block).
 """
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import logging
 import os
+import re
+import shutil
+import socket
+import zlib
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import PIL
@@ -52,7 +63,7 @@ from tailclip.errors import TailCLIPError
 from .datasets import load_image
 from .transforms import resize
 
-CACHE_VERSION = "1"
+CACHE_VERSION = "2"  # 2: the sidecar holds the pixels' CRC-32
 RESIZE_METHOD = "torchvision.Resize(bilinear, antialias=True) on PIL RGB"  # = transforms.resize
 
 log = logging.getLogger(__name__)
@@ -97,6 +108,7 @@ class CachedImages:
         self.sidecar = cache_dir / f"{name}_{self.key}.json"
         self.num_threads = num_threads or min(8, os.cpu_count() or 1)
         self.progress = progress
+        _remove_stale_temporary_files(cache_dir)
         opened = self._open()
         self.array = opened if opened is not None else self._build()
 
@@ -120,18 +132,16 @@ class CachedImages:
             if _file_stamp(path) != recorded[1:]:
                 log.info("image cache %s is stale: %s changed", self.file.name, path)
                 return None
+        if meta.get("crc32") != pixels_crc32(array):
+            log.warning("image cache %s is damaged (its pixels do not match their checksum): "
+                        "rebuilding it", self.file)
+            return None
         return array
 
     def _build(self) -> np.ndarray:
         stamps: list[list[int] | None] = [None] * len(self.paths)
-        temp = self.file.with_name(f"{self.file.name}.{os.getpid()}.tmp")
-        try:
-            self.file.parent.mkdir(parents=True, exist_ok=True)
-            array = np.lib.format.open_memmap(temp, mode="w+", dtype=np.uint8,
-                                              shape=(len(self.paths), self.size, self.size, 3))
-        except OSError as error:
-            raise CacheWriteError(f"cannot write the image cache {temp}: {error.strerror or error}; "
-                                  "make that folder writable, or set image_cache = False") from error
+        temp = _temporary_name(self.file)
+        array = self._allocate(temp)
 
         def fill(i: int) -> None:
             stamps[i] = _file_stamp(self.paths[i])  # before reading: a later edit is noticed
@@ -152,12 +162,49 @@ class CachedImages:
             pool.shutdown(cancel_futures=True)
             del array
         meta = {"key": self.key, "version": CACHE_VERSION, "resize": RESIZE_METHOD, "size": self.size,
-                "files": [[str(p), *s] for p, s in zip(self.paths, stamps)]}
-        sidecar_temp = self.sidecar.with_name(f"{self.sidecar.name}.{os.getpid()}.tmp")
-        sidecar_temp.write_text(json.dumps(meta))
+                "files": [[str(p), *s] for p, s in zip(self.paths, stamps)],
+                "crc32": pixels_crc32(np.load(temp, mmap_mode="r"))}
+        sidecar_temp = _temporary_name(self.sidecar)
+        try:
+            sidecar_temp.write_text(json.dumps(meta))
+        except OSError as error:
+            temp.unlink(missing_ok=True)
+            sidecar_temp.unlink(missing_ok=True)
+            raise self._write_error(sidecar_temp, error, 0) from None
         os.replace(temp, self.file)
         os.replace(sidecar_temp, self.sidecar)
         return np.load(self.file, mmap_mode="r")
+
+    def _allocate(self, temp: Path) -> np.memmap:
+        """The temporary cache file, every block of it allocated, memory-mapped for writing."""
+        shape = (len(self.paths), self.size, self.size, 3)
+        header = {"descr": np.lib.format.dtype_to_descr(np.dtype(np.uint8)), "fortran_order": False,
+                  "shape": shape}
+        needed = int(np.prod(shape))
+        try:
+            self.file.parent.mkdir(parents=True, exist_ok=True)
+            if shutil.disk_usage(self.file.parent).free < needed:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            with open(temp, "wb") as f:
+                np.lib.format.write_array_header_1_0(f, header)
+                f.flush()
+                offset = f.tell()
+                _allocate_blocks(f, offset + needed)
+            return np.memmap(temp, dtype=np.uint8, mode="r+", offset=offset, shape=shape)
+        except OSError as error:
+            with contextlib.suppress(OSError):  # none was made where the folder cannot be
+                temp.unlink()
+            raise self._write_error(temp, error, needed) from None
+
+    def _write_error(self, path: Path, error: OSError, needed: int) -> CacheWriteError:
+        if error.errno in (errno.ENOSPC, errno.EFBIG, errno.EDQUOT):
+            free = shutil.disk_usage(path.parent).free
+            return CacheWriteError(
+                f"no space left for the image cache in {path.parent}: the {self.name} split needs "
+                f"{_megabytes(needed)}, {_megabytes(free)} free; free some space, or set "
+                "image_cache = False")
+        return CacheWriteError(f"cannot write the image cache {path}: {error.strerror or error}; "
+                               "make that folder writable, or set image_cache = False")
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -180,6 +227,56 @@ class CachedImages:
     def __setstate__(self, state):
         self.__dict__.update(state)
         self.array = np.load(self.file, mmap_mode="r")
+
+
+def pixels_crc32(array: np.ndarray) -> int:
+    """CRC-32 of a cache's pixels (zlib's, which releases the GIL while it reads)."""
+    return zlib.crc32(memoryview(np.ascontiguousarray(array)).cast("B"))
+
+
+def _allocate_blocks(f, size: int) -> None:
+    """Give the open file ``f`` ``size`` bytes of real disk blocks (not a sparse file)."""
+    if hasattr(os, "posix_fallocate"):
+        os.posix_fallocate(f.fileno(), 0, size)
+        return
+    chunk = bytes(1 << 24)  # where posix_fallocate is missing (macOS): zeros, written
+    f.seek(0, os.SEEK_END)
+    while f.tell() < size:
+        f.write(chunk[:size - f.tell()])
+    f.flush()
+
+
+def _megabytes(count: int) -> str:
+    return f"{count / 1e6:.1f} MB"
+
+
+def _temporary_name(path: Path) -> Path:
+    return path.with_name(f"{path.name}.{socket.gethostname()}.{os.getpid()}.tmp")
+
+
+def _remove_stale_temporary_files(cache_dir: Path) -> None:
+    """Delete the temporary files of cache builds whose process no longer runs on this host
+    (killed during a build, or stopped by a full disk before it could clean up)."""
+    ours = re.compile(rf".*\.{re.escape(socket.gethostname())}\.(\d+)\.tmp")
+    for path in cache_dir.glob("*.tmp"):
+        match = ours.fullmatch(path.name)
+        if match and not _process_runs(int(match.group(1))):
+            path.unlink(missing_ok=True)
+            log.info("removed %s, left by an image cache build that did not finish", path)
+
+
+def _process_runs(pid: int) -> bool:
+    """Whether ``pid`` is another process that runs (this one builds no cache while it opens
+    one: its process id in a file name is a previous process's)."""
+    if pid == os.getpid():
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
 
 
 def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],

@@ -2,7 +2,6 @@
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
 
 import torch
 from PIL import Image
@@ -53,7 +52,7 @@ class DataFiles:
     train_list: Path
     test_list: Path
     class_names: Path
-    captions: Optional[Path]
+    captions: Path | None
     image_root: Path
     download_hint: str
 
@@ -139,7 +138,7 @@ class MultiLabelDataset(Dataset):
     """
 
     def __init__(self, image_root, entries: list[SplitEntry], num_classes: int, transform,
-                 caption_tokens: Optional[torch.Tensor] = None, skip_unreadable: bool = False):
+                 caption_tokens: torch.Tensor | None = None, skip_unreadable: bool = False):
         self.image_root = Path(image_root)
         self.entries = list(entries)
         self.label_sets = [entry.labels for entry in self.entries]

@@ -9,8 +9,9 @@ Trailing spaces, blank lines at the end and Windows line endings are accepted.
 Anything else that is off is a ``SplitFormatError`` naming the file and the line, because a
 silently skipped line changes the class counts and therefore the tail metrics.
 """
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator, NamedTuple
+from typing import NamedTuple
 
 from tailclip.errors import TailCLIPError
 from tailclip.wording import count
