@@ -485,7 +485,8 @@ def report(args, cfg: Config, env: dict, results: dict) -> str:
               f"{evaluation['paper']['seconds']:.1f} s{'' if args.paper_eval_images is None else ' (scaled)'}; "
               f"max |score difference| {evaluation['max_abs_score_difference']:.1e}",
               f"ours: both splits' batches set up in {inputs['ours_setup_seconds']:.1f} s"
-              + (" (the decoded-image cache: built on the first run, opened afterwards)" if args.input == "cache" else ""),
+              + (" (the decoded-image cache: built on the first run, opened afterwards)"
+                 if args.input == "cache" else ""),
               f"training FLOPs per image (forward + backward): {train['flops_per_image'] / 1e9:.3f} GFLOP; "
               f"peak FLOP/s: {train['ours']['peak_source']}",
               f"total {results['total_seconds']:.0f} s"]

@@ -149,7 +149,7 @@ class RunLock:
                 f.write("\n")
         except OSError as error:  # a lock that does not say whose it is must not stay
             self.path.unlink(missing_ok=True)
-            raise no_space_error(self.path, error) or error
+            raise (no_space_error(self.path, error) or error) from None
         return True
 
     def _unfinished_long_ago(self) -> bool:

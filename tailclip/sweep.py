@@ -449,7 +449,7 @@ def _objective(config_path, sets, ranges, choices, seeds, folder, optuna, log):
         runs = plan(config_path, sets, [Setting(run, tuple(overrides))], seeds, folder)
         last_mAPs = []
         for seed_index, planned in enumerate(runs):
-            def prune_below_median(epoch: int, record: dict) -> None:
+            def prune_below_median(epoch: int, record: dict, seed_index=seed_index, planned=planned) -> None:
                 trial.report(record["val/mAP"], seed_index * planned.cfg.epochs + epoch)
                 if trial.should_prune():
                     log(f"{planned.name}: pruned after epoch {epoch}")

@@ -15,6 +15,9 @@ import pytest
 
 from local_http import RangeRequestHandler
 
+# The sweep tests' fixtures (a sweep.py entry point, a tiny config, the trainings a sweep starts).
+pytest_plugins = ["sweep_fixtures"]
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 BPE_FILE = SHARED_DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"

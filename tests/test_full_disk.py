@@ -10,7 +10,6 @@ from pathlib import Path
 import torch
 
 import tailclip.checkpoint
-from sweep_fixtures import tiny_config  # noqa: F401 (fixture)
 from tailclip.checkpoint import load_checkpoint
 from tailclip.logger import read_metrics
 
@@ -65,7 +64,7 @@ def test_no_space_for_the_newest_checkpoint_advises_the_resume_that_works(train_
             try:
                 raise OSError(errno.ENOSPC, "No space left on device")
             except OSError:  # as torch.save reports a failed write: a RuntimeError, the cause in its context
-                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")  # noqa: B904
         return save(obj, f, *args, **kwargs)
 
     monkeypatch.setattr(tailclip.checkpoint.torch, "save", disk_full_at_first_newest)

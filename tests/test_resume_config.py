@@ -6,7 +6,6 @@ import math
 
 import pytest
 
-from sweep_fixtures import tiny_config  # noqa: F401 (fixture)
 from tailclip.checkpoint import load_checkpoint
 from tailclip.logger import read_metrics
 from tailclip.sweep import Setting, run_grid

@@ -9,7 +9,6 @@ import sys
 from pathlib import Path
 
 import tailclip.training
-from sweep_fixtures import sweep_main, tiny_config, train_calls  # noqa: F401 (fixtures)
 from tailclip.checkpoint import load_checkpoint
 from tailclip.logger import read_metrics
 

@@ -9,7 +9,6 @@ import pytest
 import tailclip.model
 import tailclip.training
 from interrupt import ctrl_c_on_forward_call
-from sweep_fixtures import sweep_main, tiny_config, train_calls  # noqa: F401 (fixtures)
 from tailclip.checkpoint import load_checkpoint
 from tailclip.logger import read_metrics
 from tailclip.sweep import (

@@ -9,7 +9,6 @@ import pytest
 import tailclip.model
 import tailclip.training
 from interrupt import ctrl_c_on_forward_call
-from sweep_fixtures import sweep_main, tiny_config, train_calls  # noqa: F401 (fixtures)
 from tailclip.checkpoint import load_checkpoint
 from tailclip.config import load_config
 from tailclip.logger import read_metrics
@@ -90,7 +89,8 @@ def test_on_epoch_callback_sees_each_record_and_its_exception_leaves_a_resumable
     with pytest.raises(Stop):
         tailclip.training.train(cfg, "hooked", on_epoch=stop_after_epoch_2)
     run = tmp_path / "runs" / "hooked"
-    assert seen == [(r["epoch"], r["val/mAP"]) for r in read_metrics(run)[1:]] and len(seen) == 2  # [0]: before training
+    # [0]: the evaluation before training
+    assert seen == [(r["epoch"], r["val/mAP"]) for r in read_metrics(run)[1:]] and len(seen) == 2
     assert load_checkpoint(run / "newest_train_checkpoint.pt")["state"]["epoch"] == 2
     tailclip.training.train(cfg, "hooked", resume=True, on_epoch=lambda epoch, record: seen.append((epoch, None)))
     assert seen[2:] == [(3, None)]

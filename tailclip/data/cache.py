@@ -143,9 +143,9 @@ class CachedImages:
         temp = _temporary_name(self.file)
         array = self._allocate(temp)
 
-        def fill(i: int) -> None:
+        def fill(i: int, pixels: np.ndarray = array) -> None:
             stamps[i] = _file_stamp(self.paths[i])  # before reading: a later edit is noticed
-            array[i] = decode_resized(self.paths[i], self.size)
+            pixels[i] = decode_resized(self.paths[i], self.size)
 
         pool = ThreadPoolExecutor(self.num_threads)
         try:
@@ -160,7 +160,7 @@ class CachedImages:
             raise
         finally:
             pool.shutdown(cancel_futures=True)
-            del array
+            del array, fill  # the memory map closes before the file is renamed
         meta = {"key": self.key, "version": CACHE_VERSION, "resize": RESIZE_METHOD, "size": self.size,
                 "files": [[str(p), *s] for p, s in zip(self.paths, stamps)],
                 "crc32": pixels_crc32(np.load(temp, mmap_mode="r"))}
