@@ -37,7 +37,7 @@ import clip
 from tailclip.batches import SplitBatches, build_split_batches
 from tailclip.checkpoint import load_checkpoint, remove_partial_writes, rng_states, save_atomic
 from tailclip.config import Config
-from tailclip.data import build_data
+from tailclip.data import DataBundle, build_data
 from tailclip.distributed import (
     DistInfo,
     all_processes_objects,
@@ -319,42 +319,69 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
             raise NoSpaceError(f"{error}; free some space, then {how_to_go_on(run_dir)}") from None
 
 
+@dataclasses.dataclass
+class Run:
+    """A training's parts, as `_set_up` builds them; the loop's functions share them."""
+    cfg: Config
+    run_dir: Path
+    data: DataBundle
+    trainer: Trainer
+    objective: torch.nn.Module  # the single-process objective, for evaluation
+    train_batches: SplitBatches
+    test_batches: SplitBatches
+    logger: RunLogger
+    state: TrainState
+    meter: EpochMeter
+
+
 def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: DistInfo,
               on_epoch: Callable[[int, dict], None] | None) -> dict:
     """`train`, in a run folder that this training holds."""
+    run = _set_up(run_dir, cfg, checkpoint, processes)
+    with run.logger, _StopOnSignal() as stop:
+        if checkpoint is None:  # where training starts from: epoch 0 of the logs and the summary
+            _evaluate_start(run)
+            if stop.agree():
+                raise _stop_here(run, stop)
+        for epoch in range(run.state.epoch, cfg.epochs):
+            record = _train_epoch(run, epoch, stop)
+            if on_epoch is not None:
+                on_epoch(run.state.epoch, record)
+            if stop.agree() and run.state.epoch < cfg.epochs:
+                raise _stop_here(run, stop)
+        summary = _summary(run.state, run_dir)
+        run.logger.log_hparams(cfg.to_dict(), {f"hparam/{key}": value for key, value in summary.items()
+                                               if "mAP" in key and "epoch" not in key})
+        if stop.agree():  # during the last epoch: nothing is left to save, but the caller stops
+            raise TrainingInterrupted(
+                f"stopped by {signal.Signals(stop.signal_number).name} during the last epoch, once "
+                f"it was saved: {run_dir} is complete ({run.state.epoch} epochs)", stop.signal_number)
+    say(_final_line(run.state, summary))
+    return summary
+
+
+def _set_up(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: DistInfo) -> Run:
+    """The data, model, objective, optimiser, batches and logger of a run, restored from
+    ``checkpoint`` when it resumes."""
     device = processes.device
     precision = resolve_precision(cfg.precision, device)
     set_tf32(cfg.tf32, device)
     set_cpu_threads(cfg.num_threads)
     seed_everything(cfg.seed)
-
     with main_process_first():  # one process per node generates the data, downloads weights
         data = build_data(cfg)
         if checkpoint is not None:
             check_checkpoint_matches(checkpoint, cfg, data.class_names, run_dir / NEWEST_CHECKPOINT)
         model = build_model(cfg, data.label_prompts).to(device)
         objective = build_objective(cfg, model, data.class_weights, data.class_priors).to(device)
-    if device.type == "cuda" and not isinstance(model.clip_model.visual, clip.model.VisionTransformer):
-        model = model.to(memory_format=torch.channels_last)  # cuDNN's fast layout for ResNets
-    # The text tower is idle in a step only when it encodes neither captions nor class prompts.
-    idle_text_tower = model.label_embedding_mode == "per_epoch" and not objective.uses_captions
-    forward = distribute_model(model, device, find_unused_parameters=idle_text_tower)
-    step_objective = global_batch_objective(objective, uneven_batches=cfg.skip_unreadable_images)
-    if cfg.compile:
-        forward, step_objective = compile_forward(forward), compile_forward(step_objective)
-    optimizer = build_optimizer(cfg, model.parameters(), device)
-    trainer = Trainer(model, forward, step_objective, optimizer, build_scheduler(cfg, optimizer),
-                      grad_scaler(precision, device), precision, device, cfg.max_nonfinite_steps)
+    trainer = _trainer(cfg, model, objective, device, precision)
     train_batches = build_split_batches(cfg, data, train=True, device=device)
     test_batches = build_split_batches(cfg, data, train=False, device=device)
-    class_counts = data.train_targets.sum(0)
-
-    meter = EpochMeter()
-    state = TrainState()
+    meter, state = EpochMeter(), TrainState()
     if checkpoint is not None:
         state = restore_training(checkpoint, trainer, meter)
         # For the lr and epochs the run has now: an extended run goes on along its new cosine.
-        trainer.scheduler = build_scheduler(cfg, optimizer, start_epoch=state.epoch)
+        trainer.scheduler = build_scheduler(cfg, trainer.optimizer, start_epoch=state.epoch)
         say(f"resuming {run_dir} after epoch {state.epoch}, step {state.step_in_epoch}")
     if is_main_process():
         for leftover in remove_partial_writes(run_dir):
@@ -366,94 +393,113 @@ def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Di
     where = f"{processes.world_size} processes ({device.type})" if processes.world_size > 1 else device
     say(f"training {cfg.model_name} on {cfg.dataset} ({len(data.train)} train, {len(data.test)} test "
         f"images) on {where}, {precision}, {count(cfg.epochs, 'epoch')} -> {run_dir}")
+    return Run(cfg, run_dir, data, trainer, objective, train_batches, test_batches, logger, state, meter)
 
-    def save(names: list[str]) -> None:
-        if not names:
-            return
-        rng = all_processes_objects(rng_states())  # each process resumes with its own
-        if not is_main_process():
-            return
-        logger.flush()
-        content = training_checkpoint(cfg, data, trainer, state, meter, rng)
-        for name in names:
-            save_atomic(content, run_dir / name)
 
-    def stop_here() -> TrainingInterrupted:
-        save([NEWEST_CHECKPOINT])
-        barrier()  # the other processes exit only once the checkpoint is written
-        where = f"after epoch {state.epoch}" + (f", step {state.step_in_epoch} of epoch {state.epoch + 1}"
-                                                 if state.step_in_epoch else "")
-        return TrainingInterrupted(f"stopped by {signal.Signals(stop.signal_number).name} {where}; "
-                                   f"saved {run_dir / NEWEST_CHECKPOINT} (continue with --resume)",
-                                   stop.signal_number)
+def _trainer(cfg: Config, model: TailCLIP, objective: torch.nn.Module, device: torch.device,
+             precision: str) -> Trainer:
+    """The model and objective as a training step runs them (distributed, compiled), with the
+    optimiser and schedule."""
+    if device.type == "cuda" and not isinstance(model.clip_model.visual, clip.model.VisionTransformer):
+        model = model.to(memory_format=torch.channels_last)  # cuDNN's fast layout for ResNets
+    # The text tower is idle in a step only when it encodes neither captions nor class prompts.
+    idle_text_tower = model.label_embedding_mode == "per_epoch" and not objective.uses_captions
+    forward = distribute_model(model, device, find_unused_parameters=idle_text_tower)
+    step_objective = global_batch_objective(objective, uneven_batches=cfg.skip_unreadable_images)
+    if cfg.compile:
+        forward, step_objective = compile_forward(forward), compile_forward(step_objective)
+    optimizer = build_optimizer(cfg, model.parameters(), device)
+    return Trainer(model, forward, step_objective, optimizer, build_scheduler(cfg, optimizer),
+                   grad_scaler(precision, device), precision, device, cfg.max_nonfinite_steps)
 
-    def validate(when: str) -> Evaluation:
-        try:
-            return evaluate_model(model, objective, test_batches.batches(device), data.test.caption_tokens,
-                                  device, precision, data.groups)
-        except NonFiniteScoresError as error:
-            raise NonFiniteLossError(
-                f"evaluation {when}: {error}; stopping before it is logged or saved (the "
-                "checkpoints of earlier epochs are untouched)") from None
 
-    def log_pictures(epoch: int, evaluation: Evaluation) -> None:
-        logger.log_evaluation(epoch, evaluation.scores, evaluation.targets, evaluation.metrics["AP"],
-                              data.class_names, data.groups, class_counts)
+def _evaluate_start(run: Run) -> None:
+    """The evaluation before training: epoch 0 of the logs and the summary's start."""
+    evaluation = _validate(run, "before training")
+    start = val_record(evaluation)
+    run.state.start_mAP = start["val/mAP"]
+    run.logger.log_epoch(0, start)
+    _log_pictures(run, 0, evaluation)
+    say(f"epoch 0/{run.cfg.epochs} (before training)  {val_line(start)}")
 
-    with logger, _StopOnSignal() as stop:
-        if checkpoint is None:  # where training starts from: epoch 0 of the logs and the summary
-            evaluation = validate("before training")
-            start = val_record(evaluation)
-            state.start_mAP = start["val/mAP"]
-            logger.log_epoch(0, start)
-            log_pictures(0, evaluation)
-            say(f"epoch 0/{cfg.epochs} (before training)  {val_line(start)}")
-            if stop.agree():
-                raise stop_here()
-        for epoch in range(state.epoch, cfg.epochs):
-            started = time.perf_counter()
-            lr = optimizer.param_groups[0]["lr"]
-            images_before = meter.images
-            train_one_epoch(trainer, train_batches, state, meter, epoch, cfg.epochs, stop,
-                            StepCurves(logger, cfg.log_every_steps))
-            if stop.agree():
-                raise stop_here()
-            train_seconds = time.perf_counter() - started
-            record = {**meter.summary(data.groups), "lr": lr,
-                      "time/train_images_per_s": (meter.images - images_before) / train_seconds}
 
-            evaluation = validate(f"after epoch {epoch + 1}")
-            trainer.scheduler.step()
-            state.epoch, state.step_in_epoch, meter = epoch + 1, 0, EpochMeter()
-            record.update(val_record(evaluation))
-            if cfg.skip_unreadable_images:  # images left out so far, by any process
-                record.update({f"data/unreadable_{split}_images":
-                               int(any_over_processes(getattr(data, split).unreadable).sum())
-                               for split in ("train", "test")})
-            names = _update_best(state, record, cfg)
-            record.update({"best/val_mAP": state.best_mAP, "best/val_mAP_tail": state.best_mAP_tail,
-                           "time/eval_s": time.perf_counter() - started - train_seconds,
-                           "time/epoch_s": time.perf_counter() - started})
-            logger.log_epoch(state.epoch, record)
-            log_pictures(state.epoch, evaluation)
-            say(_epoch_line(state.epoch, cfg.epochs, record))
-            save(names)
-            if on_epoch is not None:
-                on_epoch(state.epoch, record)
-            if stop.agree() and state.epoch < cfg.epochs:
-                raise stop_here()
-        summary = _summary(state, run_dir)
-        logger.log_hparams(cfg.to_dict(), {f"hparam/{key}": value for key, value in summary.items()
-                                           if "mAP" in key and "epoch" not in key})
-        if stop.agree():  # during the last epoch: nothing is left to save, but the caller stops
-            raise TrainingInterrupted(
-                f"stopped by {signal.Signals(stop.signal_number).name} during the last epoch, once "
-                f"it was saved: {run_dir} is complete ({state.epoch} epochs)", stop.signal_number)
-    say(f"val mAP: start {percent(summary['start_val_mAP'])} (before training) -> end "
-        f"{percent(summary['last_val_mAP'])} (after epoch {state.epoch}); best "
-        f"{percent(state.best_mAP)} (epoch {state.best_mAP_epoch}), best tail mAP "
-        f"{percent(state.best_mAP_tail)} (epoch {state.best_mAP_tail_epoch})")
-    return summary
+def _train_epoch(run: Run, epoch: int, stop: _StopOnSignal) -> dict:
+    """Train epoch ``epoch`` (from where the state is), evaluate, log and save; its record."""
+    cfg, state = run.cfg, run.state
+    started = time.perf_counter()
+    lr = run.trainer.optimizer.param_groups[0]["lr"]
+    images_before = run.meter.images
+    train_one_epoch(run.trainer, run.train_batches, state, run.meter, epoch, cfg.epochs, stop,
+                    StepCurves(run.logger, cfg.log_every_steps))
+    if stop.agree():
+        raise _stop_here(run, stop)
+    train_seconds = time.perf_counter() - started
+    record = {**run.meter.summary(run.data.groups), "lr": lr,
+              "time/train_images_per_s": (run.meter.images - images_before) / train_seconds}
+
+    evaluation = _validate(run, f"after epoch {epoch + 1}")
+    run.trainer.scheduler.step()
+    state.epoch, state.step_in_epoch, run.meter = epoch + 1, 0, EpochMeter()
+    record.update(val_record(evaluation))
+    if cfg.skip_unreadable_images:  # images left out so far, by any process
+        record.update({f"data/unreadable_{split}_images":
+                       int(any_over_processes(getattr(run.data, split).unreadable).sum())
+                       for split in ("train", "test")})
+    names = _update_best(state, record, cfg)
+    record.update({"best/val_mAP": state.best_mAP, "best/val_mAP_tail": state.best_mAP_tail,
+                   "time/eval_s": time.perf_counter() - started - train_seconds,
+                   "time/epoch_s": time.perf_counter() - started})
+    run.logger.log_epoch(state.epoch, record)
+    _log_pictures(run, state.epoch, evaluation)
+    say(_epoch_line(state.epoch, cfg.epochs, record))
+    _save(run, names)
+    return record
+
+
+def _validate(run: Run, when: str) -> Evaluation:
+    try:
+        return evaluate_model(run.trainer.model, run.objective, run.test_batches.batches(run.trainer.device),
+                              run.data.test.caption_tokens, run.trainer.device, run.trainer.precision,
+                              run.data.groups)
+    except NonFiniteScoresError as error:
+        raise NonFiniteLossError(
+            f"evaluation {when}: {error}; stopping before it is logged or saved (the "
+            "checkpoints of earlier epochs are untouched)") from None
+
+
+def _log_pictures(run: Run, epoch: int, evaluation: Evaluation) -> None:
+    run.logger.log_evaluation(epoch, evaluation.scores, evaluation.targets, evaluation.metrics["AP"],
+                              run.data.class_names, run.data.groups, run.data.train_targets.sum(0))
+
+
+def _save(run: Run, names: list[str]) -> None:
+    if not names:
+        return
+    rng = all_processes_objects(rng_states())  # each process resumes with its own
+    if not is_main_process():
+        return
+    run.logger.flush()
+    content = training_checkpoint(run.cfg, run.data, run.trainer, run.state, run.meter, rng)
+    for name in names:
+        save_atomic(content, run.run_dir / name)
+
+
+def _stop_here(run: Run, stop: _StopOnSignal) -> TrainingInterrupted:
+    _save(run, [NEWEST_CHECKPOINT])
+    barrier()  # the other processes exit only once the checkpoint is written
+    state = run.state
+    where = f"after epoch {state.epoch}" + (f", step {state.step_in_epoch} of epoch {state.epoch + 1}"
+                                             if state.step_in_epoch else "")
+    return TrainingInterrupted(f"stopped by {signal.Signals(stop.signal_number).name} {where}; "
+                               f"saved {run.run_dir / NEWEST_CHECKPOINT} (continue with --resume)",
+                               stop.signal_number)
+
+
+def _final_line(state: TrainState, summary: dict) -> str:
+    return (f"val mAP: start {percent(summary['start_val_mAP'])} (before training) -> end "
+            f"{percent(summary['last_val_mAP'])} (after epoch {state.epoch}); best "
+            f"{percent(state.best_mAP)} (epoch {state.best_mAP_epoch}), best tail mAP "
+            f"{percent(state.best_mAP_tail)} (epoch {state.best_mAP_tail_epoch})")
 
 
 def _update_best(state: TrainState, record: dict, cfg: Config) -> list[str]:
