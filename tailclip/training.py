@@ -64,16 +64,13 @@ from tailclip.run_folder import (
     BEST_TAIL_CHECKPOINT,
     NEWEST_CHECKPOINT,
     RESTART_ADVICE,
-    TrainState,
-    check_checkpoint_matches,
     claimed_run_folder,
     how_to_go_on,
-    restore_training,
     resume_checkpoint,
-    resumed_config,
     run_files,
-    training_checkpoint,
 )
+from tailclip.saved_model import check_checkpoint_matches
+from tailclip.training_state import TrainState, restore_training, resumed_config, training_checkpoint
 from tailclip.wording import count
 
 
