@@ -44,7 +44,7 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import clip  # noqa: E402
-from tailclip import evaluation, factory, run_folder, training  # noqa: E402
+from tailclip import evaluation, factory, training, training_state  # noqa: E402
 from tailclip.batches import SplitBatches, build_split_batches  # noqa: E402
 from tailclip.config import Config  # noqa: E402
 from tailclip.data import BalancedSampler, build_data  # noqa: E402
@@ -234,7 +234,7 @@ def images_per_s(batches, device, seconds: float = 3.0, warmup: int = 2) -> floa
 
 def train_images_per_s(trainer: training.Trainer, batches, warmup: int, steps: int) -> float:
     """Images/s of ``steps`` steps of ``training.train_step`` after ``warmup`` untimed ones."""
-    state, images = run_folder.TrainState(), 0
+    state, images = training_state.TrainState(), 0
     trainer.model.train()
     for step in range(warmup + steps):
         if step == warmup:

@@ -23,7 +23,7 @@ from tailclip.distributed import resolve_device
 from tailclip.errors import TailCLIPError
 from tailclip.metrics import scores_from_logits
 from tailclip.precision import autocast, resolve_precision
-from tailclip.run_folder import model_from_checkpoint
+from tailclip.saved_model import model_from_checkpoint
 from tailclip.thresholds import PROBABILITY, class_probabilities, selected_classes
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",

@@ -20,7 +20,8 @@ from tailclip.factory import build_model, build_objective, seed_everything, set_
 from tailclip.logger import MAP_UNIT, json_safe
 from tailclip.metrics import pd_nd_ratio, subset_metrics
 from tailclip.precision import resolve_precision, set_tf32
-from tailclip.run_folder import BEST_MAP_CHECKPOINT, check_checkpoint_matches, trained_model
+from tailclip.run_folder import BEST_MAP_CHECKPOINT
+from tailclip.saved_model import check_checkpoint_matches, trained_model
 from tailclip.thresholds import (
     DEFAULT_THRESHOLD,
     DEFINITIONS,

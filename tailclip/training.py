@@ -64,16 +64,13 @@ from tailclip.run_folder import (
     BEST_TAIL_CHECKPOINT,
     NEWEST_CHECKPOINT,
     RESTART_ADVICE,
-    TrainState,
-    check_checkpoint_matches,
     claimed_run_folder,
     how_to_go_on,
-    restore_training,
     resume_checkpoint,
-    resumed_config,
     run_files,
-    training_checkpoint,
 )
+from tailclip.saved_model import check_checkpoint_matches
+from tailclip.training_state import TrainState, restore_training, resumed_config, training_checkpoint
 from tailclip.wording import count
 
 
@@ -281,7 +278,7 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
     ``resume`` continues the run from its newest checkpoint, and changes nothing when that
     run is complete. A resumed run trains with its own saved config, changed only in the
     ``given_options`` (the names of the options set on the command line; None: every
-    option) to ``cfg``'s values, where `run_folder.resumed_config` allows it. Either way a
+    option) to ``cfg``'s values, where `training_state.resumed_config` allows it. Either way a
     folder that another training holds is refused (``RunFolderError``, before anything in
     it changes).
 

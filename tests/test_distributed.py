@@ -21,7 +21,7 @@ import torch
 
 import clip
 from process_group import save_rank_result, set_rendezvous_env, spawn_and_collect
-from tailclip import distributed, evaluation, factory, run_folder, training
+from tailclip import distributed, evaluation, factory, training, training_state
 from tailclip.config import Config
 from tailclip.data import ensure_synthetic
 from tailclip.data.datasets import SYNTHETIC_SEED
@@ -79,7 +79,7 @@ def _train_step(forward, model, objective, images, tokens, targets) -> dict:
     optimizer = build_optimizer(SGD, model.parameters(), CPU)
     trainer = training.Trainer(model, forward, objective, optimizer, build_scheduler(SGD, optimizer),
                                grad_scaler("fp32", CPU), "fp32", CPU, max_nonfinite_steps=0)
-    out = training.train_step(trainer, images, targets, tokens, run_folder.TrainState(), epoch=0)
+    out = training.train_step(trainer, images, targets, tokens, training_state.TrainState(), epoch=0)
     return {"out": {name: value.detach() for name, value in out.items()},
             "weights": {name: p.detach().clone() for name, p in model.named_parameters()}}
 

@@ -26,7 +26,7 @@ from tailclip.checkpoint import load_checkpoint
 from tailclip.config import Config
 from tailclip.data import BalancedSampler, datasets
 from tailclip.logger import read_metrics
-from tailclip.run_folder import RunFolderError
+from tailclip.run_lock import RunFolderError
 from tiny_dataset import TINY_OPTIONS, truncate, write_dataset
 
 WORLD = 2

@@ -15,7 +15,7 @@ import torch
 
 from tailclip.checkpoint import load_checkpoint
 from tailclip.logger import read_metrics
-from tailclip.run_folder import model_from_checkpoint
+from tailclip.saved_model import model_from_checkpoint
 from tiny_dataset import write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]

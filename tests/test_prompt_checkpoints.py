@@ -16,7 +16,7 @@ import torch
 
 import clip
 from interrupt import ctrl_c_on_forward_call
-from tailclip import factory, run_folder
+from tailclip import factory, saved_model
 from tailclip.checkpoint import load_checkpoint
 from tailclip.config import Config
 from tailclip.logger import read_metrics
@@ -69,7 +69,7 @@ def trained_prompt_model(cfg: Config):
 
 def test_pretrained_backbone_saves_the_trained_parameters_only(openai_weights):
     model = trained_prompt_model(PROMPT_CFG)
-    entry = run_folder.model_state(model, PROMPT_CFG)
+    entry = saved_model.model_state(model, PROMPT_CFG)
     assert entry["model_format"] == "trainable" and entry["model"]["backbone"] == "ViT-tiny"
     assert set(entry["model"]["parameters"]) == {"prompt_learner.context", "clip_model.logit_scale"}
     # A few KB instead of the whole tiny CLIP (its 49408-token embedding alone is 12.6 MB).
@@ -77,26 +77,26 @@ def test_pretrained_backbone_saves_the_trained_parameters_only(openai_weights):
     assert serialized_size(model.state_dict()) > 10_000_000
 
     images = torch.randn(3, 3, 64, 64)
-    rebuilt = run_folder.trained_model(entry, PROMPT_CFG, PROMPTS, "prompts.pt")
+    rebuilt = saved_model.trained_model(entry, PROMPT_CFG, PROMPTS, "prompts.pt")
     assert torch.equal(logits(rebuilt, images), logits(model, images))
     assert not torch.equal(logits(factory.build_model(PROMPT_CFG, PROMPTS), images), logits(model, images))
 
     with pytest.raises(ValueError, match="prompts.pt: the weights do not fit.*holds prompts"):
-        run_folder.load_model_state(factory.build_model(dataclasses.replace(PROMPT_CFG, finetune="full"), PROMPTS),
+        saved_model.load_model_state(factory.build_model(dataclasses.replace(PROMPT_CFG, finetune="full"), PROMPTS),
                                 entry, "prompts.pt")
 
 
 def test_random_backbone_saves_every_weight():
     cfg = dataclasses.replace(PROMPT_CFG, pretrained=False)
-    assert not run_folder.saves_trained_parameters_only(cfg)
-    assert not run_folder.saves_trained_parameters_only(dataclasses.replace(PROMPT_CFG, finetune="full"))
+    assert not saved_model.saves_trained_parameters_only(cfg)
+    assert not saved_model.saves_trained_parameters_only(dataclasses.replace(PROMPT_CFG, finetune="full"))
     torch.manual_seed(0)
     model = trained_prompt_model(cfg)
-    entry = run_folder.model_state(model, cfg)
+    entry = saved_model.model_state(model, cfg)
     assert entry["model_format"] == "state_dict"
     assert entry["model"].keys() == model.state_dict().keys()
     torch.manual_seed(1)  # another random backbone: every weight must come from the checkpoint
-    rebuilt = run_folder.trained_model(entry, cfg, PROMPTS, "full.pt")
+    rebuilt = saved_model.trained_model(entry, cfg, PROMPTS, "full.pt")
     images = torch.randn(3, 3, 64, 64)
     assert torch.equal(logits(rebuilt, images), logits(model, images))
 

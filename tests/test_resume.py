@@ -24,7 +24,7 @@ from interrupt import ctrl_c_on_forward_call
 from tailclip.checkpoint import load_checkpoint
 from tailclip.data import BalancedSampler
 from tailclip.logger import read_metrics
-from tailclip.run_folder import LOCK_FILE
+from tailclip.run_lock import LOCK_FILE
 from tiny_dataset import truncate, write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]

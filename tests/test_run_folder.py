@@ -17,11 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tailclip import run_folder
+from tailclip import run_folder, training_state
 from tailclip.checkpoint import rng_states
 from tailclip.errors import TailCLIPError
 from tailclip.logger import read_metrics
-from tailclip.run_folder import LOCK_FILE, RunFolderError, RunLock, claimed_run_folder
+from tailclip.run_folder import claimed_run_folder
+from tailclip.run_lock import LOCK_FILE, RunFolderError, RunLock
 from tiny_dataset import write_config, write_dataset
 
 
@@ -203,9 +204,9 @@ def test_each_process_takes_back_its_own_random_states(monkeypatch):
     first, first_draw = rng_states(), torch.rand(3)
     torch.manual_seed(2)
     second, second_draw = rng_states(), torch.rand(3)
-    monkeypatch.setattr(run_folder, "rank_and_world", lambda: (1, 2))  # process 1 of 2
-    run_folder._restore_process_rng([first, second])
+    monkeypatch.setattr(training_state, "rank_and_world", lambda: (1, 2))  # process 1 of 2
+    training_state._restore_process_rng([first, second])
     assert torch.equal(torch.rand(3), second_draw)
-    monkeypatch.setattr(run_folder, "rank_and_world", lambda: (0, 1))
-    run_folder._restore_process_rng(first)  # a checkpoint from before per-process states
+    monkeypatch.setattr(training_state, "rank_and_world", lambda: (0, 1))
+    training_state._restore_process_rng(first)  # a checkpoint from before per-process states
     assert torch.equal(torch.rand(3), first_draw)

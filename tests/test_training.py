@@ -12,7 +12,7 @@ import pytest
 import torch
 
 import clip
-from tailclip import evaluation, factory, run_folder, training
+from tailclip import evaluation, factory, saved_model, training, training_state
 from tailclip.batches import build_split_batches
 from tailclip.checkpoint import load_checkpoint
 from tailclip.config import Config, load_config
@@ -23,7 +23,7 @@ from tailclip.losses import TailCLIPObjective
 from tailclip.model import TailCLIP
 from tailclip.optim import build_optimizer, build_scheduler
 from tailclip.precision import autocast, resolve_precision
-from tailclip.run_folder import LOCK_FILE
+from tailclip.run_lock import LOCK_FILE
 from tiny_dataset import write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -194,7 +194,7 @@ def test_compiled_training_step_has_no_graph_break_and_matches_eager(tiny_model,
     compiled = copy.deepcopy(tiny_model)
     trainers = [_trainer(eager, tiny_objective, 0),
                 _trainer(compiled, tiny_objective, 0, torch.compile(compiled, backend="aot_eager", fullgraph=True))]
-    states = [run_folder.TrainState(), run_folder.TrainState()]
+    states = [training_state.TrainState(), training_state.TrainState()]
     for count, seed in [(6, 1), (7, 2), (5, 3)]:
         images, targets, tokens = tiny_batch(count, seed)
         tokens = clip.trim_padding(tokens) if seed != 3 else tokens  # the last: the whole context
@@ -215,7 +215,7 @@ def test_nonfinite_loss_skips_then_stops(tiny_model, tiny_objective, monkeypatch
         return {**out, "loss": out["loss"] * float("nan")}  # NaN gradients too
 
     monkeypatch.setattr(TailCLIPObjective, "forward", nan_loss)
-    state = run_folder.TrainState(epoch=2, step_in_epoch=4, global_step=11)
+    state = training_state.TrainState(epoch=2, step_in_epoch=4, global_step=11)
     assert training.train_step(trainer, images, targets, tokens, state, epoch=2) is None
     assert state.nonfinite_steps == 1
     for name, value in tiny_model.state_dict().items():  # a skipped step changes nothing
@@ -301,7 +301,7 @@ def test_model_rebuilt_from_checkpoint_alone(tiny_model):
     model = factory.build_model(cfg, PROMPTS)
     checkpoint = {"config": cfg.to_dict(), "label_prompts": PROMPTS, "model": model.state_dict()}
     torch.manual_seed(2)  # the rebuilt model starts from other random weights
-    rebuilt, rebuilt_cfg = run_folder.model_from_checkpoint(checkpoint, "run/best.pt")
+    rebuilt, rebuilt_cfg = saved_model.model_from_checkpoint(checkpoint, "run/best.pt")
     assert rebuilt_cfg == cfg and not rebuilt.training
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
@@ -309,7 +309,7 @@ def test_model_rebuilt_from_checkpoint_alone(tiny_model):
 
     checkpoint["model"] = tiny_model.state_dict()  # 64-pixel weights for a 32-pixel config
     with pytest.raises(ValueError, match="run/best.pt: the weights do not fit"):
-        run_folder.model_from_checkpoint(checkpoint, "run/best.pt")
+        saved_model.model_from_checkpoint(checkpoint, "run/best.pt")
 
 
 

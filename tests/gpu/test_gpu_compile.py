@@ -8,7 +8,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from gpu_models import CUDA, batch, build_model, model_config
-from tailclip import run_folder, training
+from tailclip import training, training_state
 from tailclip.batches import COMPILED_CAPTION_LENGTHS, caption_length
 from tailclip.optim import build_optimizer, build_scheduler
 from tailclip.precision import grad_scaler, set_tf32
@@ -32,7 +32,7 @@ def test_compiled_training_equals_eager_with_one_graph_per_caption_length(exact_
     compiled = trainer(compiled_model, training.compile_forward(compiled_model), objective)
     torch._dynamo.reset()
     counters.clear()
-    states, losses, lengths = [run_folder.TrainState(), run_folder.TrainState()], [], []
+    states, losses, lengths = [training_state.TrainState(), training_state.TrainState()], [], []
     started = time.perf_counter()
     for step, longest in enumerate(LONGEST_CAPTIONS):
         images, targets, ids = batch(seed=step, longest_caption=longest)

@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from gpu_models import CUDA, batch, build_model, model_config, training_outputs
-from tailclip import run_folder, training
+from tailclip import training, training_state
 from tailclip.optim import build_optimizer
 from tailclip.precision import autocast, grad_scaler
 
@@ -67,7 +67,7 @@ def test_fp16_with_its_grad_scaler_takes_a_finite_step(record_property):
     steps = 0
     changed = 0
     while not changed and steps < 16:
-        training.train_step(trainer, images, targets, tokens, run_folder.TrainState(), epoch=0)
+        training.train_step(trainer, images, targets, tokens, training_state.TrainState(), epoch=0)
         steps += 1
         changed = sum(not torch.equal(b, p) for b, p in zip(before, model.parameters()))
     record_property("steps_until_one_was_taken", steps)

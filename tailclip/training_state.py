@@ -1,0 +1,121 @@
+"""What a training checkpoint holds, and how a run resumes from it.
+
+Besides the model (`tailclip.saved_model`), a training checkpoint holds what ``--resume``
+needs to continue exactly where the run stopped: optimiser, schedule, scaler, progress, the
+unfinished epoch's meter and every process's random-number states. A resumed run trains
+with its own saved config, changed only in the options that say how it goes on
+(`RESUMABLE_OPTIONS`). The file format itself (atomic writes, safe loading) is
+`tailclip.checkpoint`'s.
+"""
+import dataclasses
+import math
+from pathlib import Path
+
+from tailclip.checkpoint import FORMAT, VERSION, restore_rng_states, with_checksum
+from tailclip.config import Config, ConfigError
+from tailclip.distributed import rank_and_world
+from tailclip.logger import MAP_UNIT, say
+from tailclip.run_folder import NEWEST_CHECKPOINT
+from tailclip.saved_model import load_model_state, model_state
+
+
+@dataclasses.dataclass
+class TrainState:
+    """Progress of a run; saved in every checkpoint."""
+    epoch: int = 0  # finished epochs
+    step_in_epoch: int = 0  # steps of epoch `epoch` already taken (a run stopped mid-epoch)
+    global_step: int = 0
+    nonfinite_steps: int = 0
+    last_loss: float = math.nan  # of the last step taken (for the progress bar)
+    best_mAP: float = -math.inf
+    best_mAP_epoch: int = 0
+    best_mAP_tail: float = -math.inf
+    best_mAP_tail_epoch: int = 0
+    start_mAP: float | None = None  # before training: the untrained (or zero-shot) model
+    last_metrics: dict = dataclasses.field(default_factory=dict)
+
+
+def training_checkpoint(cfg: Config, data, trainer, state: TrainState, meter, rng: list[dict]) -> dict:
+    """Everything needed to resume training, or to use the model without the data; ``rng``
+    holds the random-number states of every process, by rank (`checkpoint.rng_states`)."""
+    return with_checksum({
+        "format": FORMAT,
+        "version": VERSION,
+        **model_state(trainer.model, cfg),
+        "optimizer": trainer.optimizer.state_dict(),
+        "scheduler": trainer.scheduler.state_dict(),
+        "scaler": trainer.scaler.state_dict(),
+        "state": dataclasses.asdict(state),
+        "mAP_unit": MAP_UNIT,
+        "epoch_progress": meter.state_dict() if state.step_in_epoch else None,
+        "label_embeddings": trainer.model.cached_label_emb if state.step_in_epoch else None,
+        "config": cfg.to_dict(),
+        "backbone": cfg.model_name,
+        "class_names": list(data.class_names),
+        "label_prompts": list(data.label_prompts),
+        "groups": data.groups,
+        "rng": rng,
+    })
+
+
+def restore_training(checkpoint: dict, trainer, meter) -> TrainState:
+    """Restore model, optimiser, scaler, progress and this process's random states; the
+    schedule is the caller's to rebuild at the epoch reached (`optim.build_scheduler`)."""
+    load_model_state(trainer.model, checkpoint, NEWEST_CHECKPOINT)
+    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+    trainer.scaler.load_state_dict(checkpoint["scaler"])
+    state = TrainState(**checkpoint["state"])
+    if checkpoint["epoch_progress"] is not None:
+        meter.load_state_dict(checkpoint["epoch_progress"], trainer.device)
+    if checkpoint["label_embeddings"] is not None:
+        trainer.model.cached_label_emb = checkpoint["label_embeddings"].to(trainer.device)
+    _restore_process_rng(checkpoint["rng"])
+    return state
+
+
+def _restore_process_rng(states: list[dict] | dict) -> None:
+    """This process's own random states: a resumed run draws (random flips of the JPEG
+    path, ...) as an unbroken one. With another number of processes than the run had, the
+    draws differ; each process takes the states of rank ``rank % saved processes``."""
+    states = [states] if isinstance(states, dict) else states  # saved by one process, before per-process states
+    rank, world = rank_and_world()
+    if world != len(states):
+        say(f"resume: the run had {len(states)} process(es), now {world}: random draws (the "
+            "flips of the JPEG path) differ from an unbroken run")
+    restore_rng_states(states[rank % len(states)])
+
+
+# Options a resumed run may take from the command line. Each changes how the run goes on,
+# not what it has trained so far: `epochs` and `lr` rebuild the cosine schedule from the
+# epoch reached (`optim.build_scheduler`); the others choose where and how fast it runs,
+# which checkpoints it keeps and how many non-finite steps it tolerates. Every other option
+# (model, data, loss, batch size, optimiser, seed, ...) is the run's own and cannot change.
+RESUMABLE_OPTIONS = ("epochs", "lr", "device", "num_threads", "num_workers", "eval_batch_size",
+                     "precision", "tf32", "compile", "grad_checkpointing", "image_cache", "run_dir",
+                     "save_best_mAP_checkpoint", "save_best_tail_mAP_checkpoint",
+                     "save_newest_checkpoint", "max_nonfinite_steps")
+
+
+def resumed_config(checkpoint: dict, cfg: Config, given, path) -> Config:
+    """The config a resumed run trains with: the run's own (saved in its checkpoint ``path``),
+    with the values of ``cfg`` for the options named in ``given`` (those set on the command
+    line now; None: every option of ``cfg``) and its ``run_dir`` (where the run is now).
+
+    A given option outside `RESUMABLE_OPTIONS` whose value differs from the run's is a
+    `ConfigError` naming it. Changes are reported in one line each.
+    """
+    saved = Config.from_dict(checkpoint["config"], source=str(path))
+    given = set(cfg.to_dict() if given is None else given) | {"run_dir"}
+    changed = {key for key in given if getattr(cfg, key) != getattr(saved, key)}
+    fixed = sorted(changed - set(RESUMABLE_OPTIONS))
+    if fixed:
+        key = fixed[0]
+        raise ConfigError(
+            f"cannot resume {Path(path).parent} with {key} = {getattr(cfg, key)!r}: the run has "
+            f"{key} = {getattr(saved, key)!r}, and {key} cannot change during a run (a resumed run "
+            f"may change {', '.join(RESUMABLE_OPTIONS[:2])} and how it runs: "
+            f"{', '.join(RESUMABLE_OPTIONS[2:])}); train a new run with --run-name NAME")
+    resumed = dataclasses.replace(saved, **{key: getattr(cfg, key) for key in changed})
+    for key in sorted(changed - {"run_dir"}):
+        say(f"resume: {key} = {getattr(resumed, key)!r} from now on (the run had {getattr(saved, key)!r})")
+    return resumed
