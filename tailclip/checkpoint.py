@@ -31,7 +31,13 @@ class CheckpointError(TailCLIPError, RuntimeError):
 
 
 def save_atomic(obj, path) -> Path:
-    """``torch.save(obj)`` to ``path`` so that an interrupted write never replaces a good file.
+    """``torch.save(obj)`` to ``path`` with `write_atomic`."""
+    return write_atomic(path, lambda f: torch.save(obj, f))
+
+
+def write_atomic(path, write) -> Path:
+    """``write(f)`` to a binary file that becomes ``path`` only once complete, so that an
+    interrupted write never replaces a good file.
 
     The bytes go to a temporary file in the same folder (same file system, so the rename is
     atomic), are flushed to disk, and only then renamed over ``path``. On any failure,
@@ -45,7 +51,7 @@ def save_atomic(obj, path) -> Path:
     try:
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
         with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp_name, path)

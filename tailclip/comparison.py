@@ -25,6 +25,7 @@ from tailclip.authors_record import (
     nearest_runs,
 )
 from tailclip.errors import TailCLIPError
+from tailclip.evaluation import percent
 from tailclip.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, percent_scalars, read_metrics
 
 FIGURES = ("mAP", "mAP_head", "mAP_medium", "mAP_tail")
@@ -157,7 +158,7 @@ def per_epoch_table(records: list[dict], runs: list[AuthorsRun]) -> list[dict]:
 
 
 def _pct(value) -> str:
-    return "n/a" if not _finite(value) else f"{100 * value:.2f}"
+    return percent(value, digits=2)
 
 
 def _range(low, high) -> str:

@@ -99,5 +99,6 @@ def val_line(record: dict) -> str:
 
 
 
-def percent(value) -> str:
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.1f}"
+def percent(value, digits: int = 1) -> str:
+    """A fraction in percent with ``digits`` decimals; "n/a" for None, NaN or inf."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}"

@@ -23,6 +23,7 @@ from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from tailclip import visualize
+from tailclip.checkpoint import write_atomic
 from tailclip.distributed import is_main_process
 from tailclip.errors import NoSpaceError, TailCLIPError, is_no_space, no_space_error
 from tailclip.thresholds import SUMMARY_NAMES
@@ -110,15 +111,7 @@ class RunLogger:
             return
         lines = self.metrics_path.read_text().splitlines(keepends=True)
         kept = "".join(line for line in lines if _record_epoch(line) <= last_epoch)
-        temp = self.metrics_path.with_name(f".{METRICS_FILE}.{os.getpid()}.tmp")
-        try:
-            with self._writing(self.metrics_path), open(temp, "w") as f:
-                f.write(kept)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, self.metrics_path)
-        finally:
-            temp.unlink(missing_ok=True)
+        write_atomic(self.metrics_path, lambda f: f.write(kept.encode()))
 
     @contextlib.contextmanager
     def _writing(self, path=None):

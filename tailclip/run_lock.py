@@ -49,13 +49,18 @@ class LockOwner:
             return False
         if self.pid == os.getpid():
             return path not in RunLock.held
-        try:
-            os.kill(self.pid, 0)
-        except ProcessLookupError:
-            return True
-        except PermissionError:  # alive, another user's
-            return False
+        return not process_runs(self.pid)
+
+
+def process_runs(pid: int) -> bool:
+    """Whether process ``pid`` runs on this host (another user's counts)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
         return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
 
 
 class RunLock:

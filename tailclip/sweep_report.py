@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tailclip.authors_record import RECORD_DATASETS, AuthorsRun, load_record, matching_runs
-from tailclip.comparison import authors_summary
+from tailclip.comparison import authors_summary, best_and_last
 from tailclip.errors import TailCLIPError
 from tailclip.logger import CONFIG_FILE, METRICS_FILE, read_metrics
 
@@ -39,10 +39,9 @@ def read_run(run_dir: Path) -> dict | None:
     records = [record for record in read_metrics(run_dir) if record["epoch"] > 0]  # 0: before training
     if not records or records[-1]["epoch"] < config["epochs"]:
         return None
-    best = max(records, key=lambda record: record["val/mAP"])  # the first of equal maxima
-    return {"config": config, **{f"{when}_{group}": _number(record.get(f"val/{group}"))
-                                 for when, record in (("best", best), ("last", records[-1]))
-                                 for group in GROUPS}}
+    chosen = best_and_last(records)
+    return {"config": config, **{f"{when}_{group}": _number(chosen[when].get(f"val/{group}"))
+                                 for when in ("best", "last") for group in GROUPS}}
 
 
 def _number(value) -> float:

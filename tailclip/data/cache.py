@@ -59,6 +59,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from tailclip.errors import TailCLIPError
+from tailclip.run_lock import process_runs
 
 from .datasets import load_image
 from .transforms import resize
@@ -260,23 +261,10 @@ def _remove_stale_temporary_files(cache_dir: Path) -> None:
     ours = re.compile(rf".*\.{re.escape(socket.gethostname())}\.(\d+)\.tmp")
     for path in cache_dir.glob("*.tmp"):
         match = ours.fullmatch(path.name)
-        if match and not _process_runs(int(match.group(1))):
+        # This process builds no cache while it opens one: its own id in a name is an earlier process's.
+        if match and (int(match.group(1)) == os.getpid() or not process_runs(int(match.group(1)))):
             path.unlink(missing_ok=True)
             log.info("removed %s, left by an image cache build that did not finish", path)
-
-
-def _process_runs(pid: int) -> bool:
-    """Whether ``pid`` is another process that runs (this one builds no cache while it opens
-    one: its process id in a file name is a previous process's)."""
-    if pid == os.getpid():
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # another user's
-        return True
-    return True
 
 
 def to_model_input(images: torch.Tensor, mean: Sequence[float], std: Sequence[float],
