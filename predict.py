@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
     from tailclip.predict import find_images, load_predictor, predict_files, ranked_classes, write_results
-    from tailclip.thresholds import PROBABILITY, read_thresholds, selected_classes
+    from tailclip.thresholds import read_thresholds, selected_classes
     from tailclip.wording import count
 
     try:
@@ -99,8 +99,7 @@ def main(argv=None) -> int:
     unreadable = not_read + [result for result in results if result.scores is None]
     read = sum(result.scores is not None for result in results)
     if args.output:
-        metadata = {**predictor.metadata, **({"thresholds_file": args.thresholds, "probability": PROBABILITY}
-                                             if args.thresholds else {})}
+        metadata = {**predictor.metadata, **({"thresholds_file": args.thresholds} if args.thresholds else {})}
         path = write_results(args.output, results + not_read, predictor.class_names, args.top_k,
                              args.threshold, metadata, class_thresholds)
         print(f"wrote {count(read, 'prediction')} to {path}", file=sys.stderr)

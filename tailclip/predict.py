@@ -29,9 +29,6 @@ from tailclip.thresholds import PROBABILITY, class_probabilities, selected_class
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",
                               ".ppm", ".pgm", ".pbm"})
 OUTPUT_FORMATS = (".csv", ".json")
-# What a threshold is compared with: a per-class probability, whatever the ranking score.
-# A softmax's scores share one unit of mass, so a threshold on them could select only a
-# few classes; the sigmoid of each class logit is what the BAL / ASL / BCE terms train.
 
 
 class OutputFormatError(TailCLIPError, ValueError):

@@ -24,7 +24,10 @@ from tailclip.errors import TailCLIPError
 
 DEFAULT_THRESHOLD = 0.5
 TOP_K = 3
-PROBABILITY = "sigmoid of the class logits"  # what a threshold applies to, as the files say
+# What a threshold applies to, as the files say: a per-class probability whatever the ranking
+# score. A softmax's scores share one unit of mass, so a threshold on them could select only a
+# few classes; the sigmoid of each class logit is what the BAL / ASL / BCE terms train.
+PROBABILITY = "sigmoid of the class logits"
 SUMMARY_NAMES = ("CP", "CR", "CF1", "OP", "OR", "OF1")
 DEFINITIONS = ("CP, CR: means over classes of the per-class precision and recall (scikit-learn's "
                "macro); OP, OR: over all (image, class) pairs (micro); CF1 = 2 CP CR / (CP + CR) "
