@@ -15,7 +15,7 @@ folder that is not a run folder or a run the record cannot speak to (another dat
 import argparse
 import sys
 
-from tailclip.errors import TailCLIPError
+from tailclip.errors import USER_ERRORS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -31,19 +31,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
-    from tailclip.authors_record import load_record
-    from tailclip.comparison import summary_text, write_comparison
+    from tailclip.tools.authors_record import load_record
+    from tailclip.tools.comparison import summary_text, write_comparison
 
     failed = False
     try:
         runs = load_record()
-    except TailCLIPError as error:
+    except USER_ERRORS as error:
         print(f"error: {error}", file=sys.stderr)
         return 1
     for run_dir in args.run_dirs:
         try:
             result, paths = write_comparison(run_dir, runs, tensorboard=args.tensorboard)
-        except TailCLIPError as error:  # the user's to fix; a bug keeps its traceback
+        except USER_ERRORS as error:  # the user's to fix; a bug keeps its traceback
             print(f"error: {error}", file=sys.stderr)
             failed = True
             continue

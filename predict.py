@@ -19,7 +19,7 @@ import argparse
 import os
 import sys
 
-from tailclip.errors import TailCLIPError
+from tailclip.errors import USER_ERRORS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -50,11 +50,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.workers < 0:
         parser.error("--workers must be at least 0")
     if args.output:
-        from tailclip.predict import check_output_path  # once the arguments are parsed: imports torch
+        from tailclip.tools.predict import check_output_path  # once the arguments are parsed: imports torch
 
         try:
             check_output_path(args.output)
-        except TailCLIPError as error:
+        except USER_ERRORS as error:
             parser.error(str(error))
     return args
 
@@ -73,15 +73,15 @@ def describe(path: str, top: list, above: list, threshold, selected: list | None
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
-    from tailclip.predict import find_images, load_predictor, predict_files, ranked_classes, write_results
     from tailclip.thresholds import read_thresholds, selected_classes
+    from tailclip.tools.predict import find_images, load_predictor, predict_files, ranked_classes, write_results
     from tailclip.wording import count
 
     try:
         predictor = load_predictor(args.checkpoint, args.device)
         class_thresholds = (read_thresholds(args.thresholds, predictor.class_names)
                             if args.thresholds else None)
-    except TailCLIPError as error:  # the user's to fix: the message says what; a bug keeps its traceback
+    except USER_ERRORS as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"predict.py: error: {error}", file=sys.stderr)
         return 1
     images, not_read = find_images(args.inputs)

@@ -14,7 +14,7 @@ sweep folder gets ``results.md``, ``results.csv`` and ``results.png``. With ``--
 import argparse
 import sys
 
-from tailclip.errors import TailCLIPError
+from tailclip.errors import USER_ERRORS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,7 +44,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def sweep(args: argparse.Namespace) -> int:
-    from tailclip.sweep import (
+    from tailclip.tools.sweep import (
         SweepError,
         expand,
         parse_grid,
@@ -55,7 +55,7 @@ def sweep(args: argparse.Namespace) -> int:
         run_search,
         sweep_folder,
     )
-    from tailclip.sweep_report import write_report
+    from tailclip.tools.sweep_report import write_report
 
     if not args.config or not args.name:
         raise SweepError("--config and --name are required (or --report SWEEP_FOLDER)")
@@ -87,8 +87,8 @@ def sweep(args: argparse.Namespace) -> int:
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
-    from tailclip.sweep_report import write_report
-    from tailclip.training import TrainingInterrupted
+    from tailclip.engine.training import TrainingInterrupted
+    from tailclip.tools.sweep_report import write_report
 
     try:
         if args.report:
@@ -96,7 +96,7 @@ def main(argv=None) -> int:
                 print(f"wrote {path}")
             return 0
         return sweep(args)
-    except TailCLIPError as error:  # the user's to fix: the message says what; a bug keeps its traceback
+    except USER_ERRORS as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
     except TrainingInterrupted as error:

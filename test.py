@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from tailclip.config import ConfigError, parse_bool
-from tailclip.errors import TailCLIPError
+from tailclip.errors import USER_ERRORS
 
 
 def _flag(text: str) -> bool:
@@ -68,8 +68,8 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
     from tailclip.config import load_config
-    from tailclip.distributed import cleanup, is_main_process
-    from tailclip.report import evaluate_checkpoint, format_report, write_report
+    from tailclip.engine.distributed import cleanup, is_main_process
+    from tailclip.tools.report import evaluate_checkpoint, format_report, write_report
 
     try:
         cfg = load_config(args.config, args.overrides)
@@ -77,7 +77,7 @@ def main(argv=None) -> int:
         report = evaluate_checkpoint(cfg, run_dir, args.checkpoint, args.zeroshot, args.calibrate,
                                      args.target_precision)
         writes = is_main_process()  # under torchrun only rank 0 prints and writes
-    except TailCLIPError as error:  # the user's to fix: the message says what; a bug keeps its traceback
+    except USER_ERRORS as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
     finally:

@@ -21,7 +21,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from tailclip.errors import TailCLIPError
+from tailclip.errors import USER_ERRORS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -44,14 +44,14 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
     from tailclip.config import load_config
-    from tailclip.distributed import cleanup
-    from tailclip.training import TrainingInterrupted, train
+    from tailclip.engine.distributed import cleanup
+    from tailclip.engine.training import TrainingInterrupted, train
 
     try:
         cfg = load_config(args.config, args.overrides)
         train(cfg, args.run_name or Path(args.config).stem, resume=args.resume, overwrite=args.overwrite,
               given_options=[text.partition("=")[0].strip() for text in args.overrides])
-    except TailCLIPError as error:  # the user's to fix: the message says what; a bug keeps its traceback
+    except USER_ERRORS as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)
         return 1
     except TrainingInterrupted as error:

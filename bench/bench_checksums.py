@@ -22,8 +22,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tailclip.checkpoint import content_checksum, load_checkpoint  # noqa: E402
-from tailclip.data.cache import pixels_crc32  # noqa: E402
+from tailclip.engine.cache import pixels_crc32  # noqa: E402
+from tailclip.engine.checkpoint import content_checksum, load_checkpoint  # noqa: E402
 
 
 def best_of(function, repeats: int = 5) -> float:

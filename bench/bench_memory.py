@@ -40,8 +40,8 @@ import clip  # noqa: E402
 from clip.model import ResidualAttentionBlock  # noqa: E402
 from tailclip import factory  # noqa: E402
 from tailclip.config import Config  # noqa: E402
-from tailclip.optim import build_optimizer  # noqa: E402
-from tailclip.precision import autocast, resolve_precision  # noqa: E402
+from tailclip.engine.optim import build_optimizer  # noqa: E402
+from tailclip.engine.precision import autocast, resolve_precision  # noqa: E402
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",

@@ -44,13 +44,14 @@ from torch.utils.flop_counter import FlopCounterMode
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import clip  # noqa: E402
-from tailclip import evaluation, factory, training, training_state  # noqa: E402
-from tailclip.batches import SplitBatches, build_split_batches  # noqa: E402
+from tailclip import factory, training_state  # noqa: E402
 from tailclip.config import Config  # noqa: E402
 from tailclip.data import BalancedSampler, build_data  # noqa: E402
+from tailclip.engine import evaluation, training
+from tailclip.engine.batches import SplitBatches, build_split_batches  # noqa: E402
+from tailclip.engine.optim import build_optimizer, build_scheduler  # noqa: E402
+from tailclip.engine.precision import PER_OPERATOR_TF32, autocast, grad_scaler, resolve_precision, set_tf32, tf32_flags  # noqa: E402
 from tailclip.metrics import evaluate  # noqa: E402
-from tailclip.optim import build_optimizer, build_scheduler  # noqa: E402
-from tailclip.precision import PER_OPERATOR_TF32, autocast, grad_scaler, resolve_precision, set_tf32, tf32_flags  # noqa: E402
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",

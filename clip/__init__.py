@@ -1,4 +1,5 @@
 """Our CLIP backbone: OpenAI-checkpoint compatible models, tokenizer and preprocessing."""
+from .errors import ClipError, ClipFileNotFoundError
 from .factory import available_models, create_model, load, model_resolution
 from .model import CLIP, build_model, interpolate_positional_embedding
 from .open_clip_compat import (
@@ -11,6 +12,8 @@ from .tokenizer import get_tokenizer, tokenize, trim_padding
 
 __all__ = [
     "CLIP",
+    "ClipError",
+    "ClipFileNotFoundError",
     "available_models",
     "build_from_open_clip_config",
     "build_model",

@@ -1,7 +1,7 @@
 """Fetch a file once: progress bar, resume of a partial download, sha256 check.
 
 Used for the CLIP weights and vocabulary (`clip.load`) and for the benchmark data
-(`tailclip.download`). Only the standard library's urllib, so http(s):// and file://
+(the project's dataset downloads). Only the standard library's urllib, so http(s):// and file://
 addresses both work and nothing else needs installing.
 """
 import hashlib
@@ -15,8 +15,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from tailclip.errors import TailCLIPError
-from tailclip.progress import show_progress
+from .errors import ClipError
 
 CHUNK_BYTES = 1 << 20
 TIMEOUT_ENV = "TAILCLIP_DOWNLOAD_TIMEOUT"
@@ -25,7 +24,7 @@ DEFAULT_TIMEOUT_S = 30.0
 NETWORK_ERRORS = (urllib.error.URLError, http.client.HTTPException, ConnectionError, TimeoutError)
 
 
-class DownloadError(TailCLIPError, RuntimeError):
+class DownloadError(ClipError, RuntimeError):
     """A download failed; the message names the address and where to put the file by hand."""
 
 
@@ -45,7 +44,7 @@ def download(url: str, root: str | Path, sha256: str | None = None, filename: st
     An existing file is kept when it has the expected sha256 (or when no sha256 is given) and
     fetched again otherwise. Bytes go to `<file>.part` first; a `.part` left by an interrupted
     run is continued with an HTTP Range request. A sha256 mismatch removes the bad file.
-    `progress` draws a progress bar (default: `tailclip.progress.show_progress()`).
+    `progress` draws a progress bar (default: when standard error is a terminal).
     `timeout` (seconds; default `$TAILCLIP_DOWNLOAD_TIMEOUT` or 30) bounds the connection and
     each read, and there is no retry, so an offline machine fails at once.
     Raises `DownloadError` naming the address and the path to fill by hand.
@@ -65,7 +64,7 @@ def download(url: str, root: str | Path, sha256: str | None = None, filename: st
     part = target.with_name(target.name + ".part")
     by_hand = f"download {url} to {target} by hand"
     try:
-        _fetch(url, part, target.name, show_progress() if progress is None else progress,
+        _fetch(url, part, target.name, sys.stderr.isatty() if progress is None else progress,
                _timeout_s(timeout))
     except NETWORK_ERRORS as error:
         raise DownloadError(f"could not download {url} ({error}). Check the network and run again "

@@ -10,14 +10,13 @@ from pathlib import Path
 import torch
 from torchvision import transforms
 
-from tailclip.errors import MissingFileError, TailCLIPError
-
 from .architectures import ARCHITECTURES, CHECKPOINT_URLS, Architecture
+from .errors import ClipError, ClipFileNotFoundError
 from .model import CLIP, build_model
 from .transform import clip_transform
 
 
-class WeightsFileError(TailCLIPError, RuntimeError):
+class WeightsFileError(ClipError, RuntimeError):
     """A weights file that does not hold a CLIP model (unreadable, or other weights)."""
 
 
@@ -125,7 +124,7 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", ji
     elif Path(name_or_path).is_file():
         path = Path(name_or_path)
     else:
-        raise MissingFileError(f"{str(name_or_path)!r} is neither a CLIP model with weights "
+        raise ClipFileNotFoundError(f"{str(name_or_path)!r} is neither a CLIP model with weights "
                                f"({', '.join(available_models())}) nor a checkpoint file "
                                "(clip.create_model builds any architecture with random weights)")
     check_weights_file(path)

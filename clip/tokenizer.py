@@ -14,7 +14,7 @@ import ftfy
 import regex
 import torch
 
-from tailclip.errors import MissingFileError, TailCLIPError
+from .errors import ClipError, ClipFileNotFoundError
 
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 SHIPPED_BPE = Path(__file__).with_name(BPE_FILENAME)  # OpenAI's file, byte for byte
@@ -37,7 +37,7 @@ def bpe_path() -> Path:
     from_env = os.environ.get("TAILCLIP_BPE_PATH")
     if from_env:
         if not Path(from_env).is_file():
-            raise MissingFileError(f"TAILCLIP_BPE_PATH={from_env} is not a file")
+            raise ClipFileNotFoundError(f"TAILCLIP_BPE_PATH={from_env} is not a file")
         return Path(from_env)
     return SHIPPED_BPE
 
@@ -125,7 +125,7 @@ def get_tokenizer() -> SimpleTokenizer:
     return SimpleTokenizer()
 
 
-class TextTooLongError(TailCLIPError, ValueError):
+class TextTooLongError(ClipError, ValueError):
     """A text (a class prompt, a caption) that does not fit in the text tower's context."""
 
 

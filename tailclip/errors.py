@@ -5,13 +5,19 @@ Every error that a user can act on (a bad config, a missing file, a run folder i
 is a bug of ours and keeps its traceback.
 
 The subclasses live beside the code that raises them (`ConfigError` in `tailclip.config`,
-`CheckpointError` in `tailclip.checkpoint`, ...); those that name no single concept live here.
+`CheckpointError` in `tailclip.engine.checkpoint`, ...); those that name no single concept live here.
 """
 import errno
+
+from clip.errors import ClipError
 
 
 class TailCLIPError(Exception):
     """An error in the user's inputs or set-up, with a message that says what to change."""
+
+
+# What the command lines show in one line: the project's errors and those of its clip package.
+USER_ERRORS = (TailCLIPError, ClipError)
 
 
 class MissingFileError(TailCLIPError, FileNotFoundError):

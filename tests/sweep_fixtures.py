@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-import tailclip.training
+import tailclip.engine.training
 from tiny_dataset import write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -25,11 +25,11 @@ def tiny_config(tmp_path):
 @pytest.fixture
 def train_calls(monkeypatch):
     """Every train() call of the sweep, as (run name, resume)."""
-    calls, train = [], tailclip.training.train
+    calls, train = [], tailclip.engine.training.train
 
     def recorded(cfg, run_name, **options):
         calls.append((run_name, options.get("resume", False)))
         return train(cfg, run_name, **options)
 
-    monkeypatch.setattr(tailclip.training, "train", recorded)
+    monkeypatch.setattr(tailclip.engine.training, "train", recorded)
     return calls

@@ -11,9 +11,9 @@ import sys
 
 import pytest
 
-from tailclip.authors_record import load_record, matching_runs
 from tailclip.config import load_config
-from tailclip.sweep import expand, parse_grid, parse_variant
+from tailclip.tools.authors_record import load_record, matching_runs
+from tailclip.tools.sweep import expand, parse_grid, parse_variant
 
 # Per benchmark, per setting: the authors' runs (folder names without the
 # "<benchmark>_vitb16_nocaptions_" prefix; "@<time>" tells apart two curves in one folder).

@@ -9,7 +9,8 @@ import subprocess
 
 import pytest
 
-from tailclip.authors_record import (
+from tailclip.config import Config, load_config
+from tailclip.tools.authors_record import (
     RECORD_FILE,
     RECORD_SHA256,
     RecordError,
@@ -18,7 +19,6 @@ from tailclip.authors_record import (
     matching_runs,
     nearest_runs,
 )
-from tailclip.config import Config, load_config
 
 REFERENCE = "authors_runs/lm_clip_runs.json"
 
@@ -28,7 +28,7 @@ def test_shipped_record_has_its_pinned_sha256():
 
 
 def test_a_changed_shipped_record_is_refused(tmp_path, monkeypatch):
-    from tailclip import authors_record
+    from tailclip.tools import authors_record
 
     changed = tmp_path / "lm_clip_runs.json"
     changed.write_bytes(RECORD_FILE.read_bytes() + b" ")

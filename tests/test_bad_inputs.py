@@ -18,9 +18,9 @@ import torch
 
 from tailclip.config import ConfigError
 from tailclip.data.splits import SplitFormatError, read_split
-from tailclip.distributed import resolve_device
+from tailclip.engine.distributed import resolve_device
+from tailclip.engine.logger import read_metrics
 from tailclip.errors import DeviceError
-from tailclip.logger import read_metrics
 from tiny_dataset import TRAIN_LABELS, split_lines, truncate, write_config, write_dataset, write_lines
 
 REPO = Path(__file__).resolve().parents[1]
@@ -289,9 +289,9 @@ def raise_a_bug(*args, **kwargs):
     raise ValueError("a bug of ours")
 
 
-@pytest.mark.parametrize("script, function", [("train.py", "tailclip.training.build_data"),
-                                              ("test.py", "tailclip.report.build_data"),
-                                              ("predict.py", "tailclip.predict.load_checkpoint")])
+@pytest.mark.parametrize("script, function", [("train.py", "tailclip.engine.training.build_data"),
+                                              ("test.py", "tailclip.tools.report.build_data"),
+                                              ("predict.py", "tailclip.tools.predict.load_checkpoint")])
 def test_a_bug_keeps_its_traceback(script, function, tmp_path, monkeypatch):
     # An exception that is not a TailCLIPError reaches Python, which prints its traceback.
     root, args = tiny(tmp_path)

@@ -10,9 +10,9 @@ import torch
 import clip
 from loss_examples import LOGITS, TARGETS
 from process_group import save_rank_result, set_rendezvous_env, spawn_and_collect
-from tailclip import distributed
 from tailclip.config import Config, ConfigError, load_config
 from tailclip.data.balance import balance_weights
+from tailclip.engine import distributed
 from tailclip.factory import build_objective, dbfocal_settings
 from tailclip.losses import DistributionBalancedFocalLoss, SigmoidFocalLoss, binary_cross_entropy, clip_contrastive_loss
 from tailclip.model import TailCLIP

@@ -1,10 +1,10 @@
-"""Tests of tailclip.batches.read_ahead: the background reader of cached batches on a GPU."""
+"""Tests of tailclip.engine.batches.read_ahead: the background reader of cached batches on a GPU."""
 import threading
 import time
 
 import pytest
 
-from tailclip.batches import SplitBatches, read_ahead
+from tailclip.engine.batches import SplitBatches, read_ahead
 
 
 def reader_threads() -> list[threading.Thread]:

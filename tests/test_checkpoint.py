@@ -8,9 +8,9 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tailclip import checkpoint as ckpt
+from tailclip.engine import checkpoint as ckpt
+from tailclip.engine.logger import RunLogger, read_metrics
 from tailclip.errors import TailCLIPError
-from tailclip.logger import RunLogger, read_metrics
 
 
 def _checkpoint(value: float) -> dict:

@@ -17,11 +17,11 @@ import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tailclip.config import Config
+from tailclip.engine.logger import read_metrics
+from tailclip.engine.progress import PROGRESS_ENV, show_progress
+from tailclip.engine.run_folder import BEST_MAP_CHECKPOINT
 from tailclip.errors import TailCLIPError
-from tailclip.logger import read_metrics
-from tailclip.progress import PROGRESS_ENV, show_progress
-from tailclip.report import zeroshot_warning
-from tailclip.run_folder import BEST_MAP_CHECKPOINT
+from tailclip.tools.report import zeroshot_warning
 from tiny_dataset import write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]

@@ -7,9 +7,9 @@ import sys
 
 import pytest
 
-from tailclip.authors_record import authors_config, load_record
-from tailclip.comparison import FIGURES, compare, write_comparison
 from tailclip.config import Config
+from tailclip.tools.authors_record import authors_config, load_record
+from tailclip.tools.comparison import FIGURES, compare, write_comparison
 
 # COCO-MLT ViT-B/16, the published config: one complete curve (three copies of it).
 AUTHORS_RUN = "coco_mlt_vitb16_nocaptions_clip_bal_sw_lw_ls_7"
@@ -147,7 +147,7 @@ def test_command_line_refuses_the_demo_and_a_folder_that_is_no_run_in_one_line(t
 
 
 def test_help_loads_neither_torch_nor_the_library(repo_root):
-    heavy = ("torch", "numpy", "matplotlib", "tensorboard", "tailclip.authors_record")
+    heavy = ("torch", "numpy", "matplotlib", "tensorboard", "tailclip.tools.authors_record")
     code = ("import runpy, sys\nsys.argv = ['compare.py', '--help']\n"
             "try:\n    runpy.run_path('compare.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
             f"print('loaded:', sorted(m for m in {heavy!r} if m in sys.modules))")

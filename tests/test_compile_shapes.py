@@ -8,10 +8,10 @@ import torch
 from torch._dynamo.utils import counters
 
 import clip
-from tailclip import training
-from tailclip.batches import COMPILED_CAPTION_LENGTHS, build_split_batches, caption_length
 from tailclip.config import load_config
 from tailclip.data import build_data
+from tailclip.engine import training
+from tailclip.engine.batches import COMPILED_CAPTION_LENGTHS, build_split_batches, caption_length
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from tailclip.data.synthetic import CLASS_NAMES as SYNTHETIC_CLASSES
-from tailclip.logger import read_metrics
+from tailclip.engine.logger import read_metrics
 from tiny_dataset import CLASS_NAMES, TEST_LABELS, split_lines, write_config, write_dataset, write_lines
 
 REPO = Path(__file__).resolve().parents[1]

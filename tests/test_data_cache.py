@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
 from tailclip.data import UnreadableImageError, cache
-from tailclip.data.cache import CachedImages, CachedMultiLabelDataset, to_model_input
+from tailclip.engine.cache import CachedImages, CachedMultiLabelDataset, to_model_input
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
 
@@ -206,7 +206,7 @@ import resource, signal, sys
 from pathlib import Path
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 resource.setrlimit(resource.RLIMIT_FSIZE, (2000, 2000))
-from tailclip.data.cache import CachedImages, CacheWriteError
+from tailclip.engine.cache import CachedImages, CacheWriteError
 try:
     CachedImages(sys.argv[2:], 64, Path(sys.argv[1]), "train", progress=False)
 except CacheWriteError as error:

@@ -1,4 +1,4 @@
-"""tailclip.download end to end against a local HTTP server serving fake split files and archives,
+"""tailclip.tools.download end to end against a local HTTP server serving fake split files and archives,
 and the split files that ship in the repository."""
 import io
 import os
@@ -11,10 +11,10 @@ from dataclasses import replace
 
 import pytest
 
-import tailclip.download
+import tailclip.tools.download
 from clip.download import DownloadError, sha256_of
 from process_group import free_port
-from tailclip.download import (
+from tailclip.tools.download import (
     BENCHMARKS,
     SHIPPED_DATASETS,
     SplitFileError,
@@ -66,7 +66,7 @@ def no_shipped_files(tmp_path_factory, monkeypatch):
     """The fake benchmarks have no shipped split files (an empty folder stands in for the
     repository's datasets/), unless a test puts some there."""
     shipped = tmp_path_factory.mktemp("shipped")
-    monkeypatch.setattr(tailclip.download, "SHIPPED_DATASETS", shipped)
+    monkeypatch.setattr(tailclip.tools.download, "SHIPPED_DATASETS", shipped)
     return shipped
 
 
@@ -304,7 +304,7 @@ def run_wrapper(script, *args, cwd, env=None):
 def test_wrapper_scripts_run_from_another_folder(repo_root, tmp_path):
     result = run_wrapper(repo_root / "datasets/voc_mlt/download_voc_mlt.sh", "--help", cwd=tmp_path)
     assert result.returncode == 0, result.stderr
-    assert "usage: python -m tailclip.download" in result.stdout and "--full" in result.stdout
+    assert "usage: python -m tailclip.tools.download" in result.stdout and "--full" in result.stdout
 
     # A relative --root is the caller's: the shipped files are copied there, and a changed one
     # (the label file, checked last) stops the script, naming it, before any image is fetched.

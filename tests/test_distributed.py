@@ -21,14 +21,15 @@ import torch
 
 import clip
 from process_group import save_rank_result, set_rendezvous_env, spawn_and_collect
-from tailclip import distributed, evaluation, factory, training, training_state
+from tailclip import factory
 from tailclip.config import Config
 from tailclip.data import ensure_synthetic
 from tailclip.data.datasets import SYNTHETIC_SEED
-from tailclip.logger import read_metrics
+from tailclip.engine import distributed, evaluation, training, training_state
+from tailclip.engine.logger import read_metrics
+from tailclip.engine.optim import build_optimizer, build_scheduler
+from tailclip.engine.precision import grad_scaler
 from tailclip.model import TailCLIP
-from tailclip.optim import build_optimizer, build_scheduler
-from tailclip.precision import grad_scaler
 
 REPO = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")

@@ -1,4 +1,4 @@
-"""The process groups that ``tailclip.distributed`` creates beside the default one: the host
+"""The process groups that ``tailclip.engine.distributed`` creates beside the default one: the host
 (gloo) group for long waits, made when the processes join, and the group of the autograd
 gather, apart from the one whose communicator DistributedDataParallel's gradient reduction
 uses. Two CPU processes (gloo)."""
@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 
 from process_group import save_rank_result, set_rendezvous_env, spawn_and_collect
-from tailclip import distributed
+from tailclip.engine import distributed
 
 WORLD = 2
 

@@ -21,12 +21,12 @@ import torch.multiprocessing as mp
 
 from interrupt import ctrl_c_on_forward_call
 from process_group import free_port, set_rendezvous_env
-from tailclip import distributed, training
-from tailclip.checkpoint import load_checkpoint
 from tailclip.config import Config
 from tailclip.data import BalancedSampler, datasets
-from tailclip.logger import read_metrics
-from tailclip.run_lock import RunFolderError
+from tailclip.engine import distributed, training
+from tailclip.engine.checkpoint import load_checkpoint
+from tailclip.engine.logger import read_metrics
+from tailclip.engine.run_lock import RunFolderError
 from tiny_dataset import TINY_OPTIONS, truncate, write_dataset
 
 WORLD = 2

@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 import torch
 
-import tailclip.training
-from tailclip import visualize
-from tailclip.batches import build_split_batches
+import tailclip.engine.training
 from tailclip.config import ConfigError, load_config, parse_override
 from tailclip.data import build_data
-from tailclip.sweep import SweepError, parse_grid
+from tailclip.engine import visualize
+from tailclip.engine.batches import build_split_batches
+from tailclip.tools.sweep import SweepError, parse_grid
 from tailclip.wording import count
 from tiny_dataset import write_config, write_dataset
 
@@ -125,13 +125,13 @@ def test_non_latin_class_names_warn_once(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_in_a_forked_worker_is_left_to_the_training_process(monkeypatch, capsys):
-    stop = tailclip.training._StopOnSignal()
+    stop = tailclip.engine.training._StopOnSignal()
     with stop:
         pid = os.getpid()
-        monkeypatch.setattr(tailclip.training.os, "getpid", lambda: pid + 1)  # as in a worker
+        monkeypatch.setattr(tailclip.engine.training.os, "getpid", lambda: pid + 1)  # as in a worker
         stop._handle(signal.SIGINT, None)
         assert not stop.requested and capsys.readouterr().out == ""
-        monkeypatch.setattr(tailclip.training.os, "getpid", lambda: pid)
+        monkeypatch.setattr(tailclip.engine.training.os, "getpid", lambda: pid)
         stop._handle(signal.SIGINT, None)
         assert stop.requested and capsys.readouterr().out.count("SIGINT: stopping") == 1
 

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import torch
 
-import tailclip.checkpoint
-from tailclip.checkpoint import load_checkpoint
-from tailclip.logger import read_metrics
+import tailclip.engine.checkpoint
+from tailclip.engine.checkpoint import load_checkpoint
+from tailclip.engine.logger import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 NEWEST = "newest_train_checkpoint.pt"
@@ -67,7 +67,7 @@ def test_no_space_for_the_newest_checkpoint_advises_the_resume_that_works(train_
                 raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos")  # noqa: B904
         return save(obj, f, *args, **kwargs)
 
-    monkeypatch.setattr(tailclip.checkpoint.torch, "save", disk_full_at_first_newest)
+    monkeypatch.setattr(tailclip.engine.checkpoint.torch, "save", disk_full_at_first_newest)
     assert train_main([f"--config={tiny_config}"]) == 1
     monkeypatch.undo()
     assert capsys.readouterr().err.strip() == (
@@ -102,7 +102,7 @@ def test_ctrl_c_during_a_checkpoint_write_exits_130_with_the_documented_message(
     def interrupted_in_epoch_2(obj, f, *args, **kwargs):
         return save(obj, InterruptedFile(f) if obj["state"]["epoch"] == 2 else f, *args, **kwargs)
 
-    monkeypatch.setattr(tailclip.checkpoint.torch, "save", interrupted_in_epoch_2)
+    monkeypatch.setattr(tailclip.engine.checkpoint.torch, "save", interrupted_in_epoch_2)
     assert train_main([f"--config={tiny_config}"]) == 130
     monkeypatch.undo()
     assert capsys.readouterr().err.strip() == "interrupted; nothing saved since the last checkpoint"

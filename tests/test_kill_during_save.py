@@ -13,9 +13,9 @@ from pathlib import Path
 
 import torch
 
-from tailclip.checkpoint import load_checkpoint
-from tailclip.logger import read_metrics
-from tailclip.saved_model import model_from_checkpoint
+from tailclip.engine.checkpoint import load_checkpoint
+from tailclip.engine.logger import read_metrics
+from tailclip.engine.saved_model import model_from_checkpoint
 from tiny_dataset import write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]

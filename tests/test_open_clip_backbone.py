@@ -274,7 +274,7 @@ def test_without_open_clip_the_library_runs_and_open_clip_names_say_how_to_insta
 import sys
 sys.modules["open_clip"] = None  # import open_clip now raises ImportError
 import torch
-import tailclip.training, tailclip.evaluation, tailclip.predict
+import tailclip.engine.training, tailclip.engine.evaluation, tailclip.tools.predict
 from tailclip.config import Config, ConfigError, load_config
 from tailclip.factory import build_model
 from tailclip.errors import TailCLIPError

@@ -1,10 +1,10 @@
-"""The numerics a config runs in: precision and TF32 (tailclip/precision.py), and the
+"""The numerics a config runs in: precision and TF32 (tailclip/engine/precision.py), and the
 published configs' defaults, which must be the paper's (float32, PyTorch's own TF32 flags)."""
 import pytest
 import torch
 
 from tailclip.config import load_config
-from tailclip.precision import resolve_precision, set_tf32, tf32_changes, tf32_flags
+from tailclip.engine.precision import resolve_precision, set_tf32, tf32_changes, tf32_flags
 
 CUDA, CPU = torch.device("cuda"), torch.device("cpu")
 PUBLISHED = ("voc_mlt_rn50", "voc_mlt_vitb16", "coco_mlt_rn50", "coco_mlt_vitb16")

@@ -1,4 +1,4 @@
-"""predict.py and tailclip.predict: images or folders in, top classes out, bad files reported.
+"""predict.py and tailclip.tools.predict: images or folders in, top classes out, bad files reported.
 
 The end-to-end tests train a real run (train.py, a tiny custom dataset, 1 epoch), delete its
 data, and predict from the checkpoint alone; the scores are checked against a forward pass
@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 
 import clip
-from tailclip import predict
+from tailclip.tools import predict
 
 CLASSES = ["red", "green", "blue"]
 COLOURS = {"red": (220, 30, 30), "green": (30, 200, 40), "blue": (30, 40, 220)}

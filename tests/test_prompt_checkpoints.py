@@ -16,10 +16,11 @@ import torch
 
 import clip
 from interrupt import ctrl_c_on_forward_call
-from tailclip import factory, saved_model
-from tailclip.checkpoint import load_checkpoint
+from tailclip import factory
 from tailclip.config import Config
-from tailclip.logger import read_metrics
+from tailclip.engine import saved_model
+from tailclip.engine.checkpoint import load_checkpoint
+from tailclip.engine.logger import read_metrics
 from tailclip.model import TailCLIP
 from tiny_dataset import CLASS_NAMES, TEST_LABELS, write_config, write_dataset
 

@@ -8,10 +8,10 @@ import torch
 import clip
 from tailclip.config import Config
 from tailclip.data.datasets import build_data
+from tailclip.engine.optim import build_optimizer
 from tailclip.factory import build_objective, build_tailclip
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
-from tailclip.optim import build_optimizer
 from tailclip.prompt_learning import load_trainable_state_dict, trainable_state_dict
 
 CLASS_NAMES = ["red circle", "blue square", "green cross"]

@@ -21,10 +21,10 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from interrupt import ctrl_c_on_forward_call
-from tailclip.checkpoint import load_checkpoint
 from tailclip.data import BalancedSampler
-from tailclip.logger import read_metrics
-from tailclip.run_lock import LOCK_FILE
+from tailclip.engine.checkpoint import load_checkpoint
+from tailclip.engine.logger import read_metrics
+from tailclip.engine.run_lock import LOCK_FILE
 from tiny_dataset import truncate, write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]

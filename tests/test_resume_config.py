@@ -6,9 +6,9 @@ import math
 
 import pytest
 
-from tailclip.checkpoint import load_checkpoint
-from tailclip.logger import read_metrics
-from tailclip.sweep import Setting, run_grid
+from tailclip.engine.checkpoint import load_checkpoint
+from tailclip.engine.logger import read_metrics
+from tailclip.tools.sweep import Setting, run_grid
 
 NEWEST = "newest_train_checkpoint.pt"
 

@@ -17,12 +17,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from tailclip import run_folder, training_state
-from tailclip.checkpoint import rng_states
+from tailclip.engine import run_folder, training_state
+from tailclip.engine.checkpoint import rng_states
+from tailclip.engine.logger import read_metrics
+from tailclip.engine.run_folder import claimed_run_folder
+from tailclip.engine.run_lock import LOCK_FILE, RunFolderError, RunLock
 from tailclip.errors import TailCLIPError
-from tailclip.logger import read_metrics
-from tailclip.run_folder import claimed_run_folder
-from tailclip.run_lock import LOCK_FILE, RunFolderError, RunLock
 from tiny_dataset import write_config, write_dataset
 
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from clip.download import sha256_of
-from tailclip.download import BENCHMARKS, SHIPPED_DATASETS
+from tailclip.tools.download import BENCHMARKS, SHIPPED_DATASETS
 
 SHIPPED = [(name, file_name) for name, spec in sorted(BENCHMARKS.items()) for file_name in spec.split_sha256]
 

@@ -10,7 +10,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from tailclip.config import Config, load_config
 from tailclip.data.synthetic import NUM_TRAIN_IMAGES
-from tailclip.logger import STEPS_DIR, RunLogger, StepCurves
+from tailclip.engine.logger import STEPS_DIR, RunLogger, StepCurves
 
 REPO = Path(__file__).resolve().parents[1]
 VOC_MLT_TRAIN_IMAGES = 1142  # voc_lt_train.txt

@@ -8,9 +8,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import tailclip.training
-from tailclip.checkpoint import load_checkpoint
-from tailclip.logger import read_metrics
+import tailclip.engine.training
+from tailclip.engine.checkpoint import load_checkpoint
+from tailclip.engine.logger import read_metrics
 
 NEWEST = "newest_train_checkpoint.pt"
 REPO = Path(__file__).resolve().parents[1]
@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def ctrl_c_on_evaluation(monkeypatch, call_number: int) -> None:
     """SIGINT to this process during the ``call_number``-th evaluation of the test split
     (1: the one before training)."""
-    evaluate, calls = tailclip.training.evaluate_model, []
+    evaluate, calls = tailclip.engine.training.evaluate_model, []
 
     def evaluate_then_ctrl_c(*args, **kwargs):
         calls.append(None)
@@ -27,7 +27,7 @@ def ctrl_c_on_evaluation(monkeypatch, call_number: int) -> None:
             os.kill(os.getpid(), signal.SIGINT)
         return evaluate(*args, **kwargs)
 
-    monkeypatch.setattr(tailclip.training, "evaluate_model", evaluate_then_ctrl_c)
+    monkeypatch.setattr(tailclip.engine.training, "evaluate_model", evaluate_then_ctrl_c)
 
 
 def test_ctrl_c_during_the_last_evaluation_stops_the_sweep(sweep_main, tiny_config, tmp_path, monkeypatch,

@@ -6,12 +6,12 @@ import sys
 
 import pytest
 
+import tailclip.engine.training
 import tailclip.model
-import tailclip.training
 from interrupt import ctrl_c_on_forward_call
-from tailclip.checkpoint import load_checkpoint
-from tailclip.logger import read_metrics
-from tailclip.sweep import (
+from tailclip.engine.checkpoint import load_checkpoint
+from tailclip.engine.logger import read_metrics
+from tailclip.tools.sweep import (
     Setting,
     SweepError,
     expand,
@@ -152,14 +152,14 @@ def test_search_without_optuna_says_how_to_install_it(sweep_main, tiny_config, m
 
 
 def test_a_diverging_run_fails_alone(sweep_main, tiny_config, tmp_path, monkeypatch, capsys):
-    train = tailclip.training.train
+    train = tailclip.engine.training.train
 
     def diverge_at_lr_1(cfg, run_name, **options):
         if cfg.lr == 1.0:
-            raise tailclip.training.NonFiniteLossError("non-finite loss (nan)")
+            raise tailclip.engine.training.NonFiniteLossError("non-finite loss (nan)")
         return train(cfg, run_name, **options)
 
-    monkeypatch.setattr(tailclip.training, "train", diverge_at_lr_1)
+    monkeypatch.setattr(tailclip.engine.training, "train", diverge_at_lr_1)
     assert sweep_main(["--config", str(tiny_config), "--name", "sw", "--grid", "lr=1.0,1e-3"]) == 1
     assert "not finished: lr=1.0_seed0" in capsys.readouterr().err
     assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "sw" / "lr=1e-3_seed0")] == [0, 1, 2]

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 
-from tailclip.sweep_report import write_report
+from tailclip.tools.sweep_report import write_report
 
 GROUPS = ("mAP", "mAP_head", "mAP_medium", "mAP_tail")
 

@@ -6,13 +6,13 @@ import json
 import optuna  # requirements-dev.txt
 import pytest
 
+import tailclip.engine.training
 import tailclip.model
-import tailclip.training
 from interrupt import ctrl_c_on_forward_call
-from tailclip.checkpoint import load_checkpoint
 from tailclip.config import load_config
-from tailclip.logger import read_metrics
-from tailclip.sweep import SweepError, parse_range
+from tailclip.engine.checkpoint import load_checkpoint
+from tailclip.engine.logger import read_metrics
+from tailclip.tools.sweep import SweepError, parse_range
 
 COMPLETE, PRUNED, FAIL = (optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED,
                           optuna.trial.TrialState.FAIL)
@@ -87,12 +87,13 @@ def test_on_epoch_callback_sees_each_record_and_its_exception_leaves_a_resumable
             raise Stop
 
     with pytest.raises(Stop):
-        tailclip.training.train(cfg, "hooked", on_epoch=stop_after_epoch_2)
+        tailclip.engine.training.train(cfg, "hooked", on_epoch=stop_after_epoch_2)
     run = tmp_path / "runs" / "hooked"
     # [0]: the evaluation before training
     assert seen == [(r["epoch"], r["val/mAP"]) for r in read_metrics(run)[1:]] and len(seen) == 2
     assert load_checkpoint(run / "newest_train_checkpoint.pt")["state"]["epoch"] == 2
-    tailclip.training.train(cfg, "hooked", resume=True, on_epoch=lambda epoch, record: seen.append((epoch, None)))
+    tailclip.engine.training.train(cfg, "hooked", resume=True,
+                                   on_epoch=lambda epoch, record: seen.append((epoch, None)))
     assert seen[2:] == [(3, None)]
 
 

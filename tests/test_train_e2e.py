@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
-from tailclip.checkpoint import load_checkpoint
 from tailclip.data.synthetic import CLASS_NAMES
-from tailclip.logger import read_metrics
+from tailclip.engine.checkpoint import load_checkpoint
+from tailclip.engine.logger import read_metrics
 
 REPO = Path(__file__).resolve().parents[1]
 # The scalars every epoch logs (with each loss term and the timings).

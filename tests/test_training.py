@@ -12,18 +12,19 @@ import pytest
 import torch
 
 import clip
-from tailclip import evaluation, factory, saved_model, training, training_state
-from tailclip.batches import build_split_batches
-from tailclip.checkpoint import load_checkpoint
+from tailclip import factory
 from tailclip.config import Config, load_config
 from tailclip.data import build_data
-from tailclip.data.cache import to_model_input
-from tailclip.logger import read_metrics
+from tailclip.engine import evaluation, saved_model, training, training_state
+from tailclip.engine.batches import build_split_batches
+from tailclip.engine.cache import to_model_input
+from tailclip.engine.checkpoint import load_checkpoint
+from tailclip.engine.logger import read_metrics
+from tailclip.engine.optim import build_optimizer, build_scheduler
+from tailclip.engine.precision import autocast, resolve_precision
+from tailclip.engine.run_lock import LOCK_FILE
 from tailclip.losses import TailCLIPObjective
 from tailclip.model import TailCLIP
-from tailclip.optim import build_optimizer, build_scheduler
-from tailclip.precision import autocast, resolve_precision
-from tailclip.run_lock import LOCK_FILE
 from tiny_dataset import write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]

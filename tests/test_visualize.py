@@ -1,4 +1,4 @@
-"""TensorBoard pictures: per-class AP bar chart, tail PR curves, HParams (tailclip.visualize)."""
+"""TensorBoard pictures: per-class AP bar chart, tail PR curves, HParams (tailclip.engine.visualize)."""
 import numpy as np
 import pytest
 import torch
@@ -10,7 +10,7 @@ from tensorboard.plugins.hparams import plugin_data_pb2
 from tensorboard.util import tensor_util
 from torch.utils.tensorboard import SummaryWriter
 
-from tailclip import visualize
+from tailclip.engine import visualize
 
 NUM_CLASSES = 20
 NAMES = [f"class{c:02d}" for c in range(NUM_CLASSES)]

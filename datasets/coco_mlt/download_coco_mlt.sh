@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Download COCO-MLT's 6,909 listed COCO 2017 images (--full: the official zips) and check the shipped split files.
-# Thin wrapper around `python -m tailclip.download coco_mlt`; runs from any folder, arguments pass through
+# Thin wrapper around `python -m tailclip.tools.download coco_mlt`; runs from any folder, arguments pass through
 # (see --help). The working folder is kept so that a relative --root means what the caller expects.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 python="$repo/.venv/bin/python"
 [ -x "$python" ] || python=python3
 export PYTHONPATH="$repo${PYTHONPATH:+:$PYTHONPATH}"
-exec "$python" -m tailclip.download coco_mlt "$@"
+exec "$python" -m tailclip.tools.download coco_mlt "$@"

@@ -8,10 +8,10 @@ import torch
 from torch._dynamo.utils import counters
 
 from gpu_models import CUDA, batch, build_model, model_config
-from tailclip import training, training_state
-from tailclip.batches import COMPILED_CAPTION_LENGTHS, caption_length
-from tailclip.optim import build_optimizer, build_scheduler
-from tailclip.precision import grad_scaler, set_tf32
+from tailclip.engine import training, training_state
+from tailclip.engine.batches import COMPILED_CAPTION_LENGTHS, caption_length
+from tailclip.engine.optim import build_optimizer, build_scheduler
+from tailclip.engine.precision import grad_scaler, set_tf32
 
 # Captions of at most 9 to 21 tokens: four batches cut at 16, the last at 32.
 LONGEST_CAPTIONS = (9, 12, 15, 16, 21)

@@ -8,9 +8,9 @@ import torch
 import torch.nn as nn
 
 from gpu_models import CUDA, batch, build_model, model_config, training_outputs
-from tailclip import training, training_state
-from tailclip.optim import build_optimizer
-from tailclip.precision import autocast, grad_scaler
+from tailclip.engine import training, training_state
+from tailclip.engine.optim import build_optimizer
+from tailclip.engine.precision import autocast, grad_scaler
 
 # Largest |class logit difference| (the logit scale of random weights is 1 / 0.07 = 14.3: 0.15
 # is a cosine off by 0.01), relative loss difference, and lowest cosine between the whole

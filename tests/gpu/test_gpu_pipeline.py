@@ -6,9 +6,9 @@ from pathlib import Path
 import torch
 
 from gpu_models import CUDA
-from tailclip.batches import build_split_batches
 from tailclip.config import load_config
 from tailclip.data import build_data
+from tailclip.engine.batches import build_split_batches
 
 REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")

@@ -1,6 +1,6 @@
 """Fetch the VOC-MLT and COCO-MLT benchmarks into `datasets/<name>/`.
 
-    python -m tailclip.download voc_mlt|coco_mlt [--root DIR] [--full] [--workers N]
+    python -m tailclip.tools.download voc_mlt|coco_mlt [--root DIR] [--full] [--workers N]
 
 The split, label and caption files ship in the repository (`datasets/<name>/`, the LMPT
 repository's files at a pinned commit); each is checked against its pinned sha256, and one
@@ -26,8 +26,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from clip.download import DownloadError, download, sha256_of
+from tailclip.engine.progress import show_progress
 from tailclip.errors import TailCLIPError
-from tailclip.progress import show_progress
 from tailclip.wording import count
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -251,7 +251,7 @@ def download_benchmark(name: str, data_root: str | Path, full: bool = False, wor
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m tailclip.download", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m tailclip.tools.download", description=__doc__.split("\n\n")[0])
     parser.add_argument("dataset", choices=sorted(BENCHMARKS))
     parser.add_argument("--root", default=str(REPO_ROOT / "datasets"),
                         help="folder holding one folder per dataset, as the config's data_root "

@@ -1,22 +1,22 @@
 """What a training checkpoint holds, and how a run resumes from it.
 
-Besides the model (`tailclip.saved_model`), a training checkpoint holds what ``--resume``
+Besides the model (`tailclip.engine.saved_model`), a training checkpoint holds what ``--resume``
 needs to continue exactly where the run stopped: optimiser, schedule, scaler, progress, the
 unfinished epoch's meter and every process's random-number states. A resumed run trains
 with its own saved config, changed only in the options that say how it goes on
 (`RESUMABLE_OPTIONS`). The file format itself (atomic writes, safe loading) is
-`tailclip.checkpoint`'s.
+`tailclip.engine.checkpoint`'s.
 """
 import dataclasses
 import math
 from pathlib import Path
 
-from tailclip.checkpoint import FORMAT, VERSION, restore_rng_states, with_checksum
 from tailclip.config import Config, ConfigError
-from tailclip.distributed import rank_and_world
-from tailclip.logger import MAP_UNIT, say
-from tailclip.run_folder import NEWEST_CHECKPOINT
-from tailclip.saved_model import load_model_state, model_state
+from tailclip.engine.checkpoint import FORMAT, VERSION, restore_rng_states, with_checksum
+from tailclip.engine.distributed import rank_and_world
+from tailclip.engine.logger import MAP_UNIT, say
+from tailclip.engine.run_folder import NEWEST_CHECKPOINT
+from tailclip.engine.saved_model import load_model_state, model_state
 
 
 @dataclasses.dataclass

@@ -22,9 +22,9 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from tailclip import visualize
-from tailclip.checkpoint import write_atomic
-from tailclip.distributed import is_main_process
+from tailclip.engine import visualize
+from tailclip.engine.checkpoint import write_atomic
+from tailclip.engine.distributed import is_main_process
 from tailclip.errors import NoSpaceError, TailCLIPError, is_no_space, no_space_error
 from tailclip.thresholds import SUMMARY_NAMES
 

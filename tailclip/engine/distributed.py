@@ -169,14 +169,14 @@ def barrier() -> None:
 def _host_processes():
     """All processes in a gloo group, for exchanges of host values that must not wait for a GPU."""
     if _host_group is None:
-        raise RuntimeError("tailclip.distributed.init_distributed must be called first")
+        raise RuntimeError("tailclip.engine.distributed.init_distributed must be called first")
     return _host_group
 
 
 def gather_group():
     """The group of ``all_gather_with_grad``: all processes, apart from the default group."""
     if _gather_group is None:
-        raise RuntimeError("tailclip.distributed.init_distributed must be called first")
+        raise RuntimeError("tailclip.engine.distributed.init_distributed must be called first")
     return _gather_group
 
 

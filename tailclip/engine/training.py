@@ -11,12 +11,12 @@ on the global step axis (``logger.StepCurves``);
 as an unbroken run.
 
 Crash safety: one training at a time holds the run folder, and a new run never overwrites an
-earlier one unless asked (``tailclip.run_folder``). A non-finite loss, or an evaluation with
+earlier one unless asked (``tailclip.engine.run_folder``). A non-finite loss, or an evaluation with
 non-finite scores, stops the run (``NonFiniteLossError``) without writing any checkpoint of
 that epoch; Ctrl-C (or SIGTERM) finishes the current step, saves the newest checkpoint and
 raises ``TrainingInterrupted``.
 
-Under torchrun (``tailclip.distributed``) every process trains its slice of each global batch
+Under torchrun (``tailclip.engine.distributed``) every process trains its slice of each global batch
 in ``DistributedDataParallel`` and computes the single-process loss of the whole batch; the
 training metrics see the whole batch, evaluation is sharded and gathered, and only rank 0
 prints, logs and writes checkpoints.
@@ -34,11 +34,11 @@ import torch
 from tqdm import tqdm
 
 import clip
-from tailclip.batches import SplitBatches, build_split_batches
-from tailclip.checkpoint import load_checkpoint, remove_partial_writes, rng_states, save_atomic
 from tailclip.config import Config
 from tailclip.data import DataBundle, build_data
-from tailclip.distributed import (
+from tailclip.engine.batches import SplitBatches, build_split_batches
+from tailclip.engine.checkpoint import load_checkpoint, remove_partial_writes, rng_states, save_atomic
+from tailclip.engine.distributed import (
     DistInfo,
     all_processes_objects,
     any_over_processes,
@@ -50,16 +50,12 @@ from tailclip.distributed import (
     main_process_first,
     max_over_processes,
 )
-from tailclip.errors import MissingFileError, NoSpaceError, TailCLIPError
-from tailclip.evaluation import Evaluation, NonFiniteScoresError, evaluate_model, percent, val_line, val_record
-from tailclip.factory import build_model, build_objective, seed_everything, set_cpu_threads
-from tailclip.logger import RunLogger, StepCurves, say
-from tailclip.metrics import evaluate, scores_from_logits
-from tailclip.model import TailCLIP
-from tailclip.optim import build_optimizer, build_scheduler
-from tailclip.precision import autocast, grad_scaler, resolve_precision, set_tf32
-from tailclip.progress import show_progress
-from tailclip.run_folder import (
+from tailclip.engine.evaluation import Evaluation, NonFiniteScoresError, evaluate_model, percent, val_line, val_record
+from tailclip.engine.logger import RunLogger, StepCurves, say
+from tailclip.engine.optim import build_optimizer, build_scheduler
+from tailclip.engine.precision import autocast, grad_scaler, resolve_precision, set_tf32
+from tailclip.engine.progress import show_progress
+from tailclip.engine.run_folder import (
     BEST_MAP_CHECKPOINT,
     BEST_TAIL_CHECKPOINT,
     NEWEST_CHECKPOINT,
@@ -69,8 +65,12 @@ from tailclip.run_folder import (
     resume_checkpoint,
     run_files,
 )
-from tailclip.saved_model import check_checkpoint_matches
-from tailclip.training_state import TrainState, restore_training, resumed_config, training_checkpoint
+from tailclip.engine.saved_model import check_checkpoint_matches
+from tailclip.engine.training_state import TrainState, restore_training, resumed_config, training_checkpoint
+from tailclip.errors import MissingFileError, NoSpaceError, TailCLIPError
+from tailclip.factory import build_model, build_objective, seed_everything, set_cpu_threads
+from tailclip.metrics import evaluate, scores_from_logits
+from tailclip.model import TailCLIP
 from tailclip.wording import count
 
 

@@ -58,11 +58,10 @@ import torch
 from torch.utils.data import Dataset
 from tqdm import tqdm
 
+from tailclip.data.datasets import load_image
+from tailclip.data.transforms import resize
+from tailclip.engine.run_lock import process_runs
 from tailclip.errors import TailCLIPError
-from tailclip.run_lock import process_runs
-
-from .datasets import load_image
-from .transforms import resize
 
 CACHE_VERSION = "2"  # 2: the sidecar holds the pixels' CRC-32
 RESIZE_METHOD = "torchvision.Resize(bilinear, antialias=True) on PIL RGB"  # = transforms.resize

@@ -29,11 +29,11 @@ from pathlib import Path
 
 import torch
 
-from tailclip import training
 from tailclip.config import Config, load_config, option_problem, parse_override
+from tailclip.engine import training
+from tailclip.engine.logger import METRICS_FILE, read_metrics
+from tailclip.engine.run_folder import resume_checkpoint
 from tailclip.errors import TailCLIPError
-from tailclip.logger import METRICS_FILE, read_metrics
-from tailclip.run_folder import resume_checkpoint
 from tailclip.wording import count
 
 SWEEP_FILE = "sweep.json"

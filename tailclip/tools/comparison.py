@@ -16,7 +16,10 @@ import json
 import math
 from pathlib import Path
 
-from tailclip.authors_record import (
+from tailclip.engine.evaluation import percent
+from tailclip.engine.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, percent_scalars, read_metrics
+from tailclip.errors import TailCLIPError
+from tailclip.tools.authors_record import (
     AuthorsRun,
     check_record_speaks_to,
     format_value,
@@ -24,9 +27,6 @@ from tailclip.authors_record import (
     matching_runs,
     nearest_runs,
 )
-from tailclip.errors import TailCLIPError
-from tailclip.evaluation import percent
-from tailclip.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, percent_scalars, read_metrics
 
 FIGURES = ("mAP", "mAP_head", "mAP_medium", "mAP_tail")
 FIGURE_LABELS = {"mAP": "mAP", "mAP_head": "head", "mAP_medium": "medium", "mAP_tail": "tail"}

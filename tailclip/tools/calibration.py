@@ -9,13 +9,13 @@ import dataclasses
 import os
 from pathlib import Path
 
-from tailclip.batches import build_split_batches
 from tailclip.data.captions import label_caption
 from tailclip.data.datasets import MultiLabelDataset, caption_tokens, check_images_exist
 from tailclip.data.splits import read_split
 from tailclip.data.transforms import build_transform
+from tailclip.engine.batches import build_split_batches
+from tailclip.engine.evaluation import evaluate_model
 from tailclip.errors import MissingFileError, TailCLIPError
-from tailclip.evaluation import evaluate_model
 from tailclip.text_tokens import text_tokenizer
 from tailclip.thresholds import (
     calibrate,

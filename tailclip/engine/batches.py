@@ -2,7 +2,7 @@
 
 Training batches follow ``BalancedSampler``'s sequence for (seed, epoch), this process's
 slice of each global batch; test batches go through the split in order (with several
-processes: this process's share of those batches, ``tailclip.distributed.eval_shard``). A run resumed in
+processes: this process's share of those batches, ``tailclip.engine.distributed.eval_shard``). A run resumed in
 the middle of an epoch skips the steps already taken and sees the batches an unbroken run
 would have seen: the order depends on (seed, epoch) only, cached-path flips on (seed,
 epoch, step), and JPEG-path flips on torch's generator, whose state the checkpoint restores
@@ -28,8 +28,8 @@ from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 from clip import trim_padding
 from tailclip.config import Config
 from tailclip.data import MEANS_STDS, BalancedSampler, collate_skip_none
-from tailclip.data.cache import CachedImages, CachedMultiLabelDataset, to_model_input
-from tailclip.distributed import (
+from tailclip.engine.cache import CachedImages, CachedMultiLabelDataset, to_model_input
+from tailclip.engine.distributed import (
     eval_shard,
     is_main_process,
     local_batch_size,
@@ -37,8 +37,8 @@ from tailclip.distributed import (
     max_over_processes,
     rank_and_world,
 )
-from tailclip.logger import say
-from tailclip.progress import show_progress
+from tailclip.engine.logger import say
+from tailclip.engine.progress import show_progress
 from tailclip.text_tokens import text_tokenizer
 from tailclip.wording import count
 

@@ -5,12 +5,12 @@ import math
 
 import torch
 
-from tailclip.distributed import gather_eval, reduce_mean
+from tailclip.engine.distributed import gather_eval, reduce_mean
+from tailclip.engine.precision import autocast
 from tailclip.errors import TailCLIPError
 from tailclip.losses import TailCLIPObjective
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
-from tailclip.precision import autocast
 from tailclip.thresholds import scalar_metrics, threshold_metrics
 
 

@@ -1,7 +1,7 @@
 """The run folder ``<run_dir>/<run name>/``: the files a run keeps there, and who may write
 into it.
 
-A training claims the folder by taking its lock (`tailclip.run_lock`). A new (not resumed)
+A training claims the folder by taking its lock (`tailclip.engine.run_lock`). A new (not resumed)
 training refuses a folder that holds an earlier run unless told to overwrite it, and then
 deletes that run's files first. A resumed one continues from the newest checkpoint, or else
 the most recent best one.
@@ -9,9 +9,9 @@ the most recent best one.
 import contextlib
 from pathlib import Path
 
-from tailclip.distributed import main_process_outcome
-from tailclip.logger import CONFIG_FILE, METRICS_FILE, STEPS_DIR, say
-from tailclip.run_lock import RunFolderError, RunLock
+from tailclip.engine.distributed import main_process_outcome
+from tailclip.engine.logger import CONFIG_FILE, METRICS_FILE, STEPS_DIR, say
+from tailclip.engine.run_lock import RunFolderError, RunLock
 
 BEST_MAP_CHECKPOINT = "best_valid_mAP.pt"
 BEST_TAIL_CHECKPOINT = "best_valid_mAP_tail.pt"

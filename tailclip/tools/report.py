@@ -8,20 +8,19 @@ import json
 import math
 from pathlib import Path
 
-from tailclip import visualize
-from tailclip.batches import build_split_batches
-from tailclip.calibration import calibrated_report, calibration_entries
-from tailclip.checkpoint import load_checkpoint
 from tailclip.data import build_data
-from tailclip.distributed import init_distributed, main_process_first
+from tailclip.engine import visualize
+from tailclip.engine.batches import build_split_batches
+from tailclip.engine.checkpoint import load_checkpoint
+from tailclip.engine.distributed import init_distributed, main_process_first
+from tailclip.engine.evaluation import evaluate_model
+from tailclip.engine.logger import MAP_UNIT, json_safe
+from tailclip.engine.precision import resolve_precision, set_tf32
+from tailclip.engine.run_folder import BEST_MAP_CHECKPOINT
+from tailclip.engine.saved_model import check_checkpoint_matches, trained_model
 from tailclip.errors import MissingFileError
-from tailclip.evaluation import evaluate_model
 from tailclip.factory import build_model, build_objective, seed_everything, set_cpu_threads
-from tailclip.logger import MAP_UNIT, json_safe
 from tailclip.metrics import pd_nd_ratio, subset_metrics
-from tailclip.precision import resolve_precision, set_tf32
-from tailclip.run_folder import BEST_MAP_CHECKPOINT
-from tailclip.saved_model import check_checkpoint_matches, trained_model
 from tailclip.thresholds import (
     DEFAULT_THRESHOLD,
     DEFINITIONS,
@@ -33,6 +32,7 @@ from tailclip.thresholds import (
     split_top_k,
     write_thresholds,
 )
+from tailclip.tools.calibration import calibrated_report, calibration_entries
 
 GROUPS = ("head", "medium", "tail")
 ZEROSHOT = "zeroshot"  # the report's name for CLIP's own weights
@@ -72,7 +72,7 @@ def _decisions(evaluation, class_names) -> dict:
 def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zeroshot: bool,
                         calibrate_on: str | None = None, target_precision: float | None = None) -> dict:
     """Evaluate on the test split and return the report that ``test.py`` prints and writes;
-    with ``calibrate_on`` (a split file or "train", `tailclip.calibration`), also per-class
+    with ``calibrate_on`` (a split file or "train", `tailclip.tools.calibration`), also per-class
     thresholds chosen on that split (to the F1 maximum, or to ``target_precision``) and the
     test metrics with them."""
     device = init_distributed(cfg.device).device  # under torchrun, each process scores a shard

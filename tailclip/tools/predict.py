@@ -16,14 +16,14 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from tailclip.checkpoint import load_checkpoint
 from tailclip.data.datasets import UnreadableImageError, load_image
 from tailclip.data.transforms import build_transform
-from tailclip.distributed import resolve_device
+from tailclip.engine.checkpoint import load_checkpoint
+from tailclip.engine.distributed import resolve_device
+from tailclip.engine.precision import autocast, resolve_precision
+from tailclip.engine.saved_model import model_from_checkpoint
 from tailclip.errors import TailCLIPError
 from tailclip.metrics import scores_from_logits
-from tailclip.precision import autocast, resolve_precision
-from tailclip.saved_model import model_from_checkpoint
 from tailclip.thresholds import PROBABILITY, class_probabilities, selected_classes
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff",

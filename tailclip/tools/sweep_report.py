@@ -5,7 +5,7 @@ Runs are the folders ``<setting>_seed<k>`` of the sweep folder that hold ``confi
 the table gives the test mAP over all classes and over the head, medium and tail classes at
 the best epoch (the highest test mAP: selected on test data, as in the paper's protocol) and
 at the last epoch, as the mean and sample standard deviation (n - 1) over seeds. A setting
-that trained as some of the authors' logged runs did (``tailclip.authors_record``) also gets
+that trained as some of the authors' logged runs did (``tailclip.tools.authors_record``) also gets
 their number of runs and their best-epoch and last-epoch mAP (a value, or the range over their
 runs). Files keep mAP as fractions in [0, 1]; the Markdown table and the plot show percent.
 """
@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 
-from tailclip.authors_record import RECORD_DATASETS, AuthorsRun, load_record, matching_runs
-from tailclip.comparison import authors_summary, best_and_last
+from tailclip.engine.logger import CONFIG_FILE, METRICS_FILE, read_metrics
 from tailclip.errors import TailCLIPError
-from tailclip.logger import CONFIG_FILE, METRICS_FILE, read_metrics
+from tailclip.tools.authors_record import RECORD_DATASETS, AuthorsRun, load_record, matching_runs
+from tailclip.tools.comparison import authors_summary, best_and_last
 
 GROUPS = ("mAP", "mAP_head", "mAP_medium", "mAP_tail")
 GROUP_LABELS = {"mAP": "mAP", "mAP_head": "head", "mAP_medium": "medium", "mAP_tail": "tail"}

@@ -15,8 +15,8 @@ import threading
 import time
 from pathlib import Path
 
+from tailclip.engine.logger import say
 from tailclip.errors import TailCLIPError, no_space_error
-from tailclip.logger import say
 
 LOCK_FILE = ".lock"
 UNFINISHED_LOCK_SECONDS = 10
