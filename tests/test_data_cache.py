@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 from torch.utils.data import BatchSampler, DataLoader, SequentialSampler
 
-from tailclip.data import UnreadableImageError, cache
+from tailclip.data import UnreadableImageError
+from tailclip.engine import cache
 from tailclip.engine.cache import CachedImages, CachedMultiLabelDataset, to_model_input
 
 IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
