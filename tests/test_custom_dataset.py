@@ -1,4 +1,4 @@
-"""dataset = "custom": the README's "Train on your own data" example run as written (one
+"""dataset = "custom": docs/custom_data.md's example run as written (one
 short epoch), and test.py's outputs on a custom test split that lacks a class."""
 import json
 import math
@@ -15,16 +15,14 @@ from tailclip.engine.logger import read_metrics
 from tiny_dataset import CLASS_NAMES, TEST_LABELS, split_lines, write_config, write_dataset, write_lines
 
 REPO = Path(__file__).resolve().parents[1]
-# Only to make the README's run short: one epoch of large steps, the BAL term alone.
+# Only to make the example's run short: one epoch of large steps, the BAL term alone.
 SHORT_RUN = ["--set", "epochs=1", "--set", "batch_size=256", "--set", "loss_function=['bal']"]
 
 
-def readme_example() -> list[tuple[str, str]]:
-    """The (language, text) code blocks of the README's "Train on your own data" section."""
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("\n## Train on your own data\n"):]
-    section = re.split(r"\n## |\n<!--", section[1:])[0]
-    return re.findall(r"```(\w+)\n(.*?)```", section, flags=re.DOTALL)
+def documented_example() -> list[tuple[str, str]]:
+    """The (language, text) code blocks of docs/custom_data.md."""
+    page = (REPO / "docs" / "custom_data.md").read_text()
+    return re.findall(r"```(\w+)\n(.*?)```", page, flags=re.DOTALL)
 
 
 @pytest.fixture(scope="module")
@@ -32,12 +30,12 @@ def scripts():
     return {name: runpy.run_path(str(REPO / name))["main"] for name in ("train.py", "test.py", "predict.py")}
 
 
-def test_readme_custom_dataset_example(scripts, tmp_path, monkeypatch, capsys):
-    (_, create), (_, config_text), (_, commands) = readme_example()
-    monkeypatch.chdir(REPO)  # the README's commands run from the repository root
+def test_documented_custom_dataset_example(scripts, tmp_path, monkeypatch, capsys):
+    (_, create), (_, config_text), (_, commands) = documented_example()
+    monkeypatch.chdir(REPO)  # the page's commands run from the repository root
     python, flag, code = shlex.split(create.strip())
     assert (python, flag) == ("python", "-c")
-    exec(code, {})  # noqa: S102 -- the README's own one-liner
+    exec(code, {})  # noqa: S102 -- the page's own one-liner
 
     config = tmp_path / "configs" / "my_data.py"
     config.parent.mkdir()
