@@ -10,7 +10,7 @@ the run with its own saved config, changed only by the ``--set`` options given n
 and ``lr`` (the cosine schedule rebuilt from the epoch reached) and those of how it runs
 (device, threads, workers, ...); any other is refused in one line. On a complete run it says
 so and exits 0.
-Several GPUs or nodes: ``torchrun --nproc_per_node=N train.py ...`` (see the README).
+Several GPUs or nodes: ``torchrun --nproc_per_node=N train.py ...`` (see docs/distributed.md).
 Exit codes: 0 done, 1 error (a bad config or input, a non-finite loss, no space left), 130
 stopped by Ctrl-C (143 by SIGTERM) at any moment, after saving the newest checkpoint (a second
 Ctrl-C: at once, nothing saved since the last checkpoint). Progress bars are drawn only

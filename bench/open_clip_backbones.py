@@ -1,4 +1,4 @@
-"""Check open_clip backbones offline and print the README's "Backbones" table.
+"""Check open_clip backbones offline and print docs/backbones.md's table.
 
 For each (model, pretrained tag): the tag's entry exists in open_clip's registry, and the
 architecture builds through `tailclip.open_clip_backbone` (on the meta device: no memory, no

@@ -93,4 +93,4 @@ class CFG:
     image_cache = True
 
     # Options not set here (custom datasets, prompt learning, torch.compile, error
-    # tolerance, run_dir) keep their defaults; docs/ARCHITECTURE.md lists them all.
+    # tolerance, run_dir) keep their defaults; docs/options.md lists them all.

@@ -1,6 +1,6 @@
 """Strict readers for the benchmark's text files.
 
-Three formats, one item per line (the README's "Train on your own data" lists them):
+Three formats, one item per line (docs/custom_data.md lists them):
 - split file: ``relative/path.jpg <label> <label> ...`` (labels are class indices, possibly
   none; the path holds no space);
 - class-name file: ``<name> <index>`` (names may contain spaces: ``traffic light 9``);
