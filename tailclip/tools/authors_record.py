@@ -68,6 +68,8 @@ THEIR_ASL_SINCE = ((0, "bal", "before their asl was split from BAL"),
 # The losses their runs trained on the class logits, in our term names ("asl_sum": none of ours).
 CLASS_LOSSES = {"bal": "BAL", "asl": "the plain asymmetric loss, averaged (our asl)",
                 "asl_sum": "the plain asymmetric loss summed over the batch, which no option of ours trains"}
+# Their losses that no option of ours trains, with our term that is the same but for them.
+UNREPRODUCED_LOSSES = {"asl_sum": "asl"}
 # The options of a plain asymmetric loss (ours and their later "asl"): BAL's but for its
 # smoothing and class weights.
 PLAIN_ASL_OPTIONS = ("asl_gamma_neg", "asl_gamma_pos", "asl_clip", "asl_eps")
@@ -265,6 +267,20 @@ def matching_runs(config: dict, runs: list[AuthorsRun]) -> list[AuthorsRun]:
     """The authors' runs that trained as the run config ``config`` (a ``config.json``) does."""
     ours = our_config(config)
     return [run for run in runs if not differences(ours, run)]
+
+
+def unreproduced_runs(config: dict, runs: list[AuthorsRun]) -> list[AuthorsRun]:
+    """The authors' runs that trained as ``config`` does but for a loss that no option of ours
+    trains (``UNREPRODUCED_LOSSES``: their plain loss summed over the batch, where ours is averaged)."""
+    ours = our_config(config)
+    found = []
+    for run in runs:
+        ours_instead = UNREPRODUCED_LOSSES.get(run.class_loss)
+        if ours_instead in ours["loss_function"]:
+            as_theirs = _loss_terms(run.class_loss if term == ours_instead else term for term in ours["loss_function"])
+            if not differences({**ours, "loss_function": as_theirs}, run):
+                found.append(run)
+    return found
 
 
 def nearest_runs(config: dict, runs: list[AuthorsRun], limit: int = 10) -> list[tuple[AuthorsRun, list[Difference]]]:

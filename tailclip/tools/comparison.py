@@ -28,6 +28,7 @@ from tailclip.tools.authors_record import (
     matching_runs,
     nearest_runs,
     numerics_notes,
+    unreproduced_runs,
 )
 
 FIGURES = ("mAP", "mAP_head", "mAP_medium", "mAP_tail")
@@ -120,7 +121,8 @@ def compare_records(run_dir, config: dict, records: list[dict], runs: list[Autho
               "ours": {**{f"{when}_epoch": ours[when]["epoch"] for when in EPOCHS},
                        **{f"{when}_{figure}": ours[when].get(f"val/{figure}") for when in EPOCHS
                           for figure in FIGURES}},
-              "numerics": numerics_notes(config), "authors": [], "figures": [], "per_epoch": [], "nearest": []}
+              "numerics": numerics_notes(config), "authors": [], "figures": [], "per_epoch": [], "nearest": [],
+              "unreproduced": [authors_summary(run) for run in unreproduced_runs(config, runs)]}
     if not matched:
         result["nearest"] = [{**authors_summary(run), "differences": [
             {"option": d.option, "ours": format_value(d.ours), "theirs": format_value(d.theirs)} for d in found]}
@@ -191,6 +193,9 @@ def summary_text(result: dict, per_epoch: bool = False) -> str:
     state = "finished" if result["finished"] else "running or stopped"
     lines = [f"# {result['run']} against the authors' runs", "",
              f"Ours: {state}, {result['epochs_logged']} of {result['epochs_planned']} epochs logged.", ""]
+    if result["unreproduced"]:
+        lines += ["Left out: the authors' runs of these settings but for a loss that no option of ours trains:", "",
+                  *_authors_lines(result["unreproduced"]), ""]
     if result["nearest"]:
         lines += ["No run of the authors trained with these settings. The nearest (fewest differing "
                   "settings, ours vs theirs):", ""]
