@@ -5,9 +5,11 @@ Runs are the folders ``<setting>_seed<k>`` of the sweep folder that hold ``confi
 the table gives the test mAP over all classes and over the head, medium and tail classes at
 the best epoch (the highest test mAP: selected on test data, as in the paper's protocol) and
 at the last epoch, as the mean and sample standard deviation (n - 1) over seeds. A setting
-that trained as some of the authors' logged runs did (``tailclip.tools.authors_record``) also gets
-their number of runs and their best-epoch and last-epoch mAP (a value, or the range over their
-runs). Files keep mAP as fractions in [0, 1]; the Markdown table and the plot show percent.
+that trained as some of the authors' logged runs did (``tailclip.tools.authors_record``: the same
+settings and the same loss) also gets their number of runs and their best-epoch and last-epoch
+mAP (a value, or the range over their runs), and a line naming how it computed otherwise
+than their code (bf16, TF32, class prompts once an epoch). Files keep mAP as fractions in
+[0, 1]; the Markdown table and the plot show percent.
 """
 import csv
 import json
@@ -19,7 +21,14 @@ import numpy as np
 
 from tailclip.engine.logger import CONFIG_FILE, METRICS_FILE, read_metrics
 from tailclip.errors import TailCLIPError
-from tailclip.tools.authors_record import RECORD_DATASETS, AuthorsRun, format_value, load_record, matching_runs
+from tailclip.tools.authors_record import (
+    RECORD_DATASETS,
+    AuthorsRun,
+    format_value,
+    load_record,
+    matching_runs,
+    numerics_notes,
+)
 from tailclip.tools.comparison import authors_summary, best_and_last
 
 GROUPS = ("mAP", "mAP_head", "mAP_medium", "mAP_tail")
@@ -63,7 +72,7 @@ def authors_figures(config: dict, record: list[AuthorsRun]) -> dict:
     their best-epoch and last-epoch test mAP (None without a match)."""
     matched = matching_runs(config, record) if config.get("dataset") in RECORD_DATASETS else []
     summaries = [authors_summary(run) for run in matched]
-    figures = {"authors_runs": len(matched)}
+    figures = {"authors_runs": len(matched), "numerics": numerics_notes(config) if matched else []}
     for when in EPOCHS:
         values = [summary[f"{when}_mAP"] for summary in summaries]
         figures[f"authors_{when}_mAP_min"] = min(values) if values else None
@@ -184,6 +193,9 @@ def write_report(sweep_dir) -> list[Path]:
         text += ["*authors'*: the paper's authors' logged runs with the same settings "
                  "(`datasets/authors_runs/`): how many, and their test mAP at the best and the last "
                  "epoch (the range over their runs; a run stopped early gives its last logged epoch).", ""]
+        for notes in dict.fromkeys(tuple(row["numerics"]) for row in rows if row["numerics"]):
+            settings = ", ".join(row["setting"] for row in rows if tuple(row["numerics"]) == notes)
+            text += [f"Computed otherwise than the authors' code ({settings}): {'; '.join(notes)}.", ""]
     text.append(markdown_table(rows, swept, published) if rows else "No finished runs yet.")
     if unfinished:
         text += ["", f"Not finished (left out): {', '.join(unfinished)}."]
