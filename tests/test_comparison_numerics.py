@@ -21,7 +21,7 @@ def authors_run(record):
 
 @pytest.mark.parametrize("options, note", [
     ({"label_embeddings": "per_epoch"},
-     "class prompts encoded per epoch without gradient, theirs every step with gradient"),
+     "class prompts encoded once an epoch without gradient, theirs every step with gradient"),
     ({"precision": "bf16"}, "trained in bf16, theirs in float32"),
     ({"precision": "fp16"}, "trained in fp16, theirs in float32"),
     ({"precision": "auto"}, "trained in bf16 if on a GPU (precision 'auto'), theirs in float32"),

@@ -20,7 +20,7 @@ batch in one run and averaged after (our ``"asl"``; the sum is none of our optio
 ``THEIR_ASL_SINCE`` dates each version by the event file's time, when its run started;
 ``AuthorsRun.class_loss`` and ``loss_evidence`` say what a run trained and why.
 
-Options that change the numbers but not what is trained (``AUTHORS_NUMERICS``: the class
+Options that change the numbers but not what is trained (``NUMERICS_NOTES``: the class
 prompts' encoding, the forward pass's precision, TF32) do not keep a run from matching;
 ``numerics_notes`` names each in which ours ran otherwise than theirs.
 """
@@ -73,10 +73,16 @@ UNREPRODUCED_LOSSES = {"asl_sum": "asl"}
 # The options of a plain asymmetric loss (ours and their later "asl"): BAL's but for its
 # smoothing and class weights.
 PLAIN_ASL_OPTIONS = ("asl_gamma_neg", "asl_gamma_pos", "asl_clip", "asl_eps")
-# Options that change the numbers a run computes but not what it trains, at the value of the
-# authors' code: the class prompts encoded every step with gradient, the forward pass and
-# matmuls in float32.
-AUTHORS_NUMERICS = {"label_embeddings": "per_step", "precision": "fp32", "tf32": False}
+# Options that change the numbers a run computes but not what it trains: per value other than
+# the authors' code ran (class prompts encoded every step with gradient, float32 throughout),
+# how a verdict names it.
+NUMERICS_NOTES = {
+    "label_embeddings": {"per_epoch": "class prompts encoded once an epoch without gradient, "
+                                      "theirs every step with gradient"},
+    "precision": {"bf16": "trained in bf16, theirs in float32", "fp16": "trained in fp16, theirs in float32",
+                  "auto": "trained in bf16 if on a GPU (precision 'auto'), theirs in float32"},
+    "tf32": {True: "TF32 matmuls and convolutions on a GPU (tf32 = True), theirs in float32"},
+}
 
 
 class RecordError(TailCLIPError):
@@ -91,7 +97,7 @@ class AuthorsRun:
     commit: str
     logged_config: dict  # as the run logged it: the authors' strings
     epochs: tuple[dict, ...]  # {"epoch": k, "train/loss": ..., "val/mAP_medium": ...}, fractions
-    started: int = 0  # its event file's time (seconds since 1970 UTC): which code version ran it
+    started: int  # its event file's time (seconds since 1970 UTC): which code version ran it
 
     @functools.cached_property  # read for every run at every match
     def config(self) -> dict:
@@ -293,17 +299,7 @@ def nearest_runs(config: dict, runs: list[AuthorsRun], limit: int = 10) -> list[
 
 
 def numerics_notes(config: dict) -> list[str]:
-    """How a run (a ``config.json``) computed otherwise than the authors' code, where it
-    trained the same (``AUTHORS_NUMERICS``), as a verdict appends it: [] where it did not."""
+    """How a run (a ``config.json``) computed otherwise than the authors' code
+    (``NUMERICS_NOTES``), as a verdict appends it: [] where it computed as theirs."""
     ours = our_config(config)
-    notes = []
-    if ours["label_embeddings"] != AUTHORS_NUMERICS["label_embeddings"]:
-        notes.append(f"class prompts encoded {ours['label_embeddings'].replace('_', ' ')} without gradient, "
-                     f"theirs every step with gradient")
-    if ours["precision"] in ("bf16", "fp16"):
-        notes.append(f"trained in {ours['precision']}, theirs in float32")
-    elif ours["precision"] == "auto":
-        notes.append("trained in bf16 if on a GPU (precision 'auto'), theirs in float32")
-    if ours["tf32"] != AUTHORS_NUMERICS["tf32"]:
-        notes.append("TF32 matmuls and convolutions on a GPU (tf32 = True), theirs in float32")
-    return notes
+    return [notes[ours[option]] for option, notes in NUMERICS_NOTES.items() if ours[option] in notes]
