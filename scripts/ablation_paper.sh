@@ -7,8 +7,9 @@
 # their runs did (tests/test_ablation_paper.py checks each against the runs' logged configs).
 # Each row trains the loss its runs trained (datasets/authors_runs/README.md): their loss name
 # "asl" built their BAL until 2024-08-15 ~10:00 UTC (our bal, here without class weights and
-# label smoothing) and a plain asymmetric loss on the raw logits after (our asl: the rows
-# asl, clip+asl and clip+asl-sw); their one run of that loss summed over the batch is no row.
+# label smoothing) and a plain asymmetric loss on the raw logits after (our asl, which has
+# neither: the rows asl, clip+asl and clip+asl-sw, with the smoothing and class weights off as
+# those runs logged them); their one run of that loss summed over the batch is no row.
 #
 #   bash scripts/ablation_paper.sh                    # both: 26 + 33 runs of 50 epochs, on a GPU
 #   bash scripts/ablation_paper.sh voc_mlt            # one benchmark
@@ -29,9 +30,9 @@ LOSS_VARIANTS=(
     "clip+bal-sw:label_smoothing=0.0,use_weighted_loss=False"
     "clip+bal-sw-ls:use_weighted_loss=False"
     "clip+bal-sw-lw-ls:"
-    "asl:loss_function=['asl'],asl_mul=1.0,use_sample_weights=False"
-    "clip+asl:loss_function=['clip','asl'],use_sample_weights=False"
-    "clip+asl-sw:loss_function=['clip','asl']"
+    "asl:loss_function=['asl'],asl_mul=1.0,label_smoothing=0.0,use_sample_weights=False,use_weighted_loss=False"
+    "clip+asl:loss_function=['clip','asl'],label_smoothing=0.0,use_sample_weights=False,use_weighted_loss=False"
+    "clip+asl-sw:loss_function=['clip','asl'],label_smoothing=0.0,use_weighted_loss=False"
 )
 # lambda and s other than the published config's (VOC-MLT 0.4 and 1.35, COCO-MLT 5 and 1.6)
 VOC_MLT_LAMBDAS="0.2 0.5 0.75 1.0 1.25 1.5 1.75 2.0 4.0 8.0"
