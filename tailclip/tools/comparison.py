@@ -5,7 +5,11 @@ The figures follow the paper's protocol: the best epoch is the one of the highes
 newest evaluation. A run still training is held against the authors' first epochs only (as
 many as it has logged), so that its verdict speaks of the same stage of training. The
 verdict per figure: within the authors' value (one run) or range (several), or above or
-below it by so many percentage points, at the two decimals shown.
+below it by so many percentage points, at the two decimals shown; then each way in which ours
+computed otherwise than the authors' code (``numerics_notes``: "within; trained in bf16,
+theirs in float32"). Each of the authors' runs is shown with the loss it trained (``CLASS_LOSSES``);
+their runs of the same settings but for a loss that no option of ours trains (their plain loss
+summed over the batch) are listed as left out.
 
 Outputs, in the run folder: ``comparison.md`` (the figures and the per-epoch table, ours
 against the authors' minimum and maximum), ``comparison.json`` (the same, mAP as fractions)
