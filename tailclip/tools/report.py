@@ -8,6 +8,7 @@ only where the data is and how to run (`RUN_OPTIONS`), and its report lies besid
 import dataclasses
 import json
 import math
+import warnings
 from pathlib import Path
 
 from tailclip.config import CUSTOM_DATASET_FILES, Config
@@ -40,6 +41,7 @@ from tailclip.thresholds import (
     write_thresholds,
 )
 from tailclip.tools.calibration import calibrated_report, calibration_entries
+from tailclip.wording import count
 
 GROUPS = ("head", "medium", "tail")
 ZEROSHOT = "zeroshot"  # the report's name for CLIP's own weights
@@ -127,14 +129,16 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
     trained_with = PRETRAINING_TERMS if zeroshot else cfg.loss_function
     model.to(device)
     batches = build_split_batches(cfg, data, train=False, device=device)
-    result = evaluate_model(model, objective, batches.batches(device), data.test.caption_tokens, device,
-                            precision, data.groups, keep_embeddings=True, score=decision_score(trained_with))
+    with warnings.catch_warnings():  # a class without a positive image: the report's notes say it
+        warnings.filterwarnings("ignore", message="classes .* have no positive image")
+        result = evaluate_model(model, objective, batches.batches(device), data.test.caption_tokens, device,
+                                precision, data.groups, keep_embeddings=True, score=decision_score(trained_with))
+        subsets = subset_metrics(result.scores, result.targets, data.groups)
+        calibrated = ({"calibrated": calibrated_report(cfg, data, model, objective, calibration, calibrate_on,
+                                                       source, result, device, precision, target_precision)}
+                      if calibration is not None else {})
     labels_per_image = result.targets.sum(1)
-    subsets = subset_metrics(result.scores, result.targets, data.groups)
     warning = zeroshot_warning(cfg) if zeroshot else None
-    calibrated = ({"calibrated": calibrated_report(cfg, data, model, objective, calibration, calibrate_on, source,
-                                                   result, device, precision, target_precision)}
-                  if calibration is not None else {})
     return {
         "checkpoint": source,
         "epoch": epoch,
@@ -197,7 +201,7 @@ def _empty_class_note(label: str, metrics: dict, class_names: list[str]) -> list
         return []
     empty = [class_names[c] for c in metrics["no_positive"]]
     groups = ", ".join(f"{g} {_cell(metrics.get(f'mAP_{g}{EMPTY_AS_ZERO}'), width=0)}" for g in GROUPS)
-    return [f"note: {label}: mAP leaves out {len(empty)} class(es) without a positive image "
+    return [f"note: {label}: mAP leaves out {count(len(empty), 'class', 'classes')} without a positive image "
             f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); counting them as AP 0, as "
             f"scikit-learn and the authors' code do: mAP {_cell(metrics[f'mAP{EMPTY_AS_ZERO}'], width=0)} "
             f"({groups}), in the JSON as mAP{EMPTY_AS_ZERO}"]
