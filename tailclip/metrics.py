@@ -76,8 +76,7 @@ def evaluate(scores, targets, groups=None) -> dict:
     it; AUROC also leaves out classes without a negative. Group means average the evaluable
     classes of each group (NaN when none is). Where a class has no positive image, the means
     with it counted as AP 0 (scikit-learn's ``average_precision_score`` and the authors'
-    convention) come too, ``"mAP_empty_as_0"`` and ``"mAP_<group>_empty_as_0"``, with
-    ``"no_positive"``, the list of those classes.
+    convention) come too: ``"mAP_empty_as_0"`` and ``"mAP_<group>_empty_as_0"``.
     """
     scores, targets = _scores_and_targets(scores, targets)
     num_classes = scores.shape[1]
@@ -103,7 +102,6 @@ def evaluate(scores, targets, groups=None) -> dict:
     if missing:
         result.update({f"mAP{suffix}{EMPTY_AS_ZERO}": _group_mean(np.nan_to_num(ap), classes)
                        for suffix, classes in named.items()})
-        result["no_positive"] = missing
     result["AP"] = ap.tolist()
     return result
 

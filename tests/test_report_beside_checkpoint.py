@@ -57,6 +57,16 @@ def test_report_of_another_run_s_checkpoint_lies_beside_it(runs, capsys):
                                                              "config_file": ["clip", "bal"]}
     assert report["model_name"] == "ViT-tiny"
 
+    # The tiny test split has no single-label image of two classes: the console says which
+    # mAP it prints, the JSON carries both (as left out, and counted as AP 0).
+    single = report["subsets"]["single_label"]
+    assert report["without_positives"] == {"all": [], "multi_label": ["dog", "tree"],
+                                           "single_label": ["cat", "red car"]}
+    assert single["mAP_empty_as_0"] == pytest.approx(single["mAP"] / 2)
+    assert ("note: its single-label images: mAP leaves out 2 classes without a positive image (cat, red car); "
+            "counting them as AP 0, as scikit-learn and the authors' code do: mAP "
+            f"{100 * single['mAP_empty_as_0']:.1f}") in out
+
     # A BCE model outputs probabilities: the rule at 0.5 and ML-GCN's top-3 among its classes.
     assert "\nthreshold 0.5 " in out and "\ntop-3, p >= 0.5 " in out and "no decisions at" not in out
     decisions = report["decisions"]

@@ -67,6 +67,11 @@ def _without_ap(metrics: dict) -> dict:
     return {key: value for key, value in metrics.items() if key != "AP"}
 
 
+def _without_positives(metrics: dict, class_names) -> list[str]:
+    """The classes that ``evaluate`` found no positive image of (their AP is undefined)."""
+    return [name for name, ap in zip(class_names, metrics["AP"]) if math.isnan(ap)]
+
+
 def zeroshot_warning(cfg) -> str | None:
     """Why a zero-shot score means nothing, when it does not: the weights are random."""
     if cfg.pretrained:
@@ -139,6 +144,9 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
                       if calibration is not None else {})
     labels_per_image = result.targets.sum(1)
     warning = zeroshot_warning(cfg) if zeroshot else None
+    without_positives = {name: _without_positives(metrics, data.class_names) for name, metrics in
+                         (("all", result.metrics), ("multi_label", subsets["multi_label"]),
+                          ("single_label", subsets["single_label"]))}
     return {
         "checkpoint": source,
         "epoch": epoch,
@@ -151,6 +159,7 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
         "mAP_unit": MAP_UNIT,
         "loss": result.loss,
         "metrics": _without_ap(result.metrics),
+        **({"without_positives": without_positives} if any(without_positives.values()) else {}),
         "per_class_AP": dict(zip(data.class_names, result.metrics["AP"])),
         "subsets": {
             "multi_label": {"num_images": int((labels_per_image >= 2).sum()),
@@ -195,11 +204,10 @@ def _decision_lines(report: dict) -> list[str]:
     return lines
 
 
-def _empty_class_note(label: str, metrics: dict, class_names: list[str]) -> list[str]:
-    """Which mAP convention a row prints, where a class has no positive image in it."""
-    if "no_positive" not in metrics:
+def _empty_class_note(label: str, metrics: dict, empty: list[str]) -> list[str]:
+    """Which mAP convention a row prints, where classes (``empty``) have no positive image."""
+    if not empty:
         return []
-    empty = [class_names[c] for c in metrics["no_positive"]]
     groups = ", ".join(f"{g} {_cell(metrics.get(f'mAP_{g}{EMPTY_AS_ZERO}'), width=0)}" for g in GROUPS)
     return [f"note: {label}: mAP leaves out {count(len(empty), 'class', 'classes')} without a positive image "
             f"({', '.join(empty[:5])}{', ...' if len(empty) > 5 else ''}); counting them as AP 0, as "
@@ -222,7 +230,6 @@ def format_report(report: dict) -> str:
         return (f"{label:24}{_cell(metrics.get('mAP'))}"
                 + "".join(_cell(metrics.get(f"mAP_{g}")) for g in GROUPS) + _cell(metrics.get("AUROC")))
 
-    class_names = list(report["per_class_AP"])
     rows = [("all images", report["metrics"])] + [
         (f"{name.replace('_', '-')} ({report['subsets'][name]['num_images']})", report["subsets"][name])
         for name in ("multi_label", "single_label")]
@@ -230,7 +237,11 @@ def format_report(report: dict) -> str:
     pd_nd = report["pd_nd"]
     lines.append(f"{'PD/ND (lower is better)':24}{_cell(pd_nd['PD_ND'], False)}"
                  + "".join(_cell(pd_nd.get(f"PD_ND_{g}"), False) for g in GROUPS))
-    lines += [note for label, metrics in rows for note in _empty_class_note(label, metrics, class_names)]
+    split_names = {"all": "the test split", "multi_label": "its multi-label images",
+                   "single_label": "its single-label images"}
+    empty = report.get("without_positives", {})
+    lines += [note for (key, name), (_, metrics) in zip(split_names.items(), rows)
+              for note in _empty_class_note(name, metrics, empty.get(key, []))]
     return "\n".join(lines + _decision_lines(report))
 
 
