@@ -228,13 +228,6 @@ def selected_classes(values, class_names, thresholds) -> list[tuple[str, float]]
     return [(class_names[c], float(values[c])) for c in chosen]
 
 
-def check_threshold(threshold: float, score: DecisionScore, where: str) -> None:
-    """Refuse a threshold outside ``score``'s range: it would select every class or none."""
-    if not score.low <= threshold <= score.high:
-        raise ThresholdsFileError(f"{where}: threshold {threshold:g} is outside [{score.low:g}, "
-                                  f"{score.high:g}], the range of the {score.name} ({score.meaning})")
-
-
 def thresholds_file_name(checkpoint: str | Path) -> str:
     return f"thresholds_{Path(checkpoint).stem}.json"
 
@@ -283,6 +276,8 @@ def read_thresholds(path, class_names, score: DecisionScore) -> torch.Tensor:
     if file_score != score.name:
         raise ThresholdsFileError(f"{path}: its thresholds apply to the {file_score}, and this model decides by "
                                   f"the {score.name} ({score.meaning}); calibrate again with test.py --calibrate")
-    for name, threshold in zip(classes, thresholds):
-        check_threshold(threshold, score, f"{path}: class {name!r}")
+    for name, threshold in zip(classes, thresholds):  # outside, it would select every image or none
+        if not score.low <= threshold <= score.high:
+            raise ThresholdsFileError(f"{path}: class {name!r}: threshold {threshold:g} is outside [{score.low:g}, "
+                                      f"{score.high:g}], the range of the {score.name} ({score.meaning})")
     return torch.tensor(thresholds, dtype=torch.float64)
