@@ -73,11 +73,11 @@ def _openai_clip(name: str, weights: bool | str) -> clip.CLIP:
             raise ConfigError(f"model_name = {name!r} has no pretrained OpenAI weights "
                              f"(those are: {', '.join(clip.available_models())}); "
                              "set pretrained = False to train it from random weights")
-        return clip.load(name, device="cpu")[0]
+        return clip.load_model(name, device="cpu")
     if not Path(weights).expanduser().is_file():
         raise MissingFileError(f"pretrained = {weights!r} is not a checkpoint file; for {name} pretrained is "
                                "True (OpenAI's weights), False (random ones) or the path of a checkpoint file")
-    model = clip.load(Path(weights).expanduser(), device="cpu")[0]
+    model = clip.load_model(Path(weights).expanduser(), device="cpu")
     with torch.device("meta"):
         expected = clip.create_model(name).state_dict()
     if {k: v.shape for k, v in model.state_dict().items()} != {k: v.shape for k, v in expected.items()}:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.special import expit
 
 from tailclip.errors import TailCLIPError
 
@@ -48,6 +47,8 @@ def _numpy(x) -> np.ndarray:
 
 def class_probabilities(logits) -> np.ndarray:
     """float64 [N, C]: the sigmoid of the class logits, what thresholds apply to."""
+    from scipy.special import expit  # imported at first use: scipy's import slows every start-up
+
     return expit(_numpy(logits))
 
 

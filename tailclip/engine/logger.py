@@ -19,10 +19,8 @@ import threading
 from pathlib import Path
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from tailclip.engine import visualize
 from tailclip.engine.checkpoint import write_atomic
 from tailclip.engine.distributed import is_main_process
 from tailclip.errors import NoSpaceError, TailCLIPError, is_no_space, no_space_error
@@ -96,6 +94,10 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / METRICS_FILE
         _quiet_tensorboard_writer_threads()
+        # Imported here, with TensorBoard's protocol buffers: a command line that stops on a bad
+        # input before a run starts does not wait for them.
+        from torch.utils.tensorboard import SummaryWriter
+
         if resume_epoch is None:  # a new run, in a folder without an earlier one (run_folder)
             self.writer = SummaryWriter(self.run_dir)
         else:
@@ -158,6 +160,8 @@ class RunLogger:
         if not self.enabled:
             return
         if self.step_writer is None:  # created at the first point: none when steps are not logged
+            from torch.utils.tensorboard import SummaryWriter  # imported by __init__ already
+
             purge = None if self.resume_step is None else self.resume_step + 1
             self.step_writer = SummaryWriter(self.run_dir / STEPS_DIR, purge_step=purge)
         for name, value in record.items():
@@ -175,6 +179,8 @@ class RunLogger:
         """Pictures of an evaluation: per-class AP bars and the tail classes' PR curves."""
         if not self.enabled:
             return
+        from tailclip.engine import visualize  # matplotlib: imported when the first figure is drawn
+
         with self._writing():
             visualize.log_evaluation_figures(self.writer, epoch, scores, targets, ap, class_names,
                                              groups, class_counts=class_counts)
@@ -184,6 +190,8 @@ class RunLogger:
         """The config with the final metrics, for TensorBoard's HParams tab."""
         if not self.enabled:
             return
+        from tailclip.engine import visualize  # matplotlib: imported when the first figure is drawn
+
         with self._writing():
             visualize.log_hparams(self.writer, hparams, percent_scalars(metrics), epoch)
             self.writer.flush()

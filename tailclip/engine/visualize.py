@@ -23,7 +23,6 @@ from matplotlib import font_manager
 from matplotlib.figure import Figure
 from matplotlib.ft2font import FT2Font
 from matplotlib.patches import Patch
-from torch.utils.tensorboard.summary import hparams as hparams_summaries
 
 GROUPS = ("head", "medium", "tail")
 GROUP_COLORS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728"}
@@ -201,6 +200,9 @@ def log_hparams(writer, hparams_dict: Mapping, metrics_dict: Mapping[str, float]
     clean = {key: value if isinstance(value, (bool, int, float, str)) else str(value)
              for key, value in hparams_dict.items()}
     metrics = {key: float(value) for key, value in metrics_dict.items() if value is not None}
+    # TensorBoard is imported with the writer; a test report, which draws charts only, needs none.
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
     file_writer = writer._get_file_writer()  # add_hparams' own route, minus its sub-run
     for summary in hparams_summaries(clean, metrics):
         file_writer.add_summary(summary, step)

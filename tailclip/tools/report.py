@@ -9,7 +9,6 @@ import math
 from pathlib import Path
 
 from tailclip.data import build_data
-from tailclip.engine import visualize
 from tailclip.engine.batches import build_split_batches
 from tailclip.engine.checkpoint import load_checkpoint
 from tailclip.engine.distributed import init_distributed, main_process_first
@@ -187,6 +186,8 @@ def write_report(report: dict, run_dir: Path) -> list[Path]:
     run_dir.mkdir(parents=True, exist_ok=True)
     output = run_dir / f"test_{name}.json"
     output.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+    from tailclip.engine import visualize  # matplotlib: imported once the report is computed
+
     per_class = report["per_class_AP"]
     chart = visualize.save_per_class_ap_png(run_dir / f"per_class_ap_{name}.png", list(per_class.values()),
                                             list(per_class), report["groups"], report["class_counts"],
