@@ -67,13 +67,13 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
-    from tailclip.config import load_config
+    from tailclip.config import load_config, resolve_path
     from tailclip.engine.distributed import cleanup, is_main_process
     from tailclip.tools.report import evaluate_checkpoint, format_report, write_report
 
     try:
         cfg = load_config(args.config, args.overrides)
-        run_dir = Path(cfg.run_dir) / (args.run_name or Path(args.config).stem)
+        run_dir = resolve_path(cfg.run_dir) / (args.run_name or Path(args.config).stem)
         report = evaluate_checkpoint(cfg, run_dir, args.checkpoint, args.zeroshot, args.calibrate,
                                      args.target_precision)
         writes = is_main_process()  # under torchrun only rank 0 prints and writes

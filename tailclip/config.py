@@ -39,6 +39,15 @@ PROMPT_MODES = ("prompt", "prompt+visual")
 OPEN_CLIP_PREFIX = "open_clip:"
 CUSTOM_DATASET_FILES = ("train_list", "test_list", "class_names", "captions", "image_root")
 CUSTOM_DATASET_REQUIRED = ("train_list", "test_list", "class_names", "image_root")
+# A relative path in a config (data_root, run_dir, a custom dataset's files) is relative to the
+# repository, wherever the command runs from: the data and the runs of a checkout stay together.
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+def resolve_path(path) -> Path:
+    """An absolute path; a relative one is taken relative to the repository root, not the cwd."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 class ConfigError(TailCLIPError, ValueError):

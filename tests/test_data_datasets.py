@@ -10,7 +10,7 @@ from PIL import Image, ImageFile
 from torch.utils.data import DataLoader
 
 import clip
-from tailclip.config import Config
+from tailclip.config import REPO_ROOT, Config
 from tailclip.data import (
     MEANS_STDS,
     MultiLabelDataset,
@@ -21,7 +21,7 @@ from tailclip.data import (
     check_images_exist,
     collate_skip_none,
 )
-from tailclip.data.datasets import REPO_ROOT, dataset_files
+from tailclip.data.datasets import dataset_files
 
 
 def _image(width, height, seed=0):

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from tailclip.config import ConfigError
+from tailclip.config import ConfigError, resolve_path
 from tailclip.errors import MissingFileError, TailCLIPError
 from tailclip.text_tokens import text_tokenizer
 from tailclip.wording import count
@@ -18,7 +18,6 @@ from .splits import SplitEntry, SplitFormatError, read_captions, read_class_name
 from .synthetic import ensure_synthetic
 from .transforms import build_transform
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # relative data paths are relative to this
 SYNTHETIC_SEED = 0  # the demo data stays the same whatever the run's seed
 log = logging.getLogger(__name__)
 
@@ -55,12 +54,6 @@ class DataFiles:
     captions: Path | None
     image_root: Path
     download_hint: str
-
-
-def resolve_path(path) -> Path:
-    """An absolute path; a relative one is taken relative to the repository root, not the cwd."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def dataset_files(cfg) -> DataFiles:

@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 import clip
-from tailclip.config import Config
+from tailclip.config import Config, resolve_path
 from tailclip.data import DataBundle, build_data
 from tailclip.engine.batches import SplitBatches, build_split_batches
 from tailclip.engine.checkpoint import load_checkpoint, remove_partial_writes, rng_states, save_atomic
@@ -292,7 +292,7 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
-    run_dir = Path(cfg.run_dir) / run_name
+    run_dir = resolve_path(cfg.run_dir) / run_name
     processes = init_distributed(cfg.device)
     checkpoint = None
     if resume:

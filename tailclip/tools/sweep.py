@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from tailclip.config import Config, load_config, option_problem, parse_override
+from tailclip.config import Config, load_config, option_problem, parse_override, resolve_path
 from tailclip.engine import training
 from tailclip.engine.logger import METRICS_FILE, read_metrics
 from tailclip.engine.run_folder import resume_checkpoint
@@ -170,7 +170,7 @@ def expand(grid: list[tuple[str, list[str]]], variants: list[Setting]) -> list[S
 
 
 def sweep_folder(config_path, sets, name: str) -> Path:
-    return Path(load_config(config_path, sets).run_dir) / name
+    return resolve_path(load_config(config_path, sets).run_dir) / name
 
 
 def plan(config_path, sets: list[str], settings: list[Setting], seeds: list[int],
