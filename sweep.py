@@ -14,13 +14,14 @@ sweep folder gets ``results.md``, ``results.csv`` and ``results.png``. With ``--
 import argparse
 import sys
 
+from tailclip.arguments import ArgumentParser
 from tailclip.errors import USER_ERRORS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n", 2)[2].replace("``", ""))
+    parser = ArgumentParser(description=__doc__.split("\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog=__doc__.split("\n", 2)[2].replace("``", ""))
     parser.add_argument("--config", help="the config file every run starts from")
     parser.add_argument("--name", help="the sweep's folder name under the config's run_dir")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -62,8 +63,11 @@ def sweep(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     grid = [parse_grid(text) for text in args.grid]
     if args.search is not None:
-        if args.variant or not args.ranges and not grid:
+        if args.variant:
             raise SweepError("--search takes --range (and --grid choices), not --variant")
+        if not args.ranges and not grid:
+            raise SweepError("--search needs what to search: --range KEY=LOW:HIGH[:log] (repeatable), "
+                             "--grid KEY=V1,V2 choices, or both")
         run_search(args.config, args.sets, [parse_range(text) for text in args.ranges], grid, seeds,
                    args.name, args.search)
         failed = []

@@ -379,7 +379,8 @@ def _set_up(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Dist
         state = restore_training(checkpoint, trainer, meter)
         # For the lr and epochs the run has now: an extended run goes on along its new cosine.
         trainer.scheduler = build_scheduler(cfg, trainer.optimizer, start_epoch=state.epoch)
-        say(f"resuming {run_dir} after epoch {state.epoch}, step {state.step_in_epoch}")
+        start = "" if state.step_in_epoch else f", at the start of epoch {state.epoch + 1}"
+        say(f"resuming {run_dir} {_position(state)}{start}")
     if is_main_process():
         for leftover in remove_partial_writes(run_dir):
             say(f"removed {leftover}, left by an interrupted checkpoint write")
@@ -481,13 +482,16 @@ def _save(run: Run, names: list[str]) -> None:
         save_atomic(content, run.run_dir / name)
 
 
+def _position(state: TrainState) -> str:
+    """Where a run stands: "after epoch 3", or mid-epoch "after epoch 3, step 5 of epoch 4"."""
+    return f"after epoch {state.epoch}" + (f", step {state.step_in_epoch} of epoch {state.epoch + 1}"
+                                           if state.step_in_epoch else "")
+
+
 def _stop_here(run: Run, stop: _StopOnSignal) -> TrainingInterrupted:
     _save(run, [NEWEST_CHECKPOINT])
     barrier()  # the other processes exit only once the checkpoint is written
-    state = run.state
-    where = f"after epoch {state.epoch}" + (f", step {state.step_in_epoch} of epoch {state.epoch + 1}"
-                                             if state.step_in_epoch else "")
-    return TrainingInterrupted(f"stopped by {signal.Signals(stop.signal_number).name} {where}; "
+    return TrainingInterrupted(f"stopped by {signal.Signals(stop.signal_number).name} {_position(run.state)}; "
                                f"saved {run.run_dir / NEWEST_CHECKPOINT} (continue with --resume)",
                                stop.signal_number)
 

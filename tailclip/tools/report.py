@@ -74,6 +74,8 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
     with ``calibrate_on`` (a split file or "train", `tailclip.tools.calibration`), also per-class
     thresholds chosen on that split (to the F1 maximum, or to ``target_precision``) and the
     test metrics with them."""
+    # A missing checkpoint is said first, before the data's checks (thousands of missing images).
+    path = None if zeroshot else resolve_checkpoint(checkpoint_name or BEST_MAP_CHECKPOINT, run_dir)
     device = init_distributed(cfg.device).device  # under torchrun, each process scores a shard
     precision = resolve_precision(cfg.precision, device)
     set_tf32(cfg.tf32, device)
@@ -85,7 +87,6 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
             model = build_model(cfg, data.label_prompts)
             source, epoch = ZEROSHOT, 0
         else:
-            path = resolve_checkpoint(checkpoint_name or BEST_MAP_CHECKPOINT, run_dir)
             checkpoint = load_checkpoint(path)
             check_checkpoint_matches(checkpoint, cfg, data.class_names, path)
             model = trained_model(checkpoint, cfg, data.label_prompts, path)
