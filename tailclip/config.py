@@ -41,8 +41,9 @@ OPEN_CLIP_PREFIX = "open_clip:"
 CUSTOM_DATASET_FILES = ("train_list", "test_list", "class_names", "captions", "image_root")
 CUSTOM_DATASET_REQUIRED = ("train_list", "test_list", "class_names", "image_root")
 PATH_OPTIONS = ("data_root", "run_dir", *CUSTOM_DATASET_FILES)
-# A relative path in a config (data_root, run_dir, a custom dataset's files) is relative to the
-# repository, wherever the command runs from: the data and the runs of a checkout stay together.
+# A relative path in a config (data_root, run_dir, a custom dataset's files, a pretrained
+# checkpoint) is relative to the repository, wherever the command runs from: the data and the
+# runs of a checkout stay together.
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
