@@ -16,7 +16,6 @@ import argparse
 import sys
 
 from tailclip.arguments import ArgumentParser
-from tailclip.errors import USER_ERRORS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -32,6 +31,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
+    from tailclip.errors import USER_ERRORS
     from tailclip.tools.authors_record import load_record
     from tailclip.tools.comparison import summary_text, write_comparison
 

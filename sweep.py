@@ -15,7 +15,6 @@ import argparse
 import sys
 
 from tailclip.arguments import ArgumentParser
-from tailclip.errors import USER_ERRORS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -92,6 +91,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
     from tailclip.engine.training import TrainingInterrupted
+    from tailclip.errors import USER_ERRORS
     from tailclip.tools.sweep_report import write_report
 
     try:

@@ -27,11 +27,11 @@ import argparse
 import sys
 
 from tailclip.arguments import ArgumentParser
-from tailclip.config import ConfigError, parse_bool
-from tailclip.errors import USER_ERRORS
 
 
 def _flag(text: str) -> bool:
+    from tailclip.config import ConfigError, parse_bool  # when a flag is read: --help imports nothing
+
     try:
         return parse_bool(text)
     except ConfigError as error:
@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
     from tailclip.config import default_run_name, load_config, resolve_path
     from tailclip.engine.distributed import cleanup, is_main_process
+    from tailclip.errors import USER_ERRORS
     from tailclip.tools.report import evaluate_checkpoint, format_report, write_report
 
     try:

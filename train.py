@@ -21,7 +21,6 @@ import argparse
 import sys
 
 from tailclip.arguments import ArgumentParser
-from tailclip.errors import USER_ERRORS
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -47,6 +46,7 @@ def main(argv=None) -> int:
     from tailclip.config import default_run_name, load_config
     from tailclip.engine.distributed import cleanup
     from tailclip.engine.training import TrainingInterrupted, train
+    from tailclip.errors import USER_ERRORS
 
     try:
         cfg = load_config(args.config, args.overrides)

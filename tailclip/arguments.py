@@ -4,8 +4,6 @@ flag of the command or, where the command has ``--set``, the config option it ma
 import argparse
 import difflib
 
-from tailclip.config import OPTION_NAMES
-
 
 class ArgumentParser(argparse.ArgumentParser):
     def parse_args(self, args=None, namespace=None) -> argparse.Namespace:
@@ -28,6 +26,8 @@ class ArgumentParser(argparse.ArgumentParser):
         flags = {name: name for name in self._option_string_actions if name.startswith("--")}
         candidates = dict(flags)
         if "--set" in flags:
+            from tailclip.config import OPTION_NAMES  # here: the config module imports torch, --help does not
+
             for option in OPTION_NAMES:
                 candidates.setdefault("--" + option.replace("_", "-"), f"--set {option}={value or 'VALUE'}")
         close = (difflib.get_close_matches(flag, flags, n=1, cutoff=0.8)

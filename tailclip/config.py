@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from tailclip import REPO_ROOT
 from tailclip.errors import TailCLIPError
 
 DATASETS = ("voc_mlt", "coco_mlt", "synthetic_mlt", "custom")
@@ -41,14 +42,14 @@ OPEN_CLIP_PREFIX = "open_clip:"
 CUSTOM_DATASET_FILES = ("train_list", "test_list", "class_names", "captions", "image_root")
 CUSTOM_DATASET_REQUIRED = ("train_list", "test_list", "class_names", "image_root")
 PATH_OPTIONS = ("data_root", "run_dir", *CUSTOM_DATASET_FILES)
-# A relative path in a config (data_root, run_dir, a custom dataset's files, a pretrained
-# checkpoint) is relative to the repository, wherever the command runs from: the data and the
-# runs of a checkout stay together.
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 def resolve_path(path) -> Path:
-    """An absolute path; a relative one is taken relative to the repository root, not the cwd."""
+    """An absolute path; a relative one is taken relative to the repository root, not the cwd.
+
+    The rule of every path in a config (data_root, run_dir, a custom dataset's files, a
+    pretrained checkpoint), wherever the command runs from: a checkout's data and runs stay
+    together."""
     path = Path(path).expanduser()
     return path if path.is_absolute() else REPO_ROOT / path
 

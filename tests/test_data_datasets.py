@@ -10,7 +10,8 @@ from PIL import Image, ImageFile
 from torch.utils.data import DataLoader
 
 import clip
-from tailclip.config import REPO_ROOT, Config
+from tailclip import REPO_ROOT
+from tailclip.config import Config
 from tailclip.data import (
     MEANS_STDS,
     MultiLabelDataset,
