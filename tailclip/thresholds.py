@@ -172,11 +172,12 @@ def thresholds_file_name(checkpoint: str | Path) -> str:
     return f"thresholds_{Path(checkpoint).stem}.json"
 
 
-def write_thresholds(path: Path, thresholds: dict, split: str, checkpoint: str,
-                     target_precision: float | None, notes: dict) -> Path:
-    """The thresholds file: ``thresholds`` ``{class name: threshold}`` in class order, with
-    where they came from and ``notes`` ``{class name: why it kept another threshold}``."""
-    document = {
+def thresholds_document(thresholds: dict, split: str, checkpoint: str,
+                        target_precision: float | None, notes: dict) -> dict:
+    """The thresholds file's contents: ``thresholds`` ``{class name: threshold}`` in class
+    order, with where they came from and ``notes`` ``{class name: why it kept another
+    threshold}``; `read_thresholds` reads them back."""
+    return {
         "checkpoint": str(checkpoint),
         "split": str(split),
         "probability": PROBABILITY,
@@ -187,8 +188,6 @@ def write_thresholds(path: Path, thresholds: dict, split: str, checkpoint: str,
         "thresholds": [float(t) for t in thresholds.values()],
         "notes": notes,
     }
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    return path
 
 
 def read_thresholds(path, class_names) -> torch.Tensor:

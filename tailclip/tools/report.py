@@ -4,7 +4,6 @@ mAP, AUROC, AP and the decision metrics (``tailclip.thresholds``) are stored as 
 [0, 1] (``"mAP_unit": "fraction"`` says so in the JSON file) and printed in percent, as the
 training logs do.
 """
-import json
 import math
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from tailclip.engine.batches import build_split_batches
 from tailclip.engine.checkpoint import load_checkpoint
 from tailclip.engine.distributed import init_distributed, main_process_first
 from tailclip.engine.evaluation import evaluate_model
+from tailclip.engine.files import write_json
 from tailclip.engine.logger import MAP_UNIT, json_safe
 from tailclip.engine.precision import resolve_precision, set_tf32
 from tailclip.engine.run_folder import BEST_MAP_CHECKPOINT
@@ -30,7 +30,7 @@ from tailclip.thresholds import (
     per_class,
     scalar_metrics,
     split_top_k,
-    write_thresholds,
+    thresholds_document,
 )
 from tailclip.tools.calibration import calibrated_report, calibration_entries
 
@@ -185,8 +185,7 @@ def write_report(report: dict, run_dir: Path) -> list[Path]:
     calibration its ``thresholds_<name>.json``."""
     name = report_name(report)
     run_dir.mkdir(parents=True, exist_ok=True)
-    output = run_dir / f"test_{name}.json"
-    output.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+    output = write_json(run_dir / f"test_{name}.json", json_safe(report), allow_nan=False)
     per_class = report["per_class_AP"]
     chart = visualize.save_per_class_ap_png(run_dir / f"per_class_ap_{name}.png", list(per_class.values()),
                                             list(per_class), report["groups"], report["class_counts"],
@@ -194,7 +193,7 @@ def write_report(report: dict, run_dir: Path) -> list[Path]:
     calibrated = report.get("calibrated")
     if not calibrated:
         return [output, chart]
-    thresholds = write_thresholds(run_dir / calibrated["thresholds_file"], calibrated["thresholds"],
-                                  calibrated["split"], report["checkpoint"], calibrated["target_precision"],
-                                  calibrated["notes"])
+    thresholds = write_json(run_dir / calibrated["thresholds_file"], thresholds_document(
+        calibrated["thresholds"], calibrated["split"], report["checkpoint"], calibrated["target_precision"],
+        calibrated["notes"]))
     return [output, chart, thresholds]

@@ -17,7 +17,6 @@ CUDA context, and a run that crashes or runs out of memory takes no other run wi
 import ast
 import dataclasses
 import itertools
-import json
 import os
 import re
 import subprocess
@@ -31,12 +30,13 @@ import torch
 
 from tailclip.config import Config, load_config, option_problem, parse_override
 from tailclip.engine import training
+from tailclip.engine.files import write_json
 from tailclip.engine.logger import METRICS_FILE, read_metrics
-from tailclip.engine.run_folder import resume_checkpoint
+from tailclip.engine.run_folder import restore_run_files, resume_checkpoint
 from tailclip.errors import TailCLIPError
+from tailclip.tools.sweep_report import SWEEP_FILE, read_sweep_file
 from tailclip.wording import count
 
-SWEEP_FILE = "sweep.json"
 STUDY_FILE = "optuna.db"
 SEARCH_SPACE_ATTR = "search_space"  # the study's --range and --grid values, as last given
 RESERVED_KEYS = {"seed": "use --seeds", "run_dir": "the sweep chooses each run's folder"}
@@ -188,14 +188,12 @@ def plan(config_path, sets: list[str], settings: list[Setting], seeds: list[int]
 def record_sweep(folder: Path, config_path, swept: list[str], settings: list[str]) -> None:
     """Add this invocation's swept keys and settings to ``sweep.json`` (what the report
     reads for the order of its rows and the published figures of the config)."""
-    path = folder / SWEEP_FILE
-    known = json.loads(path.read_text()) if path.is_file() else {"swept": [], "settings": []}
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
+    known = read_sweep_file(folder) or {"swept": [], "settings": []}
+    write_json(folder / SWEEP_FILE, {
         "config": str(config_path),
         "swept": known["swept"] + [key for key in swept if key not in known["swept"]],
         "settings": known["settings"] + [name for name in settings if name not in known["settings"]],
-    }, indent=2) + "\n")
+    })
 
 
 def run_progress(run_dir: Path, epochs: int) -> str:
@@ -203,8 +201,10 @@ def run_progress(run_dir: Path, epochs: int) -> str:
 
     A run is finished when ``metrics.jsonl`` holds its last epoch: that line is written
     just before the epoch's checkpoints, so a run killed in between is finished already
-    as far as its results go.
+    as far as its results go. The run's files are first restored from its checkpoint
+    where they are behind it or damaged (a lost last line, say).
     """
+    restore_run_files(run_dir)
     metrics = run_dir / METRICS_FILE
     if metrics.is_file():
         records = read_metrics(run_dir)
