@@ -271,12 +271,12 @@ def _readable_records(path: Path) -> list[dict]:
     return records
 
 
-def restore_metrics(run_dir, records: list[dict], later: bool) -> int:
+def restore_metrics(run_dir, records: list[dict], later: bool) -> None:
     """Make ``metrics.jsonl`` begin with ``records`` (a checkpoint's), rewriting it whole
-    when it does not; how many of them it lacked or held damaged (0: it held them all).
-    With ``later``, the readable records of later epochs in the file are kept after them
-    (the epochs a run logged after its last checkpoint that was kept, when it saves no
-    newest one); without, they are dropped (a resumed run logs them again)."""
+    when it does not, and saying so when it lacked or held damaged any of them. With
+    ``later``, the readable records of later epochs in the file are kept after them (the
+    epochs a run logged after its last checkpoint that was kept, when it saves no newest
+    one); without, they are dropped (a resumed run logs them again)."""
     path = Path(run_dir) / METRICS_FILE
     expected = metrics_text(records)
     text = path.read_text(errors="replace") if path.is_file() else ""
@@ -287,7 +287,9 @@ def restore_metrics(run_dir, records: list[dict], later: bool) -> int:
     last = records[-1]["epoch"] if records else -1
     kept = [record for record in _readable_records(path) if record["epoch"] > last] if later else []
     write_text(path, expected + metrics_text(kept))
-    return lacking
+    if lacking:
+        say(f"{path} lacked or held damaged {lacking} of the {len(records)} records in the run's checkpoint: "
+            "rewritten from it")
 
 
 def write_config(run_dir, config: dict, run_id: str) -> None:

@@ -87,10 +87,7 @@ def restore_run_files(run_dir: Path, checkpoint: dict | None = None, path: Path 
     except RunFolderError:
         return
     try:
-        lacking = restore_metrics(run_dir, state["records"], later=True)
-        if lacking:
-            say(f"{run_dir / METRICS_FILE} lacked or held damaged {lacking} of the {len(state['records'])} "
-                f"records in {path.name}: rewritten from it")
+        restore_metrics(run_dir, state["records"], later=True)
         if restore_config(run_dir, checkpoint["config"], state[RUN_ID]):
             say(f"{run_dir / CONFIG_FILE} was missing, damaged or another run's: rewritten from {path.name}")
     finally:

@@ -32,8 +32,10 @@ from tailclip.config import Config, load_config, option_problem, parse_override
 from tailclip.engine import training
 from tailclip.engine.files import write_json
 from tailclip.engine.logger import METRICS_FILE, read_metrics
-from tailclip.engine.run_folder import restore_run_files, resume_checkpoint
+from tailclip.engine.run_folder import NEWEST_CHECKPOINT, restore_run_files, resume_checkpoint
+from tailclip.engine.run_lock import RunLock
 from tailclip.errors import TailCLIPError
+from tailclip.tools.disk_estimate import sweep_disk_line
 from tailclip.tools.sweep_report import SWEEP_FILE, read_sweep_file
 from tailclip.wording import count
 
@@ -221,11 +223,27 @@ def prepare(run: PlannedRun) -> tuple[str, bool]:
     return progress, progress == "fresh" and run_dir.exists()
 
 
+def keep_best_only(run: PlannedRun) -> None:
+    """Delete the newest checkpoint of ``run`` once it has finished: the sweep's report and
+    compare.py read its config.json and metrics.jsonl, test.py and predict.py its best
+    checkpoints, TensorBoard its events; only continuing the run needs the newest."""
+    run_dir = Path(run.cfg.run_dir) / run.name
+    if run_progress(run_dir, run.cfg.epochs) != "finished" or not (run_dir / NEWEST_CHECKPOINT).is_file():
+        return
+    lock = RunLock.take(run_dir)
+    try:
+        (run_dir / NEWEST_CHECKPOINT).unlink()
+    finally:
+        lock.release()
+
+
 def run_in_process(runs: list[PlannedRun], on_epoch: Callable | None = None,
-                   log: Callable[[str], None] = print, numbered: bool = True) -> dict[str, str]:
+                   log: Callable[[str], None] = print, numbered: bool = True,
+                   keep_best: bool = False) -> dict[str, str]:
     """Train the runs one after another in this process; ``{run name: outcome}``. Each is
     announced as ``[k/n]`` of the runs given, unless not ``numbered`` (a search's trial, whose
-    count is open).
+    count is open). With ``keep_best``, each finished run keeps its best checkpoints only
+    (`keep_best_only`).
 
     A run whose loss diverges is recorded as failed and the sweep goes on; Ctrl-C
     (``TrainingInterrupted``) stops the sweep after the run saved its checkpoint.
@@ -237,14 +255,16 @@ def run_in_process(runs: list[PlannedRun], on_epoch: Callable | None = None,
             + {"finished": "finished, skipped", "resume": "resuming", "fresh": "starting"}[progress])
         if progress == "finished":
             outcomes[run.name] = "skipped"
-            continue
-        try:
-            training.train(run.cfg, run.name, resume=progress == "resume", overwrite=overwrite,
-                           on_epoch=on_epoch)
-            outcomes[run.name] = "trained" if progress == "fresh" else "resumed"
-        except training.NonFiniteLossError as error:
-            log(f"{run.name} failed: {error}")
-            outcomes[run.name] = "failed"
+        else:
+            try:
+                training.train(run.cfg, run.name, resume=progress == "resume", overwrite=overwrite,
+                               on_epoch=on_epoch)
+                outcomes[run.name] = "trained" if progress == "fresh" else "resumed"
+            except training.NonFiniteLossError as error:
+                log(f"{run.name} failed: {error}")
+                outcomes[run.name] = "failed"
+        if keep_best:
+            keep_best_only(run)
     return outcomes
 
 
@@ -257,7 +277,8 @@ def train_command(config_path, sets: list[str], run: PlannedRun, progress: str, 
 
 
 def run_on_gpus(runs: list[PlannedRun], config_path, sets: list[str], gpus: list[str],
-                log: Callable[[str], None] = print, poll_seconds: float = 1.0) -> dict[str, str]:
+                log: Callable[[str], None] = print, poll_seconds: float = 1.0,
+                keep_best: bool = False) -> dict[str, str]:
     """Train the runs as ``train.py`` processes, one per GPU at a time; ``{run: outcome}``.
 
     Each process sees only its GPU, and writes its output to ``<sweep>/logs/<run>.log``.
@@ -273,6 +294,8 @@ def run_on_gpus(runs: list[PlannedRun], config_path, sets: list[str], gpus: list
             if progress == "finished":
                 log(f"{run.name}: finished, skipped")
                 outcomes[run.name] = "skipped"
+                if keep_best:
+                    keep_best_only(run)
                 continue
             gpu = free.pop(0)
             log_path = Path(run.cfg.run_dir) / "logs" / f"{run.name}.log"
@@ -296,6 +319,8 @@ def run_on_gpus(runs: list[PlannedRun], config_path, sets: list[str], gpus: list
             else:
                 outcomes[run.name] = outcome if process.returncode == 0 else "failed"
             log(f"{run.name}: {outcomes[run.name]} (exit {process.returncode})")
+            if keep_best:
+                keep_best_only(run)
         if stopping and not active:
             break
     return outcomes
@@ -311,17 +336,20 @@ def visible_gpus() -> list[str]:
 
 
 def run_grid(config_path, sets: list[str], settings: list[Setting], seeds: list[int], name: str,
-             gpus: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, str]:
-    """Plan, record and train a sweep; the outcome of every run."""
+             gpus: list[str] | None = None, log: Callable[[str], None] = print,
+             keep_best: bool = False) -> dict[str, str]:
+    """Plan, record and train a sweep, saying first the disk its checkpoints will take; the
+    outcome of every run. With ``keep_best``, finished runs keep their best checkpoints only."""
     folder = sweep_folder(config_path, sets, name)
     runs = plan(config_path, sets, settings, seeds, folder)
     swept = list(dict.fromkeys(o.partition("=")[0] for s in settings for o in s.overrides))
     record_sweep(folder, config_path, swept, [setting.name for setting in settings])
     if gpus is None:
         gpus = visible_gpus() if runs[0].cfg.device in ("auto", "cuda") else []
+    log(sweep_disk_line([run.cfg for run in runs], keep_best, at_once=max(1, len(gpus))))
     if len(gpus) > 1:
-        return run_on_gpus(runs, config_path, sets, gpus, log)
-    return run_in_process(runs, log=log)
+        return run_on_gpus(runs, config_path, sets, gpus, log, keep_best=keep_best)
+    return run_in_process(runs, log=log, keep_best=keep_best)
 
 
 # --- search -------------------------------------------------------------------------------
