@@ -41,9 +41,10 @@ RUN_OUTPUTS = (*RUN_RECORDS, CONFIG_FILE, ".*.tmp", "test_*.json",
 
 def resume_checkpoint(run_dir: Path) -> Path | None:
     """The checkpoint that ``--resume`` continues from: ``newest_train_checkpoint.pt``, or,
-    for a run that never wrote it (its first write failed, or ``save_newest_checkpoint =
-    False``), the most recent best checkpoint (each holds the whole training state of its
-    epoch); None when the folder holds no checkpoint."""
+    for a run that never wrote it (its first write failed, ``save_newest_checkpoint =
+    False``, or a sweep's ``--keep best`` deleted it), the most recent best checkpoint (the
+    weights and progress of its epoch, not the optimiser: `training_state.restore_training`
+    says what a resume from it lacks); None when the folder holds no checkpoint."""
     if (run_dir / NEWEST_CHECKPOINT).is_file():
         return run_dir / NEWEST_CHECKPOINT
     best = [run_dir / name for name in (BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT) if (run_dir / name).is_file()]

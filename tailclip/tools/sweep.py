@@ -42,7 +42,7 @@ from tailclip.wording import count
 STUDY_FILE = "optuna.db"
 SEARCH_SPACE_ATTR = "search_space"  # the study's --range and --grid values, as last given
 RESERVED_KEYS = {"seed": "use --seeds", "run_dir": "the sweep chooses each run's folder"}
-TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
+TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "train.py"
 
 
 class SweepError(TailCLIPError):
