@@ -42,6 +42,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="best: a finished run deletes its newest checkpoint (only resuming needs it) and keeps "
                              "its best ones, config.json, metrics.jsonl and events: what the report, test.py, "
                              "predict.py and compare.py read (default: all)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="only say the disk the sweep's checkpoints will take (with --keep best and without)")
     parser.add_argument("--report", metavar="SWEEP_FOLDER",
                         help="only write the result table and plot of a sweep folder")
     return parser.parse_args(argv)
@@ -78,7 +80,10 @@ def sweep(args: argparse.Namespace) -> int:
             raise SweepError("--range is for --search")
         settings = expand(grid, [parse_variant(text) for text in args.variant])
         gpus = args.gpus.split(",") if args.gpus else None
-        outcomes = run_grid(args.config, args.sets, settings, seeds, args.name, gpus, keep_best=args.keep == "best")
+        outcomes = run_grid(args.config, args.sets, settings, seeds, args.name, gpus, keep_best=args.keep == "best",
+                            estimate_only=args.estimate)
+        if args.estimate:
+            return 0
         failed = [run for run, outcome in outcomes.items() if outcome in ("failed", "interrupted")]
         if "interrupted" in outcomes.values():
             print("sweep stopped: run the same command again to continue", file=sys.stderr)

@@ -42,6 +42,6 @@ def test_the_paper_ablation_estimate_from_parameter_counts():
     assert sizes["best_valid_mAP.pt"] == 4 * 149_620_737
     assert sizes["newest_train_checkpoint.pt"] == 3 * sizes["best_valid_mAP.pt"]
     assert sweep_disk_line([vit] * 54, keep_best=False, at_once=1).startswith(
-        "disk: about 161.6 GB for 54 runs' checkpoints (a run of ViT-B/16: best_valid_mAP.pt 0.6 GB, "
+        "disk: about 161.6 GB for the checkpoints of 54 runs (a run of ViT-B/16: best_valid_mAP.pt 0.6 GB, "
         "best_valid_mAP_tail.pt 0.6 GB, newest_train_checkpoint.pt 1.8 GB); with --keep best, finished runs "
         "delete their newest checkpoint: 66.4 GB")

@@ -15,6 +15,7 @@ import torch
 import clip
 from tailclip.config import OPEN_CLIP_PREFIX, PROMPT_MODES, Config
 from tailclip.engine.run_folder import BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT, NEWEST_CHECKPOINT
+from tailclip.wording import count
 
 BYTES_PER_WEIGHT = 4
 OPTIMIZER_STATES = {"AdamW": 2, "Adam": 2, "SGD": 1}
@@ -68,7 +69,8 @@ def sweep_disk_line(configs: list[Config], keep_best: bool, at_once: int) -> str
     each = ", ".join(f"{name} {gigabytes(size)}" for name, size in sizes[0].items())
     keeping_all = sum(full)
     keeping_best = sum(full) - sum(newest) + at_once * max(newest)
-    line = f"disk: about {gigabytes(keep_best and keeping_best or keeping_all)} for {len(configs)} runs' checkpoints"
+    line = f"disk: about {gigabytes(keep_best and keeping_best or keeping_all)} for the checkpoints of " \
+           f"{count(len(configs), 'run')}"
     line += f" (a run of {configs[0].model_name}: {each})"
     if keep_best:
         return line + f"; finished runs keep their best checkpoints only (all: {gigabytes(keeping_all)})"

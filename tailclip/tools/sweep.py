@@ -337,16 +337,19 @@ def visible_gpus() -> list[str]:
 
 def run_grid(config_path, sets: list[str], settings: list[Setting], seeds: list[int], name: str,
              gpus: list[str] | None = None, log: Callable[[str], None] = print,
-             keep_best: bool = False) -> dict[str, str]:
+             keep_best: bool = False, estimate_only: bool = False) -> dict[str, str]:
     """Plan, record and train a sweep, saying first the disk its checkpoints will take; the
-    outcome of every run. With ``keep_best``, finished runs keep their best checkpoints only."""
+    outcome of every run. With ``keep_best``, finished runs keep their best checkpoints only;
+    with ``estimate_only``, nothing is written or trained."""
     folder = sweep_folder(config_path, sets, name)
     runs = plan(config_path, sets, settings, seeds, folder)
-    swept = list(dict.fromkeys(o.partition("=")[0] for s in settings for o in s.overrides))
-    record_sweep(folder, config_path, swept, [setting.name for setting in settings])
     if gpus is None:
         gpus = visible_gpus() if runs[0].cfg.device in ("auto", "cuda") else []
     log(sweep_disk_line([run.cfg for run in runs], keep_best, at_once=max(1, len(gpus))))
+    if estimate_only:
+        return {}
+    swept = list(dict.fromkeys(o.partition("=")[0] for s in settings for o in s.overrides))
+    record_sweep(folder, config_path, swept, [setting.name for setting in settings])
     if len(gpus) > 1:
         return run_on_gpus(runs, config_path, sets, gpus, log, keep_best=keep_best)
     return run_in_process(runs, log=log, keep_best=keep_best)
