@@ -24,10 +24,11 @@ import math
 import re
 from pathlib import Path
 
+from tailclip import REPO_ROOT
 from tailclip.config import Config
 from tailclip.errors import TailCLIPError
 
-RECORD_FILE = Path(__file__).resolve().parents[2] / "datasets" / "authors_runs" / "lm_clip_runs.json"
+RECORD_FILE = REPO_ROOT / "datasets" / "authors_runs" / "lm_clip_runs.json"
 RECORD_SHA256 = "e1c747ca517f82a703d7011af54b908abb0d2ec4fed943ba53fd4794cb219202"
 RECORD_DATASETS = ("voc_mlt", "coco_mlt")
 # Their tag names are ours but for the medium classes' group.

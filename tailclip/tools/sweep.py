@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from tailclip import REPO_ROOT
 from tailclip.config import Config, load_config, option_problem, parse_override
 from tailclip.engine import training
 from tailclip.engine.files import write_json
@@ -42,7 +43,7 @@ from tailclip.wording import count
 STUDY_FILE = "optuna.db"
 SEARCH_SPACE_ATTR = "search_space"  # the study's --range and --grid values, as last given
 RESERVED_KEYS = {"seed": "use --seeds", "run_dir": "the sweep chooses each run's folder"}
-TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "train.py"
+TRAIN_SCRIPT = REPO_ROOT / "train.py"
 
 
 class SweepError(TailCLIPError):
