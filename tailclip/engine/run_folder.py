@@ -81,8 +81,10 @@ def restore_run_files(run_dir: Path, checkpoint: dict | None = None, path: Path 
         checkpoint = load_checkpoint(path)
     check_same_run(run_dir, checkpoint, path)
     state = checkpoint["state"]
-    if not state.get("records") or not is_main_process():
-        return  # written before checkpoints kept the run's records
+    if not state.get("records"):
+        return  # written before checkpoints kept the run's records: its files are all there is
+    if not is_main_process():
+        return
     try:
         lock = RunLock.take(run_dir)
     except RunFolderError:
