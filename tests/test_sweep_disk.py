@@ -42,6 +42,12 @@ def test_the_paper_ablation_estimate_from_parameter_counts():
     assert sizes["best_valid_mAP.pt"] == 4 * 149_620_737
     assert sizes["newest_train_checkpoint.pt"] == 3 * sizes["best_valid_mAP.pt"]
     assert sweep_disk_line([vit] * 54, keep_best=False, at_once=1).startswith(
-        "disk: about 161.6 GB for the checkpoints of 54 runs (a run of ViT-B/16: best_valid_mAP.pt 0.6 GB, "
-        "best_valid_mAP_tail.pt 0.6 GB, newest_train_checkpoint.pt 1.8 GB); with --keep best, finished runs "
+        "disk: about 161.6 GB for the checkpoints of 54 runs (a run of ViT-B/16: best_valid_mAP.pt 598 MB, "
+        "best_valid_mAP_tail.pt 598 MB, newest_train_checkpoint.pt 1.8 GB); with --keep best, finished runs "
         "delete their newest checkpoint: 66.4 GB")
+
+
+def test_estimate_says_the_disk_and_writes_nothing(sweep_main, tiny_config, tmp_path, capsys, train_calls):
+    assert sweep_main(["--config", str(tiny_config), "--name", "sw", "--grid", "lr=1e-3,2e-3", "--estimate"]) == 0
+    assert capsys.readouterr().out.startswith("disk: about 137 MB for the checkpoints of 2 runs (a run of ViT-tiny")
+    assert train_calls == [] and not (tmp_path / "runs").exists()

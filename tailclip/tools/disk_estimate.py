@@ -54,7 +54,7 @@ def checkpoint_sizes(cfg: Config) -> dict[str, int] | None:
 
 
 def gigabytes(size: int) -> str:
-    return f"{size / 1e9:.1f} GB" if size >= 1e8 else f"{size / 1e6:.0f} MB"
+    return f"{size / 1e9:.1f} GB" if size >= 1e9 else f"{size / 1e6:.0f} MB"
 
 
 def sweep_disk_line(configs: list[Config], keep_best: bool, at_once: int) -> str:
