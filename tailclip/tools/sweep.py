@@ -188,15 +188,34 @@ def plan(config_path, sets: list[str], settings: list[Setting], seeds: list[int]
     return runs
 
 
-def record_sweep(folder: Path, config_path, swept: list[str], settings: list[str]) -> None:
+def record_sweep(folder: Path, config_path, sets: list[str], swept: list[str], settings: list[str]) -> None:
     """Add this invocation's swept keys and settings to ``sweep.json`` (what the report
-    reads for the order of its rows and the published figures of the config)."""
-    known = read_sweep_file(folder) or {"swept": [], "settings": []}
+    reads for the order of its rows and the published figures of the config); a sweep of
+    another config or other ``--set`` values under the same name is refused."""
+    known = read_sweep_file(folder)
+    if known:
+        check_same_base(folder / SWEEP_FILE, known, config_path, sets)
     write_json(folder / SWEEP_FILE, {
         "config": str(config_path),
+        "sets": list(sets),
         "swept": known["swept"] + [key for key in swept if key not in known["swept"]],
         "settings": known["settings"] + [name for name in settings if name not in known["settings"]],
     })
+
+
+def check_same_base(path: Path, known: dict, config_path, sets: list[str]) -> None:
+    """A sweep name holds one config and one set of ``--set`` values (more swept keys and
+    values may join it): another's runs of the same setting names would be skipped or resumed
+    as this one's, and its rows reported in one table with them."""
+    recorded_sets = known.get("sets", list(sets))  # a sweep.json written before it kept them: not compared
+    if Path(known["config"]).resolve() == Path(config_path).resolve() and sorted(recorded_sets) == sorted(sets):
+        return
+    raise SweepError(f"{path} holds the sweep {path.parent.name!r} of {_base(known['config'], recorded_sets)}, "
+                     f"not {_base(config_path, sets)}: give this one another --name")
+
+
+def _base(config_path, sets: list[str]) -> str:
+    return " ".join([f"--config {config_path}", *(f"--set {override}" for override in sets)])
 
 
 def run_progress(run_dir: Path, epochs: int) -> str:
@@ -350,7 +369,7 @@ def run_grid(config_path, sets: list[str], settings: list[Setting], seeds: list[
     if estimate_only:
         return {}
     swept = list(dict.fromkeys(o.partition("=")[0] for s in settings for o in s.overrides))
-    record_sweep(folder, config_path, swept, [setting.name for setting in settings])
+    record_sweep(folder, config_path, sets, swept, [setting.name for setting in settings])
     if len(gpus) > 1:
         return run_on_gpus(runs, config_path, sets, gpus, log, keep_best=keep_best)
     return run_in_process(runs, log=log, keep_best=keep_best)
@@ -427,7 +446,7 @@ def run_search(config_path, sets: list[str], ranges: list[Range], choices: list[
                Setting("high", tuple(f"{r.key}={r.high!r}" for r in ranges))]
     plan(config_path, sets, corners + [Setting("choice", (value,)) for _, values in choices
                                        for value in values], seeds[:1], folder)
-    record_sweep(folder, config_path, swept, [])
+    record_sweep(folder, config_path, sets, swept, [])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{folder / STUDY_FILE}",
                                 direction="maximize", sampler=optuna.samplers.TPESampler(),
