@@ -121,7 +121,7 @@ def test_a_sweep_restores_lost_and_damaged_lines_before_it_reports(sweep_main, t
 def test_sweep_json_is_written_whole_and_one_cut_short_is_one_line(sweep_main, tiny_config, tmp_path,
                                                                   monkeypatch, capsys):
     folder = tmp_path / "runs" / "sw"
-    record_sweep(folder, tiny_config, ["lr"], ["lr=1e-3"])
+    record_sweep(folder, tiny_config, [], ["lr"], ["lr=1e-3"])
     before = (folder / "sweep.json").read_bytes()
 
     def killed(*args):
@@ -129,7 +129,7 @@ def test_sweep_json_is_written_whole_and_one_cut_short_is_one_line(sweep_main, t
 
     monkeypatch.setattr(tailclip.engine.files.os, "fsync", killed)  # during the write, before its rename
     with pytest.raises(KeyboardInterrupt):
-        record_sweep(folder, tiny_config, ["lr", "epochs"], ["lr=1e-3_epochs=3"])
+        record_sweep(folder, tiny_config, [], ["lr", "epochs"], ["lr=1e-3_epochs=3"])
     monkeypatch.undo()
     assert (folder / "sweep.json").read_bytes() == before and sorted(p.name for p in folder.iterdir()) == ["sweep.json"]
 

@@ -192,8 +192,8 @@ def record_sweep(folder: Path, config_path, sets: list[str], swept: list[str], s
     """Add this invocation's swept keys and settings to ``sweep.json`` (what the report
     reads for the order of its rows and the published figures of the config); a sweep of
     another config or other ``--set`` values under the same name is refused."""
-    known = read_sweep_file(folder)
-    if known:
+    known = read_sweep_file(folder) or {"swept": [], "settings": []}
+    if "config" in known:
         check_same_base(folder / SWEEP_FILE, known, config_path, sets)
     write_json(folder / SWEEP_FILE, {
         "config": str(config_path),
