@@ -69,6 +69,9 @@ case "${1:-}" in
     voc_mlt) shift; ablation voc_mlt "$VOC_MLT_LAMBDAS" "$VOC_MLT_POWERS" "$@" ;;
     coco_mlt) shift; ablation coco_mlt "$COCO_MLT_LAMBDAS" "$COCO_MLT_POWERS" "$@" ;;
     *)
+        # Both sweeps' disk first: each sweep says its own again when it starts.
+        ablation voc_mlt "$VOC_MLT_LAMBDAS" "$VOC_MLT_POWERS" "$@" --estimate
+        ablation coco_mlt "$COCO_MLT_LAMBDAS" "$COCO_MLT_POWERS" "$@" --estimate
         ablation voc_mlt "$VOC_MLT_LAMBDAS" "$VOC_MLT_POWERS" "$@"
         ablation coco_mlt "$COCO_MLT_LAMBDAS" "$COCO_MLT_POWERS" "$@"
         ;;

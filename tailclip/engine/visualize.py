@@ -24,6 +24,8 @@ from matplotlib.figure import Figure
 from matplotlib.ft2font import FT2Font
 from matplotlib.patches import Patch
 
+from tailclip.engine.files import write_figure
+
 GROUPS = ("head", "medium", "tail")
 GROUP_COLORS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728"}
 UNGROUPED_COLOR = "#7f7f7f"  # a class in none of the groups (should not happen with class_groups)
@@ -146,12 +148,9 @@ def save_per_class_ap_png(path, ap, class_names: Sequence[str],
                           groups: Mapping[str, Sequence[int]], class_counts=None,
                           title: str | None = None, dpi: int = 120) -> Path:
     """Write the per-class AP bar chart (``per_class_ap_figure``) as a PNG; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure = per_class_ap_figure(ap, class_names, groups, class_counts, title)
     with _missing_characters_said_once(class_names):
-        figure.savefig(path, format="png", dpi=dpi)
-    return path
+        return write_figure(path, figure, dpi=dpi)
 
 
 def pr_curve_counts(targets, scores, max_points: int = MAX_PR_POINTS) -> dict[str, np.ndarray]:

@@ -8,7 +8,7 @@ cannot be decoded, ``write_results`` saves the outcome as CSV or JSON.
 from __future__ import annotations
 
 import csv
-import json
+import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from tailclip.data.datasets import UnreadableImageError, load_image
 from tailclip.data.transforms import build_transform
 from tailclip.engine.checkpoint import load_checkpoint
 from tailclip.engine.distributed import resolve_device
+from tailclip.engine.files import write_json, write_text
 from tailclip.engine.precision import autocast, resolve_precision
 from tailclip.engine.saved_model import model_from_checkpoint
 from tailclip.errors import TailCLIPError
@@ -267,27 +268,26 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
         document = {**(metadata or {}), "top_k": k, "threshold": threshold, "threshold_on": score.meaning,
                     "classes": list(class_names), "predictions": predictions,
                     "unreadable": unreadable}
-        path.write_text(json.dumps(document, indent=2) + "\n")
-        return path
+        return write_json(path, document)
     header = ["path", "error"] + [f"{kind}_{rank}" for rank in range(1, k + 1)
                                   for kind in ("class", "score")]
     header += ["sigmoid_above_threshold"] if threshold is not None else []
     header += ["above_class_threshold"] if class_thresholds is not None else []
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for result in results:
-            if result.scores is None:
-                writer.writerow([result.path, result.error] + [""] * (len(header) - 2))
-                continue
-            top, above = ranked_classes(result, class_names, k, threshold)
-            row = [result.path, ""] + [value for c, s in top for value in (c, f"{s:.6g}")]
-            row += [";".join(c for c, _ in above)] if threshold is not None else []
-            if class_thresholds is not None:
-                selected = selected_classes(result.decision_values, class_names, class_thresholds)
-                row.append(";".join(c for c, _ in selected))
-            writer.writerow(row)
-    return path
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(header)
+    for result in results:
+        if result.scores is None:
+            writer.writerow([result.path, result.error] + [""] * (len(header) - 2))
+            continue
+        top, above = ranked_classes(result, class_names, k, threshold)
+        row = [result.path, ""] + [value for c, s in top for value in (c, f"{s:.6g}")]
+        row += [";".join(c for c, _ in above)] if threshold is not None else []
+        if class_thresholds is not None:
+            selected = selected_classes(result.decision_values, class_names, class_thresholds)
+            row.append(";".join(c for c, _ in selected))
+        writer.writerow(row)
+    return write_text(path, table.getvalue())
 
 
 def check_output_path(path: str | Path) -> None:
