@@ -31,7 +31,8 @@ Exit codes: 0 done, 1 error (a bad config, checkpoint or input), 2 bad arguments
 """
 import argparse
 import sys
-from pathlib import Path
+
+from tailclip.arguments import ArgumentParser
 
 
 def _flag(text: str) -> bool:
@@ -44,7 +45,7 @@ def _flag(text: str) -> bool:
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser = ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", required=True, help="the config the model was trained with")
     parser.add_argument("--checkpoint", help="file name in the run folder or a path "
                                              "(default: best_valid_mAP.pt)")
@@ -52,7 +53,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="evaluate CLIP's own weights, untrained (alone, or =True/False)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config option (repeatable)")
-    parser.add_argument("--run-name", help="name of the run folder (default: the config's stem)")
+    parser.add_argument("--run-name", help="name of the run folder (default: the config's stem; for a run's "
+                                           "config.json, its run folder's name)")
     parser.add_argument("--calibrate", metavar="SPLIT",
                         help="choose per-class thresholds on this split file (or 'train')")
     parser.add_argument("--target-precision", type=float, metavar="P",
@@ -72,14 +74,14 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
-    from tailclip.config import load_config
+    from tailclip.config import default_run_name, load_config, resolve_path
     from tailclip.engine.distributed import cleanup, is_main_process
     from tailclip.errors import USER_ERRORS
     from tailclip.tools.report import evaluate_checkpoint, format_report, write_report
 
     try:
         cfg = load_config(args.config, args.overrides)
-        run_dir = Path(cfg.run_dir) / (args.run_name or Path(args.config).stem)
+        run_dir = resolve_path(cfg.run_dir) / (args.run_name or default_run_name(args.config))
         report = evaluate_checkpoint(cfg, run_dir, args.checkpoint, args.zeroshot, args.calibrate,
                                      args.target_precision)
         writes = is_main_process()  # under torchrun only rank 0 prints and writes

@@ -9,8 +9,6 @@ import warnings
 
 import numpy as np
 import torch
-from scipy.spatial.distance import cdist
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tailclip.config import SCORE_KINDS
 
@@ -82,6 +80,8 @@ def evaluate(scores, targets, groups=None) -> dict:
     num_classes = scores.shape[1]
     positives = targets.sum(axis=0)
     negatives = targets.shape[0] - positives
+    # Imported at first use: scikit-learn's import takes a second of every command line's start-up.
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     ap = np.full(num_classes, np.nan)
     auroc = np.full(num_classes, np.nan)
@@ -145,6 +145,8 @@ def pd_nd_ratio(image_emb, targets, groups=None) -> dict:
     embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
     counts = targets.sum(axis=0)
     centroids = (targets.T @ embeddings) / np.maximum(counts, 1)[:, None]
+    from scipy.spatial.distance import cdist  # imported at first use, as scikit-learn in `evaluate`
+
     distances = cdist(embeddings, centroids)  # [N, C]
 
     def ratio(columns: np.ndarray, suffix: str) -> dict:

@@ -33,7 +33,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from scipy.special import expit
 
 from tailclip.config import CONTRASTIVE_TERM
 from tailclip.errors import TailCLIPError
@@ -92,6 +91,8 @@ def no_threshold_reason(loss_terms) -> str | None:
 def decision_values(score: DecisionScore, logits, logit_scale: float) -> np.ndarray:
     """float64 [N, C]: ``score`` of the class logits [N, C] of a model whose (exponentiated)
     logit scale is ``logit_scale``."""
+    from scipy.special import expit  # imported at first use: scipy's import slows every start-up
+
     logits = _numpy(logits)
     return expit(logits) if score == PROBABILITY else logits / float(logit_scale)
 
@@ -232,12 +233,12 @@ def thresholds_file_name(checkpoint: str | Path) -> str:
     return f"thresholds_{Path(checkpoint).stem}.json"
 
 
-def write_thresholds(path: Path, thresholds: dict, score: DecisionScore, split: str, checkpoint: str,
-                     target_precision: float | None, notes: dict) -> Path:
-    """The thresholds file: ``thresholds`` ``{class name: threshold}`` on ``score`` in class
-    order, with where they came from and ``notes`` ``{class name: why it kept another
-    threshold}``."""
-    document = {
+def thresholds_document(thresholds: dict, score: DecisionScore, split: str, checkpoint: str,
+                        target_precision: float | None, notes: dict) -> dict:
+    """The thresholds file's contents: ``thresholds`` ``{class name: threshold}`` on ``score``
+    in class order, with where they came from and ``notes`` ``{class name: why it kept
+    another threshold}``; `read_thresholds` reads them back."""
+    return {
         "checkpoint": str(checkpoint),
         "split": str(split),
         "score": score.name,
@@ -249,8 +250,6 @@ def write_thresholds(path: Path, thresholds: dict, score: DecisionScore, split: 
         "thresholds": [float(t) for t in thresholds.values()],
         "notes": notes,
     }
-    path.write_text(json.dumps(document, indent=2) + "\n")
-    return path
 
 
 def read_thresholds(path, class_names, score: DecisionScore) -> torch.Tensor:

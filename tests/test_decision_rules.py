@@ -19,6 +19,7 @@ from sklearn.metrics import average_precision_score
 
 from tailclip import thresholds as th
 from tailclip.config import LOSS_TERMS
+from tailclip.engine.files import write_json
 from tailclip.metrics import evaluate
 from tailclip.tools import predict
 
@@ -124,8 +125,8 @@ def test_predict_cli_refuses_a_threshold_outside_0_1(capsys):
 
 def test_thresholds_file_applies_to_the_model_s_score_within_its_range(tmp_path):
     names = ["cat", "dog"]
-    cosine = th.write_thresholds(tmp_path / "c.json", {"cat": 0.25, "dog": 0.3}, th.COSINE, "val.txt",
-                                 "best.pt", None, {})
+    cosine = write_json(tmp_path / "c.json", th.thresholds_document({"cat": 0.25, "dog": 0.3}, th.COSINE, "val.txt",
+                                                                    "best.pt", None, {}))
     assert th.read_thresholds(cosine, names, th.COSINE).tolist() == [0.25, 0.3]
     with pytest.raises(th.ThresholdsFileError, match="apply to the cosine, and this model decides by the probability"):
         th.read_thresholds(cosine, names, th.PROBABILITY)
@@ -135,8 +136,8 @@ def test_thresholds_file_applies_to_the_model_s_score_within_its_range(tmp_path)
     assert th.read_thresholds(first, names, th.PROBABILITY).tolist() == [0.5, 0.5]
     with pytest.raises(th.ThresholdsFileError, match="calibrate again"):
         th.read_thresholds(first, names, th.COSINE)
-    outside = th.write_thresholds(tmp_path / "o.json", {"cat": 0.2, "dog": 1.5}, th.PROBABILITY, "val.txt",
-                                  "best.pt", None, {})
+    outside = write_json(tmp_path / "o.json", th.thresholds_document({"cat": 0.2, "dog": 1.5}, th.PROBABILITY,
+                                                                      "val.txt", "best.pt", None, {}))
     with pytest.raises(th.ThresholdsFileError, match=r"class 'dog': threshold 1.5 is outside \[0, 1\]"):
         th.read_thresholds(outside, names, th.PROBABILITY)
 

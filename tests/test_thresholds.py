@@ -10,6 +10,7 @@ from scipy.special import expit
 from sklearn.metrics import precision_recall_fscore_support
 
 from tailclip import thresholds as th
+from tailclip.engine.files import write_json
 
 GROUPS = {"head": [0, 1], "medium": [2], "tail": [3, 4]}
 
@@ -124,8 +125,9 @@ def test_ties_in_scores_are_one_threshold():
 
 def test_thresholds_file_round_trip_and_refusals(tmp_path):
     names = ["cat", "dog", "bird"]
-    path = th.write_thresholds(tmp_path / "t.json", dict(zip(names, [0.2, 0.5, 0.7])), th.PROBABILITY,
-                               "val.txt", "best.pt", None, {"dog": "no positive image: kept the global threshold 0.5"})
+    path = write_json(tmp_path / "t.json", th.thresholds_document(
+        dict(zip(names, [0.2, 0.5, 0.7])), th.PROBABILITY, "val.txt", "best.pt", None,
+        {"dog": "no positive image: kept the global threshold 0.5"}))
     document = json.loads(path.read_text())
     assert document["classes"] == names and document["split"] == "val.txt"
     assert document["notes"] == {"dog": "no positive image: kept the global threshold 0.5"}

@@ -87,7 +87,8 @@ def test_training_writes_checkpoints_metrics_and_tensorboard(demo_run):
     newest, best, best_tail = (load_checkpoint(run_dir / name) for name in reversed(CHECKPOINTS))
     assert newest["mAP_unit"] == "fraction"
     assert newest["state"]["epoch"] == 2 and newest["state"]["global_step"] == 2 * math.ceil(1142 / 128)
-    assert newest["config"] == config
+    assert {**newest["config"], "run_id": newest["state"]["run_id"]} == config
+    assert newest["state"]["records"] == [start, *records]  # the run's record: metrics.jsonl is its view
     assert newest["class_names"] == CLASS_NAMES
     assert newest["label_prompts"] == ["a photo of a " + name for name in CLASS_NAMES]
     assert newest["backbone"] == "ViT-tiny"
@@ -99,6 +100,16 @@ def test_training_writes_checkpoints_metrics_and_tensorboard(demo_run):
         best_epoch = max(records, key=lambda r: r[key])["epoch"]
         assert checkpoint["state"]["epoch"] == best_epoch
     assert newest["state"]["best_mAP"] == max(r["val/mAP"] for r in records)
+
+
+def test_best_checkpoints_hold_no_optimiser_and_are_under_half_the_newest(demo_run):
+    runs, _ = demo_run
+    newest = runs / "demo" / "newest_train_checkpoint.pt"
+    for name in CHECKPOINTS[:2]:
+        best = load_checkpoint(runs / "demo" / name)
+        assert not {"optimizer", "rng", "scaler", "scheduler"} & set(best)
+        assert {"model", "config", "class_names", "label_prompts", "state", "checksum"} <= set(best)
+        assert (runs / "demo" / name).stat().st_size < newest.stat().st_size / 2
 
 
 def test_test_py_on_best_checkpoint_and_zeroshot(demo_run, test_py, capsys):

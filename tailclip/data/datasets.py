@@ -8,8 +8,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from tailclip import REPO_ROOT
-from tailclip.config import ConfigError
+from tailclip.config import ConfigError, resolve_path
 from tailclip.errors import MissingFileError, TailCLIPError
 from tailclip.text_tokens import text_tokenizer
 from tailclip.wording import count
@@ -56,12 +55,6 @@ class DataFiles:
     captions: Path | None
     image_root: Path
     download_hint: str
-
-
-def resolve_path(path) -> Path:
-    """An absolute path; a relative one is taken relative to the repository root, not the cwd."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
 
 
 def dataset_files(cfg) -> DataFiles:

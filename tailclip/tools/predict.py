@@ -8,7 +8,7 @@ cannot be decoded, ``write_results`` saves the outcome as CSV or JSON.
 from __future__ import annotations
 
 import csv
-import json
+import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +20,7 @@ from tailclip.data.datasets import UnreadableImageError, load_image
 from tailclip.data.transforms import build_transform
 from tailclip.engine.checkpoint import load_checkpoint
 from tailclip.engine.distributed import resolve_device
+from tailclip.engine.files import write_json, write_text
 from tailclip.engine.precision import autocast, resolve_precision
 from tailclip.engine.saved_model import model_from_checkpoint
 from tailclip.errors import TailCLIPError
@@ -120,14 +121,16 @@ def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Result]]
     """Image files named by ``inputs`` (files, or folders searched recursively) in order.
 
     Folders contribute files whose extension is in ``IMAGE_EXTENSIONS`` (any case), sorted;
-    a file named directly is always tried. Returns ``(images, not_read)``, where ``not_read``
-    holds inputs that do not exist and folder entries skipped for their extension, each with
-    the reason, so that the caller can report them.
+    symbolic links to folders are followed (each folder read once). A file named directly is
+    always tried. Returns ``(images, not_read)``, where ``not_read`` holds every input or folder
+    entry that is not read, each with the reason (no such file, an extension, a broken link,
+    a FIFO, socket or device, a folder reached again through a link), so that the caller can
+    report them: nothing is skipped silently.
     """
     images, not_read = [], []
     for item in map(Path, inputs):
         if item.is_dir():
-            for path in sorted(p for p in item.rglob("*") if p.is_file()):
+            for path in _folder_files(item, not_read, {}):
                 if path.suffix.lower() in IMAGE_EXTENSIONS:
                     images.append(path)
                 else:
@@ -136,8 +139,37 @@ def find_images(inputs: Iterable[str | Path]) -> tuple[list[Path], list[Result]]
         elif item.is_file():
             images.append(item)
         else:
-            not_read.append(Result(str(item), error="no such file or folder"))
+            not_read.append(Result(str(item), error=_neither_file_nor_folder(item)))
     return images, not_read
+
+
+def _folder_files(folder: Path, not_read: list[Result], seen: dict[Path, Path]) -> list[Path]:
+    """The files under ``folder`` in sorted order, through links to folders; what is not a
+    file goes to ``not_read`` with the reason. ``seen``: each folder read (resolved) and the
+    path it was read under, so that a folder reached twice through links (or a link to a
+    parent, which would loop) is read once."""
+    seen[folder.resolve()] = folder
+    files = []
+    for entry in sorted(folder.iterdir()):
+        if entry.is_dir():
+            if entry.resolve() in seen:
+                not_read.append(Result(str(entry), error=f"the folder {seen[entry.resolve()]} again "
+                                                         "(through a symbolic link), read once"))
+            else:
+                files += _folder_files(entry, not_read, seen)
+        elif entry.is_file():
+            files.append(entry)
+        else:
+            not_read.append(Result(str(entry), error=_neither_file_nor_folder(entry)))
+    return files
+
+
+def _neither_file_nor_folder(path: Path) -> str:
+    if path.is_symlink() and not path.exists():
+        return f"a broken symbolic link (to {path.readlink()}, which does not exist)"
+    if path.exists():
+        return "not a regular file or folder (a FIFO, socket or device)"
+    return "no such file or folder"
 
 
 class ImageFiles(Dataset):
@@ -236,27 +268,26 @@ def write_results(path: str | Path, results: Sequence[Result], class_names: Sequ
         document = {**(metadata or {}), "top_k": k, "threshold": threshold, "threshold_on": score.meaning,
                     "classes": list(class_names), "predictions": predictions,
                     "unreadable": unreadable}
-        path.write_text(json.dumps(document, indent=2) + "\n")
-        return path
+        return write_json(path, document)
     header = ["path", "error"] + [f"{kind}_{rank}" for rank in range(1, k + 1)
                                   for kind in ("class", "score")]
     header += ["sigmoid_above_threshold"] if threshold is not None else []
     header += ["above_class_threshold"] if class_thresholds is not None else []
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        for result in results:
-            if result.scores is None:
-                writer.writerow([result.path, result.error] + [""] * (len(header) - 2))
-                continue
-            top, above = ranked_classes(result, class_names, k, threshold)
-            row = [result.path, ""] + [value for c, s in top for value in (c, f"{s:.6g}")]
-            row += [";".join(c for c, _ in above)] if threshold is not None else []
-            if class_thresholds is not None:
-                selected = selected_classes(result.decision_values, class_names, class_thresholds)
-                row.append(";".join(c for c, _ in selected))
-            writer.writerow(row)
-    return path
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(header)
+    for result in results:
+        if result.scores is None:
+            writer.writerow([result.path, result.error] + [""] * (len(header) - 2))
+            continue
+        top, above = ranked_classes(result, class_names, k, threshold)
+        row = [result.path, ""] + [value for c, s in top for value in (c, f"{s:.6g}")]
+        row += [";".join(c for c, _ in above)] if threshold is not None else []
+        if class_thresholds is not None:
+            selected = selected_classes(result.decision_values, class_names, class_thresholds)
+            row.append(";".join(c for c, _ in selected))
+        writer.writerow(row)
+    return write_text(path, table.getvalue())
 
 
 def check_output_path(path: str | Path) -> None:

@@ -6,18 +6,17 @@ training logs do. A checkpoint is evaluated with its own config, the config file
 only where the data is and how to run (`RUN_OPTIONS`), and its report lies beside it.
 """
 import dataclasses
-import json
 import math
 import warnings
 from pathlib import Path
 
 from tailclip.config import CUSTOM_DATASET_FILES, Config
 from tailclip.data import build_data
-from tailclip.engine import visualize
 from tailclip.engine.batches import build_split_batches
 from tailclip.engine.checkpoint import load_checkpoint
 from tailclip.engine.distributed import init_distributed, main_process_first
 from tailclip.engine.evaluation import evaluate_model
+from tailclip.engine.files import write_json
 from tailclip.engine.logger import MAP_UNIT, json_safe
 from tailclip.engine.precision import resolve_precision, set_tf32
 from tailclip.engine.run_folder import BEST_MAP_CHECKPOINT
@@ -38,7 +37,7 @@ from tailclip.thresholds import (
     per_class,
     scalar_metrics,
     split_top_k,
-    write_thresholds,
+    thresholds_document,
 )
 from tailclip.tools.calibration import calibrated_report, calibration_entries
 from tailclip.wording import count
@@ -262,9 +261,9 @@ def write_report(report: dict, run_dir: Path) -> list[Path]:
     with a calibration its ``thresholds_<name>.json``."""
     name = report_name(report)
     folder = report_folder(report, run_dir)
-    folder.mkdir(parents=True, exist_ok=True)
-    output = folder / f"test_{name}.json"
-    output.write_text(json.dumps(json_safe(report), indent=2, allow_nan=False) + "\n")
+    output = write_json(folder / f"test_{name}.json", json_safe(report), allow_nan=False)
+    from tailclip.engine import visualize  # matplotlib: imported once the report is computed
+
     per_class = report["per_class_AP"]
     chart = visualize.save_per_class_ap_png(folder / f"per_class_ap_{name}.png", list(per_class.values()),
                                             list(per_class), report["groups"], report["class_counts"],
@@ -272,7 +271,7 @@ def write_report(report: dict, run_dir: Path) -> list[Path]:
     calibrated = report.get("calibrated")
     if not calibrated:
         return [output, chart]
-    thresholds = write_thresholds(folder / calibrated["thresholds_file"], calibrated["thresholds"],
-                                  DECISION_SCORES[calibrated["score"]], calibrated["split"], report["checkpoint"],
-                                  calibrated["target_precision"], calibrated["notes"])
+    thresholds = write_json(folder / calibrated["thresholds_file"], thresholds_document(
+        calibrated["thresholds"], DECISION_SCORES[calibrated["score"]], calibrated["split"], report["checkpoint"],
+        calibrated["target_precision"], calibrated["notes"]))
     return [output, chart, thresholds]
