@@ -29,7 +29,7 @@ from pathlib import Path
 
 import torch
 
-from tailclip.config import Config, load_config, option_problem, parse_override
+from tailclip.config import RUNNING, Config, load_config, option_problem, options_with_role, parse_override
 from tailclip.engine import training
 from tailclip.engine.logger import METRICS_FILE, read_metrics
 from tailclip.engine.run_folder import resume_checkpoint
@@ -39,7 +39,11 @@ from tailclip.wording import count
 SWEEP_FILE = "sweep.json"
 STUDY_FILE = "optuna.db"
 SEARCH_SPACE_ATTR = "search_space"  # the study's --range and --grid values, as last given
-RESERVED_KEYS = {"seed": "use --seeds", "run_dir": "the sweep chooses each run's folder"}
+# A sweep compares what runs learn: an option of how a run runs would train the same model
+# in every setting (`run_dir` is the sweep's to choose; give the others with --set).
+RESERVED_KEYS = {"seed": "use --seeds",
+                 **{name: "it says how a run runs, not what it learns (give it with --set)"
+                    for name in options_with_role(RUNNING)}}
 TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
 
 
