@@ -13,6 +13,10 @@ from scipy.spatial.distance import cdist
 from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tailclip.config import SCORE_KINDS
+from tailclip.data.balance import GROUPS
+
+# mAP over every class, then over each group's classes: the figures a run is judged by.
+MAP_NAMES = ("mAP", *(f"mAP_{group}" for group in GROUPS))
 
 
 def _numpy(x, name: str) -> np.ndarray:
@@ -58,6 +62,14 @@ def _group_mean(values: np.ndarray, classes) -> float:
     return float(selected.mean()) if selected.size else float("nan")
 
 
+def group_mAP(ap, groups=None) -> dict:
+    """``{"mAP", "mAP_<group>" for each group}`` of the per-class AP [C] (fractions); a class
+    whose AP is NaN (no positive image) is left out of every mean, a group with none is NaN."""
+    ap = np.asarray(ap, dtype=np.float64)
+    return {"mAP": _group_mean(ap, range(len(ap))),
+            **{f"mAP_{name}": _group_mean(ap, classes) for name, classes in (groups or {}).items()}}
+
+
 def _check_groups(groups, num_classes: int) -> None:
     for name, classes in groups.items():
         bad = [c for c in classes if not 0 <= int(c) < num_classes]
@@ -90,13 +102,10 @@ def evaluate(scores, targets, groups=None) -> dict:
         warnings.warn(f"classes {missing} have no positive image; left out of mAP and AUROC",
                       stacklevel=2)
 
-    everything = range(num_classes)
-    result = {"mAP": _group_mean(ap, everything)}
     if groups is not None:
         _check_groups(groups, num_classes)
-        for name, classes in groups.items():
-            result[f"mAP_{name}"] = _group_mean(ap, classes)
-    result["AUROC"] = _group_mean(auroc, everything)
+    result = group_mAP(ap, groups)
+    result["AUROC"] = _group_mean(auroc, range(num_classes))
     result["AP"] = ap.tolist()
     return result
 

@@ -9,6 +9,7 @@ import math
 from pathlib import Path
 
 from tailclip.data import build_data
+from tailclip.data.balance import GROUPS
 from tailclip.engine import visualize
 from tailclip.engine.batches import build_split_batches
 from tailclip.engine.checkpoint import load_checkpoint
@@ -33,8 +34,8 @@ from tailclip.thresholds import (
     write_thresholds,
 )
 from tailclip.tools.calibration import calibrated_report, calibration_entries
+from tailclip.wording import percent
 
-GROUPS = ("head", "medium", "tail")
 ZEROSHOT = "zeroshot"  # the report's name for CLIP's own weights
 
 
@@ -128,10 +129,10 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
     }
 
 
-def _cell(value, percent: bool = True, width: int = 8) -> str:
-    if value is None or not math.isfinite(value):
-        return f"{'n/a':>{width}}"
-    return f"{100 * value:{width}.1f}" if percent else f"{value:{width}.3f}"
+def _cell(value, as_percent: bool = True, width: int = 8) -> str:
+    if as_percent or value is None or not math.isfinite(value):
+        return f"{percent(value):>{width}}"
+    return f"{value:{width}.3f}"
 
 
 def _decision_lines(report: dict) -> list[str]:

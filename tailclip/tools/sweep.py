@@ -34,7 +34,7 @@ from tailclip.engine import training
 from tailclip.engine.logger import METRICS_FILE, read_metrics
 from tailclip.engine.run_folder import resume_checkpoint
 from tailclip.errors import TailCLIPError
-from tailclip.wording import count
+from tailclip.wording import count, percent
 
 SWEEP_FILE = "sweep.json"
 STUDY_FILE = "optuna.db"
@@ -413,7 +413,7 @@ def run_search(config_path, sets: list[str], ranges: list[Range], choices: list[
         objective = _objective(config_path, sets, ranges, choices, seeds, folder, optuna, log)
         study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished_states)])
     if study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-        log(f"best trial {study.best_trial.user_attrs['run']}: mAP {100 * study.best_value:.1f}, "
+        log(f"best trial {study.best_trial.user_attrs['run']}: mAP {percent(study.best_value)}, "
             f"{study.best_params}")
     return study
 
