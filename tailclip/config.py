@@ -15,6 +15,7 @@ import ast
 import dataclasses
 import difflib
 import importlib.util
+import json
 import re
 import runpy
 import sys
@@ -473,9 +474,6 @@ def _check_backbone(values: dict[str, Any]) -> list[tuple[str, str]]:
     if isinstance(pretrained, str) and not pretrained.strip():
         return [("pretrained", "must be True, False, an open_clip pretrained tag or a checkpoint path, "
                                "not an empty string")]
-    if pretrained is True and name.startswith(OPEN_CLIP_PREFIX):
-        return [("pretrained", f"True means OpenAI's weights, which {name!r} does not name: give one "
-                               "of its open_clip pretrained tags (e.g. 'dfn5b'), a checkpoint path, or False")]
     return []
 
 
@@ -487,22 +485,59 @@ def _check_prompt_learning(values: dict[str, Any]) -> list[tuple[str, str]]:
     return []
 
 
-def _check_architecture(values: dict[str, Any]) -> list[tuple[str, str]]:
-    """The model name and the options that depend on its architecture (input size, ViT-only
-    options), so that a wrong choice fails before any data is read rather than when the
-    model is built. OpenAI's names are checked against ``clip.architectures``; open_clip's
-    as far as its shipped model configs tell, without importing it."""
-    name = values["model_name"]
-    if name.startswith(OPEN_CLIP_PREFIX):
-        return _check_open_clip_name(name)
-    from clip.architectures import ARCHITECTURES  # imports torch (through clip/__init__): only when checking
+@dataclass(frozen=True)
+class Architecture:
+    """What the options that depend on a backbone need to know of it."""
+    resolution: int  # the input size its weights were trained at
+    patch: Optional[int]  # a Vision Transformer's patch size; None: a ResNet
+    ours: bool  # built by our clip package (else open_clip's own model, as it is)
 
-    if name not in ARCHITECTURES:
-        return [("model_name", f"unknown CLIP model {name!r}{close_matches(name, ARCHITECTURES)} "
-                               f"(known: {', '.join(ARCHITECTURES)}; or 'open_clip:<name>')")]
-    arch, size = ARCHITECTURES[name], values["size"]
-    native, patch = arch.image_resolution, arch.vision_patch_size
-    if not arch.is_vit:
+
+def _check_architecture(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """The model name and the options that depend on its architecture (its weights, input
+    size, ViT-only options, prompt modes): every such check of TailCLIP is here, so that a
+    wrong choice fails before any data is read rather than when the model is built. OpenAI's
+    names are checked against ``clip.architectures``; open_clip's as far as its model configs
+    tell (its registry once imported, else the configs it ships, read without importing it)."""
+    name, pretrained, problems = values["model_name"], values["pretrained"], []
+    if name.startswith(OPEN_CLIP_PREFIX):
+        problems = _check_open_clip_name(name)
+        if pretrained is True:
+            problems.append(("pretrained", f"True means OpenAI's weights, which {name!r} does not name: give one "
+                                           "of its open_clip pretrained tags (e.g. 'dfn5b'), a checkpoint path, "
+                                           "or False"))
+        arch = None if problems else _open_clip_architecture(name[len(OPEN_CLIP_PREFIX):])
+        if arch is None:  # open_clip is not installed: building the model says how to install it
+            return problems
+    else:
+        from clip import architectures, factory  # import torch (through clip/__init__): only when checking
+
+        if name not in architectures.ARCHITECTURES:
+            return [("model_name", f"unknown CLIP model {name!r}{close_matches(name, architectures.ARCHITECTURES)} "
+                                   f"(known: {', '.join(architectures.ARCHITECTURES)}; or 'open_clip:<name>')")]
+        if pretrained is True and name not in factory.available_models():
+            problems = [("pretrained", f"model_name = {name!r} has no pretrained OpenAI weights (those are: "
+                                       f"{', '.join(factory.available_models())}); set pretrained = False to train "
+                                       "it from random weights")]
+        spec = architectures.ARCHITECTURES[name]
+        arch = Architecture(spec.image_resolution, spec.vision_patch_size if spec.is_vit else None, True)
+    return _check_geometry(name, arch, values) or problems
+
+
+def _check_geometry(name: str, arch: Architecture, values: dict[str, Any]) -> list[tuple[str, str]]:
+    """The input size, the ViT-only options and the prompt modes on the backbone ``arch``."""
+    size = values["size"]
+    native, patch = arch.resolution, arch.patch
+    if not arch.ours:
+        own = f"{name} runs as open_clip's own model"
+        if values["finetune"] in PROMPT_MODES:
+            return [("finetune", f"{values['finetune']!r} needs a backbone of our clip package (OpenAI's, or an "
+                                 f"open_clip standard CLIP); {own}: set finetune = 'full'")]
+        if size != native:
+            return [("size", f"{name} takes {native}-pixel images, not {size}, and interpolate_pos_embedding "
+                             f"works on our clip package's Vision Transformers only ({own}); set size = {native}")]
+        return []
+    if patch is None:
         kind = f"{name} is a ResNet (its attention pool is tied to {native}-pixel images)"
         if values["interpolate_pos_embedding"]:
             return [("interpolate_pos_embedding", f"works on Vision Transformers only; {kind}: set "
@@ -510,9 +545,9 @@ def _check_architecture(values: dict[str, Any]) -> list[tuple[str, str]]:
         if values["finetune"] == "prompt+visual":
             return [("finetune", f"'prompt+visual' needs a Vision Transformer; {kind}: set finetune = 'prompt'")]
     if size != native and not values["interpolate_pos_embedding"]:
-        resize = ", or interpolate_pos_embedding = True" if arch.is_vit else ""
+        resize = ", or interpolate_pos_embedding = True" if patch else ""
         return [("size", f"{name} takes {native}-pixel images, not {size}; set size = {native}{resize}")]
-    if arch.is_vit and size % patch:
+    if patch and size % patch:
         below = max(patch, size - size % patch)
         return [("size", f"{size} is not a multiple of {name}'s patch size {patch}; set size = {below} "
                          f"or {below + patch}")]
@@ -537,11 +572,35 @@ def _open_clip_model_names() -> Optional[set[str]]:
     if "open_clip" in sys.modules:
         module = sys.modules["open_clip"]
         return None if module is None else set(module.list_models())
+    folder = _open_clip_configs_folder()
+    return None if folder is None else {path.stem for path in folder.glob("*.json")}
+
+
+def _open_clip_configs_folder() -> Optional[Path]:
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
         return None
-    return {path.stem for folder in spec.submodule_search_locations
-            for path in (Path(folder) / "model_configs").glob("*.json")}
+    return Path(spec.submodule_search_locations[0]) / "model_configs"
+
+
+def _open_clip_architecture(name: str) -> Optional[Architecture]:
+    """The architecture of open_clip's model ``name`` from its model config, or None when
+    open_clip is not installed."""
+    from clip.open_clip_compat import is_plain_clip
+
+    if "open_clip" in sys.modules:
+        module = sys.modules["open_clip"]
+        model_cfg = None if module is None else module.get_model_config(name)
+    else:
+        folder = _open_clip_configs_folder()
+        model_cfg = None if folder is None else json.loads((folder / f"{name}.json").read_text())
+    if model_cfg is None:
+        return None
+    vision = model_cfg.get("vision_cfg", {})
+    size = vision.get("image_size", 224)
+    is_resnet = isinstance(vision.get("layers"), (list, tuple))
+    return Architecture(size[0] if isinstance(size, (list, tuple)) else size,
+                        None if is_resnet else vision.get("patch_size"), is_plain_clip(model_cfg))
 
 
 def close_matches(word: str, candidates: Iterable[str]) -> str:
