@@ -10,13 +10,14 @@ import torch
 import torch.nn as nn
 
 import clip
-from tailclip.config import Config, ConfigError
+from tailclip.config import CONTRASTIVE_TERM, Config, ConfigError
 from tailclip.errors import MissingFileError
 from tailclip.losses import (
     DBFOCAL_DATASET_DEFAULTS,
     AsymmetricLoss,
     BalancedAsymmetricLoss,
     BinaryCrossEntropyLoss,
+    ContrastiveLoss,
     DistributionBalancedFocalLoss,
     SigmoidFocalLoss,
     TailCLIPObjective,
@@ -125,24 +126,17 @@ def build_objective(cfg: Config, model: TailCLIP, class_weights=None, class_prio
     of ``model`` that no term uses stops requiring grad: a parameter without a gradient would
     stop DistributedDataParallel.
     """
-    names = cfg.loss_function
     focusing = dict(gamma_neg=cfg.asl_gamma_neg, gamma_pos=cfg.asl_gamma_pos, clip=cfg.asl_clip, eps=cfg.asl_eps)
-    bal = asl = None
-    if "bal" in names:
-        bal = BalancedAsymmetricLoss(**focusing, class_weights=class_weights if cfg.use_weighted_loss else None,
-                                     label_smoothing=cfg.label_smoothing)
-    if "asl" in names:
-        asl = AsymmetricLoss(**focusing)
-    baselines = {}
-    if "bce" in names:
-        baselines["bce"] = BinaryCrossEntropyLoss()
-    if "focal" in names:
-        baselines["focal"] = SigmoidFocalLoss(gamma=cfg.focal_gamma, alpha=cfg.focal_alpha)
-    if "dbfocal" in names:
-        baselines["dbfocal"] = DistributionBalancedFocalLoss(class_priors, **dbfocal_settings(cfg))
-    objective = TailCLIPObjective(names, cfg.asl_mul, bal=bal, asl=asl, use_class_weights=cfg.use_weighted_loss,
-                                  contrastive=contrastive_kind(cfg, model.logit_bias is not None),
-                                  baselines=baselines)
+    build = {
+        CONTRASTIVE_TERM: lambda: ContrastiveLoss(contrastive_kind(cfg, model.logit_bias is not None)),
+        "bal": lambda: BalancedAsymmetricLoss(**focusing, label_smoothing=cfg.label_smoothing,
+                                              class_weights=class_weights if cfg.use_weighted_loss else None),
+        "asl": lambda: AsymmetricLoss(**focusing),
+        "bce": BinaryCrossEntropyLoss,
+        "focal": lambda: SigmoidFocalLoss(gamma=cfg.focal_gamma, alpha=cfg.focal_alpha),
+        "dbfocal": lambda: DistributionBalancedFocalLoss(class_priors, **dbfocal_settings(cfg)),
+    }
+    objective = TailCLIPObjective({name: build[name]() for name in cfg.loss_function}, cfg.asl_mul)
     if model.logit_bias is not None and not objective.uses_logit_bias:
         model.logit_bias.requires_grad_(False)
     return objective

@@ -355,13 +355,11 @@ class GlobalBatchObjective(nn.Module):
     def uses_captions(self) -> bool:
         return self.objective.uses_captions
 
-    def forward(self, image_emb, caption_emb, logit_scale, logits, targets, class_weights=None,
-                logit_bias=None):
+    def forward(self, image_emb, caption_emb, logit_scale, logits, targets, logit_bias=None):
         if caption_emb is not None:  # image embeddings only enter the contrastive term
             image_emb, caption_emb = self._gather((image_emb, caption_emb))
         logits, targets = self._gather((logits, targets))
-        out = self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights,
-                             logit_bias)
+        out = self.objective(image_emb, caption_emb, logit_scale, logits, targets, logit_bias)
         return {**out, "global_logits": logits.detach(), "global_targets": targets}
 
 
