@@ -26,7 +26,8 @@ from pathlib import Path
 from tqdm import tqdm
 
 from clip.download import DownloadError, download, sha256_of
-from tailclip.data.datasets import DATASETS, REPO_ROOT, DatasetSpec
+from tailclip import REPO_ROOT
+from tailclip.data.datasets import DATASETS, DatasetSpec
 from tailclip.engine.progress import show_progress
 from tailclip.errors import TailCLIPError
 from tailclip.wording import count
