@@ -510,14 +510,15 @@ def _check_architecture(values: dict[str, Any]) -> list[tuple[str, str]]:
         if arch is None:  # open_clip is not installed: building the model says how to install it
             return problems
     else:
-        from clip import architectures, factory  # import torch (through clip/__init__): only when checking
+        import clip  # imports torch: only when checking
+        from clip import architectures
 
         if name not in architectures.ARCHITECTURES:
             return [("model_name", f"unknown CLIP model {name!r}{close_matches(name, architectures.ARCHITECTURES)} "
                                    f"(known: {', '.join(architectures.ARCHITECTURES)}; or 'open_clip:<name>')")]
-        if pretrained is True and name not in factory.available_models():
+        if pretrained is True and name not in clip.available_models():
             problems = [("pretrained", f"model_name = {name!r} has no pretrained OpenAI weights (those are: "
-                                       f"{', '.join(factory.available_models())}); set pretrained = False to train "
+                                       f"{', '.join(clip.available_models())}); set pretrained = False to train "
                                        "it from random weights")]
         spec = architectures.ARCHITECTURES[name]
         arch = Architecture(spec.image_resolution, spec.vision_patch_size if spec.is_vit else None, True)
