@@ -77,13 +77,18 @@ def _check_groups(groups, num_classes: int) -> None:
             raise ValueError(f"group {name!r} has class indices {bad} outside 0..{num_classes - 1}")
 
 
+EMPTY_AS_ZERO = "_empty_as_0"  # the suffix of the means that count a class without positives as AP 0
+
+
 def evaluate(scores, targets, groups=None) -> dict:
     """mAP, AUROC and per-class AP of scores [N, C] against binary targets [N, C].
 
     Returns ``{"mAP", "mAP_<group>" for each group, "AUROC", "AP": [C floats]}``. A class
     without a positive image is left out of every mean (its AP is NaN) with a warning naming
     it; AUROC also leaves out classes without a negative. Group means average the evaluable
-    classes of each group (NaN when none is).
+    classes of each group (NaN when none is). Where a class has no positive image, the means
+    with it counted as AP 0 (scikit-learn's ``average_precision_score`` and the authors'
+    convention) come too: ``"mAP_empty_as_0"`` and ``"mAP_<group>_empty_as_0"``.
     """
     scores, targets = _scores_and_targets(scores, targets)
     num_classes = scores.shape[1]
@@ -99,13 +104,14 @@ def evaluate(scores, targets, groups=None) -> dict:
                 auroc[c] = roc_auc_score(targets[:, c], scores[:, c])
     missing = np.flatnonzero(positives == 0).tolist()
     if missing:
-        warnings.warn(f"classes {missing} have no positive image; left out of mAP and AUROC",
-                      stacklevel=2)
-
+        warnings.warn(f"classes {missing} have no positive image; left out of mAP and AUROC "
+                      f"(mAP{EMPTY_AS_ZERO} counts them as AP 0)", stacklevel=2)
     if groups is not None:
         _check_groups(groups, num_classes)
     result = group_mAP(ap, groups)
     result["AUROC"] = _group_mean(auroc, range(num_classes))
+    if missing:
+        result.update({f"{name}{EMPTY_AS_ZERO}": value for name, value in group_mAP(np.nan_to_num(ap), groups).items()})
     result["AP"] = ap.tolist()
     return result
 

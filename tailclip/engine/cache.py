@@ -63,7 +63,7 @@ from tailclip.data.transforms import resize
 from tailclip.engine.run_lock import process_runs
 from tailclip.errors import TailCLIPError
 
-CACHE_VERSION = "2"  # 2: the sidecar holds the pixels' CRC-32
+CACHE_VERSION = "3"  # 2: the sidecar holds the pixels' CRC-32; 3: 16-bit and float images scaled, not clipped
 RESIZE_METHOD = "torchvision.Resize(bilinear, antialias=True) on PIL RGB"  # = transforms.resize
 
 log = logging.getLogger(__name__)

@@ -71,6 +71,7 @@ from tailclip.errors import MissingFileError, NoSpaceError, TailCLIPError
 from tailclip.factory import build_model, build_objective, seed_everything, set_cpu_threads
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
+from tailclip.thresholds import no_threshold_reason
 from tailclip.wording import count, percent
 
 
@@ -418,6 +419,8 @@ def _evaluate_start(run: Run) -> None:
     run.logger.log_epoch(0, start)
     _log_pictures(run, 0, evaluation)
     say(f"epoch 0/{run.cfg.epochs} (before training)  {val_line(start)}")
+    if no_threshold_reason(run.cfg.loss_function):  # why the logs hold the decisions at top-3 alone
+        say(f"note: {no_threshold_reason(run.cfg.loss_function)}")
 
 
 def _train_epoch(run: Run, epoch: int, stop: _StopOnSignal) -> dict:
