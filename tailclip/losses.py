@@ -335,6 +335,11 @@ class TailCLIPObjective(nn.Module):
         self.asl_mul = asl_mul
 
     @property
+    def loss_function(self) -> tuple[str, ...]:
+        """The names of its terms, in order (the config's ``loss_function``)."""
+        return tuple(self.terms)
+
+    @property
     def uses_captions(self) -> bool:
         """Whether a term needs the captions' embeddings (the contrastive term)."""
         return any(isinstance(term, ContrastiveLoss) for term in self.terms.values())
