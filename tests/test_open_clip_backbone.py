@@ -86,7 +86,7 @@ def test_family_gives_open_clips_embeddings(tmp_path, name, has_bias):
                                    rtol=1e-4, atol=1e-5)
     assert model.clip_model.logit_scale.item() == pytest.approx(2.5)
     assert (model.logit_bias is not None) == has_bias
-    assert build_objective(cfg, model).contrastive == ("sigmoid" if has_bias else "softmax")
+    assert build_objective(cfg, model).terms["clip"].kind == ("sigmoid" if has_bias else "softmax")
     if has_bias:
         assert model.logit_bias.item() == pytest.approx(-3.0)
 
