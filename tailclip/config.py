@@ -661,7 +661,7 @@ def _reject_unknown(values: dict[str, Any], source: str) -> None:
 def _unknown_option_message(key: str) -> str:
     by_lower = {name.lower(): name for name in OPTION_NAMES}
     close = difflib.get_close_matches(key.lower(), by_lower, n=1, cutoff=0.6)
-    hint = f"did you mean {by_lower[close[0]]!r}?" if close else "see docs/ARCHITECTURE.md for the options"
+    hint = f"did you mean {by_lower[close[0]]!r}?" if close else "see docs/options.md for the options"
     return f"unknown option; {hint}"
 
 

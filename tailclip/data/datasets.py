@@ -267,7 +267,7 @@ def _train_captions(cfg, files: DataFiles, class_names, entries) -> list[str]:
 
 
 def build_data(cfg, train_images: bool = True) -> DataBundle:
-    """Read, check and assemble the dataset that ``cfg`` names (see docs/ARCHITECTURE.md options).
+    """Read, check and assemble the dataset that ``cfg`` names (see docs/options.md).
 
     ``train_images=False`` (evaluation) checks only the test images: the class counts and
     groups come from the training split file, whose images are never read."""
