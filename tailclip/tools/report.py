@@ -10,7 +10,7 @@ import math
 import warnings
 from pathlib import Path
 
-from tailclip.config import CUSTOM_DATASET_FILES, Config
+from tailclip.config import CUSTOM_DATASET_FILES, RUNNING, Config, options_with_role
 from tailclip.data import build_data
 from tailclip.data.balance import GROUPS
 from tailclip.engine.batches import build_split_batches
@@ -22,7 +22,6 @@ from tailclip.engine.logger import MAP_UNIT, json_safe
 from tailclip.engine.precision import resolve_precision, set_tf32
 from tailclip.engine.run_folder import BEST_MAP_CHECKPOINT
 from tailclip.engine.saved_model import check_checkpoint_matches, trained_model
-from tailclip.engine.training_state import RESUMABLE_OPTIONS
 from tailclip.errors import MissingFileError
 from tailclip.factory import build_model, build_objective, seed_everything, set_cpu_threads
 from tailclip.metrics import EMPTY_AS_ZERO, pd_nd_ratio, subset_metrics
@@ -45,10 +44,10 @@ from tailclip.wording import count, percent
 
 ZEROSHOT = "zeroshot"  # the report's name for CLIP's own weights
 # What the config file gives the evaluation of a checkpoint: where the data is and how to run
-# (a resumed run's options, less the schedule's). Every other option is what the checkpoint
+# (the options whose role is how a run runs). Every other option is what the checkpoint
 # learnt with, and its own config's value counts.
 DATA_OPTIONS = ("dataset", "data_root", *CUSTOM_DATASET_FILES, "skip_unreadable_images")
-RUN_OPTIONS = frozenset(DATA_OPTIONS) | frozenset(RESUMABLE_OPTIONS) - {"epochs", "lr"}
+RUN_OPTIONS = frozenset(DATA_OPTIONS) | frozenset(options_with_role(RUNNING))
 
 
 def resolve_checkpoint(name: str, run_dir: Path) -> Path:
