@@ -14,7 +14,7 @@ sweep folder gets ``results.md``, ``results.csv`` and ``results.png``. With ``--
 import argparse
 import sys
 
-from tailclip.errors import USER_ERRORS
+from tailclip.engine.boundary import CommandStopped, run_command
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -86,8 +86,11 @@ def sweep(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    return run_command(lambda: _sweep_or_report(args), interrupted="sweep interrupted")
+
+
+def _sweep_or_report(args: argparse.Namespace) -> int:
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
-    from tailclip.engine.training import TrainingInterrupted
     from tailclip.tools.sweep_report import write_report
 
     try:
@@ -96,15 +99,9 @@ def main(argv=None) -> int:
                 print(f"wrote {path}")
             return 0
         return sweep(args)
-    except USER_ERRORS as error:  # the user's to fix: the message says what; a bug keeps its traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except TrainingInterrupted as error:
-        print(f"{error}\nsweep stopped: run the same command again to continue", file=sys.stderr)
-        return 128 + error.signal_number
-    except KeyboardInterrupt:
-        print("sweep interrupted", file=sys.stderr)
-        return 130
+    except CommandStopped as stopped:  # a run saved and stopped by a signal
+        raise CommandStopped(f"{stopped}\nsweep stopped: run the same command again to continue",
+                             stopped.signal_number) from None
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ import sys
 from pathlib import Path
 
 from tailclip.config import ConfigError, parse_bool
-from tailclip.errors import USER_ERRORS
+from tailclip.engine.boundary import run_command
 
 
 def _flag(text: str) -> bool:
@@ -66,20 +66,23 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    return run_command(lambda: _test(args))
+
+
+def _test(args: argparse.Namespace) -> int:
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
     from tailclip.config import load_config
+    from tailclip.engine.boundary import check_writable
     from tailclip.engine.distributed import cleanup, is_main_process
     from tailclip.tools.report import evaluate_checkpoint, format_report, write_report
 
     try:
         cfg = load_config(args.config, args.overrides)
         run_dir = Path(cfg.run_dir) / (args.run_name or Path(args.config).stem)
+        check_writable(run_dir, "report folder", "--set run_dir=PATH, --run-name NAME")  # before any work
         report = evaluate_checkpoint(cfg, run_dir, args.checkpoint, args.zeroshot, args.calibrate,
                                      args.target_precision)
         writes = is_main_process()  # under torchrun only rank 0 prints and writes
-    except USER_ERRORS as error:  # the user's to fix: the message says what; a bug keeps its traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     finally:
         cleanup()
     if writes:

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from tailclip.errors import MissingFileError, TailCLIPError, caused_by, no_space_error
+from tailclip.errors import MissingFileError, TailCLIPError, caused_by, filesystem_error
 
 FORMAT = "tailclip-checkpoint"
 VERSION = 2
@@ -42,7 +42,7 @@ def write_atomic(path, write) -> Path:
     The bytes go to a temporary file in the same folder (same file system, so the rename is
     atomic), are flushed to disk, and only then renamed over ``path``. On any failure,
     Ctrl-C included, the temporary file is removed and the old ``path`` is left as it was.
-    A lack of space is a `NoSpaceError` naming ``path``, and a Ctrl-C that torch.save
+    A lack of space (or a refused write) is a `FileSystemError` naming ``path``, and a Ctrl-C that torch.save
     wrapped in a RuntimeError is a KeyboardInterrupt again.
     """
     path = Path(path)
@@ -60,9 +60,9 @@ def write_atomic(path, write) -> Path:
             os.unlink(tmp_name)
         if caused_by(error, lambda cause: isinstance(cause, KeyboardInterrupt)):
             raise KeyboardInterrupt from None
-        no_space = no_space_error(path, error)
-        if no_space is not None:
-            raise no_space from None
+        refused = filesystem_error(path, error)
+        if refused is not None:
+            raise refused from None
         raise
     _fsync_directory(path.parent)
     return path

@@ -8,18 +8,15 @@ import json
 import math
 from pathlib import Path
 
-from tailclip.data import build_data
 from tailclip.engine import visualize
 from tailclip.engine.batches import build_split_batches
 from tailclip.engine.checkpoint import load_checkpoint
-from tailclip.engine.distributed import init_distributed, main_process_first
+from tailclip.engine.distributed import init_distributed
 from tailclip.engine.evaluation import evaluate_model
 from tailclip.engine.logger import MAP_UNIT, json_safe
-from tailclip.engine.precision import resolve_precision, set_tf32
 from tailclip.engine.run_folder import BEST_MAP_CHECKPOINT
-from tailclip.engine.saved_model import check_checkpoint_matches, trained_model
+from tailclip.engine.setup import build_run_parts
 from tailclip.errors import MissingFileError
-from tailclip.factory import build_model, build_objective, seed_everything, set_cpu_threads
 from tailclip.metrics import pd_nd_ratio, subset_metrics
 from tailclip.thresholds import (
     DEFAULT_THRESHOLD,
@@ -76,24 +73,15 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
     thresholds chosen on that split (to the F1 maximum, or to ``target_precision``) and the
     test metrics with them."""
     device = init_distributed(cfg.device).device  # under torchrun, each process scores a shard
-    precision = resolve_precision(cfg.precision, device)
-    set_tf32(cfg.tf32, device)
-    set_cpu_threads(cfg.num_threads)
-    seed_everything(cfg.seed)  # the random weights of a zero-shot run with pretrained = False
-    with main_process_first():  # one process per node generates the data, downloads weights
-        data = build_data(cfg, train_images=False)  # evaluation reads the test images only
-        if zeroshot:
-            model = build_model(cfg, data.label_prompts)
-            source, epoch = ZEROSHOT, 0
-        else:
-            path = resolve_checkpoint(checkpoint_name or BEST_MAP_CHECKPOINT, run_dir)
-            checkpoint = load_checkpoint(path)
-            check_checkpoint_matches(checkpoint, cfg, data.class_names, path)
-            model = trained_model(checkpoint, cfg, data.label_prompts, path)
-            source, epoch = str(path), checkpoint["state"]["epoch"]
+    if zeroshot:
+        checkpoint, path, source, epoch = None, None, ZEROSHOT, 0
+    else:
+        path = resolve_checkpoint(checkpoint_name or BEST_MAP_CHECKPOINT, run_dir)
+        checkpoint = load_checkpoint(path)
+        source, epoch = str(path), checkpoint["state"]["epoch"]
+    parts = build_run_parts(cfg, device, checkpoint, path, train_images=False)  # evaluation reads the test images
+    data, model, objective, precision = parts.data, parts.model, parts.objective, parts.precision
     calibration = calibration_entries(calibrate_on, data) if calibrate_on is not None else None
-    objective = build_objective(cfg, model, data.class_weights, data.class_priors).to(device)
-    model.to(device)
     batches = build_split_batches(cfg, data, train=False, device=device)
     result = evaluate_model(model, objective, batches.batches(device), data.test.caption_tokens, device,
                             precision, data.groups, keep_embeddings=True)
