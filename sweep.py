@@ -9,7 +9,7 @@ Each run trains in ``<run_dir>/NAME/<setting>_seed<k>/``. Running the same comma
 skips finished runs and resumes interrupted ones. At the end (and with ``--report``) the
 sweep folder gets ``results.md``, ``results.csv`` and ``results.png``. With ``--search``,
 ``--grid`` values are categorical choices. Exit codes: 0 done, 1 an error or a failed run,
-130 stopped by Ctrl-C (143 by SIGTERM) after the running run saved its checkpoint.
+130 stopped by Ctrl-C (143 by SIGTERM, 129 by SIGHUP) after the running run saved its checkpoint.
 """
 import argparse
 import sys
