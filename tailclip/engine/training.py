@@ -150,9 +150,10 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
     leaves the run resumable from that epoch.
 
     Raises ``NonFiniteLossError`` (nothing of that epoch saved), ``TrainingInterrupted`` and
-    ``WorkerDiedError`` (newest checkpoint saved), ``FileSystemError`` and
-    ``OutOfMemoryError`` (earlier checkpoints intact); ``train.py`` turns them into exit codes. Under torchrun, joins
-    the process group (``init_distributed``; the caller ends it with ``distributed.cleanup``).
+    ``WorkerDiedError`` (newest checkpoint saved), ``FileSystemError`` and ``OutOfMemoryError``
+    (earlier checkpoints intact); ``train.py`` turns them into exit codes. Under torchrun,
+    joins the process group (``init_distributed``; the caller ends it with
+    ``distributed.cleanup``).
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
