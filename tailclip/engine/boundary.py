@@ -46,7 +46,7 @@ def run_command(body: Callable[[], int], error_prefix: str = "error",
     except USER_ERRORS as error:  # the user's to fix: the message says what
         message, code = f"{error_prefix}: {error}", 1
     except OSError as error:  # the machine refusing a write, wherever a library met it
-        refused = filesystem_error(error.filename or "a file", error)
+        refused = filesystem_error(error.filename or "a file", error) or _file_in_the_way(error)
         if refused is None:
             raise
         message, code = f"{error_prefix}: {refused}, and run the command again", 1
@@ -56,6 +56,14 @@ def run_command(body: Callable[[], int], error_prefix: str = "error",
         message, code = interrupted, 130
     print(message, file=sys.stderr)
     return code
+
+
+def _file_in_the_way(error: OSError) -> FileSystemError | None:
+    """A folder that cannot be made because a file has its name (``mkdir(exist_ok=True)``
+    says EEXIST, not ENOTDIR)."""
+    if error.errno != errno.EEXIST or not error.filename or os.path.isdir(error.filename):
+        return None
+    return FileSystemError(f"cannot write {error.filename}: it is a file, not a folder", "use another folder")
 
 
 def check_writable(folder, what: str, choose: str) -> None:
