@@ -19,9 +19,6 @@ import argparse
 import os
 import sys
 
-from tailclip.engine.boundary import run_command
-from tailclip.errors import USER_ERRORS
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     summary, details = __doc__.split("\n\n", 1)
@@ -51,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.workers < 0:
         parser.error("--workers must be at least 0")
     if args.output:
-        from tailclip.tools.predict import check_output_path  # once the arguments are parsed: imports torch
+        from tailclip.errors import USER_ERRORS  # once the arguments are parsed: imports torch
+        from tailclip.tools.predict import check_output_path
 
         try:
             check_output_path(args.output)
@@ -73,6 +71,8 @@ def describe(path: str, top: list, above: list, threshold, selected: list | None
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from tailclip.engine.boundary import run_command  # once the arguments are parsed: imports torch
+
     return run_command(lambda: _predict(args), error_prefix="predict.py: error")
 
 

@@ -14,8 +14,6 @@ sweep folder gets ``results.md``, ``results.csv`` and ``results.png``. With ``--
 import argparse
 import sys
 
-from tailclip.engine.boundary import CommandStopped, run_command
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -86,11 +84,14 @@ def sweep(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from tailclip.engine.boundary import run_command  # once the arguments are parsed: imports torch
+
     return run_command(lambda: _sweep_or_report(args), interrupted="sweep interrupted")
 
 
 def _sweep_or_report(args: argparse.Namespace) -> int:
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
+    from tailclip.engine.boundary import CommandStopped
     from tailclip.tools.sweep_report import write_report
 
     try:

@@ -27,11 +27,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from tailclip.config import ConfigError, parse_bool
-from tailclip.engine.boundary import run_command
-
 
 def _flag(text: str) -> bool:
+    from tailclip.config import ConfigError, parse_bool  # when a flag is read: --help imports nothing
+
     try:
         return parse_bool(text)
     except ConfigError as error:
@@ -66,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from tailclip.engine.boundary import run_command  # once the arguments are parsed: imports torch
+
     return run_command(lambda: _test(args))
 
 

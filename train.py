@@ -22,8 +22,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from tailclip.engine.boundary import run_command
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -43,6 +41,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from tailclip.engine.boundary import run_command  # once the arguments are parsed: imports torch
+
     return run_command(lambda: _train(args), interrupted="interrupted; nothing saved since the last checkpoint")
 
 
