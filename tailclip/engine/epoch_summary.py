@@ -19,6 +19,12 @@ def epoch_line(epoch: int, epochs: int, record: dict) -> str:
     return line
 
 
+def position(state: TrainState) -> str:
+    """Where a run stands: "after epoch 3", or mid-epoch "after epoch 3, step 5 of epoch 4"."""
+    return f"after epoch {state.epoch}" + (f", step {state.step_in_epoch} of epoch {state.epoch + 1}"
+                                           if state.step_in_epoch else "")
+
+
 def final_line(state: TrainState, summary: dict) -> str:
     return (f"val mAP: start {percent(summary['start_val_mAP'])} (before training) -> end "
             f"{percent(summary['last_val_mAP'])} (after epoch {state.epoch}); best "

@@ -13,7 +13,6 @@ import clip
 from tailclip.config import Config
 from tailclip.data import DataBundle, build_data
 from tailclip.engine.batches import SplitBatches, build_split_batches
-from tailclip.engine.checkpoint import remove_partial_writes
 from tailclip.engine.distributed import (
     distribute_model,
     global_batch_objective,
@@ -21,6 +20,8 @@ from tailclip.engine.distributed import (
     main_process_first,
     rank_and_world,
 )
+from tailclip.engine.epoch_summary import position
+from tailclip.engine.files import remove_partial_writes
 from tailclip.engine.logger import RunLogger, say
 from tailclip.engine.meter import EpochMeter
 from tailclip.engine.optim import build_optimizer, build_scheduler
@@ -135,11 +136,12 @@ def set_up_training(run_dir: Path, cfg: Config, checkpoint: dict | None, device:
         state = restore_training(checkpoint, trainer, meter)
         # For the lr and epochs the run has now: an extended run goes on along its new cosine.
         trainer.scheduler = build_scheduler(cfg, trainer.optimizer, start_epoch=state.epoch)
-        say(f"resuming {run_dir} after epoch {state.epoch}, step {state.step_in_epoch}")
+        start = "" if state.step_in_epoch else f", at the start of epoch {state.epoch + 1}"
+        say(f"resuming {run_dir} {position(state)}{start}")
     if is_main_process():
         for leftover in remove_partial_writes(run_dir):
-            say(f"removed {leftover}, left by an interrupted checkpoint write")
-    logger = RunLogger(run_dir, enabled=is_main_process(),
+            say(f"removed {leftover}, left by an interrupted write")
+    logger = RunLogger(run_dir, enabled=is_main_process(), run_id=state.run_id, records=state.records,
                        resume_epoch=state.epoch if checkpoint is not None else None,
                        resume_step=state.global_step if checkpoint is not None else None)
     logger.log_config(cfg.to_dict())

@@ -32,7 +32,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from tailclip.config import Config
+from tailclip.config import Config, resolve_path
 from tailclip.engine.batches import SplitBatches
 from tailclip.engine.boundary import check_writable, memory_of
 from tailclip.engine.checkpoint import load_checkpoint, rng_states, save_atomic
@@ -43,7 +43,7 @@ from tailclip.engine.distributed import (
     init_distributed,
     is_main_process,
 )
-from tailclip.engine.epoch_summary import epoch_line, final_line, run_summary, update_best
+from tailclip.engine.epoch_summary import epoch_line, final_line, position, run_summary, update_best
 from tailclip.engine.evaluation import Evaluation, NonFiniteScoresError, evaluate_model, val_line, val_record
 from tailclip.engine.logger import StepCurves, say
 from tailclip.engine.meter import EpochMeter
@@ -52,15 +52,18 @@ from tailclip.engine.progress import show_progress
 from tailclip.engine.run_folder import (
     NEWEST_CHECKPOINT,
     RESTART_ADVICE,
+    check_same_run,
     claimed_run_folder,
     how_to_go_on,
+    restore_run_files,
     resume_checkpoint,
     run_files,
 )
 from tailclip.engine.setup import Run, Trainer, set_up_training
 from tailclip.engine.stop_signals import StopSignals, TrainingInterrupted, WorkerDiedError, dead_worker, signal_name
-from tailclip.engine.training_state import TrainState, resumed_config, training_checkpoint
+from tailclip.engine.training_state import TrainState, checkpoint_as, resumed_config, training_checkpoint
 from tailclip.errors import FileSystemError, MissingFileError, TailCLIPError
+from tailclip.thresholds import no_threshold_reason
 
 
 class NonFiniteLossError(TailCLIPError, RuntimeError):
@@ -157,7 +160,7 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
-    run_dir = Path(cfg.run_dir) / run_name
+    run_dir = resolve_path(cfg.run_dir) / run_name
     processes = init_distributed(cfg.device)
     checkpoint = None
     if resume:
@@ -169,9 +172,11 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
         if path.name != NEWEST_CHECKPOINT:
             say(f"resume: no {NEWEST_CHECKPOINT} in {run_dir}; continuing from {path.name}")
         checkpoint = load_checkpoint(path)
+        check_same_run(run_dir, checkpoint, path)
         cfg = resumed_config(checkpoint, cfg, given_options, path)
         finished = TrainState(**checkpoint["state"])
         if finished.epoch >= cfg.epochs:
+            restore_run_files(run_dir, checkpoint, path)
             say(f"{run_dir} is complete: {finished.epoch} of {cfg.epochs} epochs; nothing to do")
             return run_summary(finished, run_dir)
     check_writable(run_dir, "run folder", "--set run_dir=PATH")  # before anything is built
@@ -216,6 +221,8 @@ def _evaluate_start(run: Run) -> None:
     run.logger.log_epoch(0, start)
     _log_pictures(run, 0, evaluation)
     say(f"epoch 0/{run.cfg.epochs} (before training)  {val_line(start)}")
+    if no_threshold_reason(run.cfg.loss_function):  # why the logs hold the decisions at top-3 alone
+        say(f"note: {no_threshold_reason(run.cfg.loss_function)}")
 
 
 def _train_epoch(run: Run, epoch: int) -> dict:
@@ -282,17 +289,14 @@ def _save(run: Run, names: list[str]) -> None:
     run.logger.flush()
     content = training_checkpoint(run.cfg, run.data, run.trainer, run.state, run.meter, rng)
     for name in names:
-        save_atomic(content, run.run_dir / name)
+        save_atomic(checkpoint_as(name, content), run.run_dir / name)
 
 
 def _saved_here(run: Run) -> str:
     """Save the newest checkpoint at this step boundary; where the run stands, and where it is."""
     _save(run, [NEWEST_CHECKPOINT])
     barrier()  # the other processes exit only once the checkpoint is written
-    state = run.state
-    where = f"after epoch {state.epoch}" + (f", step {state.step_in_epoch} of epoch {state.epoch + 1}"
-                                             if state.step_in_epoch else "")
-    return f"{where}; saved {run.run_dir / NEWEST_CHECKPOINT} (continue with --resume)"
+    return f"{position(run.state)}; saved {run.run_dir / NEWEST_CHECKPOINT} (continue with --resume)"
 
 
 def _stop_if_asked(run: Run) -> None:
