@@ -8,6 +8,7 @@ The subclasses live beside the code that raises them (`ConfigError` in `tailclip
 `CheckpointError` in `tailclip.engine.checkpoint`, ...); those that name no single concept live here.
 """
 import errno
+import os
 
 from clip.errors import ClipError
 
@@ -81,5 +82,7 @@ def filesystem_error(path, error: BaseException) -> FileSystemError | None:
         return None
     if cause.errno in NO_SPACE_ERRNOS:
         return NoSpaceError(f"cannot write {path}: no space left ({cause.strerror})", "free some space")
-    where = f" ({cause.filename})" if cause.filename and str(cause.filename) != str(path) else ""
+    # Where the refusal came from, unless it is the file itself or its temporary twin beside it.
+    beside = cause.filename and os.path.dirname(os.fspath(cause.filename)) == os.path.dirname(os.fspath(path))
+    where = f" ({cause.filename})" if cause.filename and not beside else ""
     return FileSystemError(f"cannot write {path}: {cause.strerror}{where}", REFUSAL_REMEDIES[cause.errno])

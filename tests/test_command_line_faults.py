@@ -22,8 +22,9 @@ def test_a_sweep_folder_through_a_file_is_one_line(sweep_main, tmp_path, capsys)
     config.write_text(f"class CFG:\n    run_dir = {str(tmp_path / 'afile' / 'runs')!r}\n")
     assert sweep_main(["--config", str(config), "--name", "sw", "--grid", "lr=1e-3,2e-3"]) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line == (f"error: cannot write {tmp_path / 'afile' / 'runs' / 'sw'}: Not a directory; a part of "
-                    "its path is a file, not a folder: use another folder, and run the command again")
+    sweep = tmp_path / "afile" / "runs" / "sw"
+    assert line == (f"error: cannot write {sweep / 'sweep.json'}: Not a directory ({sweep}); a part of its path "
+                    "is a file, not a folder: use another folder")
 
 
 def test_a_read_only_run_folder_for_compare_is_one_line(compare_main, tmp_path, monkeypatch, capsys):
@@ -41,5 +42,5 @@ def test_a_read_only_run_folder_for_compare_is_one_line(compare_main, tmp_path, 
     read_only(monkeypatch, run_dir)
     assert compare_main([str(run_dir)]) == 1
     [line] = capsys.readouterr().err.strip().splitlines()
-    assert line.startswith(f"error: cannot write {run_dir / 'comparison.md'}: Read-only file system; its disk "
-                           "is read-only: use a folder on a writable disk, and run the command again"), line
+    assert line == (f"error: cannot write {run_dir / 'comparison.md'}: Read-only file system; its disk is "
+                    "read-only: use a folder on a writable disk")

@@ -207,8 +207,7 @@ def test_an_output_through_a_file_is_one_line(trained_run, tmp_path, predict_cli
     assert predict_cli.main([f"--checkpoint={checkpoint}", str(good_image), "--output", str(output),
                              "--workers", "0", "--device", "cpu"]) == 1
     assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        f"predict.py: error: cannot write {output.parent}: it is a file, not a folder; use another folder, and "
-        "run the command again")
+        f"predict.py: error: cannot write {output.parent}: it is a file, not a folder; use another folder")
 
 
 def test_exit_code_1_when_no_image_can_be_read(trained_run, tmp_path, predict_cli, capsys):

@@ -49,7 +49,7 @@ def run_command(body: Callable[[], int], error_prefix: str = "error",
         refused = filesystem_error(error.filename or "a file", error) or _file_in_the_way(error)
         if refused is None:
             raise
-        message, code = f"{error_prefix}: {refused}, and run the command again", 1
+        message, code = f"{error_prefix}: {refused}", 1
     except CommandStopped as error:
         message, code = str(error), 128 + error.signal_number
     except KeyboardInterrupt:
