@@ -68,8 +68,8 @@ def test_config_checks_the_architecture(options, message):
 
 
 def test_valid_choices_pass():
-    Config(model_name="ViT-tiny", size=48, interpolate_pos_embedding=True)
-    Config(model_name="RN-tiny", size=64, finetune="prompt")
+    Config(model_name="ViT-tiny", size=48, interpolate_pos_embedding=True, pretrained=False)
+    Config(model_name="RN-tiny", size=64, finetune="prompt", pretrained=False)
     Config(model_name="open_clip:ViT-B-16", pretrained=False)
 
 

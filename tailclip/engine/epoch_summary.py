@@ -4,9 +4,10 @@ import math
 from pathlib import Path
 
 from tailclip.config import Config
-from tailclip.engine.evaluation import percent, val_line
+from tailclip.engine.evaluation import val_line
 from tailclip.engine.run_folder import BEST_MAP_CHECKPOINT, BEST_TAIL_CHECKPOINT, NEWEST_CHECKPOINT
 from tailclip.engine.training_state import TrainState
+from tailclip.wording import percent
 
 
 def epoch_line(epoch: int, epochs: int, record: dict) -> str:
