@@ -294,8 +294,8 @@ def raise_a_bug(*args, **kwargs):
     raise ValueError("a bug of ours")
 
 
-@pytest.mark.parametrize("script, function", [("train.py", "tailclip.engine.training.build_data"),
-                                              ("test.py", "tailclip.tools.report.build_data"),
+@pytest.mark.parametrize("script, function", [("train.py", "tailclip.engine.setup.build_data"),
+                                              ("test.py", "tailclip.engine.setup.build_data"),
                                               ("predict.py", "tailclip.tools.predict.load_checkpoint")])
 def test_a_bug_keeps_its_traceback(script, function, tmp_path, monkeypatch):
     # An exception that is not a TailCLIPError reaches Python, which prints its traceback.

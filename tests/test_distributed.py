@@ -25,7 +25,7 @@ from tailclip import factory
 from tailclip.config import Config
 from tailclip.data import ensure_synthetic
 from tailclip.data.datasets import SYNTHETIC_SEED
-from tailclip.engine import distributed, evaluation, training, training_state
+from tailclip.engine import distributed, evaluation, stop_signals, training, training_state
 from tailclip.engine.logger import read_metrics
 from tailclip.engine.optim import build_optimizer, build_scheduler
 from tailclip.engine.precision import grad_scaler
@@ -119,7 +119,7 @@ def _worker(rank: int, port: int, folder: str) -> None:
         # Image 9 skipped as unreadable, image 0 scored twice.
         kept = [index for index in shard if index != 9] + [0]
         result["uneven"] = distributed.gather_eval(torch.tensor(kept), torch.tensor(kept) * 10.0)
-        stop = training._StopOnSignal()  # a signal that reached process 1 only
+        stop = stop_signals.StopSignals()  # a signal that reached process 1 only
         stop.signal_number = signal.SIGTERM if rank == 1 else None
         result["stop"] = (stop.agree(), stop.signal_number)
         result["max"] = (distributed.max_over_processes(15 * rank), distributed.max_over_processes(0))

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import tailclip.engine.stop_signals
 import tailclip.engine.training
 from tailclip.config import ConfigError, load_config, parse_override
 from tailclip.data import build_data
@@ -125,13 +126,14 @@ def test_non_latin_class_names_warn_once(tmp_path, monkeypatch):
 
 
 def test_ctrl_c_in_a_forked_worker_is_left_to_the_training_process(monkeypatch, capsys):
-    stop = tailclip.engine.training._StopOnSignal()
+    stop = tailclip.engine.stop_signals.StopSignals()
     with stop:
+        stop.defer()  # training: a signal is a request to stop at a step boundary
         pid = os.getpid()
-        monkeypatch.setattr(tailclip.engine.training.os, "getpid", lambda: pid + 1)  # as in a worker
+        monkeypatch.setattr(tailclip.engine.stop_signals.os, "getpid", lambda: pid + 1)  # as in a worker
         stop._handle(signal.SIGINT, None)
         assert not stop.requested and capsys.readouterr().out == ""
-        monkeypatch.setattr(tailclip.engine.training.os, "getpid", lambda: pid)
+        monkeypatch.setattr(tailclip.engine.stop_signals.os, "getpid", lambda: pid)
         stop._handle(signal.SIGINT, None)
         assert stop.requested and capsys.readouterr().out.count("SIGINT: stopping") == 1
 

@@ -200,6 +200,16 @@ def test_predict_cli_json_on_a_trained_checkpoint(trained_run, tmp_path, predict
     assert "truncated" in errors[str(folder / "broken.jpg")]
 
 
+def test_an_output_through_a_file_is_one_line(trained_run, tmp_path, predict_cli, capsys):
+    checkpoint, good_image = trained_run
+    (tmp_path / "afile").write_text("")
+    output = tmp_path / "afile" / "results.csv"
+    assert predict_cli.main([f"--checkpoint={checkpoint}", str(good_image), "--output", str(output),
+                             "--workers", "0", "--device", "cpu"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"predict.py: error: cannot write {output.parent}: it is a file, not a folder; use another folder")
+
+
 def test_exit_code_1_when_no_image_can_be_read(trained_run, tmp_path, predict_cli, capsys):
     checkpoint, _ = trained_run
     (tmp_path / "bad.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
