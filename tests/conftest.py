@@ -3,9 +3,17 @@
 The real benchmark split files and the CLIP vocabulary live in ``../shared/data`` beside the
 checkout. Tests that need them skip when the folder is absent on a developer machine, but
 fail when ``CI`` is set: a CI run that silently skipped them would prove nothing.
+
+The suite runs in two worker processes (pytest-xdist, ``-n 2`` in pyproject.toml), each
+test file in one of them. What several files share is made once per session for both: the
+synthetic dataset (its generation takes a lock), the demo run below.
 """
+import contextlib
+import fcntl
+import io
 import os
 import runpy
+import shutil
 import threading
 from functools import partial
 from http.server import ThreadingHTTPServer
@@ -21,6 +29,10 @@ pytest_plugins = ["sweep_fixtures"]
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
 BPE_FILE = SHARED_DATA / "clip" / "bpe_simple_vocab_16e6.txt.gz"
+
+# One torch thread per process: the workers (and the programs tests start) share two
+# cores, where a second thread each oversubscribes them. Set before torch is imported.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 # Point the tokenizer at the shared vocabulary so that no test ever needs the network.
 if BPE_FILE.exists() and "TAILCLIP_BPE_PATH" not in os.environ:
@@ -47,6 +59,44 @@ def repo_root() -> Path:
 def train_main():
     """``train.py``'s ``main(argv) -> exit code``, run in this process."""
     return runpy.run_path(str(REPO_ROOT / "train.py"))["main"]
+
+
+@contextlib.contextmanager
+def _exclusive(folder: Path):
+    """An exclusive lock on ``folder``, held by one process (test worker) at a time."""
+    descriptor = os.open(folder, os.O_RDONLY)
+    try:
+        fcntl.flock(descriptor, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(descriptor)
+
+
+@pytest.fixture(scope="session")
+def demo_run(tmp_path_factory, train_main) -> tuple[Path, str]:
+    """``(runs folder, printed output)`` of train.py on the demo config for 2 epochs (a larger
+    batch: fewer, cheaper steps), in ``<runs>/demo``. Trained once per session: the first
+    worker that needs it trains it, the other waits and reads it. Read it only; a test that
+    writes into a finished run (resumes it, tests it, damages it) takes ``demo_run_copy``."""
+    shared = tmp_path_factory.getbasetemp()
+    if "PYTEST_XDIST_WORKER" in os.environ:  # the workers' folders share their parent
+        shared = shared.parent
+    runs, output = shared / "demo_runs", shared / "demo_output.txt"
+    with _exclusive(shared):
+        if not output.exists():
+            printed = io.StringIO()
+            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+                code = train_main([f"--config={REPO_ROOT / 'configs' / 'demo.py'}", "--set", "epochs=2",
+                                   "--set", "batch_size=128", "--set", f"run_dir={runs}"])
+            assert code == 0, printed.getvalue()[-4000:]
+            output.write_text(printed.getvalue())
+    return runs, output.read_text()
+
+
+@pytest.fixture
+def demo_run_copy(demo_run, tmp_path) -> Path:
+    """A copy of `demo_run`'s runs folder (the run in ``<copy>/demo``), this test's to change."""
+    return shutil.copytree(demo_run[0], tmp_path / "runs")
 
 
 @pytest.fixture
