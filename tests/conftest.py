@@ -14,6 +14,7 @@ import io
 import os
 import runpy
 import shutil
+import subprocess
 import threading
 from functools import partial
 from http.server import ThreadingHTTPServer
@@ -61,6 +62,19 @@ def train_main():
     return runpy.run_path(str(REPO_ROOT / "train.py"))["main"]
 
 
+@pytest.fixture(scope="session")
+def run_script():
+    """``run_script(name, *args)``: the command line ``name`` (train.py, test.py, ...) run by
+    its ``main(args)`` in this process; its exit code and what it printed as
+    ``subprocess.run`` returns a process's (for a process-level guarantee, run the process)."""
+    def run(name: str, *args) -> subprocess.CompletedProcess:
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = runpy.run_path(str(REPO_ROOT / name))["main"](list(map(str, args)))
+        return subprocess.CompletedProcess([name, *args], code, out.getvalue(), err.getvalue())
+    return run
+
+
 @contextlib.contextmanager
 def _exclusive(folder: Path):
     """An exclusive lock on ``folder``, held by one process (test worker) at a time."""
@@ -73,7 +87,7 @@ def _exclusive(folder: Path):
 
 
 @pytest.fixture(scope="session")
-def demo_run(tmp_path_factory, train_main) -> tuple[Path, str]:
+def demo_run(tmp_path_factory, run_script) -> tuple[Path, str]:
     """``(runs folder, printed output)`` of train.py on the demo config for 2 epochs (a larger
     batch: fewer, cheaper steps), in ``<runs>/demo``. Trained once per session: the first
     worker that needs it trains it, the other waits and reads it. Read it only; a test that
@@ -84,12 +98,10 @@ def demo_run(tmp_path_factory, train_main) -> tuple[Path, str]:
     runs, output = shared / "demo_runs", shared / "demo_output.txt"
     with _exclusive(shared):
         if not output.exists():
-            printed = io.StringIO()
-            with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
-                code = train_main([f"--config={REPO_ROOT / 'configs' / 'demo.py'}", "--set", "epochs=2",
-                                   "--set", "batch_size=128", "--set", f"run_dir={runs}"])
-            assert code == 0, printed.getvalue()[-4000:]
-            output.write_text(printed.getvalue())
+            done = run_script("train.py", f"--config={REPO_ROOT / 'configs' / 'demo.py'}", "--set", "epochs=2",
+                              "--set", "batch_size=128", "--set", f"run_dir={runs}")
+            assert done.returncode == 0, done.stderr[-4000:]
+            output.write_text(done.stdout + done.stderr)
     return runs, output.read_text()
 
 
