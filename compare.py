@@ -15,8 +15,6 @@ folder that is not a run folder or a run the record cannot speak to (another dat
 import argparse
 import sys
 
-from tailclip.errors import USER_ERRORS
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -31,6 +29,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
+    from tailclip.errors import USER_ERRORS
     from tailclip.tools.authors_record import load_record
     from tailclip.tools.comparison import summary_text, write_comparison
 

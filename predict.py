@@ -19,8 +19,6 @@ import argparse
 import os
 import sys
 
-from tailclip.errors import USER_ERRORS
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     summary, details = __doc__.split("\n\n", 1)
@@ -50,7 +48,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     if args.workers < 0:
         parser.error("--workers must be at least 0")
     if args.output:
-        from tailclip.tools.predict import check_output_path  # once the arguments are parsed: imports torch
+        from tailclip.errors import USER_ERRORS  # once the arguments are parsed: imports torch
+        from tailclip.tools.predict import check_output_path
 
         try:
             check_output_path(args.output)
@@ -73,6 +72,7 @@ def describe(path: str, top: list, above: list, threshold, selected: list | None
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
+    from tailclip.errors import USER_ERRORS
     from tailclip.thresholds import read_thresholds, selected_classes
     from tailclip.tools.predict import find_images, load_predictor, predict_files, ranked_classes, write_results
     from tailclip.wording import count

@@ -14,8 +14,6 @@ sweep folder gets ``results.md``, ``results.csv`` and ``results.png``. With ``--
 import argparse
 import sys
 
-from tailclip.errors import USER_ERRORS
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -88,6 +86,7 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
     from tailclip.engine.training import TrainingInterrupted
+    from tailclip.errors import USER_ERRORS
     from tailclip.tools.sweep_report import write_report
 
     try:

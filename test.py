@@ -27,11 +27,10 @@ import argparse
 import sys
 from pathlib import Path
 
-from tailclip.config import ConfigError, parse_bool
-from tailclip.errors import USER_ERRORS
-
 
 def _flag(text: str) -> bool:
+    from tailclip.config import ConfigError, parse_bool  # when a flag is read: --help imports nothing
+
     try:
         return parse_bool(text)
     except ConfigError as error:
@@ -69,6 +68,7 @@ def main(argv=None) -> int:
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
     from tailclip.config import load_config
     from tailclip.engine.distributed import cleanup, is_main_process
+    from tailclip.errors import USER_ERRORS
     from tailclip.tools.report import evaluate_checkpoint, format_report, write_report
 
     try:

@@ -21,8 +21,6 @@ import argparse
 import sys
 from pathlib import Path
 
-from tailclip.errors import USER_ERRORS
-
 
 def parse_args(argv=None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
@@ -46,6 +44,7 @@ def main(argv=None) -> int:
     from tailclip.config import load_config
     from tailclip.engine.distributed import cleanup
     from tailclip.engine.training import TrainingInterrupted, train
+    from tailclip.errors import USER_ERRORS
 
     try:
         cfg = load_config(args.config, args.overrides)

@@ -5,10 +5,13 @@
 # (asl_mul); the sampling power s (the class-weight power equal to it, as in all their runs).
 # Each variant starts from the benchmark's published config and trains as one or more of
 # their runs did (tests/test_ablation_paper.py checks each against the runs' logged configs).
-# Their loss name "asl" is our "bal" (the same loss in their code): their "asl" runs are our
-# bal without class weights and label smoothing.
+# Each row trains the loss its runs trained (datasets/authors_runs/README.md): their loss name
+# "asl" built their BAL until 2024-08-15 ~10:00 UTC (our bal, here without class weights and
+# label smoothing) and a plain asymmetric loss on the raw logits after (our asl, which has
+# neither: the rows asl, clip+asl and clip+asl-sw, with the smoothing and class weights off as
+# those runs logged them); their one run of that loss summed over the batch is no row.
 #
-#   bash scripts/ablation_paper.sh                    # both: 24 + 30 runs of 50 epochs, on a GPU
+#   bash scripts/ablation_paper.sh                    # both: 26 + 33 runs of 50 epochs, on a GPU
 #   bash scripts/ablation_paper.sh voc_mlt            # one benchmark
 #   bash scripts/ablation_paper.sh coco_mlt --seeds 0,1,2   # extra sweep.py options are passed on
 #
@@ -24,18 +27,22 @@ LOSS_VARIANTS=(
     "bal:loss_function=['bal'],asl_mul=1.0,label_smoothing=0.0,use_sample_weights=False,use_weighted_loss=False"
     "bal-lw-ls:loss_function=['bal'],asl_mul=1.0,use_sample_weights=False"
     "bal-sw-lw-ls:loss_function=['bal'],asl_mul=1.0"
-    "clip+bal:label_smoothing=0.0,use_sample_weights=False,use_weighted_loss=False"
     "clip+bal-sw:label_smoothing=0.0,use_weighted_loss=False"
     "clip+bal-sw-ls:use_weighted_loss=False"
     "clip+bal-sw-lw-ls:"
+    "asl:loss_function=['asl'],asl_mul=1.0,label_smoothing=0.0,use_sample_weights=False,use_weighted_loss=False"
+    "clip+asl:loss_function=['clip','asl'],label_smoothing=0.0,use_sample_weights=False,use_weighted_loss=False"
+    "clip+asl-sw:loss_function=['clip','asl'],label_smoothing=0.0,use_weighted_loss=False"
 )
 # lambda and s other than the published config's (VOC-MLT 0.4 and 1.35, COCO-MLT 5 and 1.6)
 VOC_MLT_LAMBDAS="0.2 0.5 0.75 1.0 1.25 1.5 1.75 2.0 4.0 8.0"
 VOC_MLT_POWERS="1.0 1.175 1.525 1.7 1.875 2.0"
 COCO_MLT_LAMBDAS="0.4 0.75 1.0 1.25 1.5 1.75 4.0 6.0 8.0 10.0 12.0"
 COCO_MLT_POWERS="1.0 1.175 1.35 1.525 1.7 1.875 2.0"
-# COCO-MLT's earlier series at lambda 0.4 and s 1.35, and lambda 10 at s 1.7
+# COCO-MLT's BAL without the sampler (VOC-MLT ran it with the plain loss only), its earlier
+# series at lambda 0.4 and s 1.35, and lambda 10 at s 1.7
 COCO_MLT_SERIES=(
+    "clip+bal:label_smoothing=0.0,use_sample_weights=False,use_weighted_loss=False"
     "clip+bal-sw-lambda=0.4-s=1.35:label_smoothing=0.0,use_weighted_loss=False,asl_mul=0.4,sample_weights_power=1.35,class_weights_power=1.35"
     "clip+bal-sw-ls-lambda=0.4-s=1.35:use_weighted_loss=False,asl_mul=0.4,sample_weights_power=1.35,class_weights_power=1.35"
     "clip+bal-sw-lw-ls-lambda=0.4-s=1.35:asl_mul=0.4,sample_weights_power=1.35,class_weights_power=1.35"

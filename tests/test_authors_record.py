@@ -1,5 +1,5 @@
 """The authors' record: shipped byte-identical to the reference copy, read with identical curves
-merged, and matched against our configs (their "asl" and "bal" as one loss, numbers written as
+merged, and matched against our configs (their "asl" and "bal" as one loss before they split them, numbers written as
 strings, the nearest runs with their differing settings)."""
 import hashlib
 import json
@@ -112,7 +112,7 @@ def test_identical_curves_count_once_and_empty_runs_are_left_out(record):
     assert record[0].epochs[0] == {"epoch": 1, "val/mAP": 0.5, "val/mAP_medium": 0.5}  # "middle" is medium
 
 
-def test_their_asl_and_bal_are_both_our_bal(record):
+def test_before_the_split_their_asl_and_bal_are_both_our_bal(record):  # the fixture's runs start at time 1
     assert [run.label for run in matching_runs(ours(), record)] == ["as_asl", "as_bal"]
     assert [run.label for run in matching_runs(ours(loss_function=["bal", "clip"]), record)] == ["as_asl", "as_bal"]
     assert matching_runs(ours(loss_function=["clip", "asl"]), record) == []  # ours is the plain ASL

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 import clip
 from tailclip.config import Config, ConfigError, load_config
-from tailclip.errors import TailCLIPError
+from tailclip.errors import USER_ERRORS, TailCLIPError
 from tailclip.factory import build_clip, build_model, build_objective
 from tailclip.open_clip_backbone import OpenCLIPBackbone, open_clip_tokenizer
 
@@ -190,7 +190,7 @@ def test_a_checkpoint_of_another_architecture_is_a_one_line_error(tmp_path, name
 def test_a_file_that_is_no_checkpoint_is_a_one_line_error(tmp_path, name, content, what):
     path = tmp_path / "weights.pt"
     path.write_bytes(content)
-    with pytest.raises(TailCLIPError) as error:
+    with pytest.raises(USER_ERRORS) as error:
         build_clip(config(name, pretrained=str(path)))
     message = str(error.value)
     assert message.startswith(f"{path} is not a weights file (a PyTorch checkpoint or safetensors): "
@@ -277,7 +277,7 @@ import torch
 import tailclip.engine.training, tailclip.engine.evaluation, tailclip.tools.predict
 from tailclip.config import Config, ConfigError, load_config
 from tailclip.factory import build_model
-from tailclip.errors import TailCLIPError
+from tailclip.errors import USER_ERRORS, TailCLIPError
 model = build_model(Config(model_name="ViT-tiny", pretrained=False, size=64), ["a photo of a cat", "a photo of a dog"])
 print(tuple(model.predict_logits(torch.zeros(1, 3, 64, 64)).shape))
 try:

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
+from tailclip import REPO_ROOT
 from tailclip.config import ConfigError
 from tailclip.errors import MissingFileError, TailCLIPError
 from tailclip.text_tokens import text_tokenizer
@@ -18,7 +19,6 @@ from .splits import SplitEntry, SplitFormatError, read_captions, read_class_name
 from .synthetic import ensure_synthetic
 from .transforms import build_transform
 
-REPO_ROOT = Path(__file__).resolve().parents[2]  # relative data paths are relative to this
 SYNTHETIC_SEED = 0  # the demo data stays the same whatever the run's seed
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,11 @@ The figures follow the paper's protocol: the best epoch is the one of the highes
 newest evaluation. A run still training is held against the authors' first epochs only (as
 many as it has logged), so that its verdict speaks of the same stage of training. The
 verdict per figure: within the authors' value (one run) or range (several), or above or
-below it by so many percentage points, at the two decimals shown.
+below it by so many percentage points, at the two decimals shown; then each way in which ours
+computed otherwise than the authors' code (``numerics_notes``: "within; trained in bf16,
+theirs in float32"). Each of the authors' runs is shown with the loss it trained (``CLASS_LOSSES``);
+their runs of the same settings but for a loss that no option of ours trains (their plain loss
+summed over the batch) are listed as left out.
 
 Outputs, in the run folder: ``comparison.md`` (the figures and the per-epoch table, ours
 against the authors' minimum and maximum), ``comparison.json`` (the same, mAP as fractions)
@@ -20,12 +24,15 @@ from tailclip.engine.evaluation import percent
 from tailclip.engine.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, percent_scalars, read_metrics
 from tailclip.errors import TailCLIPError
 from tailclip.tools.authors_record import (
+    CLASS_LOSSES,
     AuthorsRun,
     check_record_speaks_to,
     format_value,
     load_record,
     matching_runs,
     nearest_runs,
+    numerics_notes,
+    unreproduced_runs,
 )
 
 FIGURES = ("mAP", "mAP_head", "mAP_medium", "mAP_tail")
@@ -94,6 +101,7 @@ def authors_summary(run: AuthorsRun, up_to_epoch: int | None = None) -> dict:
     epochs = run.up_to(up_to_epoch) if up_to_epoch else run.epochs
     chosen = best_and_last(epochs)
     return {"run": run.label, "names": list(run.names), "commit": run.commit,
+            "loss": run.class_loss, "loss_evidence": run.loss_evidence,
             "epochs_logged": len(run.epochs), "epochs_planned": run.planned_epochs, "complete": run.complete,
             **{f"{when}_epoch": chosen[when]["epoch"] for when in EPOCHS},
             **{f"{when}_{figure}": chosen[when].get(f"val/{figure}") for when in EPOCHS for figure in FIGURES}}
@@ -117,7 +125,8 @@ def compare_records(run_dir, config: dict, records: list[dict], runs: list[Autho
               "ours": {**{f"{when}_epoch": ours[when]["epoch"] for when in EPOCHS},
                        **{f"{when}_{figure}": ours[when].get(f"val/{figure}") for when in EPOCHS
                           for figure in FIGURES}},
-              "authors": [], "figures": [], "per_epoch": [], "nearest": []}
+              "numerics": numerics_notes(config), "authors": [], "figures": [], "per_epoch": [], "nearest": [],
+              "unreproduced": [authors_summary(run) for run in unreproduced_runs(config, runs)]}
     if not matched:
         result["nearest"] = [{**authors_summary(run), "differences": [
             {"option": d.option, "ours": format_value(d.ours), "theirs": format_value(d.theirs)} for d in found]}
@@ -132,7 +141,8 @@ def compare_records(run_dir, config: dict, records: list[dict], runs: list[Autho
             low, high = (min(theirs), max(theirs)) if theirs else (None, None)
             result["figures"].append({"figure": figure, "epoch": when, "ours": result["ours"][key],
                                       "authors_min": low, "authors_max": high,
-                                      "verdict": verdict(result["ours"][key], low, high)})
+                                      "verdict": "; ".join([verdict(result["ours"][key], low, high),
+                                                            *result["numerics"]])})
     result["per_epoch"] = per_epoch_table(records, matched)
     return result
 
@@ -177,7 +187,8 @@ def _authors_lines(summaries: list[dict]) -> list[str]:
     return [f"- `{s['run']}`" + (f" (the same curve as {', '.join(f'`{n}`' for n in s['names'][1:])})"
                                  if len(s["names"]) > 1 else "")
             + f": {_how_far(s)}; best {_pct(s['best_mAP'])} (epoch {s['best_epoch']}), "
-              f"last {_pct(s['last_mAP'])} (epoch {s['last_epoch']})" for s in summaries]
+              f"last {_pct(s['last_mAP'])} (epoch {s['last_epoch']})"
+            + (f"; trained {CLASS_LOSSES[s['loss']]}" if s["loss"] else "") for s in summaries]
 
 
 def summary_text(result: dict, per_epoch: bool = False) -> str:
@@ -186,6 +197,9 @@ def summary_text(result: dict, per_epoch: bool = False) -> str:
     state = "finished" if result["finished"] else "running or stopped"
     lines = [f"# {result['run']} against the authors' runs", "",
              f"Ours: {state}, {result['epochs_logged']} of {result['epochs_planned']} epochs logged.", ""]
+    if result["unreproduced"]:
+        lines += ["Left out: the authors' runs of these settings but for a loss that no option of ours trains:", "",
+                  *_authors_lines(result["unreproduced"]), ""]
     if result["nearest"]:
         lines += ["No run of the authors trained with these settings. The nearest (fewest differing "
                   "settings, ours vs theirs):", ""]

@@ -26,11 +26,11 @@ from pathlib import Path
 from tqdm import tqdm
 
 from clip.download import DownloadError, download, sha256_of
+from tailclip import REPO_ROOT
 from tailclip.engine.progress import show_progress
 from tailclip.errors import TailCLIPError
 from tailclip.wording import count
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 LMPT_COMMIT = "aab39caca28362bfb9d9340f9c8a5cd75614e130"
 LMPT_DATA_URL = f"https://raw.githubusercontent.com/richard-peng-xia/LMPT/{LMPT_COMMIT}/data"
 MIRROR_ENV = "TAILCLIP_DATA_MIRROR"  # replaces LMPT_DATA_URL, e.g. a local copy

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import torch
 
+from tailclip import REPO_ROOT
 from tailclip.config import Config, load_config, option_problem, parse_override
 from tailclip.engine import training
 from tailclip.engine.logger import METRICS_FILE, read_metrics
@@ -40,7 +41,7 @@ SWEEP_FILE = "sweep.json"
 STUDY_FILE = "optuna.db"
 SEARCH_SPACE_ATTR = "search_space"  # the study's --range and --grid values, as last given
 RESERVED_KEYS = {"seed": "use --seeds", "run_dir": "the sweep chooses each run's folder"}
-TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "train.py"
+TRAIN_SCRIPT = REPO_ROOT / "train.py"
 
 
 class SweepError(TailCLIPError):
@@ -185,17 +186,36 @@ def plan(config_path, sets: list[str], settings: list[Setting], seeds: list[int]
     return runs
 
 
-def record_sweep(folder: Path, config_path, swept: list[str], settings: list[str]) -> None:
+def record_sweep(folder: Path, config_path, sets: list[str], swept: list[str], settings: list[str]) -> None:
     """Add this invocation's swept keys and settings to ``sweep.json`` (what the report
-    reads for the order of its rows and the published figures of the config)."""
+    reads for the order of its rows and the published figures of the config); a sweep of
+    another config or other ``--set`` values under the same name is refused."""
     path = folder / SWEEP_FILE
     known = json.loads(path.read_text()) if path.is_file() else {"swept": [], "settings": []}
+    if path.is_file():
+        check_same_base(path, known, config_path, sets)
     folder.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({
         "config": str(config_path),
+        "sets": list(sets),
         "swept": known["swept"] + [key for key in swept if key not in known["swept"]],
         "settings": known["settings"] + [name for name in settings if name not in known["settings"]],
     }, indent=2) + "\n")
+
+
+def check_same_base(path: Path, known: dict, config_path, sets: list[str]) -> None:
+    """A sweep name holds one config and one set of ``--set`` values (more swept keys and
+    values may join it): another's runs of the same setting names would be skipped or resumed
+    as this one's, and its rows reported in one table with them."""
+    recorded_sets = known.get("sets", list(sets))  # a sweep.json written before it kept them: not compared
+    if Path(known["config"]).resolve() == Path(config_path).resolve() and sorted(recorded_sets) == sorted(sets):
+        return
+    raise SweepError(f"{path} holds the sweep {path.parent.name!r} of {_base(known['config'], recorded_sets)}, "
+                     f"not {_base(config_path, sets)}: give this one another --name")
+
+
+def _base(config_path, sets: list[str]) -> str:
+    return " ".join([f"--config {config_path}", *(f"--set {override}" for override in sets)])
 
 
 def run_progress(run_dir: Path, epochs: int) -> str:
@@ -316,7 +336,7 @@ def run_grid(config_path, sets: list[str], settings: list[Setting], seeds: list[
     folder = sweep_folder(config_path, sets, name)
     runs = plan(config_path, sets, settings, seeds, folder)
     swept = list(dict.fromkeys(o.partition("=")[0] for s in settings for o in s.overrides))
-    record_sweep(folder, config_path, swept, [setting.name for setting in settings])
+    record_sweep(folder, config_path, sets, swept, [setting.name for setting in settings])
     if gpus is None:
         gpus = visible_gpus() if runs[0].cfg.device in ("auto", "cuda") else []
     if len(gpus) > 1:
@@ -395,7 +415,7 @@ def run_search(config_path, sets: list[str], ranges: list[Range], choices: list[
                Setting("high", tuple(f"{r.key}={r.high!r}" for r in ranges))]
     plan(config_path, sets, corners + [Setting("choice", (value,)) for _, values in choices
                                        for value in values], seeds[:1], folder)
-    record_sweep(folder, config_path, swept, [])
+    record_sweep(folder, config_path, sets, swept, [])
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=name, storage=f"sqlite:///{folder / STUDY_FILE}",
                                 direction="maximize", sampler=optuna.samplers.TPESampler(),

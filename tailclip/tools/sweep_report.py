@@ -5,9 +5,11 @@ Runs are the folders ``<setting>_seed<k>`` of the sweep folder that hold ``confi
 the table gives the test mAP over all classes and over the head, medium and tail classes at
 the best epoch (the highest test mAP: selected on test data, as in the paper's protocol) and
 at the last epoch, as the mean and sample standard deviation (n - 1) over seeds. A setting
-that trained as some of the authors' logged runs did (``tailclip.tools.authors_record``) also gets
-their number of runs and their best-epoch and last-epoch mAP (a value, or the range over their
-runs). Files keep mAP as fractions in [0, 1]; the Markdown table and the plot show percent.
+that trained as some of the authors' logged runs did (``tailclip.tools.authors_record``: the same
+settings and the same loss) also gets their number of runs and their best-epoch and last-epoch
+mAP (a value, or the range over their runs), and a line naming how it computed otherwise
+than their code (bf16, TF32, class prompts once an epoch). Files keep mAP as fractions in
+[0, 1]; the Markdown table and the plot show percent.
 """
 import csv
 import json
@@ -19,7 +21,14 @@ import numpy as np
 
 from tailclip.engine.logger import CONFIG_FILE, METRICS_FILE, read_metrics
 from tailclip.errors import TailCLIPError
-from tailclip.tools.authors_record import RECORD_DATASETS, AuthorsRun, load_record, matching_runs
+from tailclip.tools.authors_record import (
+    RECORD_DATASETS,
+    AuthorsRun,
+    format_value,
+    load_record,
+    matching_runs,
+    numerics_notes,
+)
 from tailclip.tools.comparison import authors_summary, best_and_last
 
 GROUPS = ("mAP", "mAP_head", "mAP_medium", "mAP_tail")
@@ -30,6 +39,8 @@ PUBLISHED_MAP = {"voc_mlt_vitb16": "92.5", "voc_mlt_rn50": "86.1",
                  "coco_mlt_vitb16": "74.3", "coco_mlt_rn50": "58.2-58.5"}
 AUTHORS_COLUMNS = ("authors_runs", *(f"authors_{when}_mAP_{end}" for when in EPOCHS for end in ("min", "max")))
 RUN_FOLDER = re.compile(r"(?P<setting>.+)_seed(?P<seed>\d+)")
+# Options whose values act by their ratios (a learning rate): plotted on a log axis.
+LOG_SCALE_OPTIONS = ("lr",)
 
 
 def read_run(run_dir: Path) -> dict | None:
@@ -61,7 +72,7 @@ def authors_figures(config: dict, record: list[AuthorsRun]) -> dict:
     their best-epoch and last-epoch test mAP (None without a match)."""
     matched = matching_runs(config, record) if config.get("dataset") in RECORD_DATASETS else []
     summaries = [authors_summary(run) for run in matched]
-    figures = {"authors_runs": len(matched)}
+    figures = {"authors_runs": len(matched), "numerics": numerics_notes(config) if matched else []}
     for when in EPOCHS:
         values = [summary[f"{when}_mAP"] for summary in summaries]
         figures[f"authors_{when}_mAP_min"] = min(values) if values else None
@@ -182,6 +193,9 @@ def write_report(sweep_dir) -> list[Path]:
         text += ["*authors'*: the paper's authors' logged runs with the same settings "
                  "(`datasets/authors_runs/`): how many, and their test mAP at the best and the last "
                  "epoch (the range over their runs; a run stopped early gives its last logged epoch).", ""]
+        for notes in dict.fromkeys(tuple(row["numerics"]) for row in rows if row["numerics"]):
+            settings = ", ".join(row["setting"] for row in rows if tuple(row["numerics"]) == notes)
+            text += [f"Computed otherwise than the authors' code ({settings}): {'; '.join(notes)}.", ""]
     text.append(markdown_table(rows, swept, published) if rows else "No finished runs yet.")
     if unfinished:
         text += ["", f"Not finished (left out): {', '.join(unfinished)}."]
@@ -199,24 +213,32 @@ def _is_number(value) -> bool:
 
 
 def plot(rows: list[dict], swept: list[str], path: Path) -> None:
+    """``figure``, saved to ``path``."""
+    import matplotlib.pyplot as plt
+
+    shown = figure(rows, swept)
+    shown.savefig(path, dpi=120)
+    plt.close(shown)
+
+
+def figure(rows: list[dict], swept: list[str]):
     """Head, medium and tail mAP (last epoch, error bars: std over seeds) against each swept
     numeric value (a line per combination of the other swept values), or, when no swept value
-    is a number, a grouped bar chart of the settings."""
+    is a number, a grouped bar chart of the settings; a matplotlib figure."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     numeric = [k for k in swept if all(_is_number(row[k]) for row in rows) and len({row[k] for row in rows}) > 1]
     if numeric:
-        figure, axes = plt.subplots(1, len(numeric), figsize=(5 * len(numeric), 4), squeeze=False)
+        shown, axes = plt.subplots(1, len(numeric), figsize=(5 * len(numeric), 4), squeeze=False)
         for axis, key in zip(axes[0], numeric):
             _plot_against(axis, rows, key, [k for k in swept if k != key])
     else:
-        figure, axis = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
+        shown, axis = plt.subplots(figsize=(max(6, 1.2 * len(rows) + 2), 4.5))
         _plot_bars(axis, rows)
-    figure.tight_layout()
-    figure.savefig(path, dpi=120)
-    plt.close(figure)
+    shown.tight_layout()
+    return shown
 
 
 def _errors(rows: list[dict], metric: str) -> tuple[list[float], list[float]]:
@@ -240,12 +262,23 @@ def _plot_against(axis, rows: list[dict], key: str, others: list[str]) -> None:
                           color=colour, linestyle=styles[index % len(styles)],
                           label=GROUP_LABELS[metric] + suffix)
     positive = [row[key] for row in rows if row[key] > 0]
-    if len(positive) == len(rows) and max(positive) / min(positive) >= 100:
-        axis.set_xscale("log")
+    if len(positive) == len(rows) and (key in LOG_SCALE_OPTIONS or max(positive) / min(positive) >= 100):
+        _log_axis(axis, sorted(set(positive)))
     axis.set_xlabel(key)
     axis.set_ylabel("test mAP (%), last epoch")
     axis.legend(fontsize="small")
     axis.grid(alpha=0.3)
+
+
+def _log_axis(axis, values: list[float]) -> None:
+    """A log x axis labelled at the swept values only, as they are written (``2e-6``), upright
+    when there are more than a few (a ratio of 1.2 apart is a few points on the axis)."""
+    from matplotlib.ticker import NullLocator
+
+    axis.set_xscale("log")
+    axis.xaxis.set_minor_locator(NullLocator())
+    axis.set_xticks(values, [format_value(value) for value in values], fontsize="small",
+                    rotation=90 if len(values) > 4 else 0)
 
 
 def _plot_bars(axis, rows: list[dict]) -> None:
