@@ -9,7 +9,6 @@ test file in one of them. What several files share is made once per session for 
 synthetic dataset (its generation takes a lock), the demo run below.
 """
 import contextlib
-import fcntl
 import io
 import os
 import runpy
@@ -75,28 +74,19 @@ def run_script():
     return run
 
 
-@contextlib.contextmanager
-def _exclusive(folder: Path):
-    """An exclusive lock on ``folder``, held by one process (test worker) at a time."""
-    descriptor = os.open(folder, os.O_RDONLY)
-    try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(descriptor)
-
-
 @pytest.fixture(scope="session")
 def demo_run(tmp_path_factory, run_script) -> tuple[Path, str]:
     """``(runs folder, printed output)`` of train.py on the demo config for 2 epochs (a larger
     batch: fewer, cheaper steps), in ``<runs>/demo``. Trained once per session: the first
     worker that needs it trains it, the other waits and reads it. Read it only; a test that
     writes into a finished run (resumes it, tests it, damages it) takes ``demo_run_copy``."""
+    from tailclip.data.synthetic import locked  # here: torch loads after OMP_NUM_THREADS is set
+
     shared = tmp_path_factory.getbasetemp()
     if "PYTEST_XDIST_WORKER" in os.environ:  # the workers' folders share their parent
         shared = shared.parent
     runs, output = shared / "demo_runs", shared / "demo_output.txt"
-    with _exclusive(shared):
+    with locked(shared):  # the synthetic dataset's lock, on this session's folder
         if not output.exists():
             done = run_script("train.py", f"--config={REPO_ROOT / 'configs' / 'demo.py'}", "--set", "epochs=2",
                               "--set", "batch_size=128", "--set", f"run_dir={runs}")
