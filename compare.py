@@ -15,11 +15,13 @@ folder that is not a run folder or a run the record cannot speak to (another dat
 import argparse
 import sys
 
+from tailclip.arguments import ArgumentParser
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n", 2)[2])
+    parser = ArgumentParser(description=__doc__.split("\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog=__doc__.split("\n", 2)[2])
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="a run folder, runs/<run name>")
     parser.add_argument("--tensorboard", action="store_true",
                         help="also write the matching authors' runs as TensorBoard runs in RUN_DIR/authors/")

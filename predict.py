@@ -8,9 +8,11 @@ Folders are searched recursively for image files (.jpg, .jpeg, .png, .bmp, .gif,
 file is needed. Prints the top-k classes with their scores (the config's `score` kind) for
 each image, and with --threshold every class whose probability, the sigmoid of its class
 logit, is at or above it (whatever the score kind: softmax scores share one unit, so a
-threshold on them could select only a few classes). --thresholds FILE (written by test.py
---calibrate) lists the classes whose probability reaches that class's threshold. Files that
-cannot be read
+threshold on them could select only a few classes). --threshold is refused for a model whose
+loss terms do not train that sigmoid as a probability (TailCLIP's clip + bal; asl, bce,
+focal and dbfocal do). --thresholds FILE (written by test.py --calibrate) lists the classes
+whose decision score (the probability, or for the others the cosine of image and class
+prompt) reaches that class's threshold. Files that cannot be read
 (not an image, corrupt or truncated) are reported and skipped, and listed at the end.
 Exit codes: 0 when at least one image was read, 1 when none could be or the checkpoint or
 the device cannot be used, 2 for bad arguments.
@@ -19,21 +21,24 @@ import argparse
 import os
 import sys
 
+from tailclip.arguments import ArgumentParser
+
 
 def parse_args(argv=None) -> argparse.Namespace:
     summary, details = __doc__.split("\n\n", 1)
-    parser = argparse.ArgumentParser(description=summary, epilog=details,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=summary, epilog=details,
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", required=True, help="a checkpoint written by train.py")
     parser.add_argument("inputs", nargs="+", metavar="IMAGE_OR_FOLDER")
     parser.add_argument("--top-k", type=int, default=5,
                         help="classes printed per image (default 5)")
     parser.add_argument("--threshold", type=float,
                         help="also list every class whose probability (the sigmoid of its class "
-                             "logit, whatever the ranking score) is >= this value")
+                             "logit, whatever the ranking score) is >= this value, in [0, 1]; only for a "
+                             "model trained with asl, bce, focal or dbfocal")
     parser.add_argument("--thresholds", metavar="FILE",
-                        help="per-class thresholds on the class probabilities (sigmoid of the logits), "
-                             "from test.py --calibrate: also list the classes that reach theirs")
+                        help="per-class thresholds from test.py --calibrate: also list the classes "
+                             "that reach theirs")
     parser.add_argument("--output", help="write the predictions to this .csv or .json file")
     parser.add_argument("--batch-size", type=int, default=32,
                         help="images scored at a time (default 32; lower it if memory runs short)")
@@ -47,6 +52,8 @@ def parse_args(argv=None) -> argparse.Namespace:
             parser.error(f"--{name.replace('_', '-')} must be at least 1")
     if args.workers < 0:
         parser.error("--workers must be at least 0")
+    if args.threshold is not None and not 0 <= args.threshold <= 1:
+        parser.error("--threshold must be in [0, 1] (a probability)")
     if args.output:
         from tailclip.errors import USER_ERRORS  # once the arguments are parsed: imports torch
         from tailclip.tools.predict import check_output_path
@@ -79,7 +86,9 @@ def main(argv=None) -> int:
 
     try:
         predictor = load_predictor(args.checkpoint, args.device)
-        class_thresholds = (read_thresholds(args.thresholds, predictor.class_names)
+        if args.threshold is not None:
+            predictor.check_fixed_threshold()
+        class_thresholds = (read_thresholds(args.thresholds, predictor.class_names, predictor.decision_score)
                             if args.thresholds else None)
     except USER_ERRORS as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"predict.py: error: {error}", file=sys.stderr)
@@ -92,7 +101,7 @@ def main(argv=None) -> int:
             print(f"warning: skipped {result.path}: {result.error}", file=sys.stderr)
             continue
         top, above = ranked_classes(result, predictor.class_names, args.top_k, args.threshold)
-        selected = (selected_classes(result.probabilities, predictor.class_names, class_thresholds)
+        selected = (selected_classes(result.decision_values, predictor.class_names, class_thresholds)
                     if class_thresholds is not None else None)
         print(describe(result.path, top, above, args.threshold, selected), flush=True)
 
@@ -101,7 +110,7 @@ def main(argv=None) -> int:
     if args.output:
         metadata = {**predictor.metadata, **({"thresholds_file": args.thresholds} if args.thresholds else {})}
         path = write_results(args.output, results + not_read, predictor.class_names, args.top_k,
-                             args.threshold, metadata, class_thresholds)
+                             args.threshold, metadata, class_thresholds, predictor.decision_score)
         print(f"wrote {count(read, 'prediction')} to {path}", file=sys.stderr)
     if unreadable:
         print(f"{len(unreadable)} file(s) could not be read:", file=sys.stderr)

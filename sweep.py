@@ -14,11 +14,13 @@ sweep folder gets ``results.md``, ``results.csv`` and ``results.png``. With ``--
 import argparse
 import sys
 
+from tailclip.arguments import ArgumentParser
+
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter,
-                                     epilog=__doc__.split("\n", 2)[2].replace("``", ""))
+    parser = ArgumentParser(description=__doc__.split("\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter,
+                            epilog=__doc__.split("\n", 2)[2].replace("``", ""))
     parser.add_argument("--config", help="the config file every run starts from")
     parser.add_argument("--name", help="the sweep's folder name under the config's run_dir")
     parser.add_argument("--grid", action="append", default=[], metavar="KEY=V1,V2",
@@ -36,6 +38,12 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="Optuna search until N trials are complete or pruned (needs optuna)")
     parser.add_argument("--range", dest="ranges", action="append", default=[], metavar="KEY=LOW:HIGH[:log]",
                         help="a search range (repeatable; integers when both ends are)")
+    parser.add_argument("--keep", choices=("all", "best"), default="all",
+                        help="best: a finished run deletes its newest checkpoint (only resuming needs it) and keeps "
+                             "its best ones, config.json, metrics.jsonl and events: what the report, test.py, "
+                             "predict.py and compare.py read (default: all)")
+    parser.add_argument("--estimate", action="store_true",
+                        help="only say the disk the sweep's checkpoints will take (with --keep best and without)")
     parser.add_argument("--report", metavar="SWEEP_FOLDER",
                         help="only write the result table and plot of a sweep folder")
     return parser.parse_args(argv)
@@ -60,8 +68,13 @@ def sweep(args: argparse.Namespace) -> int:
     seeds = parse_seeds(args.seeds)
     grid = [parse_grid(text) for text in args.grid]
     if args.search is not None:
-        if args.variant or not args.ranges and not grid:
+        if args.keep != "all":
+            raise SweepError("--keep best is for --grid and --variant sweeps, not --search")
+        if args.variant:
             raise SweepError("--search takes --range (and --grid choices), not --variant")
+        if not args.ranges and not grid:
+            raise SweepError("--search needs what to search: --range KEY=LOW:HIGH[:log] (repeatable), "
+                             "--grid KEY=V1,V2 choices, or both")
         run_search(args.config, args.sets, [parse_range(text) for text in args.ranges], grid, seeds,
                    args.name, args.search)
         failed = []
@@ -70,7 +83,10 @@ def sweep(args: argparse.Namespace) -> int:
             raise SweepError("--range is for --search")
         settings = expand(grid, [parse_variant(text) for text in args.variant])
         gpus = args.gpus.split(",") if args.gpus else None
-        outcomes = run_grid(args.config, args.sets, settings, seeds, args.name, gpus)
+        outcomes = run_grid(args.config, args.sets, settings, seeds, args.name, gpus, keep_best=args.keep == "best",
+                            estimate_only=args.estimate)
+        if args.estimate:
+            return 0
         failed = [run for run, outcome in outcomes.items() if outcome in ("failed", "interrupted")]
         if "interrupted" in outcomes.values():
             print("sweep stopped: run the same command again to continue", file=sys.stderr)

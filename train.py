@@ -19,12 +19,13 @@ epoch prints one line either way.
 """
 import argparse
 import sys
-from pathlib import Path
+
+from tailclip.arguments import ArgumentParser
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = ArgumentParser(description=__doc__.split("\n")[0],
+                            formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", required=True, help="a config file defining `class CFG`")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config option (repeatable), e.g. --set epochs=2")
@@ -34,21 +35,22 @@ def parse_args(argv=None) -> argparse.Namespace:
                                   "config (--set may change epochs, lr and how it runs)")
     earlier_run.add_argument("--overwrite", action="store_true",
                              help="delete the earlier run in the run folder (checkpoints, logs) and start afresh")
-    parser.add_argument("--run-name", help="name of the run folder (default: the config's stem)")
+    parser.add_argument("--run-name", help="name of the run folder (default: the config's stem; for a run's "
+                                           "config.json, its run folder's name)")
     return parser.parse_args(argv)
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
-    from tailclip.config import load_config
+    from tailclip.config import default_run_name, load_config
     from tailclip.engine.distributed import cleanup
     from tailclip.engine.training import TrainingInterrupted, train
     from tailclip.errors import USER_ERRORS
 
     try:
         cfg = load_config(args.config, args.overrides)
-        train(cfg, args.run_name or Path(args.config).stem, resume=args.resume, overwrite=args.overwrite,
+        train(cfg, args.run_name or default_run_name(args.config), resume=args.resume, overwrite=args.overwrite,
               given_options=[text.partition("=")[0].strip() for text in args.overrides])
     except USER_ERRORS as error:  # the user's to fix: the message says what; a bug keeps its traceback
         print(f"error: {error}", file=sys.stderr)

@@ -1,6 +1,6 @@
 """Our CLIP backbone: OpenAI-checkpoint compatible models, tokenizer and preprocessing."""
 from .errors import ClipError, ClipFileNotFoundError
-from .factory import available_models, create_model, load, model_resolution
+from .factory import available_models, create_model, load, load_model, model_resolution
 from .model import CLIP, build_model, interpolate_positional_embedding
 from .open_clip_compat import (
                                build_from_open_clip_config,
@@ -23,6 +23,7 @@ __all__ = [
     "interpolate_positional_embedding",
     "is_plain_clip",
     "load",
+    "load_model",
     "model_resolution",
     "tokenize",
     "trim_padding",

@@ -4,11 +4,12 @@ import os
 import pickle
 import warnings
 import zipfile
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 
 import torch
-from torchvision import transforms
+from PIL import Image
 
 from .architectures import ARCHITECTURES, CHECKPOINT_URLS, Architecture
 from .errors import ClipError, ClipFileNotFoundError
@@ -111,7 +112,7 @@ def _checkpoint_file(name: str, download_root: str | os.PathLike | None) -> Path
 
 
 def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", jit: bool = False,
-         download_root: str | os.PathLike | None = None) -> tuple[CLIP, transforms.Compose]:
+         download_root: str | os.PathLike | None = None) -> tuple[CLIP, Callable[[Image.Image], torch.Tensor]]:
     """(model, preprocess): a float32 CLIP in eval mode on `device` and its image transform.
 
     `name_or_path` is one of `available_models()` (downloaded to the cache on first use) or a
@@ -119,6 +120,13 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", ji
     if jit:
         raise ValueError("jit=True is not supported: TailCLIP reads the weights out of TorchScript "
                          "archives and never runs their graphs; call clip.load(..., jit=False)")
+    model = load_model(name_or_path, device, download_root)
+    return model, clip_transform(model.visual.input_resolution)
+
+
+def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cpu",
+               download_root: str | os.PathLike | None = None) -> CLIP:
+    """`load`'s model alone, without the preprocessing (which imports torchvision)."""
     if str(name_or_path) in CHECKPOINT_URLS:
         path = _checkpoint_file(str(name_or_path), download_root)
     elif Path(name_or_path).is_file():
@@ -137,5 +145,4 @@ def load(name_or_path: str | os.PathLike, device: str | torch.device = "cpu", ji
     # What torch.jit.load and build_model raise for a file that is not CLIP's weights.
     except (ValueError, RuntimeError) as error:
         raise WeightsFileError(f"{path} does not hold CLIP weights: {error}") from error
-    model = model.to(device)
-    return model, clip_transform(model.visual.input_resolution)
+    return model.to(device)

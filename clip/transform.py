@@ -1,6 +1,8 @@
 """The image preprocessing CLIP was trained with."""
+from collections.abc import Callable
+
+import torch
 from PIL import Image
-from torchvision import transforms
 
 # Per-channel statistics of OpenAI's CLIP training images.
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -11,9 +13,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
-def clip_transform(resolution: int) -> transforms.Compose:
+def clip_transform(resolution: int) -> Callable[[Image.Image], torch.Tensor]:
     """PIL image -> normalised tensor [3, resolution, resolution]: bicubic resize of the short
-    side, center crop, CLIP mean/std."""
+    side, center crop, CLIP mean/std (a torchvision ``Compose``)."""
+    # Imported here: torchvision's package import loads its detection models and torch._dynamo
+    # (seconds), which only this preprocessing needs.
+    from torchvision import transforms
+
     return transforms.Compose([
         transforms.Resize(resolution, interpolation=transforms.InterpolationMode.BICUBIC),
         transforms.CenterCrop(resolution),

@@ -8,12 +8,10 @@
 #
 # Interrupted (Ctrl-C), the same command continues: finished runs are skipped and the
 # interrupted one resumes from its checkpoint.
-# Python: $PYTHON, else the project's .venv (the README's set-up makes it, and need not
-# activate it), else python3, as the download scripts choose.
+# Python: $PYTHON, else the project's .venv, else python3 (scripts/choose_python.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python="${PYTHON:-.venv/bin/python}"
-[ -n "${PYTHON:-}" ] || [ -x "$python" ] || python=python3
+source scripts/choose_python.sh
 exec "$python" sweep.py --config configs/demo.py --name ablation_demo --seeds 0,1,2 \
     --variant "clip:loss_function=['clip']" \
     --variant "bal:loss_function=['bal']" \

@@ -18,9 +18,10 @@
 # Results: runs/ablation_paper_<benchmark>/results.md, with the authors' best and last mAP
 # beside each row; python compare.py runs/ablation_paper_<benchmark>/*_seed0 holds each run
 # against theirs, epoch by epoch. Interrupted, the same command continues.
+# Python: $PYTHON, else the project's .venv, else python3 (scripts/choose_python.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PYTHON=${PYTHON:-python}
+source scripts/choose_python.sh
 
 LOSS_VARIANTS=(
     "clip:loss_function=['clip'],use_sample_weights=False"
@@ -61,13 +62,16 @@ ablation() {
     if [ "$benchmark" = coco_mlt ]; then
         for value in "${COCO_MLT_SERIES[@]}"; do args+=(--variant "$value"); done
     fi
-    "$PYTHON" sweep.py --config "configs/${benchmark}_vitb16.py" --name "ablation_paper_$benchmark" "${args[@]}" "$@"
+    "$python" sweep.py --config "configs/${benchmark}_vitb16.py" --name "ablation_paper_$benchmark" "${args[@]}" "$@"
 }
 
 case "${1:-}" in
     voc_mlt) shift; ablation voc_mlt "$VOC_MLT_LAMBDAS" "$VOC_MLT_POWERS" "$@" ;;
     coco_mlt) shift; ablation coco_mlt "$COCO_MLT_LAMBDAS" "$COCO_MLT_POWERS" "$@" ;;
     *)
+        # Both sweeps' disk first: each sweep says its own again when it starts.
+        ablation voc_mlt "$VOC_MLT_LAMBDAS" "$VOC_MLT_POWERS" "$@" --estimate
+        ablation coco_mlt "$COCO_MLT_LAMBDAS" "$COCO_MLT_POWERS" "$@" --estimate
         ablation voc_mlt "$VOC_MLT_LAMBDAS" "$VOC_MLT_POWERS" "$@"
         ablation coco_mlt "$COCO_MLT_LAMBDAS" "$COCO_MLT_POWERS" "$@"
         ;;

@@ -22,7 +22,7 @@ set -euo pipefail
 config=${1:?usage: sbatch scripts/slurm_train.sh CONFIG [train.py options]}
 shift
 cd "${SLURM_SUBMIT_DIR:-.}"
-python=${PYTHON:-.venv/bin/python}  # or PYTHON=python inside an activated conda environment
+source scripts/choose_python.sh  # or PYTHON=python inside an activated conda environment
 head_node=$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)
 gpus_per_node=${SLURM_GPUS_ON_NODE:-$(nvidia-smi --list-gpus | wc -l)}
 

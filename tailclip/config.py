@@ -15,6 +15,7 @@ import ast
 import dataclasses
 import difflib
 import importlib.util
+import json
 import re
 import runpy
 import sys
@@ -25,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
+from tailclip import REPO_ROOT
 from tailclip.errors import TailCLIPError
 
 DATASETS = ("voc_mlt", "coco_mlt", "synthetic_mlt", "custom")
@@ -39,6 +41,17 @@ PROMPT_MODES = ("prompt", "prompt+visual")
 OPEN_CLIP_PREFIX = "open_clip:"
 CUSTOM_DATASET_FILES = ("train_list", "test_list", "class_names", "captions", "image_root")
 CUSTOM_DATASET_REQUIRED = ("train_list", "test_list", "class_names", "image_root")
+PATH_OPTIONS = ("data_root", "run_dir", *CUSTOM_DATASET_FILES)
+
+
+def resolve_path(path) -> Path:
+    """An absolute path; a relative one is taken relative to the repository root, not the cwd.
+
+    The rule of every path in a config (data_root, run_dir, a custom dataset's files, a
+    pretrained checkpoint), wherever the command runs from: a checkout's data and runs stay
+    together."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else REPO_ROOT / path
 
 
 class ConfigError(TailCLIPError, ValueError):
@@ -214,7 +227,8 @@ DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
-    """Read the ``class CFG`` of the Python file ``path``, apply ``key=value`` overrides.
+    """Read the ``class CFG`` of the Python file ``path`` (or the options of a run's
+    ``config.json``), apply ``key=value`` overrides.
 
     Raises ``ConfigError`` naming the file (or the override) and the key for an unknown
     option (suggesting the closest known one), a wrong type or a value out of range.
@@ -226,12 +240,7 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
                           + (f"give one of its files: {', '.join(files)}" if files else "it holds no .py file"))
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
-    cfg_class = _run_config_file(path).get("CFG")
-    if not isinstance(cfg_class, type):
-        raise ConfigError(f"{path}: a config file must define `class CFG` with the options as attributes")
-    # dir() rather than vars() so that a CFG may inherit options from another class.
-    values = {name: getattr(cfg_class, name) for name in dir(cfg_class)
-              if not (name.startswith("__") and name.endswith("__"))}
+    values = _run_options(path) if path.suffix == ".json" else _file_options(path)
     _reject_unknown(values, str(path))
     origin = {}
     for text in overrides:
@@ -239,6 +248,36 @@ def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
         values[key] = value
         origin[key] = f"--set {text}"
     return _build(values, lambda key: origin.get(key, str(path)))
+
+
+def _file_options(path: Path) -> dict[str, Any]:
+    """The attributes of the ``class CFG`` of the Python file ``path``."""
+    cfg_class = _run_config_file(path).get("CFG")
+    if not isinstance(cfg_class, type):
+        raise ConfigError(f"{path}: a config file must define `class CFG` with the options as attributes")
+    # dir() rather than vars() so that a CFG may inherit options from another class.
+    return {name: getattr(cfg_class, name) for name in dir(cfg_class)
+            if not (name.startswith("__") and name.endswith("__"))}
+
+
+def _run_options(path: Path) -> dict[str, Any]:
+    """The options of a run's ``config.json`` (JSON: one object, every option by name)."""
+    try:
+        values = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise ConfigError(f"{path}: not a run's config.json ({error}); a config is a Python file "
+                          "defining `class CFG`, or the config.json of a run folder") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: a run's config.json holds one JSON object of options, "
+                          f"not a {type(values).__name__}")
+    return values
+
+
+def default_run_name(config_path: str | Path) -> str:
+    """The run folder's name when no --run-name is given: the config file's stem, or for a
+    run's ``config.json`` the name of the run folder holding it."""
+    path = Path(config_path)
+    return path.resolve().parent.name if path.suffix == ".json" else path.stem
 
 
 def _run_config_file(path: Path) -> dict[str, Any]:
@@ -382,6 +421,8 @@ def _check_value(key: str, value: Any) -> Optional[str]:
     if key in _RANGES and value is not None:
         accepts, rule = _RANGES[key]
         return None if accepts(value) else rule
+    if key in PATH_OPTIONS and value is not None and not value.strip():
+        return "must be a path, not empty"
     if key == "device" and not DEVICE_PATTERN.fullmatch(value):
         return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
     if key == "loss_function":

@@ -3,7 +3,6 @@
 variant on top, and beside it the objective that trains it; and the process-wide set-up
 (seeds, CPU threads) that comes before them."""
 import random
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -12,7 +11,7 @@ import torch.nn as nn
 import clip
 from clip.architectures import vit_names
 from clip.model import VisionTransformer
-from tailclip.config import Config, ConfigError
+from tailclip.config import Config, ConfigError, resolve_path
 from tailclip.errors import MissingFileError
 from tailclip.losses import (
     DBFOCAL_DATASET_DEFAULTS,
@@ -73,11 +72,11 @@ def _openai_clip(name: str, weights: bool | str) -> clip.CLIP:
             raise ConfigError(f"model_name = {name!r} has no pretrained OpenAI weights "
                              f"(those are: {', '.join(clip.available_models())}); "
                              "set pretrained = False to train it from random weights")
-        return clip.load(name, device="cpu")[0]
-    if not Path(weights).expanduser().is_file():
+        return clip.load_model(name, device="cpu")
+    if not resolve_path(weights).is_file():
         raise MissingFileError(f"pretrained = {weights!r} is not a checkpoint file; for {name} pretrained is "
                                "True (OpenAI's weights), False (random ones) or the path of a checkpoint file")
-    model = clip.load(Path(weights).expanduser(), device="cpu")[0]
+    model = clip.load_model(resolve_path(weights), device="cpu")
     with torch.device("meta"):
         expected = clip.create_model(name).state_dict()
     if {k: v.shape for k, v in model.state_dict().items()} != {k: v.shape for k, v in expected.items()}:

@@ -9,8 +9,6 @@ import warnings
 
 import numpy as np
 import torch
-from scipy.spatial.distance import cdist
-from sklearn.metrics import average_precision_score, roc_auc_score
 
 from tailclip.config import SCORE_KINDS
 
@@ -65,18 +63,25 @@ def _check_groups(groups, num_classes: int) -> None:
             raise ValueError(f"group {name!r} has class indices {bad} outside 0..{num_classes - 1}")
 
 
+EMPTY_AS_ZERO = "_empty_as_0"  # the suffix of the means that count a class without positives as AP 0
+
+
 def evaluate(scores, targets, groups=None) -> dict:
     """mAP, AUROC and per-class AP of scores [N, C] against binary targets [N, C].
 
     Returns ``{"mAP", "mAP_<group>" for each group, "AUROC", "AP": [C floats]}``. A class
     without a positive image is left out of every mean (its AP is NaN) with a warning naming
     it; AUROC also leaves out classes without a negative. Group means average the evaluable
-    classes of each group (NaN when none is).
+    classes of each group (NaN when none is). Where a class has no positive image, the means
+    with it counted as AP 0 (scikit-learn's ``average_precision_score`` and the authors'
+    convention) come too: ``"mAP_empty_as_0"`` and ``"mAP_<group>_empty_as_0"``.
     """
     scores, targets = _scores_and_targets(scores, targets)
     num_classes = scores.shape[1]
     positives = targets.sum(axis=0)
     negatives = targets.shape[0] - positives
+    # Imported at first use: scikit-learn's import takes a second of every command line's start-up.
+    from sklearn.metrics import average_precision_score, roc_auc_score
 
     ap = np.full(num_classes, np.nan)
     auroc = np.full(num_classes, np.nan)
@@ -87,16 +92,16 @@ def evaluate(scores, targets, groups=None) -> dict:
                 auroc[c] = roc_auc_score(targets[:, c], scores[:, c])
     missing = np.flatnonzero(positives == 0).tolist()
     if missing:
-        warnings.warn(f"classes {missing} have no positive image; left out of mAP and AUROC",
-                      stacklevel=2)
-
-    everything = range(num_classes)
-    result = {"mAP": _group_mean(ap, everything)}
+        warnings.warn(f"classes {missing} have no positive image; left out of mAP and AUROC "
+                      f"(mAP{EMPTY_AS_ZERO} counts them as AP 0)", stacklevel=2)
     if groups is not None:
         _check_groups(groups, num_classes)
-        for name, classes in groups.items():
-            result[f"mAP_{name}"] = _group_mean(ap, classes)
-    result["AUROC"] = _group_mean(auroc, everything)
+    named = {"": range(num_classes), **{f"_{name}": classes for name, classes in (groups or {}).items()}}
+    result = {f"mAP{suffix}": _group_mean(ap, classes) for suffix, classes in named.items()}
+    result["AUROC"] = _group_mean(auroc, range(num_classes))
+    if missing:
+        result.update({f"mAP{suffix}{EMPTY_AS_ZERO}": _group_mean(np.nan_to_num(ap), classes)
+                       for suffix, classes in named.items()})
     result["AP"] = ap.tolist()
     return result
 
@@ -140,6 +145,8 @@ def pd_nd_ratio(image_emb, targets, groups=None) -> dict:
     embeddings = embeddings / np.linalg.norm(embeddings, axis=1, keepdims=True)
     counts = targets.sum(axis=0)
     centroids = (targets.T @ embeddings) / np.maximum(counts, 1)[:, None]
+    from scipy.spatial.distance import cdist  # imported at first use, as scikit-learn in `evaluate`
+
     distances = cdist(embeddings, centroids)  # [N, C]
 
     def ratio(columns: np.ndarray, suffix: str) -> dict:

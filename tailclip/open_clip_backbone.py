@@ -26,7 +26,7 @@ import torch.nn as nn
 
 from clip.factory import cache_dir, check_weights_file
 
-from .config import OPEN_CLIP_PREFIX, close_matches
+from .config import OPEN_CLIP_PREFIX, close_matches, resolve_path
 from .errors import TailCLIPError
 
 INSTALL_HINT = "pip install open_clip_torch"
@@ -136,7 +136,7 @@ def checkpoint_path(model_name: str, pretrained: bool | str) -> tuple[Path | Non
     entry = pretrained_entry(model_name, pretrained)
     if entry:
         return download_weights(model_name, pretrained, entry), entry
-    path = Path(pretrained).expanduser()
+    path = resolve_path(pretrained)
     if path.is_file():
         return path, {}
     tags = open_clip.pretrained.list_pretrained_tags_by_model(name)

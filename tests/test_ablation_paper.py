@@ -102,9 +102,13 @@ def sweep_invocations(tmp_path_factory, repo_root):
 @pytest.mark.skipif(shutil.which("bash") is None, reason="bash not installed")
 def test_every_variant_trains_as_the_authors_runs_of_its_row(repo_root, sweep_invocations):
     record = load_record()
-    assert [script for script, _ in sweep_invocations] == ["sweep.py", "sweep.py"]
+    # Both sweeps' disk estimates first, then the sweeps, with the same arguments.
+    assert [(script, args.estimate) for script, args in sweep_invocations] == [("sweep.py", True)] * 2 + [
+        ("sweep.py", False)] * 2
+    assert [vars(args) | {"estimate": False} for _, args in sweep_invocations[:2]] == [
+        vars(args) for _, args in sweep_invocations[2:]]
     found = {}
-    for _, args in sweep_invocations:
+    for _, args in sweep_invocations[2:]:
         assert args.seeds == "0,1"  # extra options reach sweep.py
         benchmark = args.name.removeprefix("ablation_paper_")
         assert args.config == f"configs/{benchmark}_vitb16.py"

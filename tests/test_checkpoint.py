@@ -9,6 +9,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from tailclip.engine import checkpoint as ckpt
+from tailclip.engine import files
 from tailclip.engine.logger import RunLogger, read_metrics
 from tailclip.errors import TailCLIPError
 
@@ -47,7 +48,7 @@ def test_failed_rename_removes_the_temporary_file(tmp_path, monkeypatch):
     def fail_replace(src, dst):
         raise OSError("rename failed")
 
-    monkeypatch.setattr(ckpt.os, "replace", fail_replace)
+    monkeypatch.setattr(files.os, "replace", fail_replace)
     with pytest.raises(OSError, match="rename failed"):
         ckpt.save_atomic(_checkpoint(2.0), path)
     assert [p.name for p in tmp_path.iterdir()] == ["best.pt"]
@@ -129,18 +130,20 @@ def _scalars(run_dir) -> dict:
 
 
 def test_logger_writes_jsonl_tensorboard_and_config(tmp_path):
-    logger = RunLogger(tmp_path)
+    logger = RunLogger(tmp_path, run_id="run-a")
     logger.log_config({"lr": 1e-6, "model_name": "ViT-tiny"})
     logger.log_epoch(1, {"train/loss": 2.0, "val/mAP": 0.375, "val/AUROC": 0.75, "note": "text",
                          "val/nan": float("nan")})
     logger.log_epoch(2, {"train/loss": 1.5, "val/mAP": 0.5, "best/val_mAP_tail": 0.25})
     logger.close()
 
-    assert json.loads((tmp_path / "config.json").read_text()) == {"lr": 1e-6, "model_name": "ViT-tiny"}
+    assert json.loads((tmp_path / "config.json").read_text()) == {"lr": 1e-6, "model_name": "ViT-tiny",
+                                                                  "run_id": "run-a"}
     # The file holds fractions and says so; TensorBoard shows mAP and AUROC in percent.
     records = read_metrics(tmp_path)
-    assert records[0] == {"epoch": 1, "mAP_unit": "fraction", "train/loss": 2.0, "val/mAP": 0.375,
-                          "val/AUROC": 0.75, "note": "text", "val/nan": None}
+    assert records[0] == {"epoch": 1, "run_id": "run-a", "mAP_unit": "fraction", "train/loss": 2.0,
+                          "val/mAP": 0.375, "val/AUROC": 0.75, "note": "text", "val/nan": None}
+    assert logger.records == records  # what the checkpoints save
     assert [r["val/mAP"] for r in records] == [0.375, 0.5]
     scalars = _scalars(tmp_path)
     assert scalars["val/mAP"] == [(1, 37.5), (2, 50.0)]
@@ -150,14 +153,15 @@ def test_logger_writes_jsonl_tensorboard_and_config(tmp_path):
 
 
 def test_resumed_logger_drops_records_after_the_checkpoint(tmp_path):
-    logger = RunLogger(tmp_path)
+    logger = RunLogger(tmp_path, run_id="r")
     for epoch in (1, 2, 3):
         logger.log_epoch(epoch, {"val/loss": float(epoch)})
     logger.close()
     with open(tmp_path / "metrics.jsonl", "a") as f:
         f.write('{"epoch": 4, "val/m')  # a line cut short by kill -9
 
-    logger = RunLogger(tmp_path, resume_epoch=2)  # the last checkpoint was after epoch 2
+    # The last checkpoint was after epoch 2: it holds the records of epochs 1 and 2.
+    logger = RunLogger(tmp_path, run_id="r", records=logger.records[:2], resume_epoch=2)
     logger.log_epoch(3, {"val/loss": 30.0})
     logger.close()
     assert [(r["epoch"], r["val/loss"]) for r in read_metrics(tmp_path)] == [(1, 1.0), (2, 2.0), (3, 30.0)]
@@ -175,12 +179,13 @@ def test_torn_last_line_is_left_out_and_the_rewrite_on_resume_is_atomic(tmp_path
 
     monkeypatch.setattr(os, "fsync", killed_while_writing)  # during the rewrite, before its rename
     with pytest.raises(KeyboardInterrupt):
-        RunLogger(tmp_path, resume_epoch=1)
+        RunLogger(tmp_path, resume_epoch=1)  # a checkpoint without records: the file's are kept
     monkeypatch.undo()
     assert metrics.read_bytes() == before and sorted(p.name for p in tmp_path.iterdir()) == ["metrics.jsonl"]
     (tmp_path / ".metrics.jsonl.999.tmp").write_text("{")  # a rewrite killed before its rename
+    assert files.remove_partial_writes(tmp_path) == [tmp_path / ".metrics.jsonl.999.tmp"]
     RunLogger(tmp_path, resume_epoch=1).close()
-    assert not (tmp_path / ".metrics.jsonl.999.tmp").exists() and len(read_metrics(tmp_path)) == 1
+    assert len(read_metrics(tmp_path)) == 1
     metrics.write_text('{"epoch": 1}\nnot json\n{"epoch": 2}\n')  # damage before the last line: named
     with pytest.raises(TailCLIPError, match=f"{metrics}:2: not a JSON record"):
         read_metrics(tmp_path)

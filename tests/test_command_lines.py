@@ -115,7 +115,7 @@ def test_evaluation_before_training_is_epoch_0_and_files_hold_fractions(tiny_run
     assert [record["epoch"] for record in records] == [0, 1, 2]
     start, first, _ = records
     val_keys = sorted(key for key in first if key.startswith("val/"))
-    assert sorted(key for key in start if key != "mAP_unit" and key != "epoch") == val_keys
+    assert sorted(key for key in start if key not in ("mAP_unit", "epoch", "run_id")) == val_keys
     assert all(record["mAP_unit"] == "fraction" for record in records)
     for key in ("val/mAP", "val/mAP_tail", "val/AUROC"):
         assert 0 <= start[key] <= 1

@@ -10,6 +10,7 @@ from PIL import Image, ImageFile
 from torch.utils.data import DataLoader
 
 import clip
+from tailclip import REPO_ROOT
 from tailclip.config import Config
 from tailclip.data import (
     MEANS_STDS,
@@ -21,7 +22,7 @@ from tailclip.data import (
     check_images_exist,
     collate_skip_none,
 )
-from tailclip.data.datasets import REPO_ROOT, dataset_files
+from tailclip.data.datasets import dataset_files
 
 
 def _image(width, height, seed=0):

@@ -119,7 +119,7 @@ def test_unreadable_images_train_as_in_one_process(runs):
 def test_a_resumed_run_ends_as_an_unbroken_one(runs):
     def logged(name):
         # The unreadable-image counts aside: a resumed process counts the images it met.
-        return [{key: value for key, value in record.items() if not key.startswith(("time/", "data/"))}
+        return [{key: value for key, value in record.items() if not key.startswith(("time/", "data/", "run_id"))}
                 for record in read_metrics(runs / name)]
 
     assert [record["epoch"] for record in logged("resumed")] == [0, 1, 2]

@@ -43,7 +43,8 @@ def _write_folder_to_predict(folder, good_image_source):
 
 @pytest.fixture(scope="module")
 def trained_run(tmp_path_factory, run_script):
-    """Checkpoint of a real 1-epoch train.py run (ViT-tiny, 3 classes); its data is deleted."""
+    """Checkpoint of a real 1-epoch train.py run (ViT-tiny, 3 classes, clip + bce: a model
+    whose sigmoid is a probability, for --threshold); its data is deleted."""
     root = tmp_path_factory.mktemp("predict_run")
     data = root / "data"
     (data / "images").mkdir(parents=True)
@@ -65,6 +66,7 @@ class CFG:
     image_root = {str(data / "images")!r}
     model_name = "ViT-tiny"
     pretrained = False
+    loss_function = ["clip", "bce"]
     size = 64
     lr = 5e-4
     batch_size = 4
@@ -175,6 +177,7 @@ def test_predict_cli_json_on_a_trained_checkpoint(trained_run, tmp_path, predict
     document = json.loads(output.read_text())
     assert document["classes"] == CLASSES and document["top_k"] == 3
     assert document["score"] == "softmax" and document["backbone"] == "ViT-tiny"
+    assert document["loss_function"] == ["clip", "bce"]
     assert document["threshold"] is None
     [prediction] = document["predictions"]
     assert prediction["path"] == str(folder / "good.jpg") and "above_threshold" not in prediction
@@ -261,7 +264,7 @@ def test_predict_files_batches_and_keeps_order_past_bad_files(tmp_path):
 
 def test_write_results_csv_and_json(tmp_path):
     results = [predict.Result("a.jpg", scores=torch.tensor([0.1, 0.6, 0.3]),
-                              probabilities=torch.tensor([0.9, 0.2, 0.5])),
+                              decision_values=torch.tensor([0.9, 0.2, 0.5])),
                predict.Result("b.jpg", error="cannot read image: boom")]
     names = ["cat", "dog", "bird"]
     csv_path = predict.write_results(tmp_path / "r.csv", results, names, top_k=5, threshold=0.3)
@@ -286,7 +289,7 @@ def test_threshold_on_softmax_scores_can_select_every_class(tmp_path):
     # Four equally likely classes: softmax gives each 0.25, so no threshold above 0.25 could
     # select more than one of them; their sigmoid probabilities are all sigmoid(3) = 0.953.
     logits = torch.tensor([3.0, 3.0, 3.0, 3.0, -4.0])
-    result = predict.Result("a.jpg", scores=logits.softmax(-1), probabilities=logits.sigmoid())
+    result = predict.Result("a.jpg", scores=logits.softmax(-1), decision_values=logits.sigmoid())
     names = ["cat", "dog", "bird", "fish", "car"]
     top, above = predict.ranked_classes(result, names, top_k=2, threshold=0.5)
     assert [name for name, _ in top] == ["cat", "dog"] and top[0][1] == pytest.approx(0.2499, abs=1e-4)

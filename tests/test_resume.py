@@ -56,11 +56,11 @@ def step_points(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 def assert_same_run(run_dir: Path, reference: Path) -> None:
-    """Same logged numbers (timings and unreadable-image counts aside: a resumed process
-    counts only the images it met), the same per-step curves, each step once, and
+    """Same logged numbers (timings, unreadable-image counts and the run's id aside: a
+    resumed process counts only the images it met), the same per-step curves, each step once, and
     bit-identical final weights."""
     def logged(path):
-        return [{k: v for k, v in record.items() if not k.startswith(("time/", "data/"))}
+        return [{k: v for k, v in record.items() if not k.startswith(("time/", "data/", "run_id"))}
                 for record in read_metrics(path)]
 
     assert logged(run_dir) == logged(reference)

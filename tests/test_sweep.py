@@ -121,7 +121,8 @@ def test_several_gpus_run_as_processes_at_once(tiny_config, tmp_path, train_call
     outcomes = run_grid(tiny_config, ["epochs=1"], settings, [0], "gpus", gpus=["0", "1"], log=messages.append)
     assert outcomes == {"lr=1e-3_seed0": "trained", "lr=2e-3_seed0": "trained"}
     assert train_calls == []  # not in this process
-    assert [m.split(": ")[1][:20] for m in messages[:2]] == ["starting on GPU 0 (l", "starting on GPU 1 (l"]
+    assert messages[0].startswith("disk: about ")  # said before the first run starts
+    assert [m.split(": ")[1][:20] for m in messages[1:3]] == ["starting on GPU 0 (l", "starting on GPU 1 (l"]
     for run in outcomes:
         assert [r["epoch"] for r in read_metrics(tmp_path / "runs" / "gpus" / run)] == [0, 1]
         assert "val mAP: start" in (tmp_path / "runs" / "gpus" / "logs" / f"{run}.log").read_text()

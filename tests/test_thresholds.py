@@ -1,5 +1,6 @@
 """tailclip.thresholds: decision metrics against scikit-learn, calibration on hand-built
-scores whose best thresholds are known, and the thresholds file."""
+scores whose best thresholds are known, and the thresholds file. (ML-GCN's conventions and
+the decision score of each objective: test_decision_rules.py.)"""
 import json
 
 import numpy as np
@@ -9,6 +10,7 @@ from scipy.special import expit
 from sklearn.metrics import precision_recall_fscore_support
 
 from tailclip import thresholds as th
+from tailclip.engine.files import write_json
 
 GROUPS = {"head": [0, 1], "medium": [2], "tail": [3, 4]}
 
@@ -21,6 +23,8 @@ def _sklearn(predicted, targets, average, labels=None):
 
 
 def _check_against_sklearn(predicted, targets, metrics, suffix=""):
+    # scikit-learn's micro precision is ML-GCN's OP where every class is predicted.
+    assert np.asarray(predicted).any(0).all()
     cp, cr, _ = _sklearn(predicted, targets, "macro")
     op, orr, of1 = _sklearn(predicted, targets, "micro")
     assert metrics[f"CP{suffix}"] == pytest.approx(cp) and metrics[f"CR{suffix}"] == pytest.approx(cr)
@@ -40,26 +44,28 @@ def test_metrics_match_sklearn_on_random_scores(seed):
     rng = np.random.default_rng(seed)
     targets = (rng.random((40, 5)) < 0.3).astype(int)
     logits = rng.normal(size=(40, 5)) * 2 + targets
-    metrics = th.threshold_metrics(torch.tensor(logits, dtype=torch.float32), targets, GROUPS,
-                                   thresholds=0.6)
+    probabilities = expit(torch.tensor(logits, dtype=torch.float32).double().numpy())
+    metrics = th.decision_metrics(probabilities >= 0.6, targets, GROUPS)
     _check_against_sklearn(expit(logits) >= 0.6, targets, metrics)
     top3 = np.zeros_like(targets)
     for row, classes in enumerate(np.argsort(-logits, axis=1)[:, :3]):
         top3[row, classes] = 1
-    _check_against_sklearn(top3, targets, metrics, suffix="_top3")
+    _check_against_sklearn(top3, targets, th.decisions(logits, targets, th.COSINE, GROUPS), suffix="_top3")
     assert top3.sum(1).tolist() == [3] * 40
 
 
-def test_edge_cases_follow_sklearn_zero_division_0():
+def test_edge_cases_follow_zero_division_0_and_ml_gcn_op():
     # class 0: never predicted; class 1: no positive label but predicted; class 2: neither;
     # class 3: perfect; class 4: all wrong.
     targets = np.array([[1, 0, 0, 1, 0], [1, 0, 0, 0, 1], [0, 0, 0, 1, 0]])
     logits = np.array([[-5, 3, -5, 2, 4], [-5, -5, -5, -5, -5], [-5, 3, -5, 2, -5]], dtype=float)
-    metrics = th.threshold_metrics(logits, targets, GROUPS)
+    metrics = th.decisions(expit(logits), targets, th.PROBABILITY, GROUPS)
     predicted = expit(logits) >= 0.5
-    _check_against_sklearn(predicted, targets, metrics)
+    cp, cr, _ = _sklearn(predicted, targets, "macro")
+    assert (metrics["CP"], metrics["CR"]) == pytest.approx((cp, cr))
     assert metrics["P"] == [0, 0, 0, 1, 0] and metrics["R"] == [0, 0, 0, 1, 0]
-    assert metrics["CP"] == pytest.approx(0.2) and metrics["OP"] == pytest.approx(2 / 5)
+    # 2 right of 5 predictions, and classes 0 and 2, never predicted, count one each (ML-GCN).
+    assert metrics["CP"] == pytest.approx(0.2) and metrics["OP"] == pytest.approx(2 / 7)
     assert metrics["OR"] == pytest.approx(2 / 5)
     nothing = th.decision_metrics(np.zeros((3, 5), bool), targets)
     assert [nothing[k] for k in th.SUMMARY_NAMES] == [0.0] * 6
@@ -78,7 +84,7 @@ def test_calibration_finds_the_known_f1_optimum():
     p1 = [0.9, 0.5, 0.4, 0.1, 0.05, 0.01]
     probabilities = np.array([p0, p1, [0.5] * 6]).T
     targets = np.array([[1, 1, 0, 1, 0, 0], [1, 0, 0, 0, 0, 0], [0] * 6]).T
-    thresholds, notes = th.calibrate(probabilities, targets, default=0.5)
+    thresholds, notes = th.calibrate(probabilities, targets, th.PROBABILITY)
     np.testing.assert_array_equal(thresholds, [0.6, 0.9, 0.5])
     assert list(notes) == [2] and "no positive image" in notes[2]
     # The chosen threshold is F1's maximum over every threshold (brute force, sklearn's F1).
@@ -93,7 +99,7 @@ def test_calibration_ties_take_the_highest_threshold():
     # + - - + - : the cuts after the first and the fourth score both give F1 2/3.
     probabilities = np.array([[0.9, 0.8, 0.7, 0.6, 0.5]]).T
     targets = np.array([[1, 0, 0, 1, 0]]).T
-    thresholds, _ = th.calibrate(probabilities, targets)
+    thresholds, _ = th.calibrate(probabilities, targets, th.PROBABILITY)
     assert thresholds.tolist() == [0.9]
 
 
@@ -101,11 +107,11 @@ def test_calibration_to_a_target_precision():
     # + + - + - + : precision by cut 1, 1, 2/3, 3/4, 3/5, 4/6.
     probabilities = np.array([[0.9, 0.8, 0.7, 0.6, 0.5, 0.4], [0.9, 0.8, 0.7, 0.6, 0.5, 0.4]]).T
     targets = np.array([[1, 1, 0, 1, 0, 1], [0, 1, 1, 0, 0, 0]]).T
-    thresholds, notes = th.calibrate(probabilities, targets, target_precision=0.75)
+    thresholds, notes = th.calibrate(probabilities, targets, th.PROBABILITY, target_precision=0.75)
     assert thresholds[0] == 0.6  # the lowest threshold with precision >= 0.75
     # Class 1 never reaches 0.75 (best 2/3): its F1-maximising threshold (0.7, F1 4/5).
     assert thresholds[1] == 0.7 and "no threshold reaches precision 0.75" in notes[1]
-    loose, _ = th.calibrate(probabilities, targets, target_precision=0.6)
+    loose, _ = th.calibrate(probabilities, targets, th.PROBABILITY, target_precision=0.6)
     assert loose[0] == 0.4  # 4/6 >= 0.6 at the lowest cut
 
 
@@ -113,24 +119,25 @@ def test_ties_in_scores_are_one_threshold():
     probabilities = np.array([[0.8, 0.8, 0.8, 0.1]]).T
     targets = np.array([[1, 0, 0, 1]]).T
     # Cut at 0.8 predicts three (F1 2/5); at 0.1 all four (F1 2/3): never a split inside a tie.
-    thresholds, _ = th.calibrate(probabilities, targets)
+    thresholds, _ = th.calibrate(probabilities, targets, th.PROBABILITY)
     assert thresholds.tolist() == [0.1]
 
 
 def test_thresholds_file_round_trip_and_refusals(tmp_path):
     names = ["cat", "dog", "bird"]
-    path = th.write_thresholds(tmp_path / "t.json", dict(zip(names, [0.2, 0.5, 0.7])), "val.txt",
-                               "best.pt", None, {"dog": "no positive image: kept the global threshold 0.5"})
+    path = write_json(tmp_path / "t.json", th.thresholds_document(
+        dict(zip(names, [0.2, 0.5, 0.7])), th.PROBABILITY, "val.txt", "best.pt", None,
+        {"dog": "no positive image: kept the global threshold 0.5"}))
     document = json.loads(path.read_text())
     assert document["classes"] == names and document["split"] == "val.txt"
     assert document["notes"] == {"dog": "no positive image: kept the global threshold 0.5"}
-    assert th.read_thresholds(path, names).tolist() == [0.2, 0.5, 0.7]
+    assert th.read_thresholds(path, names, th.PROBABILITY).tolist() == [0.2, 0.5, 0.7]
     with pytest.raises(th.ThresholdsFileError, match=r"not the checkpoint's \(first difference 1: 'dog' vs 'cow'\)"):
-        th.read_thresholds(path, ["cat", "cow", "bird"])
+        th.read_thresholds(path, ["cat", "cow", "bird"], th.PROBABILITY)
     with pytest.raises(th.ThresholdsFileError, match="3 classes, the checkpoint has 2"):
-        th.read_thresholds(path, ["cat", "dog"])
+        th.read_thresholds(path, ["cat", "dog"], th.PROBABILITY)
     (tmp_path / "bad.json").write_text("{}")
     with pytest.raises(th.ThresholdsFileError, match="not a thresholds file"):
-        th.read_thresholds(tmp_path / "bad.json", names)
+        th.read_thresholds(tmp_path / "bad.json", names, th.PROBABILITY)
     with pytest.raises(th.ThresholdsFileError, match="not found"):
-        th.read_thresholds(tmp_path / "missing.json", names)
+        th.read_thresholds(tmp_path / "missing.json", names, th.PROBABILITY)

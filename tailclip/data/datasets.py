@@ -3,12 +3,12 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset, default_collate
 
-from tailclip import REPO_ROOT
-from tailclip.config import ConfigError
+from tailclip.config import ConfigError, resolve_path
 from tailclip.errors import MissingFileError, TailCLIPError
 from tailclip.text_tokens import text_tokenizer
 from tailclip.wording import count
@@ -57,12 +57,6 @@ class DataFiles:
     download_hint: str
 
 
-def resolve_path(path) -> Path:
-    """An absolute path; a relative one is taken relative to the repository root, not the cwd."""
-    path = Path(path).expanduser()
-    return path if path.is_absolute() else REPO_ROOT / path
-
-
 def dataset_files(cfg) -> DataFiles:
     """The files of ``cfg.dataset``: a benchmark under ``cfg.data_root`` or the custom paths."""
     if cfg.dataset == "custom":
@@ -82,8 +76,36 @@ class UnreadableImageError(TailCLIPError, OSError):
     """An image file exists but cannot be decoded (corrupt, truncated, not an image)."""
 
 
+# The range an image of each wide mode is scaled to 8 bits from: the full range of its
+# samples, so that a stored value means one brightness in every image, as for 8-bit images
+# (an image's own minimum and maximum would stretch a dark scan to full contrast). Pillow
+# decodes 16-bit greyscale as I;16* or, from some formats, as 32-bit I; float samples are
+# taken in [0, 1]. Pillow's own conversion clips them at 255 (a 16-bit scan turns white).
+WIDE_MODE_RANGES = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535, "I": 65535, "F": 1.0}
+# Modes that Pillow converts to RGB by copying channels, not colours (LAB needs a colour profile).
+UNFAITHFUL_MODES = ("LAB",)
+
+
+def _eight_bit(image: Image.Image) -> Image.Image:
+    """``image`` in a mode that converts faithfully to RGB: a wide mode scaled to 8 bits from
+    `WIDE_MODE_RANGES`; an unfaithful mode, or samples outside the range, is a ValueError."""
+    if image.mode in UNFAITHFUL_MODES:
+        raise ValueError(f"mode {image.mode} has no faithful RGB conversion; save it as RGB")
+    top = WIDE_MODE_RANGES.get(image.mode)
+    if top is None:
+        return image
+    samples = np.asarray(image, dtype=np.float64)
+    low, high = samples.min(initial=0), samples.max(initial=0)
+    if low < 0 or high > top:
+        raise ValueError(f"mode {image.mode} samples from {low:g} to {high:g} lie outside 0..{top:g}, "
+                         "the range it is read in; save it in 8 or 16 bits")
+    return Image.fromarray(np.rint(samples * (255 / top)).astype(np.uint8))
+
+
 def load_image(path) -> Image.Image:
-    """Decode an image fully into RGB; any failure is an ``UnreadableImageError`` naming the file.
+    """Decode an image fully into RGB, 16-bit, 32-bit and float greyscale scaled to 8 bits
+    from their range (`WIDE_MODE_RANGES`); any failure is an ``UnreadableImageError`` naming
+    the file.
 
     ``PIL.ImageFile.LOAD_TRUNCATED_IMAGES`` is left False, so a truncated JPEG fails here
     instead of being padded with grey.
@@ -91,7 +113,7 @@ def load_image(path) -> Image.Image:
     try:
         with Image.open(path) as image:
             image.load()
-            return image.convert("RGB")
+            return _eight_bit(image).convert("RGB")
     # Pillow reports broken files as OSError, or as SyntaxError/EOFError/ValueError in some plugins.
     except (OSError, SyntaxError, EOFError, ValueError, Image.DecompressionBombError) as error:
         raise UnreadableImageError(f"cannot read image {path}: {error}") from error

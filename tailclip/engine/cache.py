@@ -2,7 +2,7 @@
 
 The uncached path decodes and resizes every JPEG in every epoch, which on a small GPU job
 costs more than the model. Here each split is decoded once, exactly as the uncached path
-does it (``datasets.load_image``, then ``transforms.resize(size)``: ``Resize((size, size))``,
+does it (``datasets.load_image``, then ``transforms.Resize(size)``: ``Resize((size, size))``,
 bilinear, antialiased, on the PIL RGB image), and stored as one uint8 array
 ``[N, size, size, 3]`` in a ``.npy`` file that later epochs memory-map. Flip and
 normalisation run afterwards on the device, on whole batches.
@@ -59,19 +59,19 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from tailclip.data.datasets import load_image
-from tailclip.data.transforms import resize
+from tailclip.data.transforms import Resize
 from tailclip.engine.run_lock import process_runs
 from tailclip.errors import TailCLIPError
 
-CACHE_VERSION = "2"  # 2: the sidecar holds the pixels' CRC-32
-RESIZE_METHOD = "torchvision.Resize(bilinear, antialias=True) on PIL RGB"  # = transforms.resize
+CACHE_VERSION = "3"  # 2: the sidecar holds the pixels' CRC-32; 3: 16-bit and float images scaled, not clipped
+RESIZE_METHOD = "torchvision.Resize(bilinear, antialias=True) on PIL RGB"  # = transforms.Resize
 
 log = logging.getLogger(__name__)
 
 
 def decode_resized(path: str | os.PathLike, size: int) -> np.ndarray:
     """Decode one image as the uncached path does and return it as uint8 ``[size, size, 3]``."""
-    return np.asarray(resize(size)(load_image(path)), dtype=np.uint8)
+    return np.asarray(Resize(size)(load_image(path)), dtype=np.uint8)
 
 
 def _file_stamp(path: Path) -> list[int] | None:

@@ -1,28 +1,28 @@
 """Checkpoints: atomic writes, loading with clear errors, and random-number states.
 
 A TailCLIP checkpoint is a plain dict that is enough on its own to rebuild and use the model:
-weights, config, class names, label prompts and backbone name, plus the optimiser,
-scheduler, scaler and random-number states that `--resume` needs. It holds only tensors and
+weights, config, class names, label prompts and backbone name, with the run's progress and
+records; the newest one also holds the optimiser, scheduler, scaler and random-number
+states that `--resume` needs (`tailclip.engine.training_state`). Since version 3 the run's
+records are in it and the best checkpoints leave the optimiser out. It holds only tensors and
 Python primitives, so it loads with ``torch.load(weights_only=True)``: opening a checkpoint
 never runs code from the file. Since version 2 it carries a checksum of its contents
 (``checksum``: CRC-32 over every tensor's bytes and every other value), which every load
 verifies: flipped bits on a disk or in a copy are an error naming the file, never weights
 used silently.
 """
-import contextlib
-import os
 import random
-import tempfile
 import zlib
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from tailclip.errors import MissingFileError, TailCLIPError, caused_by, no_space_error
+from tailclip.engine.files import write_atomic
+from tailclip.errors import MissingFileError, TailCLIPError
 
 FORMAT = "tailclip-checkpoint"
-VERSION = 2
+VERSION = 3
 CHECKSUM_KEY = "checksum"
 
 
@@ -33,65 +33,6 @@ class CheckpointError(TailCLIPError, RuntimeError):
 def save_atomic(obj, path) -> Path:
     """``torch.save(obj)`` to ``path`` with `write_atomic`."""
     return write_atomic(path, lambda f: torch.save(obj, f))
-
-
-def write_atomic(path, write) -> Path:
-    """``write(f)`` to a binary file that becomes ``path`` only once complete, so that an
-    interrupted write never replaces a good file.
-
-    The bytes go to a temporary file in the same folder (same file system, so the rename is
-    atomic), are flushed to disk, and only then renamed over ``path``. On any failure,
-    Ctrl-C included, the temporary file is removed and the old ``path`` is left as it was.
-    A lack of space is a `NoSpaceError` naming ``path``, and a Ctrl-C that torch.save
-    wrapped in a RuntimeError is a KeyboardInterrupt again.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException as error:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp_name)
-        if caused_by(error, lambda cause: isinstance(cause, KeyboardInterrupt)):
-            raise KeyboardInterrupt from None
-        no_space = no_space_error(path, error)
-        if no_space is not None:
-            raise no_space from None
-        raise
-    _fsync_directory(path.parent)
-    return path
-
-
-def remove_partial_writes(folder) -> list[Path]:
-    """Delete the temporary files of `save_atomic` writes that never finished (a process
-    killed while writing leaves one behind; it can be as large as a checkpoint) and return
-    their paths. Call it only when no other process writes checkpoints into ``folder``."""
-    leftovers = sorted(Path(folder).glob(".*.pt.*.tmp"))
-    for leftover in leftovers:
-        leftover.unlink(missing_ok=True)
-    return leftovers
-
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
-def _fsync_directory(folder: Path) -> None:
-    # Makes the rename itself durable across a power loss; not possible on every platform.
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def load_checkpoint(path, map_location="cpu") -> dict:

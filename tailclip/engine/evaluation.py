@@ -11,7 +11,7 @@ from tailclip.errors import TailCLIPError
 from tailclip.losses import TailCLIPObjective
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
-from tailclip.thresholds import scalar_metrics, threshold_metrics
+from tailclip.thresholds import DecisionScore, decision_score, decision_values, decisions, scalar_metrics
 
 
 class NonFiniteScoresError(TailCLIPError):
@@ -20,11 +20,14 @@ class NonFiniteScoresError(TailCLIPError):
 
 @dataclasses.dataclass
 class Evaluation:
-    """Result of `evaluate_model`: mean loss, ``evaluate`` metrics, the decision metrics at
-    the default threshold and at top-3 (``threshold_metrics``) and the raw outputs (CPU)."""
+    """Result of `evaluate_model`: mean loss, ``evaluate`` metrics, the decision metrics the
+    model's `DecisionScore` supports (`tailclip.thresholds.decisions`), that score's values
+    (float64) and the raw outputs (CPU)."""
     loss: float
     metrics: dict
     decisions: dict
+    decision_score: DecisionScore
+    decision_values: torch.Tensor
     scores: torch.Tensor
     logits: torch.Tensor
     targets: torch.Tensor
@@ -38,9 +41,10 @@ def _encode_in_chunks(encode, tokens: torch.Tensor, chunk: int, device) -> torch
 @torch.no_grad()
 def evaluate_model(model: TailCLIP, objective: TailCLIPObjective, batches, caption_tokens: torch.Tensor,
                    device: torch.device, precision: str, groups=None, keep_embeddings: bool = False,
-                   chunk: int = 256) -> Evaluation:
+                   chunk: int = 256, score: DecisionScore | None = None) -> Evaluation:
     """Score a split: batched, the class prompts encoded once, scores kept on the device and
-    moved to the CPU in one transfer at the end; the loss is ``objective``'s.
+    moved to the CPU in one transfer at the end; the loss is ``objective``'s. The decisions
+    are on ``score`` (default: that of a model trained with the objective's terms).
 
     ``batches`` yields device ``(images, targets, caption_tokens, indices)``;
     ``caption_tokens`` are the split's caption token ids [N, L], needed for the contrastive
@@ -80,13 +84,18 @@ def evaluate_model(model: TailCLIP, objective: TailCLIPObjective, batches, capti
     nonfinite = int((~torch.isfinite(scores)).any(dim=1).sum())
     if nonfinite:
         raise NonFiniteScoresError(f"non-finite scores (NaN or inf) for {nonfinite} of {len(scores)} images")
+    score = decision_score(objective.loss_function) if score is None else score
+    values = decision_values(score, logits, model.clip_model.logit_scale.exp().item())
     return Evaluation(loss=loss, metrics=evaluate(scores, targets, groups),
-                      decisions=threshold_metrics(logits, targets, groups), scores=scores,
-                      logits=logits, targets=targets, image_emb=image_emb[0] if keep_embeddings else None)
+                      decisions=decisions(values, targets, score, groups), decision_score=score,
+                      decision_values=torch.from_numpy(values), scores=scores, logits=logits, targets=targets,
+                      image_emb=image_emb[0] if keep_embeddings else None)
 
 
 def val_record(evaluation: Evaluation) -> dict:
-    return {"val/loss": evaluation.loss, **{f"val/{k}": v for k, v in evaluation.metrics.items() if k != "AP"},
+    """The scalars of a validation: loss, mAP and AUROC, and the decision metrics the model
+    supports (no tag at the threshold 0.5 for a model without a probability)."""
+    return {"val/loss": evaluation.loss, **{f"val/{k}": v for k, v in scalar_metrics(evaluation.metrics).items()},
             **{f"val/{k}": v for k, v in scalar_metrics(evaluation.decisions).items()}}
 
 

@@ -1,6 +1,11 @@
 """Run logging: TensorBoard events and one JSON line per epoch in ``runs/<run>/``, and the
 per-step training curves in ``runs/<run>/steps/``.
 
+The run's checkpoints are its record (its id and every epoch's record, in
+`training_state.TrainState`); ``metrics.jsonl`` and ``config.json`` are views of it, carry
+its id, and are rewritten from it whenever they are behind it or damaged (`restore_metrics`,
+`restore_config`): on every ``--resume``, and by a sweep before it reports.
+
 Only the main process of a distributed run writes (``enabled=False`` elsewhere makes every
 method a no-op), so callers never check the rank themselves.
 
@@ -16,15 +21,14 @@ import math
 import os
 import sys
 import threading
+import uuid
 from pathlib import Path
 
 import torch
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from tailclip.engine import visualize
-from tailclip.engine.checkpoint import write_atomic
 from tailclip.engine.distributed import is_main_process
+from tailclip.engine.files import write_json, write_text
 from tailclip.errors import NoSpaceError, TailCLIPError, is_no_space, no_space_error
 from tailclip.thresholds import SUMMARY_NAMES
 
@@ -36,6 +40,12 @@ CONFIG_FILE = "config.json"
 STEPS_DIR = "steps"
 STEP_TAG = "train_step"
 MAP_UNIT = "fraction"  # of mAP, AP, AUROC and the decision metrics in the files
+RUN_ID = "run_id"  # the key of the run's id in config.json and in each metrics.jsonl record
+
+
+def new_run_id() -> str:
+    """The id a run gets at its start, which its checkpoints and files carry."""
+    return uuid.uuid4().hex
 
 
 def in_percent(tag: str) -> bool:
@@ -75,20 +85,26 @@ def _discard_stdout() -> None:
 
 
 class RunLogger:
-    """TensorBoard `SummaryWriter` plus ``metrics.jsonl`` for one run folder.
+    """TensorBoard `SummaryWriter` plus ``metrics.jsonl`` and ``config.json`` for one run
+    folder: the views of the run ``run_id`` whose epoch records are ``records`` (the list
+    that the checkpoints save; `log_epoch` appends to it).
 
     Every epoch scalar is logged against the 1-based epoch number, every per-step scalar
     (``log_step``) against the global step in ``steps/``. When a run resumes after
-    ``resume_epoch`` finished epochs and ``resume_step`` global steps, records of later
-    epochs and steps (written by the interrupted run after its last checkpoint) are dropped
-    from ``metrics.jsonl`` and hidden in TensorBoard, so the resumed run's points replace
-    them instead of duplicating them.
+    ``resume_epoch`` finished epochs and ``resume_step`` global steps, ``metrics.jsonl`` is
+    rewritten from ``records`` (the lines of later epochs, written by the interrupted run
+    after its last checkpoint, dropped; lines lost or damaged restored), and the later
+    points are hidden in TensorBoard, so the resumed run's points replace them instead of
+    duplicating them. A checkpoint from before records were kept resumes with empty
+    ``records``: they are taken from ``metrics.jsonl`` as it is.
     """
 
-    def __init__(self, run_dir, enabled: bool = True, resume_epoch: int | None = None,
-                 resume_step: int | None = None):
+    def __init__(self, run_dir, enabled: bool = True, run_id: str = "", records: list[dict] | None = None,
+                 resume_epoch: int | None = None, resume_step: int | None = None):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
+        self.run_id = run_id
+        self.records = [] if records is None else records
         self.writer = self.step_writer = None
         self.resume_step = resume_step
         if not enabled:
@@ -96,22 +112,19 @@ class RunLogger:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = self.run_dir / METRICS_FILE
         _quiet_tensorboard_writer_threads()
+        # Imported here, with TensorBoard's protocol buffers: a command line that stops on a bad
+        # input before a run starts does not wait for them.
+        from torch.utils.tensorboard import SummaryWriter
+
         if resume_epoch is None:  # a new run, in a folder without an earlier one (run_folder)
             self.writer = SummaryWriter(self.run_dir)
-        else:
-            self._truncate_metrics(resume_epoch)
-            self.writer = SummaryWriter(self.run_dir, purge_step=resume_epoch + 1)
-
-    def _truncate_metrics(self, last_epoch: int) -> None:
-        # Written beside and renamed over the file: a crash during the rewrite leaves the old
-        # records, never half of them.
-        for leftover in self.run_dir.glob(f".{METRICS_FILE}.*.tmp"):  # of a rewrite killed before
-            leftover.unlink(missing_ok=True)
-        if not self.metrics_path.exists():
             return
-        lines = self.metrics_path.read_text().splitlines(keepends=True)
-        kept = "".join(line for line in lines if _record_epoch(line) <= last_epoch)
-        write_atomic(self.metrics_path, lambda f: f.write(kept.encode()))
+        if not self.records:
+            self.records += [record for record in _readable_records(self.metrics_path)
+                             if record["epoch"] <= resume_epoch]
+        with self._writing(self.metrics_path):
+            restore_metrics(self.run_dir, self.records, later=False)
+        self.writer = SummaryWriter(self.run_dir, purge_step=resume_epoch + 1)
 
     @contextlib.contextmanager
     def _writing(self, path=None):
@@ -127,12 +140,13 @@ class RunLogger:
             raise no_space from None
 
     def log_config(self, config: dict) -> None:
-        """Write the effective config to ``config.json`` and to TensorBoard's text tab."""
+        """Write the effective config with the run's id to ``config.json``, and the config to
+        TensorBoard's text tab."""
         if not self.enabled:
             return
-        text = json.dumps(config, indent=2, sort_keys=True)
         with self._writing(self.run_dir / CONFIG_FILE):
-            (self.run_dir / CONFIG_FILE).write_text(text + "\n")
+            write_config(self.run_dir, config, self.run_id)
+        text = json.dumps(config, indent=2, sort_keys=True)
         with self._writing():  # Markdown code block so that TensorBoard keeps the indentation.
             self.writer.add_text("config", "```\n" + text + "\n```", global_step=0)
 
@@ -148,9 +162,12 @@ class RunLogger:
             for tag, value in percent_scalars(record).items():
                 self.writer.add_scalar(tag, value, global_step=epoch)
             self.writer.flush()
-        line = json.dumps(json_safe({"epoch": epoch, "mAP_unit": MAP_UNIT, **record}), allow_nan=False)
+        entry = json_safe({"epoch": epoch, RUN_ID: self.run_id, "mAP_unit": MAP_UNIT, **record})
+        self.records.append(entry)
+        # Appended, not rewritten: a crash can cut this line short or lose it, and the next
+        # resume restores it from the checkpoint, which is written after it.
         with self._writing(self.metrics_path), open(self.metrics_path, "a") as f:
-            f.write(line + "\n")
+            f.write(metrics_text([entry]))
             f.flush()
 
     def log_step(self, step: int, record: dict) -> None:
@@ -158,6 +175,8 @@ class RunLogger:
         if not self.enabled:
             return
         if self.step_writer is None:  # created at the first point: none when steps are not logged
+            from torch.utils.tensorboard import SummaryWriter  # imported by __init__ already
+
             purge = None if self.resume_step is None else self.resume_step + 1
             self.step_writer = SummaryWriter(self.run_dir / STEPS_DIR, purge_step=purge)
         for name, value in record.items():
@@ -175,6 +194,8 @@ class RunLogger:
         """Pictures of an evaluation: per-class AP bars and the tail classes' PR curves."""
         if not self.enabled:
             return
+        from tailclip.engine import visualize  # matplotlib: imported when the first figure is drawn
+
         with self._writing():
             visualize.log_evaluation_figures(self.writer, epoch, scores, targets, ap, class_names,
                                              groups, class_counts=class_counts)
@@ -184,6 +205,8 @@ class RunLogger:
         """The config with the final metrics, for TensorBoard's HParams tab."""
         if not self.enabled:
             return
+        from tailclip.engine import visualize  # matplotlib: imported when the first figure is drawn
+
         with self._writing():
             visualize.log_hparams(self.writer, hparams, percent_scalars(metrics), epoch)
             self.writer.flush()
@@ -238,12 +261,75 @@ class StepCurves:
         self.logger.log_step(step, {**dict(zip(names, values)), "lr": lr})
 
 
-def _record_epoch(line: str) -> float:
-    # A line cut short by a crash is dropped as if it came from a later epoch.
+def metrics_text(records: list[dict]) -> str:
+    """``records`` as the lines of ``metrics.jsonl``."""
+    return "".join(json.dumps(record, allow_nan=False) + "\n" for record in records)
+
+
+def _readable_records(path: Path) -> list[dict]:
+    """The lines of ``path`` that are epoch records, in order; the others left out."""
+    records = []
+    for line in path.read_text(errors="replace").splitlines() if path.is_file() else []:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and isinstance(record.get("epoch"), int):
+            records.append(record)
+    return records
+
+
+def restore_metrics(run_dir, records: list[dict], later: bool) -> None:
+    """Make ``metrics.jsonl`` begin with ``records`` (a checkpoint's), rewriting it whole
+    when it does not, and saying so when it lacked or held damaged any of them. With
+    ``later``, the readable records of later epochs in the file are kept after them (the
+    epochs a run logged after its last checkpoint that was kept, when it saves no newest
+    one); without, they are dropped (a resumed run logs them again)."""
+    path = Path(run_dir) / METRICS_FILE
+    expected = metrics_text(records)
+    text = path.read_text(errors="replace") if path.is_file() else ""
+    if text.startswith(expected) and (later or len(text) == len(expected)):
+        return 0
+    lines = set(text.splitlines(keepends=True))
+    lacking = sum(line not in lines for line in expected.splitlines(keepends=True))
+    last = records[-1]["epoch"] if records else -1
+    kept = [record for record in _readable_records(path) if record["epoch"] > last] if later else []
+    write_text(path, expected + metrics_text(kept))
+    if lacking:
+        say(f"{path} lacked or held damaged {lacking} of the {len(records)} records in the run's checkpoint: "
+            "rewritten from it")
+
+
+def write_config(run_dir, config: dict, run_id: str) -> None:
+    """``config.json``: the run's effective ``config`` with its id."""
+    write_json(Path(run_dir) / CONFIG_FILE, {**config, RUN_ID: run_id}, sort_keys=True)
+
+
+def read_run_id(run_dir) -> str | None:
+    """The id of the run that wrote the files in ``run_dir`` (its ``config.json``, else its
+    first ``metrics.jsonl`` record), None when they carry none."""
+    config = _read_json(Path(run_dir) / CONFIG_FILE)
+    if isinstance(config, dict) and config.get(RUN_ID):
+        return config[RUN_ID]
+    return next((record[RUN_ID] for record in _readable_records(Path(run_dir) / METRICS_FILE)
+                 if record.get(RUN_ID)), None)
+
+
+def restore_config(run_dir, config: dict, run_id: str) -> bool:
+    """Rewrite ``config.json`` from a checkpoint's ``config`` when it is missing, damaged or
+    of another run; whether it was."""
+    saved = _read_json(Path(run_dir) / CONFIG_FILE)
+    if isinstance(saved, dict) and saved.get(RUN_ID) == run_id:
+        return False
+    write_config(run_dir, config, run_id)
+    return True
+
+
+def _read_json(path: Path):
     try:
-        return json.loads(line)["epoch"]
-    except (ValueError, KeyError, TypeError):
-        return math.inf
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def json_safe(value):

@@ -34,10 +34,10 @@ import torch
 from tqdm import tqdm
 
 import clip
-from tailclip.config import Config
+from tailclip.config import Config, resolve_path
 from tailclip.data import DataBundle, build_data
 from tailclip.engine.batches import SplitBatches, build_split_batches
-from tailclip.engine.checkpoint import load_checkpoint, remove_partial_writes, rng_states, save_atomic
+from tailclip.engine.checkpoint import load_checkpoint, rng_states, save_atomic
 from tailclip.engine.distributed import (
     DistInfo,
     all_processes_objects,
@@ -51,6 +51,7 @@ from tailclip.engine.distributed import (
     max_over_processes,
 )
 from tailclip.engine.evaluation import Evaluation, NonFiniteScoresError, evaluate_model, percent, val_line, val_record
+from tailclip.engine.files import remove_partial_writes
 from tailclip.engine.logger import RunLogger, StepCurves, say
 from tailclip.engine.optim import build_optimizer, build_scheduler
 from tailclip.engine.precision import autocast, grad_scaler, resolve_precision, set_tf32
@@ -60,17 +61,26 @@ from tailclip.engine.run_folder import (
     BEST_TAIL_CHECKPOINT,
     NEWEST_CHECKPOINT,
     RESTART_ADVICE,
+    check_same_run,
     claimed_run_folder,
     how_to_go_on,
+    restore_run_files,
     resume_checkpoint,
     run_files,
 )
 from tailclip.engine.saved_model import check_checkpoint_matches
-from tailclip.engine.training_state import TrainState, restore_training, resumed_config, training_checkpoint
+from tailclip.engine.training_state import (
+    TrainState,
+    checkpoint_as,
+    restore_training,
+    resumed_config,
+    training_checkpoint,
+)
 from tailclip.errors import MissingFileError, NoSpaceError, TailCLIPError
 from tailclip.factory import build_model, build_objective, seed_everything, set_cpu_threads
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
+from tailclip.thresholds import no_threshold_reason
 from tailclip.wording import count
 
 
@@ -292,7 +302,7 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
-    run_dir = Path(cfg.run_dir) / run_name
+    run_dir = resolve_path(cfg.run_dir) / run_name
     processes = init_distributed(cfg.device)
     checkpoint = None
     if resume:
@@ -304,9 +314,11 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
         if path.name != NEWEST_CHECKPOINT:
             say(f"resume: no {NEWEST_CHECKPOINT} in {run_dir}; continuing from {path.name}")
         checkpoint = load_checkpoint(path)
+        check_same_run(run_dir, checkpoint, path)
         cfg = resumed_config(checkpoint, cfg, given_options, path)
         finished = TrainState(**checkpoint["state"])
         if finished.epoch >= cfg.epochs:
+            restore_run_files(run_dir, checkpoint, path)
             say(f"{run_dir} is complete: {finished.epoch} of {cfg.epochs} epochs; nothing to do")
             return _summary(finished, run_dir)
     with claimed_run_folder(run_dir, resume, overwrite):
@@ -379,11 +391,12 @@ def _set_up(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: Dist
         state = restore_training(checkpoint, trainer, meter)
         # For the lr and epochs the run has now: an extended run goes on along its new cosine.
         trainer.scheduler = build_scheduler(cfg, trainer.optimizer, start_epoch=state.epoch)
-        say(f"resuming {run_dir} after epoch {state.epoch}, step {state.step_in_epoch}")
+        start = "" if state.step_in_epoch else f", at the start of epoch {state.epoch + 1}"
+        say(f"resuming {run_dir} {_position(state)}{start}")
     if is_main_process():
         for leftover in remove_partial_writes(run_dir):
-            say(f"removed {leftover}, left by an interrupted checkpoint write")
-    logger = RunLogger(run_dir, enabled=is_main_process(),
+            say(f"removed {leftover}, left by an interrupted write")
+    logger = RunLogger(run_dir, enabled=is_main_process(), run_id=state.run_id, records=state.records,
                        resume_epoch=state.epoch if checkpoint is not None else None,
                        resume_step=state.global_step if checkpoint is not None else None)
     logger.log_config(cfg.to_dict())
@@ -418,6 +431,8 @@ def _evaluate_start(run: Run) -> None:
     run.logger.log_epoch(0, start)
     _log_pictures(run, 0, evaluation)
     say(f"epoch 0/{run.cfg.epochs} (before training)  {val_line(start)}")
+    if no_threshold_reason(run.cfg.loss_function):  # why the logs hold the decisions at top-3 alone
+        say(f"note: {no_threshold_reason(run.cfg.loss_function)}")
 
 
 def _train_epoch(run: Run, epoch: int, stop: _StopOnSignal) -> dict:
@@ -478,16 +493,19 @@ def _save(run: Run, names: list[str]) -> None:
     run.logger.flush()
     content = training_checkpoint(run.cfg, run.data, run.trainer, run.state, run.meter, rng)
     for name in names:
-        save_atomic(content, run.run_dir / name)
+        save_atomic(checkpoint_as(name, content), run.run_dir / name)
+
+
+def _position(state: TrainState) -> str:
+    """Where a run stands: "after epoch 3", or mid-epoch "after epoch 3, step 5 of epoch 4"."""
+    return f"after epoch {state.epoch}" + (f", step {state.step_in_epoch} of epoch {state.epoch + 1}"
+                                           if state.step_in_epoch else "")
 
 
 def _stop_here(run: Run, stop: _StopOnSignal) -> TrainingInterrupted:
     _save(run, [NEWEST_CHECKPOINT])
     barrier()  # the other processes exit only once the checkpoint is written
-    state = run.state
-    where = f"after epoch {state.epoch}" + (f", step {state.step_in_epoch} of epoch {state.epoch + 1}"
-                                             if state.step_in_epoch else "")
-    return TrainingInterrupted(f"stopped by {signal.Signals(stop.signal_number).name} {where}; "
+    return TrainingInterrupted(f"stopped by {signal.Signals(stop.signal_number).name} {_position(run.state)}; "
                                f"saved {run.run_dir / NEWEST_CHECKPOINT} (continue with --resume)",
                                stop.signal_number)
 

@@ -1,11 +1,15 @@
 """What a training checkpoint holds, and how a run resumes from it.
 
-Besides the model (`tailclip.engine.saved_model`), a training checkpoint holds what ``--resume``
-needs to continue exactly where the run stopped: optimiser, schedule, scaler, progress, the
-unfinished epoch's meter and every process's random-number states. A resumed run trains
-with its own saved config, changed only in the options that say how it goes on
-(`RESUMABLE_OPTIONS`). The file format itself (atomic writes, safe loading) is
-`tailclip.engine.checkpoint`'s.
+Every checkpoint is the run's record: the model (`tailclip.engine.saved_model`), the config,
+the progress, and the run's id with the ``metrics.jsonl`` record of every finished epoch
+(`TrainState`), from which the run's other files are rewritten (`tailclip.engine.logger`).
+The newest checkpoint also holds what ``--resume`` needs to continue exactly where the run
+stopped: optimiser, schedule, scaler, the unfinished epoch's meter and every process's
+random-number states. The best checkpoints, which evaluation, prediction and comparison
+read, leave those out (`BEST_CHECKPOINT_LEAVES_OUT`): the optimiser alone is twice the
+weights. A resumed run trains with its own saved config, changed only in the options that
+say how it goes on (`RESUMABLE_OPTIONS`). The file format itself (atomic writes, safe
+loading) is `tailclip.engine.checkpoint`'s.
 """
 import dataclasses
 import math
@@ -14,7 +18,7 @@ from pathlib import Path
 from tailclip.config import Config, ConfigError
 from tailclip.engine.checkpoint import FORMAT, VERSION, restore_rng_states, with_checksum
 from tailclip.engine.distributed import rank_and_world
-from tailclip.engine.logger import MAP_UNIT, say
+from tailclip.engine.logger import MAP_UNIT, new_run_id, say
 from tailclip.engine.run_folder import NEWEST_CHECKPOINT
 from tailclip.engine.saved_model import load_model_state, model_state
 
@@ -33,6 +37,16 @@ class TrainState:
     best_mAP_tail_epoch: int = 0
     start_mAP: float | None = None  # before training: the untrained (or zero-shot) model
     last_metrics: dict = dataclasses.field(default_factory=dict)
+    run_id: str = dataclasses.field(default_factory=new_run_id)  # made at the run's start
+    records: list[dict] = dataclasses.field(default_factory=list)  # metrics.jsonl's, epoch 0 included
+
+
+# What a best checkpoint leaves out of the newest one's contents, as a resume from it says
+# (None: nothing to say; a best checkpoint is written at the end of an epoch, with no
+# unfinished one). Only continuing the run needs them.
+BEST_CHECKPOINT_LEAVES_OUT = {"optimizer": "the optimiser state (AdamW restarts its moments)",
+                              "rng": "the random-number states", "scheduler": None, "scaler": None,
+                              "epoch_progress": None, "label_embeddings": None}
 
 
 def training_checkpoint(cfg: Config, data, trainer, state: TrainState, meter, rng: list[dict]) -> dict:
@@ -58,18 +72,37 @@ def training_checkpoint(cfg: Config, data, trainer, state: TrainState, meter, rn
     })
 
 
+def checkpoint_as(name: str, content: dict) -> dict:
+    """The checkpoint file ``name`` of `training_checkpoint`'s ``content``: the newest whole,
+    a best one without what only continuing the run needs."""
+    if name == NEWEST_CHECKPOINT:
+        return content
+    return with_checksum({key: value for key, value in content.items() if key not in BEST_CHECKPOINT_LEAVES_OUT})
+
+
 def restore_training(checkpoint: dict, trainer, meter) -> TrainState:
     """Restore model, optimiser, scaler, progress and this process's random states; the
-    schedule is the caller's to rebuild at the epoch reached (`optim.build_scheduler`)."""
+    schedule is the caller's to rebuild at the epoch reached (`optim.build_scheduler`).
+    What the checkpoint lacks (a best checkpoint's optimiser, ...; an old checkpoint's
+    records) is said in one line each."""
     load_model_state(trainer.model, checkpoint, NEWEST_CHECKPOINT)
-    trainer.optimizer.load_state_dict(checkpoint["optimizer"])
-    trainer.scaler.load_state_dict(checkpoint["scaler"])
+    missing = [what for key, what in BEST_CHECKPOINT_LEAVES_OUT.items() if what and key not in checkpoint]
+    if missing:
+        say(f"resume: the checkpoint holds the weights and progress of epoch {checkpoint['state']['epoch']}, "
+            f"not {', '.join(missing)}: the run goes on from there, not as an unbroken run would")
+    if "optimizer" in checkpoint:
+        trainer.optimizer.load_state_dict(checkpoint["optimizer"])
+        trainer.scaler.load_state_dict(checkpoint["scaler"])
     state = TrainState(**checkpoint["state"])
-    if checkpoint["epoch_progress"] is not None:
+    if "records" not in checkpoint["state"]:
+        say(f"resume: the checkpoint was written before checkpoints kept the run's records: its "
+            f"metrics.jsonl is kept as it is (up to epoch {state.epoch}), and the run gets the id {state.run_id}")
+    if checkpoint.get("epoch_progress") is not None:
         meter.load_state_dict(checkpoint["epoch_progress"], trainer.device)
-    if checkpoint["label_embeddings"] is not None:
+    if checkpoint.get("label_embeddings") is not None:
         trainer.model.cached_label_emb = checkpoint["label_embeddings"].to(trainer.device)
-    _restore_process_rng(checkpoint["rng"])
+    if "rng" in checkpoint:
+        _restore_process_rng(checkpoint["rng"])
     return state
 
 

@@ -23,7 +23,8 @@ from matplotlib import font_manager
 from matplotlib.figure import Figure
 from matplotlib.ft2font import FT2Font
 from matplotlib.patches import Patch
-from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+from tailclip.engine.files import write_figure
 
 GROUPS = ("head", "medium", "tail")
 GROUP_COLORS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728"}
@@ -147,12 +148,9 @@ def save_per_class_ap_png(path, ap, class_names: Sequence[str],
                           groups: Mapping[str, Sequence[int]], class_counts=None,
                           title: str | None = None, dpi: int = 120) -> Path:
     """Write the per-class AP bar chart (``per_class_ap_figure``) as a PNG; returns the path."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     figure = per_class_ap_figure(ap, class_names, groups, class_counts, title)
     with _missing_characters_said_once(class_names):
-        figure.savefig(path, format="png", dpi=dpi)
-    return path
+        return write_figure(path, figure, dpi=dpi)
 
 
 def pr_curve_counts(targets, scores, max_points: int = MAX_PR_POINTS) -> dict[str, np.ndarray]:
@@ -201,6 +199,9 @@ def log_hparams(writer, hparams_dict: Mapping, metrics_dict: Mapping[str, float]
     clean = {key: value if isinstance(value, (bool, int, float, str)) else str(value)
              for key, value in hparams_dict.items()}
     metrics = {key: float(value) for key, value in metrics_dict.items() if value is not None}
+    # TensorBoard is imported with the writer; a test report, which draws charts only, needs none.
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
     file_writer = writer._get_file_writer()  # add_hparams' own route, minus its sub-run
     for summary in hparams_summaries(clean, metrics):
         file_writer.add_summary(summary, step)

@@ -2,8 +2,9 @@
 sees, and the test split's decision metrics with them.
 
 SPLIT is a list file in the split format (image paths relative to the dataset's image root)
-or ``train``, the training split, which the model has learnt: its thresholds are optimistic,
-and a warning says so. The test split itself, or a file sharing an image with it, is refused.
+or ``train``, the training split. On images the model has learnt (``train``, or a file made
+only of training images) the thresholds are optimistic, and a warning says so. The test split
+itself, or a file sharing an image with it, is refused.
 """
 import dataclasses
 import os
@@ -17,18 +18,10 @@ from tailclip.engine.batches import build_split_batches
 from tailclip.engine.evaluation import evaluate_model
 from tailclip.errors import MissingFileError, TailCLIPError
 from tailclip.text_tokens import text_tokenizer
-from tailclip.thresholds import (
-    calibrate,
-    class_probabilities,
-    per_class,
-    scalar_metrics,
-    split_top_k,
-    threshold_metrics,
-    thresholds_file_name,
-)
+from tailclip.thresholds import calibrate, decision_metrics, per_class, scalar_metrics, thresholds_file_name
 
 TRAIN = "train"
-TRAIN_WARNING = ("calibrating on the training split, which the model has learnt: its thresholds "
+TRAIN_WARNING = ("calibrating on {what}, which the model has learnt: its thresholds "
                  "are optimistic (a held-out list file gives honest ones)")
 
 
@@ -67,22 +60,36 @@ def _evaluation_data(cfg, data, entries):
     return dataclasses.replace(data, test=split)
 
 
+def learnt_warning(split: str, entries, data) -> str | None:
+    """Why thresholds from ``entries`` are optimistic: the model has learnt every image."""
+    if split == TRAIN:
+        return TRAIN_WARNING.format(what="the training split")
+    train_images = {entry.path for entry in data.train.entries}
+    if all(entry.path in train_images for entry in entries):
+        return TRAIN_WARNING.format(what=f"{split}, whose {len(entries)} images are all training images")
+    return None
+
+
 def calibrated_report(cfg, data, model, objective, entries, split: str, checkpoint: str, test_result, device,
                       precision: str, target_precision: float | None) -> dict:
     """Thresholds from ``entries`` and the test split's metrics with them (``test_result``:
-    the test ``Evaluation``): the report's ``calibrated`` section."""
+    the test ``Evaluation``, whose decision score the thresholds apply to): the report's
+    ``calibrated`` section."""
     calibration_data = _evaluation_data(cfg, data, entries)
     batches = build_split_batches(cfg, calibration_data, train=False, device=device)
+    score = test_result.decision_score
     on_split = evaluate_model(model, objective, batches.batches(device), calibration_data.test.caption_tokens,
-                              device, precision, data.groups)
-    thresholds, notes = calibrate(class_probabilities(on_split.logits), on_split.targets, target_precision)
-    at_thresholds, _ = split_top_k(threshold_metrics(test_result.logits, test_result.targets,
-                                                     data.groups, thresholds))
+                              device, precision, data.groups, score=score)
+    warning = learnt_warning(split, entries, data)
+    thresholds, notes = calibrate(on_split.decision_values, on_split.targets, score, target_precision)
+    at_thresholds = decision_metrics(test_result.decision_values.numpy() >= thresholds, test_result.targets,
+                                     data.groups)
     return {
         "split": split,
         "num_images": len(on_split.targets),
-        **({"warning": TRAIN_WARNING} if split == TRAIN else {}),
+        **({"warning": warning} if warning else {}),
         "target_precision": target_precision,
+        "score": score.name,
         "thresholds_file": thresholds_file_name(checkpoint),
         "thresholds": dict(zip(data.class_names, thresholds.tolist())),
         "notes": {data.class_names[c]: note for c, note in sorted(notes.items())},

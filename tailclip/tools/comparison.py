@@ -21,6 +21,7 @@ import math
 from pathlib import Path
 
 from tailclip.engine.evaluation import percent
+from tailclip.engine.files import write_figure, write_json, write_text
 from tailclip.engine.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, percent_scalars, read_metrics
 from tailclip.errors import TailCLIPError
 from tailclip.tools.authors_record import (
@@ -255,7 +256,7 @@ def plot(records: list[dict], runs: list[AuthorsRun], path: Path, label: str = "
         axis.grid(alpha=0.3)
         axis.legend()
     figure.tight_layout()
-    figure.savefig(path, dpi=100)
+    write_figure(path, figure, dpi=100)
     plt.close(figure)
 
 
@@ -290,8 +291,8 @@ def write_comparison(run_dir, runs: list[AuthorsRun] | None = None,
     by_label = {run.label: run for run in runs}
     matched = [by_label[summary["run"]] for summary in result["authors"]]
     paths = [run_dir / name for name in OUTPUT_FILES]
-    paths[0].write_text(summary_text(result, per_epoch=True))
-    paths[1].write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    write_text(paths[0], summary_text(result, per_epoch=True))
+    write_json(paths[1], result, allow_nan=False)
     if matched:
         plot(records, matched, paths[2])
     else:

@@ -17,7 +17,6 @@ CUDA context, and a run that crashes or runs out of memory takes no other run wi
 import ast
 import dataclasses
 import itertools
-import json
 import os
 import re
 import subprocess
@@ -30,14 +29,18 @@ from pathlib import Path
 import torch
 
 from tailclip import REPO_ROOT
-from tailclip.config import Config, load_config, option_problem, parse_override
+from tailclip.config import Config, load_config, option_problem, parse_override, resolve_path
 from tailclip.engine import training
+from tailclip.engine.files import write_json
 from tailclip.engine.logger import METRICS_FILE, read_metrics
-from tailclip.engine.run_folder import resume_checkpoint
+from tailclip.engine.run_folder import NEWEST_CHECKPOINT, restore_run_files, resume_checkpoint
+from tailclip.engine.run_lock import RunLock
+from tailclip.engine.training_state import RESUMABLE_OPTIONS
 from tailclip.errors import TailCLIPError
+from tailclip.tools.disk_estimate import sweep_disk_line
+from tailclip.tools.sweep_report import SWEEP_FILE, read_sweep_file
 from tailclip.wording import count
 
-SWEEP_FILE = "sweep.json"
 STUDY_FILE = "optuna.db"
 SEARCH_SPACE_ATTR = "search_space"  # the study's --range and --grid values, as last given
 RESERVED_KEYS = {"seed": "use --seeds", "run_dir": "the sweep chooses each run's folder"}
@@ -171,7 +174,7 @@ def expand(grid: list[tuple[str, list[str]]], variants: list[Setting]) -> list[S
 
 
 def sweep_folder(config_path, sets, name: str) -> Path:
-    return Path(load_config(config_path, sets).run_dir) / name
+    return resolve_path(load_config(config_path, sets).run_dir) / name
 
 
 def plan(config_path, sets: list[str], settings: list[Setting], seeds: list[int],
@@ -190,28 +193,32 @@ def record_sweep(folder: Path, config_path, sets: list[str], swept: list[str], s
     """Add this invocation's swept keys and settings to ``sweep.json`` (what the report
     reads for the order of its rows and the published figures of the config); a sweep of
     another config or other ``--set`` values under the same name is refused."""
-    path = folder / SWEEP_FILE
-    known = json.loads(path.read_text()) if path.is_file() else {"swept": [], "settings": []}
-    if path.is_file():
-        check_same_base(path, known, config_path, sets)
-    folder.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({
+    known = read_sweep_file(folder) or {"swept": [], "settings": []}
+    if "config" in known:
+        check_same_base(folder / SWEEP_FILE, known, config_path, sets)
+    write_json(folder / SWEEP_FILE, {
         "config": str(config_path),
         "sets": list(sets),
         "swept": known["swept"] + [key for key in swept if key not in known["swept"]],
         "settings": known["settings"] + [name for name in settings if name not in known["settings"]],
-    }, indent=2) + "\n")
+    })
 
 
 def check_same_base(path: Path, known: dict, config_path, sets: list[str]) -> None:
     """A sweep name holds one config and one set of ``--set`` values (more swept keys and
     values may join it): another's runs of the same setting names would be skipped or resumed
-    as this one's, and its rows reported in one table with them."""
+    as this one's, and its rows reported in one table with them. The options a resume may
+    change (more epochs, how the runs run) do not make another sweep: they extend this one."""
     recorded_sets = known.get("sets", list(sets))  # a sweep.json written before it kept them: not compared
-    if Path(known["config"]).resolve() == Path(config_path).resolve() and sorted(recorded_sets) == sorted(sets):
+    if (Path(known["config"]).resolve() == Path(config_path).resolve()
+            and _learnt(recorded_sets) == _learnt(sets)):
         return
     raise SweepError(f"{path} holds the sweep {path.parent.name!r} of {_base(known['config'], recorded_sets)}, "
                      f"not {_base(config_path, sets)}: give this one another --name")
+
+
+def _learnt(sets: list[str]) -> list[str]:
+    return sorted(text for text in sets if text.partition("=")[0].strip() not in RESUMABLE_OPTIONS)
 
 
 def _base(config_path, sets: list[str]) -> str:
@@ -223,8 +230,10 @@ def run_progress(run_dir: Path, epochs: int) -> str:
 
     A run is finished when ``metrics.jsonl`` holds its last epoch: that line is written
     just before the epoch's checkpoints, so a run killed in between is finished already
-    as far as its results go.
+    as far as its results go. The run's files are first restored from its checkpoint
+    where they are behind it or damaged (a lost last line, say).
     """
+    restore_run_files(run_dir)
     metrics = run_dir / METRICS_FILE
     if metrics.is_file():
         records = read_metrics(run_dir)
@@ -241,11 +250,27 @@ def prepare(run: PlannedRun) -> tuple[str, bool]:
     return progress, progress == "fresh" and run_dir.exists()
 
 
+def keep_best_only(run: PlannedRun) -> None:
+    """Delete the newest checkpoint of ``run`` once it has finished: the sweep's report and
+    compare.py read its config.json and metrics.jsonl, test.py and predict.py its best
+    checkpoints, TensorBoard its events; only continuing the run needs the newest."""
+    run_dir = Path(run.cfg.run_dir) / run.name
+    if run_progress(run_dir, run.cfg.epochs) != "finished" or not (run_dir / NEWEST_CHECKPOINT).is_file():
+        return
+    lock = RunLock.take(run_dir)
+    try:
+        (run_dir / NEWEST_CHECKPOINT).unlink()
+    finally:
+        lock.release()
+
+
 def run_in_process(runs: list[PlannedRun], on_epoch: Callable | None = None,
-                   log: Callable[[str], None] = print, numbered: bool = True) -> dict[str, str]:
+                   log: Callable[[str], None] = print, numbered: bool = True,
+                   keep_best: bool = False) -> dict[str, str]:
     """Train the runs one after another in this process; ``{run name: outcome}``. Each is
     announced as ``[k/n]`` of the runs given, unless not ``numbered`` (a search's trial, whose
-    count is open).
+    count is open). With ``keep_best``, each finished run keeps its best checkpoints only
+    (`keep_best_only`).
 
     A run whose loss diverges is recorded as failed and the sweep goes on; Ctrl-C
     (``TrainingInterrupted``) stops the sweep after the run saved its checkpoint.
@@ -257,14 +282,16 @@ def run_in_process(runs: list[PlannedRun], on_epoch: Callable | None = None,
             + {"finished": "finished, skipped", "resume": "resuming", "fresh": "starting"}[progress])
         if progress == "finished":
             outcomes[run.name] = "skipped"
-            continue
-        try:
-            training.train(run.cfg, run.name, resume=progress == "resume", overwrite=overwrite,
-                           on_epoch=on_epoch)
-            outcomes[run.name] = "trained" if progress == "fresh" else "resumed"
-        except training.NonFiniteLossError as error:
-            log(f"{run.name} failed: {error}")
-            outcomes[run.name] = "failed"
+        else:
+            try:
+                training.train(run.cfg, run.name, resume=progress == "resume", overwrite=overwrite,
+                               on_epoch=on_epoch)
+                outcomes[run.name] = "trained" if progress == "fresh" else "resumed"
+            except training.NonFiniteLossError as error:
+                log(f"{run.name} failed: {error}")
+                outcomes[run.name] = "failed"
+        if keep_best:
+            keep_best_only(run)
     return outcomes
 
 
@@ -277,7 +304,8 @@ def train_command(config_path, sets: list[str], run: PlannedRun, progress: str, 
 
 
 def run_on_gpus(runs: list[PlannedRun], config_path, sets: list[str], gpus: list[str],
-                log: Callable[[str], None] = print, poll_seconds: float = 1.0) -> dict[str, str]:
+                log: Callable[[str], None] = print, poll_seconds: float = 1.0,
+                keep_best: bool = False) -> dict[str, str]:
     """Train the runs as ``train.py`` processes, one per GPU at a time; ``{run: outcome}``.
 
     Each process sees only its GPU, and writes its output to ``<sweep>/logs/<run>.log``.
@@ -293,6 +321,8 @@ def run_on_gpus(runs: list[PlannedRun], config_path, sets: list[str], gpus: list
             if progress == "finished":
                 log(f"{run.name}: finished, skipped")
                 outcomes[run.name] = "skipped"
+                if keep_best:
+                    keep_best_only(run)
                 continue
             gpu = free.pop(0)
             log_path = Path(run.cfg.run_dir) / "logs" / f"{run.name}.log"
@@ -316,6 +346,8 @@ def run_on_gpus(runs: list[PlannedRun], config_path, sets: list[str], gpus: list
             else:
                 outcomes[run.name] = outcome if process.returncode == 0 else "failed"
             log(f"{run.name}: {outcomes[run.name]} (exit {process.returncode})")
+            if keep_best:
+                keep_best_only(run)
         if stopping and not active:
             break
     return outcomes
@@ -331,17 +363,23 @@ def visible_gpus() -> list[str]:
 
 
 def run_grid(config_path, sets: list[str], settings: list[Setting], seeds: list[int], name: str,
-             gpus: list[str] | None = None, log: Callable[[str], None] = print) -> dict[str, str]:
-    """Plan, record and train a sweep; the outcome of every run."""
+             gpus: list[str] | None = None, log: Callable[[str], None] = print,
+             keep_best: bool = False, estimate_only: bool = False) -> dict[str, str]:
+    """Plan, record and train a sweep, saying first the disk its checkpoints will take; the
+    outcome of every run. With ``keep_best``, finished runs keep their best checkpoints only;
+    with ``estimate_only``, nothing is written or trained."""
     folder = sweep_folder(config_path, sets, name)
     runs = plan(config_path, sets, settings, seeds, folder)
-    swept = list(dict.fromkeys(o.partition("=")[0] for s in settings for o in s.overrides))
-    record_sweep(folder, config_path, sets, swept, [setting.name for setting in settings])
     if gpus is None:
         gpus = visible_gpus() if runs[0].cfg.device in ("auto", "cuda") else []
+    log(sweep_disk_line([run.cfg for run in runs], keep_best, at_once=max(1, len(gpus))))
+    if estimate_only:
+        return {}
+    swept = list(dict.fromkeys(o.partition("=")[0] for s in settings for o in s.overrides))
+    record_sweep(folder, config_path, sets, swept, [setting.name for setting in settings])
     if len(gpus) > 1:
-        return run_on_gpus(runs, config_path, sets, gpus, log)
-    return run_in_process(runs, log=log)
+        return run_on_gpus(runs, config_path, sets, gpus, log, keep_best=keep_best)
+    return run_in_process(runs, log=log, keep_best=keep_best)
 
 
 # --- search -------------------------------------------------------------------------------

@@ -12,6 +12,7 @@ than their code (bf16, TF32, class prompts once an epoch). Files keep mAP as fra
 [0, 1]; the Markdown table and the plot show percent.
 """
 import csv
+import io
 import json
 import math
 import re
@@ -19,7 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from tailclip.engine.logger import CONFIG_FILE, METRICS_FILE, read_metrics
+from tailclip.engine.files import write_figure, write_text
+from tailclip.engine.logger import CONFIG_FILE, METRICS_FILE, RUN_ID, read_metrics
+from tailclip.engine.run_folder import restore_run_files
 from tailclip.errors import TailCLIPError
 from tailclip.tools.authors_record import (
     RECORD_DATASETS,
@@ -38,6 +41,7 @@ EPOCHS = ("best", "last")
 PUBLISHED_MAP = {"voc_mlt_vitb16": "92.5", "voc_mlt_rn50": "86.1",
                  "coco_mlt_vitb16": "74.3", "coco_mlt_rn50": "58.2-58.5"}
 AUTHORS_COLUMNS = ("authors_runs", *(f"authors_{when}_mAP_{end}" for when in EPOCHS for end in ("min", "max")))
+SWEEP_FILE = "sweep.json"
 RUN_FOLDER = re.compile(r"(?P<setting>.+)_seed(?P<seed>\d+)")
 # Options whose values act by their ratios (a learning rate): plotted on a log axis.
 LOG_SCALE_OPTIONS = ("lr",)
@@ -80,14 +84,32 @@ def authors_figures(config: dict, record: list[AuthorsRun]) -> dict:
     return figures
 
 
+def read_sweep_file(sweep_dir: Path) -> dict:
+    """A sweep folder's ``sweep.json`` (empty for a plain folder of runs)."""
+    path = Path(sweep_dir) / SWEEP_FILE
+    if not path.is_file():
+        return {}
+    try:
+        sweep = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError):
+        sweep = None
+    if not isinstance(sweep, dict) or not isinstance(sweep.get("config"), str) \
+            or not all(isinstance(sweep.get(key), list) for key in ("swept", "settings")):
+        raise TailCLIPError(f"{path} is damaged (not the JSON a sweep writes); delete it and run the sweep "
+                            "command again: it is written anew, and the runs are kept")
+    return sweep
+
+
 def collect(sweep_dir: Path) -> tuple[list[dict], list[str], list[str], dict]:
     """One row per setting (its swept values, seeds and statistics), the swept keys, the
-    runs not finished yet, and ``sweep.json`` (empty for a plain folder of runs)."""
-    sweep_file = sweep_dir / "sweep.json"
-    sweep = json.loads(sweep_file.read_text()) if sweep_file.is_file() else {}
+    runs not finished yet, and ``sweep.json`` (empty for a plain folder of runs). Each run's
+    files are first restored from its checkpoint where they are behind it or damaged."""
+    sweep = read_sweep_file(sweep_dir)
     runs, unfinished = {}, []
     for run_dir in sorted(p for p in sweep_dir.iterdir() if p.is_dir()):
         match = RUN_FOLDER.fullmatch(run_dir.name)
+        if match:
+            restore_run_files(run_dir)
         if not match or not (run_dir / CONFIG_FILE).is_file() or not (run_dir / METRICS_FILE).is_file():
             continue
         run = read_run(run_dir)
@@ -111,7 +133,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str], list[str], dict]:
 
 
 def _differing_keys(configs: list[dict]) -> list[str]:
-    keys = [key for key in (configs[0] if configs else {}) if key not in ("seed", "run_dir")]
+    keys = [key for key in (configs[0] if configs else {}) if key not in ("seed", "run_dir", RUN_ID)]
     return [key for key in keys if len({json.dumps(c.get(key)) for c in configs}) > 1]
 
 
@@ -165,12 +187,13 @@ def write_csv(path: Path, rows: list[dict], swept: list[str], published: str | N
     authors = list(AUTHORS_COLUMNS) if has_authors(rows) else []
     # The paper's percent as a fraction, like the other columns ("0.582-0.585" for a range).
     paper = {"paper_mAP": "-".join(f"{float(p) / 100:.3f}" for p in published.split("-"))} if published else {}
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fields + list(paper) + authors, extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({**{key: (_cell(value) if key in swept else value) for key, value in row.items()},
-                             **paper})
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fields + list(paper) + authors, extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({**{key: (_cell(value) if key in swept else value) for key, value in row.items()},
+                         **paper})
+    write_text(path, table.getvalue())
 
 
 def write_report(sweep_dir) -> list[Path]:
@@ -203,7 +226,7 @@ def write_report(sweep_dir) -> list[Path]:
         paths.append(sweep_dir / "results.png")
         plot(rows, swept, paths[-1])
         text += ["", "![head, medium and tail mAP at the last epoch](results.png)"]
-    paths[0].write_text("\n".join(text) + "\n")
+    write_text(paths[0], "\n".join(text) + "\n")
     write_csv(paths[1], rows, swept, published)
     return paths
 
@@ -217,7 +240,7 @@ def plot(rows: list[dict], swept: list[str], path: Path) -> None:
     import matplotlib.pyplot as plt
 
     shown = figure(rows, swept)
-    shown.savefig(path, dpi=120)
+    write_figure(path, shown, dpi=120)
     plt.close(shown)
 
 
