@@ -24,6 +24,16 @@ import sys
 from tailclip.arguments import ArgumentParser
 
 
+def device_name(text: str) -> str:
+    """``--device``, checked as the config option ``device`` is."""
+    from tailclip.config import option_problem
+
+    problem = option_problem("device", text)
+    if problem:
+        raise argparse.ArgumentTypeError(problem)
+    return text
+
+
 def parse_args(argv=None) -> argparse.Namespace:
     summary, details = __doc__.split("\n\n", 1)
     parser = ArgumentParser(description=summary, epilog=details,
@@ -44,7 +54,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                         help="images scored at a time (default 32; lower it if memory runs short)")
     parser.add_argument("--workers", type=int, default=min(4, os.cpu_count() or 1),
                         help="image-decoding processes (0: decode in this process)")
-    parser.add_argument("--device", default="auto",
+    parser.add_argument("--device", default="auto", type=device_name,
                         help="auto (CUDA when available), cpu, cuda, cuda:N")
     args = parser.parse_args(argv)
     for name in ("top_k", "batch_size"):

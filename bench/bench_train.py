@@ -51,7 +51,10 @@ from tailclip.engine import evaluation, training
 from tailclip.engine.batches import SplitBatches, build_split_batches  # noqa: E402
 from tailclip.engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from tailclip.engine.precision import PER_OPERATOR_TF32, autocast, grad_scaler, resolve_precision, set_tf32, tf32_flags  # noqa: E402
-from tailclip.metrics import evaluate  # noqa: E402
+from tailclip.metrics import (
+    evaluate,  # noqa: E402
+    scores_from_logits,  # noqa: E402
+)
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
                "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa",
@@ -256,7 +259,7 @@ def evaluate_per_image(model, batches, groups) -> torch.Tensor:
     scores, targets = [], []
     for images, batch_targets, _, _ in batches:
         for image, target in zip(images, batch_targets):
-            scores.append(model.predict_scores(image[None], label_emb).cpu())
+            scores.append(scores_from_logits(model.predict_logits(image[None], label_emb), model.score_kind).cpu())
             targets.append(target[None].cpu())
     scores = torch.cat(scores)
     evaluate(scores, torch.cat(targets), groups)

@@ -22,6 +22,7 @@ import sys
 import traceback
 import typing
 from collections.abc import Callable, Iterable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
@@ -58,95 +59,199 @@ class ConfigError(TailCLIPError, ValueError):
     """A config file, an override or a flag holds an unknown option or a bad value."""
 
 
+LEARNT = "learnt"  # changes what a run learns: fixed for the run
+SCHEDULE = "schedule"  # changes what a run learns, from the epoch reached on: a resumed run may change it
+RUNNING = "running"  # how a run runs (where, how fast, what it keeps): a resumed run may change it
+ROLES = {LEARNT: "what is learnt", SCHEDULE: "what is learnt (may change on resume)",
+         RUNNING: "how the run runs"}
+# The authors' runs logged the option's value (compared with theirs); a tuple instead names
+# the values their code fixes without logging them.
+AUTHORS_LOGGED = "logged"
+
+
+class Pattern(typing.NamedTuple):
+    """Allowed text: a regular expression and what it allows, in words."""
+    regex: re.Pattern
+    words: str
+
+
+DEVICE = Pattern(re.compile(r"auto|cpu|cuda(:\d+)?"), "'auto', 'cpu', 'cuda' or 'cuda:N'")
+
+
+@dataclass(frozen=True)
+class Range:
+    """Allowed numbers: ``low`` up to ``high`` (None: unbounded), each end open or closed."""
+    low: float
+    high: Optional[float] = None
+    low_open: bool = False
+    high_open: bool = True
+
+    def accepts(self, value: float) -> bool:
+        above = value > self.low if self.low_open else value >= self.low
+        below = self.high is None or (value < self.high if self.high_open else value <= self.high)
+        return above and below
+
+    def __str__(self) -> str:
+        if self.high is None:
+            return f"{'>' if self.low_open else '>='} {self.low}"
+        return f"in {'(' if self.low_open else '['}{self.low}, {self.high}{')' if self.high_open else ']'}"
+
+
+AT_LEAST_0, AT_LEAST_1, ABOVE_0 = Range(0), Range(1), Range(0, low_open=True)
+UNIT_INTERVAL = Range(0, 1)
+
+
+@dataclass(frozen=True)
+class Option:
+    """What is known of an option besides its type and default (``Config``'s annotations)."""
+    help: str
+    role: str = LEARNT  # LEARNT, SCHEDULE or RUNNING
+    choices: tuple = ()  # the allowed values; of a list option, the allowed entries
+    range: Optional[Range] = None
+    pattern: Optional[Pattern] = None
+    authors: Any = None  # AUTHORS_LOGGED, the values the authors' code fixes, or None: not compared
+
+
+def option(default: Any, help: str, **about: Any) -> Any:
+    """A ``Config`` field: its default and what ``Option`` says of it."""
+    metadata = {"option": Option(help, **about)}
+    if isinstance(default, list):
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
 @dataclass(frozen=True)
 class Config:
-    """Every TailCLIP option with its default (docs/ARCHITECTURE.md lists their meaning)."""
+    """Every TailCLIP option: its type, default, allowed values, role and meaning (``OPTIONS``)."""
 
     # Data
-    dataset: str = "synthetic_mlt"
-    data_root: str = "datasets"
-    train_list: Optional[str] = None
-    test_list: Optional[str] = None
-    class_names: Optional[str] = None
-    captions: Optional[str] = None
-    image_root: Optional[str] = None
+    dataset: str = option("synthetic_mlt", "the benchmark, or your own data (`custom`)", choices=DATASETS,
+                          authors=AUTHORS_LOGGED)
+    data_root: str = option("datasets", "folder holding one folder per dataset (relative to the repository "
+                                        "root or absolute)", role=RUNNING)
+    train_list: Optional[str] = option(None, "`custom` only: the training split file")
+    test_list: Optional[str] = option(None, "`custom` only: the test split file")
+    class_names: Optional[str] = option(None, "`custom` only: the class names file")
+    captions: Optional[str] = option(None, "`custom` only: the captions file (optional)")
+    image_root: Optional[str] = option(None, "`custom` only: the folder the split files' image paths are in")
     # Backbone
-    model_name: str = "ViT-B/16"
-    pretrained: bool | str = True
-    interpolate_pos_embedding: bool = False
+    model_name: str = option("ViT-B/16", "any of `clip.available_models()`, or `open_clip:<name>` for any of "
+                                         "`open_clip.list_models()` (needs `open_clip_torch`)", authors=AUTHORS_LOGGED)
+    pretrained: bool | str = option(True, "True: OpenAI's weights (OpenAI names only); False: random ones; a "
+                                          "string: a checkpoint file, or for an `open_clip:` name one of its "
+                                          "pretrained tags", authors=(True,))
+    interpolate_pos_embedding: bool = option(False, "allow a `size` other than a Vision Transformer's own")
     # Text and images
-    class_caption: str = "a photo of a "
-    use_dataset_train_captions: bool = False
-    size: int = 224
-    max_length: int = 77
-    normalize: str = "imagenet"
+    class_caption: str = option("a photo of a ", "prompt prefix of the class names", authors=AUTHORS_LOGGED)
+    use_dataset_train_captions: bool = option(False, "captions from the caption file instead of the class names",
+                                              authors=AUTHORS_LOGGED)
+    size: int = option(224, "training and evaluation image size (square, aspect not kept)", range=AT_LEAST_1,
+                       authors=AUTHORS_LOGGED)
+    max_length: int = option(77, "text context length", range=AT_LEAST_1, authors=AUTHORS_LOGGED)
+    normalize: str = option("imagenet", "mean and std of the images: ImageNet's or CLIP's",
+                            choices=("imagenet", "clip"), authors=("imagenet",))
     # Loader
-    batch_size: int = 8
-    eval_batch_size: int = 64
-    num_workers: int = 4
+    batch_size: int = option(8, "global batch (all processes together)", range=AT_LEAST_1, authors=AUTHORS_LOGGED)
+    eval_batch_size: int = option(64, "evaluation batch", range=AT_LEAST_1, role=RUNNING)
+    num_workers: int = option(4, "DataLoader workers decoding JPEGs (`image_cache = False`); the cache is read in "
+                                 "the main process", range=AT_LEAST_0, role=RUNNING)
     # Optimisation
-    epochs: int = 50
-    lr: float = 1e-6
-    optimizer: str = "AdamW"
-    momentum: float = 0.9
-    weight_decay: float = 0.01
+    epochs: int = option(50, "epochs of the cosine schedule", range=AT_LEAST_1, role=SCHEDULE,
+                         authors=AUTHORS_LOGGED)
+    lr: float = option(1e-6, "peak learning rate of the cosine schedule", range=ABOVE_0, role=SCHEDULE,
+                       authors=AUTHORS_LOGGED)
+    optimizer: str = option("AdamW", "AdamW (betas 0.9/0.98, eps 1e-9), Adam or SGD",
+                            choices=("AdamW", "Adam", "SGD"), authors=AUTHORS_LOGGED)
+    momentum: float = option(0.9, "SGD only", range=AT_LEAST_0)
+    weight_decay: float = option(0.01, "decoupled (AdamW) or L2 (Adam, SGD) weight decay", range=AT_LEAST_0,
+                                 authors=AUTHORS_LOGGED)
     # Objective
-    loss_function: list[str] = field(default_factory=lambda: ["clip", "bal"])
-    contrastive: str = "auto"
-    asl_mul: float = 1.0
-    asl_gamma_neg: float = 4.0
-    asl_gamma_pos: float = 0.0
-    asl_clip: float = 0.05
-    asl_eps: float = 1e-8
-    label_smoothing: float = 0.0
+    loss_function: list[str] = option(["clip", "bal"], "the terms of the loss: `clip` (contrastive), `bal`, "
+                                                       "`asl`, `bce`, `focal`, `dbfocal`; the terms on the class "
+                                                       "logits alone or with `clip`",
+                                      choices=LOSS_TERMS, authors=AUTHORS_LOGGED)
+    contrastive: str = option("auto", "the `clip` term: CLIP's softmax, SigLIP's sigmoid (with the model's "
+                                      "learned logit bias); `auto`: sigmoid for a backbone with a logit bias",
+                              choices=CONTRASTIVE_KINDS, authors=("auto", "softmax"))
+    asl_mul: float = option(1.0, "lambda on every term on the class logits (all but `clip`)", range=AT_LEAST_0,
+                            authors=AUTHORS_LOGGED)
+    asl_gamma_neg: float = option(4.0, "BAL and ASL: focusing exponent of the negatives", range=AT_LEAST_0,
+                                  authors=AUTHORS_LOGGED)
+    asl_gamma_pos: float = option(0.0, "BAL and ASL: focusing exponent of the positives", range=AT_LEAST_0,
+                                  authors=AUTHORS_LOGGED)
+    asl_clip: float = option(0.05, "BAL and ASL: probability margin of the negatives", range=UNIT_INTERVAL,
+                             authors=AUTHORS_LOGGED)
+    asl_eps: float = option(1e-8, "BAL and ASL: smallest probability in the logarithm", range=ABOVE_0,
+                            authors=AUTHORS_LOGGED)
+    label_smoothing: float = option(0.0, "BAL: label smoothing of the targets", range=UNIT_INTERVAL,
+                                    authors=AUTHORS_LOGGED)
     # Baseline losses on the class logits (tailclip/losses.py says where each default comes from)
-    focal_gamma: float = 2.0
-    focal_alpha: float = 0.25
-    dbfocal_alpha: float = 0.1
-    dbfocal_beta: float = 10.0
-    dbfocal_mu: Optional[float] = None  # None: LMPT's value for the dataset (VOC-MLT 0.3, else 0.2)
-    dbfocal_lambda: Optional[float] = None  # None: LMPT's value for the dataset (VOC-MLT 5, else 2)
-    dbfocal_kappa: float = 0.05
-    dbfocal_gamma: float = 2.0
-    dbfocal_scale: float = 2.0
+    focal_gamma: float = option(2.0, "`focal`: focusing exponent (Lin et al., ICCV 2017)", range=AT_LEAST_0)
+    focal_alpha: float = option(0.25, "`focal`: weight of the positives (1 - alpha on the negatives)",
+                                range=Range(0, 1, high_open=False))
+    dbfocal_alpha: float = option(0.1, "`dbfocal`: re-balanced weight alpha + sigmoid(beta (r - mu))",
+                                  range=AT_LEAST_0)
+    dbfocal_beta: float = option(10.0, "`dbfocal`: beta of the re-balanced weight", range=AT_LEAST_0)
+    dbfocal_mu: Optional[float] = option(None, "`dbfocal`: threshold mu; None: LMPT's value for the dataset "
+                                               "(VOC-MLT 0.3, otherwise 0.2)")
+    dbfocal_lambda: Optional[float] = option(None, "`dbfocal`: negative-tolerant scale of the negatives' logits; "
+                                                   "None: LMPT's value (VOC-MLT 5, otherwise 2)", range=ABOVE_0)
+    dbfocal_kappa: float = option(0.05, "`dbfocal`: class-specific bias kappa log(p / (1 - p))", range=AT_LEAST_0)
+    dbfocal_gamma: float = option(2.0, "`dbfocal`: focusing exponent", range=AT_LEAST_0)
+    dbfocal_scale: float = option(2.0, "`dbfocal`: constant factor (the authors' `balance_param`)",
+                                  range=AT_LEAST_0)
     # Re-balancing
-    use_sample_weights: bool = True
-    sample_weights_power: float = 1.0
-    use_weighted_loss: bool = True
-    class_weights_power: float = 1.0
+    use_sample_weights: bool = option(True, "the class-rarity-weighted sampler", authors=AUTHORS_LOGGED)
+    sample_weights_power: float = option(1.0, "exponent of the sampler's weights", range=AT_LEAST_0,
+                                         authors=AUTHORS_LOGGED)
+    use_weighted_loss: bool = option(True, "class weights in BAL", authors=AUTHORS_LOGGED)
+    class_weights_power: float = option(1.0, "exponent of BAL's class weights", range=AT_LEAST_0,
+                                        authors=AUTHORS_LOGGED)
     # Model head and evaluation
-    label_embeddings: str = "per_step"
-    score: str = "softmax"
+    label_embeddings: str = option("per_step", "the class prompts encoded at every step (with gradient) or "
+                                               "once per epoch", choices=LABEL_EMBEDDING_MODES)
+    score: str = option("softmax", "the ranking score of the class logits", choices=SCORE_KINDS,
+                        authors=("softmax",))
     # Checkpoints
-    save_best_mAP_checkpoint: bool = True
-    save_best_tail_mAP_checkpoint: bool = True
-    save_newest_checkpoint: bool = True
+    save_best_mAP_checkpoint: bool = option(True, "keep the checkpoint of the best mAP", role=RUNNING)
+    save_best_tail_mAP_checkpoint: bool = option(True, "keep the checkpoint of the best tail mAP", role=RUNNING)
+    save_newest_checkpoint: bool = option(True, "keep the newest checkpoint (what `--resume` continues)",
+                                          role=RUNNING)
     # Execution
-    seed: int = 0
-    device: str = "auto"
-    num_threads: int = 0
-    precision: str = "auto"
-    tf32: bool = False
-    image_cache: bool = True
-    compile: bool = False
-    grad_checkpointing: bool = False
-    skip_unreadable_images: bool = False
-    max_nonfinite_steps: int = 0
+    seed: int = option(0, "seed of the weights drawn, the batches and the flips", range=AT_LEAST_0)
+    device: str = option("auto", "where the run trains; `auto`: CUDA when available", pattern=DEVICE,
+                         role=RUNNING)
+    num_threads: int = option(0, "CPU threads of torch's operations; 0: torch's default, one per core",
+                              range=AT_LEAST_0, role=RUNNING)
+    precision: str = option("auto", "`auto`: bf16 on CUDA, fp32 on the CPU",
+                            choices=("auto", "bf16", "fp16", "fp32"), role=RUNNING)
+    tf32: bool = option(False, "TF32 for CUDA matmuls and convolutions (faster, not the paper's numerics); "
+                               "False: PyTorch's flags left as they are", role=RUNNING)
+    image_cache: bool = option(True, "the decoded-image cache", role=RUNNING)
+    compile: bool = option(False, "`torch.compile`", role=RUNNING)
+    grad_checkpointing: bool = option(False, "recompute each residual block in the backward pass (the same "
+                                             "gradients, less activation memory)", role=RUNNING)
+    skip_unreadable_images: bool = option(False, "leave unreadable images out instead of stopping")
+    max_nonfinite_steps: int = option(0, "non-finite losses tolerated before stopping", range=AT_LEAST_0,
+                                      role=RUNNING)
     # Prompt learning
-    finetune: str = "full"
-    n_ctx: int = 4
-    class_specific_ctx: bool = False
-    ctx_init: bool = True
-    train_logit_scale: bool = True
-    n_visual_prompts: int = 8
+    finetune: str = option("full", "train every weight, or only prompts on the frozen CLIP",
+                           choices=FINETUNE_MODES, authors=("full",))
+    n_ctx: int = option(4, "prompt modes: learnable context vectors", range=AT_LEAST_1)
+    class_specific_ctx: bool = option(False, "prompt modes: context vectors per class")
+    ctx_init: bool = option(True, "prompt modes: context initialised from `class_caption`")
+    train_logit_scale: bool = option(True, "prompt modes: also train `logit_scale`")
+    n_visual_prompts: int = option(8, "`prompt+visual`: learnable image-side prompt tokens", range=AT_LEAST_1)
     # Output
-    run_dir: str = "runs"
-    log_every_steps: int = 1
+    run_dir: str = option("runs", "runs go to `run_dir/<run name>/`", role=RUNNING)
+    log_every_steps: int = option(1, "per-step TensorBoard curves every N global steps; 0: none",
+                                  range=AT_LEAST_0, role=RUNNING)
 
     def __post_init__(self) -> None:
+        # The one check of every config, however it is made (a file, a checkpoint, `replace`).
         coerced, problems = _check({name: getattr(self, name) for name in OPTION_NAMES})
         if problems:
-            raise ConfigError(_format_problems(problems, lambda key: "Config"))
+            raise ConfigError(_format_problems(problems, _ORIGIN.get()))
         for name, value in coerced.items():
             object.__setattr__(self, name, value)
 
@@ -164,66 +269,15 @@ class Config:
         return _build(values, lambda key: source)
 
 
-OPTION_NAMES = tuple(f.name for f in dataclasses.fields(Config))
+
+OPTIONS: dict[str, Option] = {f.name: f.metadata["option"] for f in dataclasses.fields(Config)}
+OPTION_NAMES = tuple(OPTIONS)
 _TYPES = typing.get_type_hints(Config)
 
-_CHOICES = {
-    "dataset": DATASETS,
-    "normalize": ("imagenet", "clip"),
-    "optimizer": ("AdamW", "Adam", "SGD"),
-    "label_embeddings": LABEL_EMBEDDING_MODES,
-    "score": SCORE_KINDS,
-    "precision": ("auto", "bf16", "fp16", "fp32"),
-    "finetune": FINETUNE_MODES,
-    "contrastive": CONTRASTIVE_KINDS,
-}
 
-
-def _at_least(low: float) -> tuple[Callable[[Any], bool], str]:
-    return (lambda value: value >= low), f"must be >= {low}"
-
-
-def _above(low: float) -> tuple[Callable[[Any], bool], str]:
-    return (lambda value: value > low), f"must be > {low}"
-
-
-_UNIT_INTERVAL = ((lambda value: 0 <= value < 1), "must be in [0, 1)")
-
-_RANGES = {
-    "size": _at_least(1),
-    "max_length": _at_least(1),
-    "batch_size": _at_least(1),
-    "eval_batch_size": _at_least(1),
-    "num_workers": _at_least(0),
-    "num_threads": _at_least(0),
-    "epochs": _at_least(1),
-    "lr": _above(0),
-    "momentum": _at_least(0),
-    "weight_decay": _at_least(0),
-    "asl_mul": _at_least(0),
-    "asl_gamma_neg": _at_least(0),
-    "asl_gamma_pos": _at_least(0),
-    "asl_clip": _UNIT_INTERVAL,
-    "asl_eps": _above(0),
-    "label_smoothing": _UNIT_INTERVAL,
-    "focal_gamma": _at_least(0),
-    "focal_alpha": ((lambda value: 0 <= value <= 1), "must be in [0, 1]"),
-    "dbfocal_alpha": _at_least(0),
-    "dbfocal_beta": _at_least(0),
-    "dbfocal_lambda": _above(0),
-    "dbfocal_kappa": _at_least(0),
-    "dbfocal_gamma": _at_least(0),
-    "dbfocal_scale": _at_least(0),
-    "sample_weights_power": _at_least(0),
-    "class_weights_power": _at_least(0),
-    "seed": _at_least(0),
-    "max_nonfinite_steps": _at_least(0),
-    "log_every_steps": _at_least(0),
-    "n_ctx": _at_least(1),
-    "n_visual_prompts": _at_least(1),
-}
-
-DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+def options_with_role(*roles: str) -> tuple[str, ...]:
+    """The options of the given roles, in declaration order."""
+    return tuple(name for name, about in OPTIONS.items() if about.role in roles)
 
 
 def load_config(path: str | Path, overrides: Iterable[str] = ()) -> Config:
@@ -346,12 +400,17 @@ def parse_bool(text: str) -> bool:
     raise ConfigError(f"expected True/False/true/false/1/0, got {text!r}")
 
 
+# Where each option's value came from, for the check's error message (a file, an override).
+_ORIGIN: ContextVar[Callable[[str], str]] = ContextVar("origin", default=lambda key: "Config")
+
+
 def _build(values: dict[str, Any], origin: Callable[[str], str]) -> Config:
     """A ``Config`` from known options, naming each bad key's ``origin`` in the error."""
-    coerced, problems = _check({**Config().to_dict(), **values})
-    if problems:
-        raise ConfigError(_format_problems(problems, origin))
-    return Config(**coerced)
+    token = _ORIGIN.set(origin)
+    try:
+        return Config(**values)
+    finally:
+        _ORIGIN.reset(token)
 
 
 def _check(values: dict[str, Any]) -> tuple[dict[str, Any], list[tuple[str, str]]]:
@@ -416,22 +475,23 @@ def _check_type(value: Any, kind: Any) -> tuple[Any, Optional[str]]:
 
 
 def _check_value(key: str, value: Any) -> Optional[str]:
-    if key in _CHOICES and value not in _CHOICES[key]:
-        return f"must be one of {', '.join(map(repr, _CHOICES[key]))}"
-    if key in _RANGES and value is not None:
-        accepts, rule = _RANGES[key]
-        return None if accepts(value) else rule
+    about = OPTIONS[key]
     if key in PATH_OPTIONS and value is not None and not value.strip():
         return "must be a path, not empty"
-    if key == "device" and not DEVICE_PATTERN.fullmatch(value):
-        return "must be 'auto', 'cpu', 'cuda' or 'cuda:N'"
     if key == "loss_function":
         if not value:
             return "must name at least one loss term"
-        if not set(value) <= set(LOSS_TERMS):
-            return f"entries must be among {', '.join(map(repr, LOSS_TERMS))}"
+        if not set(value) <= set(about.choices):
+            return f"entries must be among {', '.join(map(repr, about.choices))}"
         if len(set(value)) != len(value):
             return "must not repeat a loss term"
+        return None
+    if about.choices and value not in about.choices:
+        return f"must be one of {', '.join(map(repr, about.choices))}"
+    if about.range and value is not None and not about.range.accepts(value):
+        return f"must be {about.range}"
+    if about.pattern and not about.pattern.regex.fullmatch(value):
+        return f"must be {about.pattern.words}"
     return None
 
 
@@ -454,9 +514,6 @@ def _check_backbone(values: dict[str, Any]) -> list[tuple[str, str]]:
     if isinstance(pretrained, str) and not pretrained.strip():
         return [("pretrained", "must be True, False, an open_clip pretrained tag or a checkpoint path, "
                                "not an empty string")]
-    if pretrained is True and name.startswith(OPEN_CLIP_PREFIX):
-        return [("pretrained", f"True means OpenAI's weights, which {name!r} does not name: give one "
-                               "of its open_clip pretrained tags (e.g. 'dfn5b'), a checkpoint path, or False")]
     return []
 
 
@@ -468,22 +525,60 @@ def _check_prompt_learning(values: dict[str, Any]) -> list[tuple[str, str]]:
     return []
 
 
-def _check_architecture(values: dict[str, Any]) -> list[tuple[str, str]]:
-    """The model name and the options that depend on its architecture (input size, ViT-only
-    options), so that a wrong choice fails before any data is read rather than when the
-    model is built. OpenAI's names are checked against ``clip.architectures``; open_clip's
-    as far as its shipped model configs tell, without importing it."""
-    name = values["model_name"]
-    if name.startswith(OPEN_CLIP_PREFIX):
-        return _check_open_clip_name(name)
-    from clip.architectures import ARCHITECTURES  # imports torch (through clip/__init__): only when checking
+@dataclass(frozen=True)
+class Architecture:
+    """What the options that depend on a backbone need to know of it."""
+    resolution: int  # the input size its weights were trained at
+    patch: Optional[int]  # a Vision Transformer's patch size; None: a ResNet
+    ours: bool  # built by our clip package (else open_clip's own model, as it is)
 
-    if name not in ARCHITECTURES:
-        return [("model_name", f"unknown CLIP model {name!r}{close_matches(name, ARCHITECTURES)} "
-                               f"(known: {', '.join(ARCHITECTURES)}; or 'open_clip:<name>')")]
-    arch, size = ARCHITECTURES[name], values["size"]
-    native, patch = arch.image_resolution, arch.vision_patch_size
-    if not arch.is_vit:
+
+def _check_architecture(values: dict[str, Any]) -> list[tuple[str, str]]:
+    """The model name and the options that depend on its architecture (its weights, input
+    size, ViT-only options, prompt modes): every such check of TailCLIP is here, so that a
+    wrong choice fails before any data is read rather than when the model is built. OpenAI's
+    names are checked against ``clip.architectures``; open_clip's as far as its model configs
+    tell (its registry once imported, else the configs it ships, read without importing it)."""
+    name, pretrained, problems = values["model_name"], values["pretrained"], []
+    if name.startswith(OPEN_CLIP_PREFIX):
+        problems = _check_open_clip_name(name)
+        if pretrained is True:
+            problems.append(("pretrained", f"True means OpenAI's weights, which {name!r} does not name: give one "
+                                           "of its open_clip pretrained tags (e.g. 'dfn5b'), a checkpoint path, "
+                                           "or False"))
+        arch = None if problems else _open_clip_architecture(name[len(OPEN_CLIP_PREFIX):])
+        if arch is None:  # open_clip is not installed: building the model says how to install it
+            return problems
+    else:
+        import clip  # imports torch: only when checking
+        from clip import architectures
+
+        if name not in architectures.ARCHITECTURES:
+            return [("model_name", f"unknown CLIP model {name!r}{close_matches(name, architectures.ARCHITECTURES)} "
+                                   f"(known: {', '.join(architectures.ARCHITECTURES)}; or 'open_clip:<name>')")]
+        if pretrained is True and name not in clip.available_models():
+            problems = [("pretrained", f"model_name = {name!r} has no pretrained OpenAI weights (those are: "
+                                       f"{', '.join(clip.available_models())}); set pretrained = False to train "
+                                       "it from random weights")]
+        spec = architectures.ARCHITECTURES[name]
+        arch = Architecture(spec.image_resolution, spec.vision_patch_size if spec.is_vit else None, True)
+    return _check_geometry(name, arch, values) or problems
+
+
+def _check_geometry(name: str, arch: Architecture, values: dict[str, Any]) -> list[tuple[str, str]]:
+    """The input size, the ViT-only options and the prompt modes on the backbone ``arch``."""
+    size = values["size"]
+    native, patch = arch.resolution, arch.patch
+    if not arch.ours:
+        own = f"{name} runs as open_clip's own model"
+        if values["finetune"] in PROMPT_MODES:
+            return [("finetune", f"{values['finetune']!r} needs a backbone of our clip package (OpenAI's, or an "
+                                 f"open_clip standard CLIP); {own}: set finetune = 'full'")]
+        if size != native:
+            return [("size", f"{name} takes {native}-pixel images, not {size}, and interpolate_pos_embedding "
+                             f"works on our clip package's Vision Transformers only ({own}); set size = {native}")]
+        return []
+    if patch is None:
         kind = f"{name} is a ResNet (its attention pool is tied to {native}-pixel images)"
         if values["interpolate_pos_embedding"]:
             return [("interpolate_pos_embedding", f"works on Vision Transformers only; {kind}: set "
@@ -491,9 +586,9 @@ def _check_architecture(values: dict[str, Any]) -> list[tuple[str, str]]:
         if values["finetune"] == "prompt+visual":
             return [("finetune", f"'prompt+visual' needs a Vision Transformer; {kind}: set finetune = 'prompt'")]
     if size != native and not values["interpolate_pos_embedding"]:
-        resize = ", or interpolate_pos_embedding = True" if arch.is_vit else ""
+        resize = ", or interpolate_pos_embedding = True" if patch else ""
         return [("size", f"{name} takes {native}-pixel images, not {size}; set size = {native}{resize}")]
-    if arch.is_vit and size % patch:
+    if patch and size % patch:
         below = max(patch, size - size % patch)
         return [("size", f"{size} is not a multiple of {name}'s patch size {patch}; set size = {below} "
                          f"or {below + patch}")]
@@ -518,11 +613,35 @@ def _open_clip_model_names() -> Optional[set[str]]:
     if "open_clip" in sys.modules:
         module = sys.modules["open_clip"]
         return None if module is None else set(module.list_models())
+    folder = _open_clip_configs_folder()
+    return None if folder is None else {path.stem for path in folder.glob("*.json")}
+
+
+def _open_clip_configs_folder() -> Optional[Path]:
     spec = importlib.util.find_spec("open_clip")
     if spec is None or not spec.submodule_search_locations:
         return None
-    return {path.stem for folder in spec.submodule_search_locations
-            for path in (Path(folder) / "model_configs").glob("*.json")}
+    return Path(spec.submodule_search_locations[0]) / "model_configs"
+
+
+def _open_clip_architecture(name: str) -> Optional[Architecture]:
+    """The architecture of open_clip's model ``name`` from its model config, or None when
+    open_clip is not installed."""
+    from clip.open_clip_compat import is_plain_clip
+
+    if "open_clip" in sys.modules:
+        module = sys.modules["open_clip"]
+        model_cfg = None if module is None else module.get_model_config(name)
+    else:
+        folder = _open_clip_configs_folder()
+        model_cfg = None if folder is None else json.loads((folder / f"{name}.json").read_text())
+    if model_cfg is None:
+        return None
+    vision = model_cfg.get("vision_cfg", {})
+    size = vision.get("image_size", 224)
+    is_resnet = isinstance(vision.get("layers"), (list, tuple))
+    return Architecture(size[0] if isinstance(size, (list, tuple)) else size,
+                        None if is_resnet else vision.get("patch_size"), is_plain_clip(model_cfg))
 
 
 def close_matches(word: str, candidates: Iterable[str]) -> str:
@@ -549,3 +668,43 @@ def _unknown_option_message(key: str) -> str:
 def _format_problems(problems: list[tuple[str, str]], origin: Callable[[str], str]) -> str:
     lines = [f"{origin(key)}: {key}: {message}" for key, message in problems]
     return lines[0] if len(lines) == 1 else "invalid config:\n  " + "\n  ".join(lines)
+
+
+def _literal(value: Any) -> str:
+    """A value as a config file writes it, in Markdown code."""
+    if isinstance(value, list):
+        return "`[" + ", ".join(f'"{item}"' for item in value) + "]`"
+    return f'`"{value}"`' if isinstance(value, str) else f"`{value!r}`"
+
+
+_TYPE_WORDS = {bool: "True or False", int: "an integer", float: "a number", str: "text",
+               bool | str: "True, False or text", Optional[str]: "a path or None",
+               Optional[float]: "None or a number", list[str]: "a list"}
+
+
+def _allowed(key: str) -> str:
+    about = OPTIONS[key]
+    if about.choices:
+        return ("any of " if _TYPES[key] == list[str] else "") + ", ".join(map(_literal, about.choices))
+    if about.pattern:
+        return about.pattern.words.replace("'", "`")
+    words = _TYPE_WORDS[_TYPES[key]]
+    return f"{words} {about.range}" if about.range else words
+
+
+def options_markdown() -> str:
+    """The options as a Markdown table (what the docs show): name, default, allowed values,
+    whether the option changes what is learnt or how the run runs, meaning."""
+    rows = ["| option | default | allowed | changes | meaning |", "| --- | --- | --- | --- | --- |"]
+    for field_ in dataclasses.fields(Config):
+        about = OPTIONS[field_.name]
+        default = field_.default_factory() if field_.default is dataclasses.MISSING else field_.default
+        rows.append(f"| `{field_.name}` | {_literal(default)} | {_allowed(field_.name)} | {ROLES[about.role]} "
+                    f"| {about.help} |")
+    return "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    if sys.argv[1:] != ["--markdown"]:
+        sys.exit("usage: python -m tailclip.config --markdown  (prints the options table)")
+    print(options_markdown(), end="")

@@ -9,21 +9,20 @@ import torch
 import torch.nn as nn
 
 import clip
-from clip.architectures import vit_names
-from clip.model import VisionTransformer
-from tailclip.config import Config, ConfigError, resolve_path
+from tailclip.config import CONTRASTIVE_TERM, Config, ConfigError, resolve_path
 from tailclip.errors import MissingFileError
 from tailclip.losses import (
     DBFOCAL_DATASET_DEFAULTS,
     AsymmetricLoss,
     BalancedAsymmetricLoss,
     BinaryCrossEntropyLoss,
+    ContrastiveLoss,
     DistributionBalancedFocalLoss,
     SigmoidFocalLoss,
     TailCLIPObjective,
 )
 from tailclip.model import TailCLIP
-from tailclip.open_clip_backbone import OpenCLIPBackbone, OpenCLIPError, build_open_clip_backbone, is_open_clip_name
+from tailclip.open_clip_backbone import OpenCLIPBackbone, build_open_clip_backbone, is_open_clip_name
 from tailclip.prompt_learning import PromptTailCLIP
 from tailclip.text_tokens import text_tokenizer
 
@@ -67,11 +66,7 @@ def build_clip(cfg: Config, pretrained: bool | None = None) -> nn.Module:
 def _openai_clip(name: str, weights: bool | str) -> clip.CLIP:
     if weights is False:
         return clip.create_model(name)
-    if weights is True:
-        if name not in clip.available_models():
-            raise ConfigError(f"model_name = {name!r} has no pretrained OpenAI weights "
-                             f"(those are: {', '.join(clip.available_models())}); "
-                             "set pretrained = False to train it from random weights")
+    if weights is True:  # an OpenAI name with weights (`Config` checks it)
         return clip.load_model(name, device="cpu")
     if not resolve_path(weights).is_file():
         raise MissingFileError(f"pretrained = {weights!r} is not a checkpoint file; for {name} pretrained is "
@@ -91,20 +86,10 @@ def _check_text_context(cfg: Config, model: nn.Module) -> None:
 
 
 def _fit_resolution(cfg: Config, model: nn.Module) -> None:
-    """Refuse a ``size`` the backbone does not take, or resize its positional embedding."""
-    wrapped = isinstance(model, OpenCLIPBackbone)
-    native = model.input_resolution if wrapped else model.visual.input_resolution
-    if native == cfg.size:
-        return
-    if wrapped:
-        raise OpenCLIPError(f"size = {cfg.size} but {cfg.model_name} takes {native}-pixel images, and "
-                            "interpolate_pos_embedding works on our clip package's Vision Transformers "
-                            f"only; set size = {native}")
-    if not cfg.interpolate_pos_embedding:
-        raise ConfigError(f"size = {cfg.size} but {cfg.model_name} takes {native}-pixel images; "
-                         f"set size = {native}, or interpolate_pos_embedding = True "
-                         "(Vision Transformers only)")
-    clip.interpolate_positional_embedding(model, cfg.size)
+    """Resize the positional embedding of a Vision Transformer to ``size`` when it takes
+    another (`Config` has checked that it may)."""
+    if not isinstance(model, OpenCLIPBackbone) and model.visual.input_resolution != cfg.size:
+        clip.interpolate_positional_embedding(model, cfg.size)
 
 
 def build_model(cfg: Config, label_prompts: list[str], pretrained: bool | None = None) -> TailCLIP:
@@ -115,22 +100,13 @@ def build_model(cfg: Config, label_prompts: list[str], pretrained: bool | None =
 
 
 def build_tailclip(cfg: Config, backbone: nn.Module, label_prompts: list[str]) -> TailCLIP:
-    """`TailCLIP` (full fine-tuning) or the prompt-learning `PromptTailCLIP` on ``backbone``
-    (prompt modes refused on open_clip's own models, "prompt+visual" on a ResNet)."""
+    """`TailCLIP` (full fine-tuning) or the prompt-learning `PromptTailCLIP` on ``backbone``."""
     if not all(prompt.startswith(cfg.class_caption) for prompt in label_prompts):
         raise ValueError(f"class prompts must start with class_caption {cfg.class_caption!r}")
     label_tokens = text_tokenizer(cfg)(label_prompts)
     if cfg.finetune == "full":
         return TailCLIP(backbone, label_tokens, cfg.label_embeddings, cfg.score)
-    if isinstance(backbone, OpenCLIPBackbone):
-        raise OpenCLIPError(f"finetune = {cfg.finetune!r} needs a backbone of our clip package (OpenAI's, "
-                            f"or an open_clip standard CLIP); {cfg.model_name} runs as open_clip's own "
-                            "model: set finetune = 'full'")
     visual = cfg.finetune == "prompt+visual"
-    if visual and not isinstance(backbone.visual, VisionTransformer):
-        raise ConfigError(
-            f"finetune = 'prompt+visual' needs a Vision Transformer backbone ({', '.join(vit_names())}); "
-            f"model_name {cfg.model_name!r} has a ResNet image tower (use finetune = 'prompt')")
     class_names = [prompt[len(cfg.class_caption):] for prompt in label_prompts]
     return PromptTailCLIP(backbone, label_tokens, class_names, cfg.model_name, n_ctx=cfg.n_ctx,
                           class_specific_ctx=cfg.class_specific_ctx,
@@ -149,24 +125,17 @@ def build_objective(cfg: Config, model: TailCLIP, class_weights=None, class_prio
     of ``model`` that no term uses stops requiring grad: a parameter without a gradient would
     stop DistributedDataParallel.
     """
-    names = cfg.loss_function
     focusing = dict(gamma_neg=cfg.asl_gamma_neg, gamma_pos=cfg.asl_gamma_pos, clip=cfg.asl_clip, eps=cfg.asl_eps)
-    bal = asl = None
-    if "bal" in names:
-        bal = BalancedAsymmetricLoss(**focusing, class_weights=class_weights if cfg.use_weighted_loss else None,
-                                     label_smoothing=cfg.label_smoothing)
-    if "asl" in names:
-        asl = AsymmetricLoss(**focusing)
-    baselines = {}
-    if "bce" in names:
-        baselines["bce"] = BinaryCrossEntropyLoss()
-    if "focal" in names:
-        baselines["focal"] = SigmoidFocalLoss(gamma=cfg.focal_gamma, alpha=cfg.focal_alpha)
-    if "dbfocal" in names:
-        baselines["dbfocal"] = DistributionBalancedFocalLoss(class_priors, **dbfocal_settings(cfg))
-    objective = TailCLIPObjective(names, cfg.asl_mul, bal=bal, asl=asl, use_class_weights=cfg.use_weighted_loss,
-                                  contrastive=contrastive_kind(cfg, model.logit_bias is not None),
-                                  baselines=baselines)
+    build = {
+        CONTRASTIVE_TERM: lambda: ContrastiveLoss(contrastive_kind(cfg, model.logit_bias is not None)),
+        "bal": lambda: BalancedAsymmetricLoss(**focusing, label_smoothing=cfg.label_smoothing,
+                                              class_weights=class_weights if cfg.use_weighted_loss else None),
+        "asl": lambda: AsymmetricLoss(**focusing),
+        "bce": BinaryCrossEntropyLoss,
+        "focal": lambda: SigmoidFocalLoss(gamma=cfg.focal_gamma, alpha=cfg.focal_alpha),
+        "dbfocal": lambda: DistributionBalancedFocalLoss(class_priors, **dbfocal_settings(cfg)),
+    }
+    objective = TailCLIPObjective({name: build[name]() for name in cfg.loss_function}, cfg.asl_mul)
     if model.logit_bias is not None and not objective.uses_logit_bias:
         model.logit_bias.requires_grad_(False)
     return objective

@@ -3,7 +3,7 @@
 - ``BalancedAsymmetricLoss`` (BAL): the paper's loss on the class logits; an asymmetric loss
   on max-normalised logits, with label smoothing and class weights on the positive term.
 - ``AsymmetricLoss`` (ASL, Ridnik et al., ICCV 2021) for ablations.
-- Baselines on the class logits: ``binary_cross_entropy`` (BCE), ``SigmoidFocalLoss`` (Lin et
+- Baselines on the class logits: ``BinaryCrossEntropyLoss`` (BCE), ``SigmoidFocalLoss`` (Lin et
   al., ICCV 2017) and ``DistributionBalancedFocalLoss`` (Wu et al., ECCV 2020).
 - ``clip_contrastive_loss``: the symmetric InfoNCE loss of CLIP between images and captions.
 - ``sigmoid_contrastive_loss``: SigLIP's pairwise sigmoid loss, with the model's learned bias.
@@ -17,23 +17,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .config import CONTRASTIVE_TERM
-
-
-def _at_least_float32(x: torch.Tensor) -> torch.Tensor:
-    # bf16/fp16 logits go to float32; float64 stays float64 (gradient checks run in it).
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
-def similarity_logits(logit_scale: torch.Tensor, emb: torch.Tensor, other_emb: torch.Tensor) -> torch.Tensor:
-    """``logit_scale * emb @ other_emb.T`` [N, M] in (at least) float32, also under autocast.
-
-    In bf16 a cosine of ~0.25 is rounded to a multiple of 2^-10, which a logit scale of 100
-    turns into steps of ~0.1 between logits: enough to reorder close classes. The matmul is
-    small ([N, D] x [D, C or N]), so float32 costs nothing measurable.
-    """
-    with torch.autocast(device_type=emb.device.type, enabled=False):
-        return _at_least_float32(logit_scale) * _at_least_float32(emb) @ _at_least_float32(other_emb).T
+from .model import at_least_float32, similarity_logits
 
 
 def _check_logits_and_targets(logits: torch.Tensor, targets: torch.Tensor) -> None:
@@ -48,7 +32,7 @@ def _check_logits_and_targets(logits: torch.Tensor, targets: torch.Tensor) -> No
 def _checked_float_inputs(logits: torch.Tensor, targets: torch.Tensor):
     """(logits, targets) checked for shape, in (at least) float32 and the logits' dtype."""
     _check_logits_and_targets(logits, targets)
-    logits = _at_least_float32(logits)
+    logits = at_least_float32(logits)
     return logits, targets.to(logits.dtype)
 
 
@@ -100,8 +84,7 @@ class BalancedAsymmetricLoss(nn.Module):
                                * [ (w + 1) t log(max(p, eps)) + u log(max(q, eps)) ]
 
     The focusing base is clamped at 0 (it can only be negative with label smoothing).
-    ``class_weights`` is a buffer (follows ``.to(device)``, not saved in the state dict);
-    ``forward`` may be given weights that replace it for that call.
+    ``class_weights`` is a buffer (follows ``.to(device)``, not saved in the state dict).
     Targets must be binary (not checked, to avoid a device synchronisation).
     """
 
@@ -129,11 +112,10 @@ class BalancedAsymmetricLoss(nn.Module):
             )
         return class_weights
 
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor,
-                class_weights: torch.Tensor = None) -> torch.Tensor:
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         logits, targets = _checked_float_inputs(logits, targets)
         num_classes = logits.shape[1]
-        weights = self.class_weights if class_weights is None else class_weights
+        weights = self.class_weights
         if weights is not None:
             weights = self._checked_weights(weights, num_classes).to(logits)
 
@@ -171,9 +153,11 @@ class AsymmetricLoss(nn.Module):
         )
 
 
-def binary_cross_entropy(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+class BinaryCrossEntropyLoss(nn.Module):
     """Binary cross-entropy on raw logits [B, C], the mean over all B*C entries."""
-    return F.binary_cross_entropy_with_logits(*_checked_float_inputs(logits, targets))
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return F.binary_cross_entropy_with_logits(*_checked_float_inputs(logits, targets))
 
 
 def _focal_factor(cross_entropy: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -316,73 +300,64 @@ def sigmoid_contrastive_loss(image_emb: torch.Tensor, text_emb: torch.Tensor,
             f"image and text embeddings must both be [batch, dim], got "
             f"{tuple(image_emb.shape)} and {tuple(text_emb.shape)}"
         )
-    logits = similarity_logits(logit_scale, image_emb, text_emb) + _at_least_float32(logit_bias)
+    logits = similarity_logits(logit_scale, image_emb, text_emb) + at_least_float32(logit_bias)
     labels = 2 * torch.eye(logits.shape[0], device=logits.device, dtype=logits.dtype) - 1
     return -F.logsigmoid(labels * logits).sum() / logits.shape[0]
 
 
+class ContrastiveLoss(nn.Module):
+    """The contrastive term between images and their captions: CLIP's softmax loss
+    (``kind = "softmax"``) or SigLIP's sigmoid loss (``"sigmoid"``, with the model's logit bias)."""
+
+    def __init__(self, kind: str = "softmax"):
+        super().__init__()
+        self.kind = kind
+
+    def forward(self, image_emb, caption_emb, logit_scale, logit_bias=None) -> torch.Tensor:
+        if self.kind == "sigmoid":
+            return sigmoid_contrastive_loss(image_emb, caption_emb, logit_scale, logit_bias)
+        return clip_contrastive_loss(image_emb, caption_emb, logit_scale)
+
+
 class TailCLIPObjective(nn.Module):
-    """Sum of the selected loss terms; the terms on the class logits (every term but
-    "clip") are multiplied by ``asl_mul``.
+    """The sum of ``terms`` ({name: loss}, summed in that order): a `ContrastiveLoss`, or a
+    loss ``(logits, targets) -> scalar`` on the class logits, multiplied by ``asl_mul``.
 
     Call with the embeddings, the (exponentiated) logit scale, the class logits and the
     targets, as a model gives them: ``objective(**model.objective_inputs(...), targets=targets)``
     (`TailCLIP.forward` returns them for a training step). Returns ``{"loss": total,
-    "loss_clip": ..., "loss_bal": ..., ...}`` (only the selected terms, each before its
-    ``asl_mul`` factor). ``class_weights`` given to ``forward`` replace BAL's own for that
-    call; both are ignored unless ``use_class_weights``. ``contrastive`` is the "clip" term,
-    "softmax" (CLIP) or "sigmoid" (SigLIP, which needs the model's ``logit_bias``).
-    ``baselines`` maps the other class-logit terms ("bce", "focal", "dbfocal") to a loss
-    ``(logits, targets) -> scalar``.
+    "loss_<name>": ...}`` for each term, before its ``asl_mul`` factor.
     """
 
-    def __init__(self, loss_function, asl_mul=1.0, bal=None, asl=None, use_class_weights=True,
-                 contrastive="softmax", baselines=None):
+    def __init__(self, terms: dict[str, nn.Module], asl_mul: float = 1.0):
         super().__init__()
-        self.loss_function = tuple(loss_function)
-        self.contrastive = contrastive
+        self.terms = nn.ModuleDict(terms)
         self.asl_mul = asl_mul
-        self.bal = bal
-        self.asl = asl
-        self.use_class_weights = use_class_weights
-        self.baselines = nn.ModuleDict(baselines or {})
+
+    @property
+    def loss_function(self) -> tuple[str, ...]:
+        """The names of its terms, in order (the config's ``loss_function``)."""
+        return tuple(self.terms)
 
     @property
     def uses_captions(self) -> bool:
         """Whether a term needs the captions' embeddings (the contrastive term)."""
-        return CONTRASTIVE_TERM in self.loss_function
+        return any(isinstance(term, ContrastiveLoss) for term in self.terms.values())
 
     @property
     def uses_logit_bias(self) -> bool:
-        return self.uses_captions and self.contrastive == "sigmoid"
+        return any(isinstance(term, ContrastiveLoss) and term.kind == "sigmoid" for term in self.terms.values())
 
-    def forward(self, image_emb, caption_emb, logit_scale, logits, targets, class_weights=None,
-                logit_bias=None):
-        terms = {}
+    def forward(self, image_emb, caption_emb, logit_scale, logits, targets, logit_bias=None):
+        values = {}
         total = 0
-        for name in self.loss_function:
-            if name == CONTRASTIVE_TERM:
-                if self.contrastive == "sigmoid":
-                    term = sigmoid_contrastive_loss(image_emb, caption_emb, logit_scale, logit_bias)
-                else:
-                    term = clip_contrastive_loss(image_emb, caption_emb, logit_scale)
-                total = total + term
+        for name, term in self.terms.items():
+            if isinstance(term, ContrastiveLoss):
+                value = term(image_emb, caption_emb, logit_scale, logit_bias)
+                total = total + value
             else:
-                term = self._class_logit_term(name, logits, targets, class_weights)
-                total = total + self.asl_mul * term
-            terms[f"loss_{name}"] = term
-        return {"loss": total, **terms}
+                value = term(logits, targets)
+                total = total + self.asl_mul * value
+            values[f"loss_{name}"] = value
+        return {"loss": total, **values}
 
-    def _class_logit_term(self, name, logits, targets, class_weights):
-        if name == "bal":
-            return self.bal(logits, targets, class_weights if self.use_class_weights else None)
-        if name == "asl":
-            return self.asl(logits, targets)
-        return self.baselines[name](logits, targets)
-
-
-class BinaryCrossEntropyLoss(nn.Module):
-    """``binary_cross_entropy`` as a module, for ``TailCLIPObjective``'s baselines."""
-
-    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        return binary_cross_entropy(logits, targets)

@@ -11,6 +11,10 @@ import numpy as np
 import torch
 
 from tailclip.config import SCORE_KINDS
+from tailclip.data.balance import GROUPS
+
+# mAP over every class, then over each group's classes: the figures a run is judged by.
+MAP_NAMES = ("mAP", *(f"mAP_{group}" for group in GROUPS))
 
 
 def _numpy(x, name: str) -> np.ndarray:
@@ -56,6 +60,14 @@ def _group_mean(values: np.ndarray, classes) -> float:
     return float(selected.mean()) if selected.size else float("nan")
 
 
+def group_mAP(ap, groups=None) -> dict:
+    """``{"mAP", "mAP_<group>" for each group}`` of the per-class AP [C] (fractions); a class
+    whose AP is NaN (no positive image) is left out of every mean, a group with none is NaN."""
+    ap = np.asarray(ap, dtype=np.float64)
+    return {"mAP": _group_mean(ap, range(len(ap))),
+            **{f"mAP_{name}": _group_mean(ap, classes) for name, classes in (groups or {}).items()}}
+
+
 def _check_groups(groups, num_classes: int) -> None:
     for name, classes in groups.items():
         bad = [c for c in classes if not 0 <= int(c) < num_classes]
@@ -96,12 +108,10 @@ def evaluate(scores, targets, groups=None) -> dict:
                       f"(mAP{EMPTY_AS_ZERO} counts them as AP 0)", stacklevel=2)
     if groups is not None:
         _check_groups(groups, num_classes)
-    named = {"": range(num_classes), **{f"_{name}": classes for name, classes in (groups or {}).items()}}
-    result = {f"mAP{suffix}": _group_mean(ap, classes) for suffix, classes in named.items()}
+    result = group_mAP(ap, groups)
     result["AUROC"] = _group_mean(auroc, range(num_classes))
     if missing:
-        result.update({f"mAP{suffix}{EMPTY_AS_ZERO}": _group_mean(np.nan_to_num(ap), classes)
-                       for suffix, classes in named.items()})
+        result.update({f"{name}{EMPTY_AS_ZERO}": value for name, value in group_mAP(np.nan_to_num(ap), groups).items()})
     result["AP"] = ap.tolist()
     return result
 

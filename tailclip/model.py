@@ -10,14 +10,28 @@ import torch.nn as nn
 
 from clip import trim_padding
 
-from .losses import similarity_logits
-from .metrics import scores_from_logits
+
+def at_least_float32(x: torch.Tensor) -> torch.Tensor:
+    # bf16/fp16 values go to float32; float64 stays float64 (gradient checks run in it).
+    return x.to(torch.promote_types(x.dtype, torch.float32))
 
 
 def l2_normalise(x: torch.Tensor) -> torch.Tensor:
     # bf16/fp16 features (autocast) are normalised in float32, as the logits are computed.
-    x = x.to(torch.promote_types(x.dtype, torch.float32))
+    x = at_least_float32(x)
     return x / x.norm(dim=-1, keepdim=True)
+
+
+def similarity_logits(logit_scale: torch.Tensor, emb: torch.Tensor, other_emb: torch.Tensor) -> torch.Tensor:
+    """``logit_scale * emb @ other_emb.T`` [N, M] in (at least) float32, also under autocast:
+    the class logits, and the contrastive loss's logits between images and captions.
+
+    In bf16 a cosine of ~0.25 is rounded to a multiple of 2^-10, which a logit scale of 100
+    turns into steps of ~0.1 between logits: enough to reorder close classes. The matmul is
+    small ([N, D] x [D, C or N]), so float32 costs nothing measurable.
+    """
+    with torch.autocast(device_type=emb.device.type, enabled=False):
+        return at_least_float32(logit_scale) * at_least_float32(emb) @ at_least_float32(other_emb).T
 
 
 class TailCLIP(nn.Module):
@@ -28,7 +42,7 @@ class TailCLIP(nn.Module):
     embeddings cached by ``refresh_label_embeddings()``, which the training loop calls at the
     start of each epoch (the first forward fills the cache if it is empty). Evaluation
     (``predict_logits``) always encodes the prompts with the current weights. ``score`` is the
-    kind of `predict_scores` ("softmax", "sigmoid" or "logits").
+    kind of ranking score of its logits (`tailclip.metrics.scores_from_logits`).
     All CLIP parameters are trained (full fine-tuning).
     """
 
@@ -113,7 +127,3 @@ class TailCLIP(nn.Module):
         if label_emb is None:
             label_emb = self.encode_labels()
         return self.class_logits(self.encode_images(images), label_emb)
-
-    def predict_scores(self, images: torch.Tensor, label_emb: torch.Tensor = None) -> torch.Tensor:
-        """Scores [N, C] of kind ``score`` ("softmax", "sigmoid" or "logits")."""
-        return scores_from_logits(self.predict_logits(images, label_emb), self.score_kind)

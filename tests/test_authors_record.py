@@ -142,9 +142,9 @@ def test_options_the_authors_code_fixes_must_hold_their_value(record):
 def test_nearest_runs_name_each_differing_setting_with_both_values(record):
     nearest = nearest_runs(ours(lr=1.5e-6, asl_mul=0.5), record)
     assert [(run.label, [str(d) for d in found]) for run, found in nearest] == [
-        ("as_asl", ["asl_mul 0.5 vs 0.4", "lr 1.5e-6 vs 1e-6"]),
-        ("as_bal", ["asl_mul 0.5 vs 0.4", "lr 1.5e-6 vs 1e-6"]),
-        ("lr_2e-6", ["asl_mul 0.5 vs 0.4", "lr 1.5e-6 vs 2e-6"])]
+        ("as_asl", ["lr 1.5e-6 vs 1e-6", "asl_mul 0.5 vs 0.4"]),
+        ("as_bal", ["lr 1.5e-6 vs 1e-6", "asl_mul 0.5 vs 0.4"]),
+        ("lr_2e-6", ["lr 1.5e-6 vs 2e-6", "asl_mul 0.5 vs 0.4"])]
     assert [run.label for run, _ in nearest_runs(ours(asl_mul=0.5), record)] == ["as_asl", "as_bal"]  # fewest only
     [(_, found)] = nearest_runs(ours(loss_function=["clip"], finetune="prompt", lr=2e-6), record, limit=1)
     assert [str(d) for d in found] == ["loss_function clip vs clip+bal", "finetune prompt vs full"]

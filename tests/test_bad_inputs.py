@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from tailclip.config import ConfigError
 from tailclip.data.splits import SplitFormatError, read_split
 from tailclip.engine.distributed import resolve_device
 from tailclip.engine.logger import read_metrics
@@ -252,8 +251,14 @@ def test_resolve_device_names_the_gpus_there_are(monkeypatch):
     with pytest.raises(DeviceError, match=re.escape("device = 'cuda:1' but this machine has 1 GPU(s), "
                                                     "cuda:0 to cuda:0")):
         resolve_device("cuda:1")
-    with pytest.raises(ConfigError, match="expected 'auto', 'cpu', 'cuda' or 'cuda:N'"):
-        resolve_device("gpu")
+
+
+def test_predict_checks_its_device_as_the_config_does(capsys):
+    predict = runpy.run_path(str(REPO / "predict.py"))
+    with pytest.raises(SystemExit) as stop:
+        predict["parse_args"](["--checkpoint=x.pt", "--device=gpu", "photo.jpg"])
+    assert stop.value.code == 2
+    assert "--device: must be 'auto', 'cpu', 'cuda' or 'cuda:N', got 'gpu'" in capsys.readouterr().err
 
 
 def non_checkpoints(folder: Path) -> list[Path]:

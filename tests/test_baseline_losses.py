@@ -14,7 +14,12 @@ from tailclip.config import Config, ConfigError, load_config
 from tailclip.data.balance import balance_weights
 from tailclip.engine import distributed
 from tailclip.factory import build_objective, dbfocal_settings
-from tailclip.losses import DistributionBalancedFocalLoss, SigmoidFocalLoss, binary_cross_entropy, clip_contrastive_loss
+from tailclip.losses import (
+    BinaryCrossEntropyLoss,
+    DistributionBalancedFocalLoss,
+    SigmoidFocalLoss,
+    clip_contrastive_loss,
+)
 from tailclip.model import TailCLIP
 
 
@@ -41,7 +46,7 @@ def test_bce_is_the_mean_of_minus_log_likelihoods():
     # Entry by entry: -log p for a positive, -log(1 - p) for a negative, p = sigmoid(x).
     by_hand = -sum(math.log(sigmoid(x)) if y else math.log(1 - sigmoid(x))
                    for xs, ys in zip(LOGITS, TARGETS) for x, y in zip(xs, ys)) / 6
-    assert binary_cross_entropy(tensor(LOGITS), tensor(TARGETS)).item() == pytest.approx(by_hand, rel=1e-12)
+    assert BinaryCrossEntropyLoss()(tensor(LOGITS), tensor(TARGETS)).item() == pytest.approx(by_hand, rel=1e-12)
     # The worked value: (log(1+e^-2) + log(1+e^-1) + log(1+e^0.5) + log(1+e^1) + log(1+e^-4)
     # + log(1+e^2)) / 6 = (0.1269 + 0.3133 + 0.9741 + 1.3133 + 0.0181 + 2.1269) / 6.
     assert by_hand == pytest.approx(0.8121, abs=1e-4)
@@ -66,7 +71,7 @@ def test_focal_loss_matches_the_formula(gamma, alpha):
 def test_focal_loss_without_focusing_is_half_the_bce():
     logits, targets = random_problem(3)
     assert torch.allclose(SigmoidFocalLoss(gamma=0.0, alpha=0.5)(logits, targets),
-                          binary_cross_entropy(logits, targets) / 2, rtol=1e-12)
+                          BinaryCrossEntropyLoss()(logits, targets) / 2, rtol=1e-12)
 
 
 def test_focal_defaults_are_the_papers():
@@ -138,7 +143,7 @@ def test_dbfocal_reduces_to_bce_without_its_parts():
     logits, targets = random_problem(4, classes=3)
     plain = DistributionBalancedFocalLoss(priors(), alpha=0.5, beta=0.0, neg_scale=1.0, kappa=0.0,
                                           gamma=0.0, scale=1.0)
-    assert torch.allclose(plain(logits, targets), binary_cross_entropy(logits, targets), rtol=1e-12)
+    assert torch.allclose(plain(logits, targets), BinaryCrossEntropyLoss()(logits, targets), rtol=1e-12)
 
 
 def test_rebalancing_weights_are_the_ratio_of_class_to_instance_sampling_probability():
@@ -223,7 +228,7 @@ def objective_inputs(seed=0, classes=3):
 
 
 BASELINES = {
-    "bce": lambda x, y: binary_cross_entropy(x, y),
+    "bce": BinaryCrossEntropyLoss(),
     "focal": lambda x, y: SigmoidFocalLoss(gamma=2.0, alpha=0.25)(x, y),
     "dbfocal": lambda x, y: DistributionBalancedFocalLoss(priors(), mu=0.2, neg_scale=2.0)(x, y),
 }

@@ -151,7 +151,7 @@ def test_bare_zeroshot_flag_warns_about_random_weights(tiny_run, capsys):
     report = json.loads((run_dir / "test_zeroshot.json").read_text())
     assert report["checkpoint"] == "zeroshot" and report["warning"].startswith(expected)
     assert (run_dir / "per_class_ap_zeroshot.png").is_file()
-    assert zeroshot_warning(Config(model_name="ViT-tiny", pretrained=True, size=64)) is None
+    assert zeroshot_warning(Config(pretrained=True)) is None
 
 
 def test_zeroshot_false_and_checkpoint_together(tiny_run, capsys):

@@ -137,7 +137,7 @@ def test_missing_images_reported(tmp_path):
 @pytest.fixture(scope="module")
 def synthetic_config(tmp_path_factory):
     root = tmp_path_factory.mktemp("data")
-    return Config(dataset="synthetic_mlt", data_root=str(root), model_name="RN-tiny", size=64,
+    return Config(dataset="synthetic_mlt", data_root=str(root), model_name="RN-tiny", size=64, pretrained=False,
                   max_length=16, normalize="clip", class_weights_power=1.0, sample_weights_power=0.5)
 
 
@@ -184,7 +184,7 @@ def _custom_config(synthetic_config, folder, train_lines):
     shutil.copy(synthetic / "synthetic_labels.txt", folder / "names.txt")
     return Config(dataset="custom", train_list=str(folder / "train.txt"), test_list=str(folder / "test.txt"),
                   class_names=str(folder / "names.txt"), image_root=str(synthetic / "images"),
-                  model_name="RN-tiny", size=64)
+                  model_name="RN-tiny", size=64, pretrained=False)
 
 
 def test_build_data_custom(synthetic_bundle, synthetic_config, tmp_path):
@@ -203,12 +203,12 @@ def test_custom_class_without_training_image(synthetic_bundle, synthetic_config,
 
 def test_relative_paths_are_relative_to_the_repository(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    files = dataset_files(Config(dataset="coco_mlt", model_name="RN-tiny", size=64))
+    files = dataset_files(Config(dataset="coco_mlt", model_name="RN-tiny", size=64, pretrained=False))
     assert files.train_list == REPO_ROOT / "datasets" / "coco_mlt" / "coco_lt_train.txt"
     assert files.image_root == REPO_ROOT / "datasets" / "coco_mlt" / "images"
     custom = dataset_files(Config(dataset="custom", train_list="my/train.txt", test_list="/abs/test.txt",
                                   class_names="my/names.txt", image_root="my/images",
-                                  model_name="RN-tiny", size=64))
+                                  model_name="RN-tiny", size=64, pretrained=False))
     assert custom.train_list == REPO_ROOT / "my" / "train.txt" and str(custom.test_list) == "/abs/test.txt"
     assert custom.captions is None
 
@@ -219,7 +219,7 @@ def test_relative_paths_are_relative_to_the_repository(tmp_path, monkeypatch):
 ])
 def test_benchmark_without_images(shared_data, tmp_path, dataset, prefix, first_image):
     shutil.copytree(shared_data / dataset, tmp_path / dataset)  # split files only, no images
-    cfg = Config(dataset=dataset, data_root=str(tmp_path), model_name="RN-tiny", size=64)
+    cfg = Config(dataset=dataset, data_root=str(tmp_path), model_name="RN-tiny", size=64, pretrained=False)
     with pytest.raises(FileNotFoundError) as error:
         build_data(cfg)
     total = {"voc_mlt": 1142 + 4952, "coco_mlt": 1909 + 5000}[dataset]

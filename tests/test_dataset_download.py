@@ -90,7 +90,7 @@ def fake_voc(http_server):  # noqa: F811
     write_tar(archives / "VOC2012.tar", {**{p: d for p, d in VOC_IMAGES.items() if "VOC2012" in p},
                                          VOC_UNLISTED: b"<annotation/>"})
     write_tar(archives / "VOC2007.tar", {p: d for p, d in VOC_IMAGES.items() if "VOC2007" in p})
-    spec = replace(BENCHMARKS["voc_mlt"], split_sha256=hashes, archives={
+    spec = replace(BENCHMARKS["voc_mlt"], dataset=replace(BENCHMARKS["voc_mlt"].dataset, sha256=hashes), archives={
         "VOCdevkit/VOC2012/": f"{http_server.url}/archives/VOC2012.tar",
         "VOCdevkit/VOC2007/": f"{http_server.url}/archives/VOC2007.tar",
     })
@@ -115,7 +115,8 @@ def fake_coco(http_server, monkeypatch):  # noqa: F811
               {**{p: d for p, d in COCO_IMAGES.items() if p.startswith("train")}, "train2017/unlisted.jpg": b"x"})
     write_zip(http_server.root / "zips" / "val2017.zip",
               {p: d for p, d in COCO_IMAGES.items() if p.startswith("val")})
-    spec = replace(BENCHMARKS["coco_mlt"], split_sha256=hashes, image_url=f"{http_server.url}/img", archives={
+    coco = BENCHMARKS["coco_mlt"]
+    spec = replace(coco, dataset=replace(coco.dataset, sha256=hashes), image_url=f"{http_server.url}/img", archives={
         "train2017/": f"{http_server.url}/zips/train2017.zip",
         "val2017/": f"{http_server.url}/zips/val2017.zip",
     })
@@ -128,12 +129,12 @@ def test_voc_download_extracts_listed_images_and_reruns_do_nothing(fake_voc, tmp
     server, spec = fake_voc
     dataset_dir = download_benchmark("voc_mlt", tmp_path, mirror=f"{server.url}/lmpt", spec=spec, progress=False)
     assert dataset_dir == tmp_path / "voc_mlt"
-    for name in spec.split_sha256:
+    for name in spec.dataset.sha256:
         assert (dataset_dir / name).read_bytes() == (server.root / "lmpt" / "voc" / name).read_bytes()
     for path, data in VOC_IMAGES.items():
         assert (dataset_dir / path).read_bytes() == data
     assert not (dataset_dir / VOC_UNLISTED).exists()  # only what the benchmark lists
-    assert sorted(p.name for p in dataset_dir.iterdir()) == sorted([*spec.split_sha256, "VOCdevkit"])
+    assert sorted(p.name for p in dataset_dir.iterdir()) == sorted([*spec.dataset.sha256, "VOCdevkit"])
 
     requests_so_far = len(server.requests)
     download_benchmark("voc_mlt", tmp_path, mirror=f"{server.url}/lmpt", spec=spec, progress=False)
@@ -169,8 +170,9 @@ def test_unsafe_archive_is_refused_and_removed(fake_voc, tmp_path):
 
 
 def test_split_file_with_wrong_hash_stops_the_command(fake_coco, monkeypatch, tmp_path):
-    wrong = {**BENCHMARKS["coco_mlt"].split_sha256, "coco_labels.txt": "f" * 64}
-    monkeypatch.setitem(BENCHMARKS, "coco_mlt", replace(BENCHMARKS["coco_mlt"], split_sha256=wrong))
+    wrong = {**BENCHMARKS["coco_mlt"].dataset.sha256, "coco_labels.txt": "f" * 64}
+    coco = BENCHMARKS["coco_mlt"]
+    monkeypatch.setitem(BENCHMARKS, "coco_mlt", replace(coco, dataset=replace(coco.dataset, sha256=wrong)))
     with pytest.raises(SystemExit) as info:
         main(["coco_mlt", "--root", str(tmp_path)])
     assert str(info.value.code).startswith("error: sha256 mismatch")
@@ -183,7 +185,7 @@ def test_shipped_split_files_are_copied_and_only_images_are_downloaded(fake_coco
     ship(no_shipped_files, server, "coco", "coco_mlt")
     main(["coco_mlt", "--root", str(tmp_path)])
     assert not any(path.startswith("/lmpt/") for path, _ in server.requests)
-    for name in BENCHMARKS["coco_mlt"].split_sha256:
+    for name in BENCHMARKS["coco_mlt"].dataset.sha256:
         assert (tmp_path / "coco_mlt" / name).read_bytes() == (no_shipped_files / "coco_mlt" / name).read_bytes()
     for path, data in COCO_IMAGES.items():
         assert (tmp_path / "coco_mlt" / "images" / path).read_bytes() == data
@@ -200,7 +202,7 @@ def test_a_changed_split_file_is_an_error_naming_it(fake_coco, no_shipped_files,
     with pytest.raises(SystemExit) as info:
         main(["coco_mlt", "--root", str(tmp_path)])
     message = info.value.code
-    expected = BENCHMARKS["coco_mlt"].split_sha256["coco_lt_test.txt"]
+    expected = BENCHMARKS["coco_mlt"].dataset.sha256["coco_lt_test.txt"]
     assert message.startswith(f"error: {changed} has sha256 {sha256_of(changed)}, expected {expected}")
     assert "changed or is corrupt" in message
     assert changed.read_text() == "val2017/000000000003.jpg 9 1\n"  # kept, for the user to inspect
@@ -211,7 +213,7 @@ def test_missing_split_files_are_downloaded_from_a_file_url(fake_voc, tmp_path):
     server, spec = fake_voc
     download_benchmark("voc_mlt", tmp_path, mirror=(server.root / "lmpt").as_uri(), spec=spec, progress=False)
     assert not any(path.startswith("/lmpt/") for path, _ in server.requests)
-    for name in spec.split_sha256:
+    for name in spec.dataset.sha256:
         assert (tmp_path / "voc_mlt" / name).read_bytes() == (server.root / "lmpt" / "voc" / name).read_bytes()
 
 
@@ -222,9 +224,9 @@ def test_the_repository_split_files_pass_without_a_network(name, tmp_path):
     fetch_split_files(BENCHMARKS[name], SHIPPED_DATASETS / name, mirror=dead, progress=False)
     fetch_split_files(BENCHMARKS[name], tmp_path / name, mirror=dead, progress=False,
                       shipped_dir=SHIPPED_DATASETS / name)
-    assert sorted(p.name for p in (tmp_path / name).iterdir()) == sorted(BENCHMARKS[name].split_sha256)
+    assert sorted(p.name for p in (tmp_path / name).iterdir()) == sorted(BENCHMARKS[name].dataset.sha256)
     with pytest.raises(SplitFileError, match=f"{tmp_path / name / 'x'}"[:-1]):
-        (tmp_path / name / next(iter(BENCHMARKS[name].split_sha256))).write_text("changed\n")
+        (tmp_path / name / next(iter(BENCHMARKS[name].dataset.sha256))).write_text("changed\n")
         fetch_split_files(BENCHMARKS[name], tmp_path / name, mirror=dead, progress=False)
 
 
@@ -322,8 +324,8 @@ def test_wrapper_scripts_run_from_another_folder(repo_root, tmp_path):
 
 def test_pinned_split_hashes_match_the_reference_files(shared_data):
     for name, spec in BENCHMARKS.items():
-        assert sorted(spec.split_sha256) == sorted(p.name for p in (shared_data / name).glob("*.txt"))
-        for file_name, sha256 in spec.split_sha256.items():
+        assert sorted(spec.dataset.sha256) == sorted(p.name for p in (shared_data / name).glob("*.txt"))
+        for file_name, sha256 in spec.dataset.sha256.items():
             assert sha256_of(shared_data / name / file_name) == sha256, f"{name}/{file_name}"
 
 

@@ -86,4 +86,4 @@ def test_kill_during_checkpoint_write_then_resume(tmp_path, capsys):
         assert checkpoint["state"]["epoch"] == max(records, key=lambda r: r[key])["epoch"]
         model, _ = model_from_checkpoint(checkpoint, run_dir / name)
         with torch.no_grad():
-            assert torch.isfinite(model.predict_scores(images)).all()
+            assert torch.isfinite(model.predict_logits(images)).all()

@@ -86,7 +86,7 @@ def test_family_gives_open_clips_embeddings(tmp_path, name, has_bias):
                                    rtol=1e-4, atol=1e-5)
     assert model.clip_model.logit_scale.item() == pytest.approx(2.5)
     assert (model.logit_bias is not None) == has_bias
-    assert build_objective(cfg, model).contrastive == ("sigmoid" if has_bias else "softmax")
+    assert build_objective(cfg, model).terms["clip"].kind == ("sigmoid" if has_bias else "softmax")
     if has_bias:
         assert model.logit_bias.item() == pytest.approx(-3.0)
 
@@ -159,14 +159,14 @@ def test_the_logit_bias_is_trained_only_when_the_sigmoid_term_uses_it(options, t
 
 @pytest.mark.parametrize("finetune", ["prompt", "prompt+visual"])
 def test_prompt_modes_on_open_clips_own_model_are_a_one_line_error(finetune):
-    message = f"finetune = '{finetune}' needs a backbone of our clip package"
+    message = f"finetune: '{finetune}' needs a backbone of our clip package"
     with pytest.raises(TailCLIPError, match=re.escape(message)) as error:
         build_model(config("tailclip-test-coca", finetune=finetune), PROMPTS)
     assert "\n" not in str(error.value)
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"size": 64}, "size = 64 but open_clip:tailclip-test-sigmoid takes 32-pixel images"),
+    ({"size": 64}, "open_clip:tailclip-test-sigmoid takes 32-pixel images, not 64"),
     ({"size": 64, "interpolate_pos_embedding": True}, "set size = 32"),
     ({"max_length": 77}, "set max_length = 16"),
 ])

@@ -26,8 +26,6 @@ from tiny_dataset import CLASS_NAMES, TEST_LABELS, write_config, write_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = ["a photo of a " + name for name in CLASS_NAMES]
-PROMPT_CFG = Config(model_name="ViT-tiny", pretrained=True, size=64, device="cpu",
-                    finetune="prompt", class_specific_ctx=True)
 
 
 @pytest.fixture
@@ -46,6 +44,13 @@ def openai_weights(monkeypatch):
     monkeypatch.setattr(clip, "available_models", lambda: [*available, "ViT-tiny"])
     monkeypatch.setattr(clip, "load", load)
     return weights
+
+
+@pytest.fixture
+def prompt_cfg(openai_weights) -> Config:
+    """Prompt learning on "OpenAI's" ViT-tiny (`openai_weights`)."""
+    return Config(model_name="ViT-tiny", pretrained=True, size=64, device="cpu", finetune="prompt",
+                  class_specific_ctx=True)
 
 
 def serialized_size(obj) -> int:
@@ -68,9 +73,9 @@ def trained_prompt_model(cfg: Config):
     return model
 
 
-def test_pretrained_backbone_saves_the_trained_parameters_only(openai_weights):
-    model = trained_prompt_model(PROMPT_CFG)
-    entry = saved_model.model_state(model, PROMPT_CFG)
+def test_pretrained_backbone_saves_the_trained_parameters_only(prompt_cfg):
+    model = trained_prompt_model(prompt_cfg)
+    entry = saved_model.model_state(model, prompt_cfg)
     assert entry["model_format"] == "trainable" and entry["model"]["backbone"] == "ViT-tiny"
     assert set(entry["model"]["parameters"]) == {"prompt_learner.context", "clip_model.logit_scale"}
     # A few KB instead of the whole tiny CLIP (its 49408-token embedding alone is 12.6 MB).
@@ -78,19 +83,19 @@ def test_pretrained_backbone_saves_the_trained_parameters_only(openai_weights):
     assert serialized_size(model.state_dict()) > 10_000_000
 
     images = torch.randn(3, 3, 64, 64)
-    rebuilt = saved_model.trained_model(entry, PROMPT_CFG, PROMPTS, "prompts.pt")
+    rebuilt = saved_model.trained_model(entry, prompt_cfg, PROMPTS, "prompts.pt")
     assert torch.equal(logits(rebuilt, images), logits(model, images))
-    assert not torch.equal(logits(factory.build_model(PROMPT_CFG, PROMPTS), images), logits(model, images))
+    assert not torch.equal(logits(factory.build_model(prompt_cfg, PROMPTS), images), logits(model, images))
 
     with pytest.raises(ValueError, match="prompts.pt: the weights do not fit.*holds prompts"):
-        saved_model.load_model_state(factory.build_model(dataclasses.replace(PROMPT_CFG, finetune="full"), PROMPTS),
+        saved_model.load_model_state(factory.build_model(dataclasses.replace(prompt_cfg, finetune="full"), PROMPTS),
                                 entry, "prompts.pt")
 
 
-def test_random_backbone_saves_every_weight():
-    cfg = dataclasses.replace(PROMPT_CFG, pretrained=False)
+def test_random_backbone_saves_every_weight(prompt_cfg):
+    cfg = dataclasses.replace(prompt_cfg, pretrained=False)
     assert not saved_model.saves_trained_parameters_only(cfg)
-    assert not saved_model.saves_trained_parameters_only(dataclasses.replace(PROMPT_CFG, finetune="full"))
+    assert not saved_model.saves_trained_parameters_only(dataclasses.replace(prompt_cfg, finetune="full"))
     torch.manual_seed(0)
     model = trained_prompt_model(cfg)
     entry = saved_model.model_state(model, cfg)

@@ -9,7 +9,7 @@ import pytest
 from clip.download import sha256_of
 from tailclip.tools.download import BENCHMARKS, SHIPPED_DATASETS
 
-SHIPPED = [(name, file_name) for name, spec in sorted(BENCHMARKS.items()) for file_name in spec.split_sha256]
+SHIPPED = [(name, file_name) for name, spec in sorted(BENCHMARKS.items()) for file_name in spec.dataset.sha256]
 
 
 def test_eight_files_ship():
@@ -20,14 +20,14 @@ def test_eight_files_ship():
 @pytest.mark.parametrize("name,file_name", SHIPPED)
 def test_shipped_file_has_its_pinned_sha256_and_the_reference_bytes(shared_data, name, file_name):
     shipped = SHIPPED_DATASETS / name / file_name
-    assert sha256_of(shipped) == BENCHMARKS[name].split_sha256[file_name]
+    assert sha256_of(shipped) == BENCHMARKS[name].dataset.sha256[file_name]
     assert shipped.read_bytes() == (shared_data / name / file_name).read_bytes()
 
 
 def test_pinned_sha256_are_those_the_reference_data_lists(shared_data):
     listed = dict((path, digest) for digest, path in
                   re.findall(r"^([0-9a-f]{64})  (\S+)$", (shared_data / "README.md").read_text(), flags=re.M))
-    pinned = {f"{name}/{file_name}": BENCHMARKS[name].split_sha256[file_name] for name, file_name in SHIPPED}
+    pinned = {f"{name}/{file_name}": BENCHMARKS[name].dataset.sha256[file_name] for name, file_name in SHIPPED}
     assert pinned == listed
 
 

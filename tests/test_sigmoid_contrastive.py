@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from tailclip.config import Config
 from tailclip.errors import TailCLIPError
 from tailclip.factory import contrastive_kind
-from tailclip.losses import TailCLIPObjective, sigmoid_contrastive_loss
+from tailclip.losses import ContrastiveLoss, TailCLIPObjective, sigmoid_contrastive_loss
 
 open_clip_loss = pytest.importorskip("open_clip.loss")
 
@@ -63,9 +63,9 @@ def test_objective_uses_the_chosen_term():
     image, text = embeddings(batch=4)
     scale, bias = torch.tensor(5.0, dtype=torch.float64), torch.tensor(-3.0, dtype=torch.float64)
     logits, targets = torch.zeros(4, 3, dtype=torch.float64), torch.zeros(4, 3)
-    sigmoid = TailCLIPObjective(["clip"], contrastive=contrastive_kind(cfg("auto"), has_logit_bias=True))(
+    sigmoid = TailCLIPObjective({"clip": ContrastiveLoss(contrastive_kind(cfg("auto"), has_logit_bias=True))})(
         image, text, scale, logits, targets, logit_bias=bias)
-    softmax = TailCLIPObjective(["clip"], contrastive=contrastive_kind(cfg("softmax"), has_logit_bias=True))(
+    softmax = TailCLIPObjective({"clip": ContrastiveLoss(contrastive_kind(cfg("softmax"), has_logit_bias=True))})(
         image, text, scale, logits, targets, logit_bias=bias)
     torch.testing.assert_close(sigmoid["loss"], open_clip_loss.SigLipLoss()(image, text, scale, bias))
     torch.testing.assert_close(softmax["loss"], open_clip_loss.ClipLoss()(image, text, scale))

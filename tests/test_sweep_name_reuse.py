@@ -24,14 +24,20 @@ def test_another_config_or_other_sets_under_a_used_name_are_refused(sweep_main, 
     config, sets = tiny_config, ["--set", "epochs=1"]
     if other == "config":
         config = shutil.copy(tiny_config, tmp_path / "other.py")
-    else:
-        sets = ["--set", "epochs=2"]
+    else:  # what the runs learn differs (more epochs alone would extend this sweep's runs)
+        sets += ["--set", "asl_mul=2"]
     before = (recorded / SWEEP_FILE).read_bytes()
     assert sweep_main(["--config", str(config), "--name", "sw", "--grid", "lr=1e-3", *sets]) == 1
     error = capsys.readouterr().err.strip()
     assert error == (f"error: {recorded / SWEEP_FILE} holds the sweep 'sw' of --config {tiny_config} --set epochs=1, "
-                     f"not --config {config} --set {sets[1]}: give this one another --name")
+                     f"not --config {config} {' '.join(sets)}: give this one another --name")
     assert train_calls == [] and (recorded / SWEEP_FILE).read_bytes() == before
+
+
+def test_more_epochs_extend_the_same_sweep(tiny_config, recorded):
+    record_sweep(recorded, tiny_config, ["epochs=3"], ["lr"], ["lr=1e-3"])
+    with pytest.raises(SweepError, match="give this one another --name"):
+        record_sweep(recorded, tiny_config, ["epochs=3", "asl_mul=2"], ["lr"], ["lr=1e-3"])
 
 
 def test_the_same_sweep_with_more_values_and_keys_goes_on(tiny_config, recorded):

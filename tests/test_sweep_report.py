@@ -18,7 +18,7 @@ def write_run(folder, name, config, records):
     before training, as train.py logs it) that beats them all and must not count."""
     run = folder / name
     run.mkdir(parents=True)
-    (run / "config.json").write_text(json.dumps(config))
+    (run / "config.json").write_text(json.dumps({"dataset": "synthetic_mlt", **config}))
     before_training = {"epoch": 0, **{f"val/{g}": 1.0 for g in GROUPS}}
     (run / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in [before_training] + [
         {"epoch": e, **r} for e, r in enumerate(records, 1)]))

@@ -24,6 +24,7 @@ from tailclip.engine.optim import build_optimizer, build_scheduler
 from tailclip.engine.precision import autocast, resolve_precision
 from tailclip.engine.run_lock import LOCK_FILE
 from tailclip.losses import TailCLIPObjective
+from tailclip.metrics import scores_from_logits
 from tailclip.model import TailCLIP
 from tiny_dataset import write_config, write_dataset
 
@@ -122,7 +123,8 @@ def test_batched_evaluation_matches_per_image_scoring(tiny_model, tiny_objective
     result = evaluation.evaluate_model(tiny_model, tiny_objective, batches, tokens, CPU, "fp32", keep_embeddings=True)
 
     with torch.no_grad():
-        one_by_one = torch.cat([tiny_model.predict_scores(images[i:i + 1]) for i in range(10)])
+        one_by_one = torch.cat([scores_from_logits(tiny_model.predict_logits(images[i:i + 1]), tiny_model.score_kind)
+                                for i in range(10)])
         # The loss as the training forward computes it, batch by batch, weighted by batch size.
         loss = sum(tiny_objective(**tiny_model(batch[0], batch[2]), targets=batch[1])["loss"] * len(batch[0])
                    for batch in batches) / 10
@@ -306,7 +308,7 @@ def test_model_rebuilt_from_checkpoint_alone(tiny_model):
     assert rebuilt_cfg == cfg and not rebuilt.training
     images = torch.randn(3, 3, 32, 32)
     with torch.no_grad():
-        assert torch.equal(rebuilt.predict_scores(images), model.eval().predict_scores(images))
+        assert torch.equal(rebuilt.predict_logits(images), model.eval().predict_logits(images))
 
     checkpoint["model"] = tiny_model.state_dict()  # 64-pixel weights for a 32-pixel config
     with pytest.raises(ValueError, match="run/best.pt: the weights do not fit"):

@@ -1,6 +1,6 @@
 """Long-tailed multi-label data: split files, class groups, balancing weights, sampling,
 captions, transforms and the benchmark datasets (VOC-MLT, COCO-MLT, synthetic, custom)."""
-from .balance import balance_weights, class_counts, class_groups
+from .balance import GROUPS, balance_weights, class_counts, class_groups
 from .captions import fit_to_context, label_caption, label_prompts
 from .datasets import (
                        DATASETS,

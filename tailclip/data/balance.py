@@ -11,6 +11,7 @@ import warnings
 
 import torch
 
+GROUPS = ("head", "medium", "tail")  # the class groups, most images first
 HEAD_MIN_IMAGES = 100
 TAIL_MAX_IMAGES = 19
 
@@ -30,10 +31,11 @@ def class_counts(label_sets, num_classes: int) -> torch.Tensor:
 def class_groups(label_sets, num_classes: int) -> dict[str, list[int]]:
     """Split classes into head / medium / tail by their training-image counts (sorted indices)."""
     counts = class_counts(label_sets, num_classes).tolist()
+    head, medium, tail = GROUPS
     return {
-        "head": [c for c, n in enumerate(counts) if n >= HEAD_MIN_IMAGES],
-        "medium": [c for c, n in enumerate(counts) if TAIL_MAX_IMAGES < n < HEAD_MIN_IMAGES],
-        "tail": [c for c, n in enumerate(counts) if n <= TAIL_MAX_IMAGES],
+        head: [c for c, n in enumerate(counts) if n >= HEAD_MIN_IMAGES],
+        medium: [c for c, n in enumerate(counts) if TAIL_MAX_IMAGES < n < HEAD_MIN_IMAGES],
+        tail: [c for c, n in enumerate(counts) if n <= TAIL_MAX_IMAGES],
     }
 
 

@@ -1,6 +1,6 @@
 """Where each benchmark's files live, the multi-label dataset, and ``build_data(cfg)``."""
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,13 +33,24 @@ class DatasetSpec:
     class_names: str
     image_root: str  # relative to the folder
     download_hint: str  # how to get the images, shown when some are missing
+    sha256: dict[str, str] = field(default_factory=dict)  # the pinned files' by name (the benchmarks': LMPT's)
 
 
 DATASETS = {
-    "voc_mlt": DatasetSpec("voc_mlt", "voc_lt_train.txt", "voc_lt_test.txt", "voc_lt_captions.txt",
-                           "voc_labels.txt", ".", "bash datasets/voc_mlt/download_voc_mlt.sh"),
-    "coco_mlt": DatasetSpec("coco_mlt", "coco_lt_train.txt", "coco_lt_test.txt", "coco_lt_captions.txt",
-                            "coco_labels.txt", "images", "bash datasets/coco_mlt/download_coco_mlt.sh"),
+    "voc_mlt": DatasetSpec(
+        "voc_mlt", "voc_lt_train.txt", "voc_lt_test.txt", "voc_lt_captions.txt", "voc_labels.txt", ".",
+        "bash datasets/voc_mlt/download_voc_mlt.sh", sha256={
+            "voc_lt_train.txt": "2111a5e58ae8b67a112a2b2c8aa98fe8fa926ac3e1d73e2e4e0e4844c90cc047",
+            "voc_lt_test.txt": "43b2929a86e9fe685cdf3b6b72fb90b6838ff9f9f427807e8b9502111e73750a",
+            "voc_lt_captions.txt": "a986c2d493d4258aa470fe0b48b66b12c1ec338e4341dda3fb4c46ef9865f273",
+            "voc_labels.txt": "59e82ce7a1fa096b8a80c22cc72e6c86e54c598b2e1cfe08a211f1c82a0dcb2c"}),
+    "coco_mlt": DatasetSpec(
+        "coco_mlt", "coco_lt_train.txt", "coco_lt_test.txt", "coco_lt_captions.txt", "coco_labels.txt", "images",
+        "bash datasets/coco_mlt/download_coco_mlt.sh", sha256={
+            "coco_lt_train.txt": "8e0c354ae2214d7ced46f4a5ae24236149296be4dcd2df74f00eba2abe6be0ce",
+            "coco_lt_test.txt": "4dda722463b0ed3aada172ce1c75f46f1391e4d2bee7643760549f916a8022e5",
+            "coco_lt_captions.txt": "4bcc3de5c20e3561f6bbe90188c00cea3adf1eab58245f761e4fd9b93319fecd",
+            "coco_labels.txt": "a16d52dc65d8bc2b7abe5875199d802e951b7af142b327f8c85b496116a87f45"}),
     "synthetic_mlt": DatasetSpec("synthetic_mlt", "synthetic_lt_train.txt", "synthetic_lt_test.txt",
                                  "synthetic_lt_captions.txt", "synthetic_labels.txt", "images",
                                  "delete the dataset folder; it is generated again on first use"),

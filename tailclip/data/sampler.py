@@ -4,10 +4,14 @@ import torch
 from torch.utils.data import Sampler
 
 
+def mixed_seed(*keys: int) -> int:
+    """A well-mixed 64-bit seed from integers (no clashes such as seed + epoch)."""
+    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0])
+
+
 def epoch_generator(seed: int, epoch: int) -> torch.Generator:
-    """A generator whose state depends only on (seed, epoch), well mixed (no seed + epoch clashes)."""
-    state = np.random.SeedSequence([seed, epoch]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator().manual_seed(int(state))
+    """A generator whose state depends only on (seed, epoch)."""
+    return torch.Generator().manual_seed(mixed_seed(seed, epoch))
 
 
 class BalancedSampler(Sampler[int]):

@@ -21,13 +21,13 @@ import queue
 import threading
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch.utils.data import BatchSampler, DataLoader, Dataset, Sampler
 
 from clip import trim_padding
 from tailclip.config import Config
 from tailclip.data import MEANS_STDS, BalancedSampler, collate_skip_none
+from tailclip.data.sampler import mixed_seed
 from tailclip.engine.cache import CachedImages, CachedMultiLabelDataset, to_model_input
 from tailclip.engine.distributed import (
     eval_shard,
@@ -106,8 +106,8 @@ def caption_length(tokens: torch.Tensor, fixed_lengths: tuple[int, ...] = (), tr
 
 
 def seed_of(*keys: int) -> int:
-    """A well-mixed 63-bit seed from integers (no clashes such as seed + epoch)."""
-    return int(np.random.SeedSequence(list(keys)).generate_state(1, dtype=np.uint64)[0] >> 1)
+    """`mixed_seed` in 63 bits, as the batches' flips and order have always been seeded."""
+    return mixed_seed(*keys) >> 1
 
 
 def read_ahead(iterable, depth: int):

@@ -33,7 +33,7 @@ import torch.distributed._functional_collectives as funcol
 import torch.nn as nn
 from torch.nn.parallel import DistributedDataParallel
 
-from tailclip.config import DEVICE_PATTERN, ConfigError
+from tailclip.config import ConfigError
 from tailclip.errors import DeviceError, TailCLIPError
 
 # Processes waiting while the first one downloads weights or builds an image cache can wait
@@ -68,14 +68,13 @@ def is_main_process() -> bool:
 
 def resolve_device(name: str, local_rank: int = 0, world_size: int = 1,
                    cpu_hint: str = "device = 'cpu' or 'auto'") -> torch.device:
-    """The device that config option ``device`` names for this process. ``cpu_hint``: how
-    the caller's user picks the CPU instead (a config option, or a command-line flag).
+    """The device that ``name``, a valid value of the config option ``device``, names for
+    this process. ``cpu_hint``: how the caller's user picks the CPU instead (a config
+    option, or a command-line flag).
 
     ``"auto"`` is CUDA when available, else the CPU. With several processes, ``"auto"`` and
     ``"cuda"`` mean this process's own GPU, ``cuda:LOCAL_RANK``.
     """
-    if not DEVICE_PATTERN.fullmatch(name):
-        raise ConfigError(f"device = {name!r}: expected 'auto', 'cpu', 'cuda' or 'cuda:N'")
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(name)
@@ -356,13 +355,11 @@ class GlobalBatchObjective(nn.Module):
     def uses_captions(self) -> bool:
         return self.objective.uses_captions
 
-    def forward(self, image_emb, caption_emb, logit_scale, logits, targets, class_weights=None,
-                logit_bias=None):
+    def forward(self, image_emb, caption_emb, logit_scale, logits, targets, logit_bias=None):
         if caption_emb is not None:  # image embeddings only enter the contrastive term
             image_emb, caption_emb = self._gather((image_emb, caption_emb))
         logits, targets = self._gather((logits, targets))
-        out = self.objective(image_emb, caption_emb, logit_scale, logits, targets, class_weights,
-                             logit_bias)
+        out = self.objective(image_emb, caption_emb, logit_scale, logits, targets, logit_bias)
         return {**out, "global_logits": logits.detach(), "global_targets": targets}
 
 

@@ -1,7 +1,6 @@
 """Evaluation of a split: batched scoring of the test images against the class prompts, the
 loss and the metrics, gathered across processes under torchrun; and how a result reads."""
 import dataclasses
-import math
 
 import torch
 
@@ -12,6 +11,7 @@ from tailclip.losses import TailCLIPObjective
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.thresholds import DecisionScore, decision_score, decision_values, decisions, scalar_metrics
+from tailclip.wording import percent
 
 
 class NonFiniteScoresError(TailCLIPError):
@@ -106,8 +106,3 @@ def val_line(record: dict) -> str:
             f"(head {pct('val/mAP_head')}, medium {pct('val/mAP_medium')}, tail {pct('val/mAP_tail')})  "
             f"AUROC {pct('val/AUROC')}")
 
-
-
-def percent(value, digits: int = 1) -> str:
-    """A fraction in percent with ``digits`` decimals; "n/a" for None, NaN or inf."""
-    return "n/a" if value is None or not math.isfinite(value) else f"{100 * value:.{digits}f}"

@@ -50,7 +50,7 @@ from tailclip.engine.distributed import (
     main_process_first,
     max_over_processes,
 )
-from tailclip.engine.evaluation import Evaluation, NonFiniteScoresError, evaluate_model, percent, val_line, val_record
+from tailclip.engine.evaluation import Evaluation, NonFiniteScoresError, evaluate_model, val_line, val_record
 from tailclip.engine.files import remove_partial_writes
 from tailclip.engine.logger import RunLogger, StepCurves, say
 from tailclip.engine.optim import build_optimizer, build_scheduler
@@ -81,7 +81,7 @@ from tailclip.factory import build_model, build_objective, seed_everything, set_
 from tailclip.metrics import evaluate, scores_from_logits
 from tailclip.model import TailCLIP
 from tailclip.thresholds import no_threshold_reason
-from tailclip.wording import count
+from tailclip.wording import count, percent
 
 
 class NonFiniteLossError(TailCLIPError, RuntimeError):

@@ -15,7 +15,7 @@ import dataclasses
 import math
 from pathlib import Path
 
-from tailclip.config import Config, ConfigError
+from tailclip.config import RUNNING, SCHEDULE, Config, ConfigError, options_with_role
 from tailclip.engine.checkpoint import FORMAT, VERSION, restore_rng_states, with_checksum
 from tailclip.engine.distributed import rank_and_world
 from tailclip.engine.logger import MAP_UNIT, new_run_id, say
@@ -118,15 +118,11 @@ def _restore_process_rng(states: list[dict] | dict) -> None:
     restore_rng_states(states[rank % len(states)])
 
 
-# Options a resumed run may take from the command line. Each changes how the run goes on,
-# not what it has trained so far: `epochs` and `lr` rebuild the cosine schedule from the
-# epoch reached (`optim.build_scheduler`); the others choose where and how fast it runs,
-# which checkpoints it keeps and how many non-finite steps it tolerates. Every other option
+# Options a resumed run may take from the command line: those that change how it goes on,
+# not what it has trained so far (`epochs` and `lr` rebuild the cosine schedule from the
+# epoch reached, `optim.build_scheduler`; the others say how the run runs). Every other option
 # (model, data, loss, batch size, optimiser, seed, ...) is the run's own and cannot change.
-RESUMABLE_OPTIONS = ("epochs", "lr", "device", "num_threads", "num_workers", "eval_batch_size",
-                     "precision", "tf32", "compile", "grad_checkpointing", "image_cache", "run_dir",
-                     "save_best_mAP_checkpoint", "save_best_tail_mAP_checkpoint",
-                     "save_newest_checkpoint", "max_nonfinite_steps")
+RESUMABLE_OPTIONS = options_with_role(SCHEDULE, RUNNING)
 
 
 def resumed_config(checkpoint: dict, cfg: Config, given, path) -> Config:
@@ -146,8 +142,8 @@ def resumed_config(checkpoint: dict, cfg: Config, given, path) -> Config:
         raise ConfigError(
             f"cannot resume {Path(path).parent} with {key} = {getattr(cfg, key)!r}: the run has "
             f"{key} = {getattr(saved, key)!r}, and {key} cannot change during a run (a resumed run "
-            f"may change {', '.join(RESUMABLE_OPTIONS[:2])} and how it runs: "
-            f"{', '.join(RESUMABLE_OPTIONS[2:])}); train a new run with --run-name NAME")
+            f"may change {', '.join(options_with_role(SCHEDULE))} and how it runs: "
+            f"{', '.join(options_with_role(RUNNING))}); train a new run with --run-name NAME")
     resumed = dataclasses.replace(saved, **{key: getattr(cfg, key) for key in changed})
     for key in sorted(changed - {"run_dir"}):
         say(f"resume: {key} = {getattr(resumed, key)!r} from now on (the run had {getattr(saved, key)!r})")

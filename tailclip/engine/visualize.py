@@ -24,9 +24,11 @@ from matplotlib.figure import Figure
 from matplotlib.ft2font import FT2Font
 from matplotlib.patches import Patch
 
+from tailclip.data.balance import GROUPS
 from tailclip.engine.files import write_figure
+from tailclip.metrics import group_mAP
+from tailclip.wording import percent
 
-GROUPS = ("head", "medium", "tail")
 GROUP_COLORS = {"head": "#1f77b4", "medium": "#ff7f0e", "tail": "#d62728"}
 UNGROUPED_COLOR = "#7f7f7f"  # a class in none of the groups (should not happen with class_groups)
 
@@ -53,18 +55,6 @@ def class_group_of(groups: Mapping[str, Sequence[int]], num_classes: int) -> lis
                                  f"outside 0..{num_classes - 1}")
             group_of[index] = name
     return group_of
-
-
-def group_map(ap: np.ndarray, groups: Mapping[str, Sequence[int]]) -> dict[str, float]:
-    """mAP overall and per group; classes whose AP is NaN (no positives) are left out."""
-    def mean(values: np.ndarray) -> float:
-        values = values[~np.isnan(values)]
-        return float(values.mean()) if values.size else float("nan")
-
-    result = {"mAP": mean(ap)}
-    for name in GROUPS:
-        result[name] = mean(ap[list(groups.get(name, ()))])
-    return result
 
 
 @functools.lru_cache(maxsize=1)
@@ -133,13 +123,13 @@ def per_class_ap_figure(ap, class_names: Sequence[str], groups: Mapping[str, Seq
     axes.set_ylabel("AP (%)")
     axes.grid(axis="y", alpha=0.3)
 
-    means = group_map(ap, groups)
+    means = group_mAP(ap, {name: groups.get(name, ()) for name in GROUPS})
     axes.legend(handles=[Patch(color=GROUP_COLORS[name],
                                label=f"{name} ({len(groups.get(name, ()))})")
                          for name in GROUPS],
                 loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
-    summary = "   ".join([f"mAP {means['mAP'] * 100:.1f}"]
-                         + [f"{name} {means[name] * 100:.1f}" for name in GROUPS])
+    summary = "   ".join([f"mAP {percent(means['mAP'])}"]
+                         + [f"{name} {percent(means[f'mAP_{name}'])}" for name in GROUPS])
     axes.set_title(f"{title}   {summary}" if title else summary, fontsize=10)
     return figure
 

@@ -35,7 +35,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tailclip import REPO_ROOT
-from tailclip.config import Config
+from tailclip.config import AUTHORS_LOGGED, OPTIONS, Config
 from tailclip.errors import TailCLIPError
 
 RECORD_FILE = REPO_ROOT / "datasets" / "authors_runs" / "lm_clip_runs.json"
@@ -44,18 +44,13 @@ RECORD_DATASETS = ("voc_mlt", "coco_mlt")
 # Their tag names are ours but for the medium classes' group.
 AUTHORS_TAGS = {"middle": "medium"}
 
-# Options that change training, in the order differences are listed.
-MATCHED_OPTIONS = ("dataset", "model_name", "loss_function", "asl_mul", "asl_gamma_neg", "asl_gamma_pos",
-                   "asl_clip", "asl_eps", "label_smoothing", "use_sample_weights", "sample_weights_power",
-                   "use_weighted_loss", "class_weights_power", "lr", "weight_decay", "optimizer",
-                   "batch_size", "epochs", "size", "max_length", "use_dataset_train_captions",
-                   "class_caption")
+# The options that change training and that the authors' runs logged, in the order
+# differences are listed; and what their code does without logging it, as our options say it.
+MATCHED_OPTIONS = tuple(name for name, about in OPTIONS.items() if about.authors == AUTHORS_LOGGED)
+AUTHORS_FIXED = {name: about.authors for name, about in OPTIONS.items() if isinstance(about.authors, tuple)}
 # Options of the Balanced Asymmetric Loss: they act only where a run trains it.
 BAL_OPTIONS = ("asl_gamma_neg", "asl_gamma_pos", "asl_clip", "asl_eps", "label_smoothing",
                "use_weighted_loss", "class_weights_power")
-# What the authors' code does without logging it, as our options say it.
-AUTHORS_FIXED = {"finetune": ("full",), "pretrained": (True,), "normalize": ("imagenet",),
-                 "score": ("softmax",), "contrastive": ("auto", "softmax")}
 # What their "asl" built from when (an event file's time: when its run started, seconds since
 # 1970 UTC). Their commit ea71781 (2024-08-15 10:13 UTC) split it from BAL into a plain
 # asymmetric loss on the raw logits (no division by the maximum, no class weights, no

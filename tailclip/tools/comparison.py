@@ -20,10 +20,10 @@ import json
 import math
 from pathlib import Path
 
-from tailclip.engine.evaluation import percent
 from tailclip.engine.files import write_figure, write_json, write_text
 from tailclip.engine.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, percent_scalars, read_metrics
 from tailclip.errors import TailCLIPError
+from tailclip.metrics import MAP_NAMES
 from tailclip.tools.authors_record import (
     CLASS_LOSSES,
     AuthorsRun,
@@ -35,8 +35,9 @@ from tailclip.tools.authors_record import (
     numerics_notes,
     unreproduced_runs,
 )
+from tailclip.wording import percent
 
-FIGURES = ("mAP", "mAP_head", "mAP_medium", "mAP_tail")
+FIGURES = MAP_NAMES
 FIGURE_LABELS = {"mAP": "mAP", "mAP_head": "head", "mAP_medium": "medium", "mAP_tail": "tail"}
 EPOCHS = ("best", "last")
 CURVES = ("val/mAP", "val/mAP_head", "val/mAP_medium", "val/mAP_tail", "train/loss", "val/loss")
@@ -51,9 +52,10 @@ class ComparisonError(TailCLIPError):
     """A folder that is not a TailCLIP run folder, or a run that has logged no epoch."""
 
 
-def read_run(run_dir) -> tuple[dict, list[dict]]:
+def read_run(run_dir, evaluated: bool = True) -> tuple[dict, list[dict]]:
     """A run folder's effective config and its evaluations after training epochs (epoch 0,
-    the evaluation before training, has no counterpart in the authors' runs)."""
+    the evaluation before training, has no counterpart in the authors' runs); a
+    `ComparisonError` when there is none yet, unless ``evaluated`` is False."""
     run_dir = Path(run_dir)
     if not (run_dir / CONFIG_FILE).is_file() or not (run_dir / METRICS_FILE).is_file():
         raise ComparisonError(f"{run_dir} is not a TailCLIP run folder (no {CONFIG_FILE} and {METRICS_FILE})")
@@ -65,7 +67,7 @@ def read_run(run_dir) -> tuple[dict, list[dict]]:
     if not isinstance(config, dict) or "dataset" not in config:
         raise ComparisonError(f"{run_dir / CONFIG_FILE} is not a TailCLIP config")
     records = [record for record in records if _finite(record.get("val/mAP"))]
-    if not records:
+    if evaluated and not records:
         raise ComparisonError(f"{run_dir} has logged no evaluation after a training epoch yet")
     return config, records
 

@@ -27,6 +27,7 @@ from tqdm import tqdm
 
 from clip.download import DownloadError, download, sha256_of
 from tailclip import REPO_ROOT
+from tailclip.data.datasets import DATASETS, DatasetSpec
 from tailclip.engine.progress import show_progress
 from tailclip.errors import TailCLIPError
 from tailclip.wording import count
@@ -40,41 +41,25 @@ SHOWN_FAILURES = 5
 
 @dataclass(frozen=True)
 class Benchmark:
-    """Where one benchmark's files come from and where they go."""
+    """Where one benchmark's files (``dataset``, ``tailclip.data.DATASETS``) come from."""
+    dataset: DatasetSpec
     lmpt_folder: str              # folder under the LMPT repository's data/
-    split_sha256: dict[str, str]  # split/label/caption file name -> sha256
-    image_lists: tuple[str, ...]  # split files whose first column names the images
-    image_dir: str                # image root, relative to the dataset folder
     archives: dict[str, str]      # listed-path prefix -> official archive holding those images
     image_url: str | None = None  # per-image host (listed path appended); None: archives only
 
 
 BENCHMARKS = {
     "voc_mlt": Benchmark(
+        DATASETS["voc_mlt"],
         lmpt_folder="voc",
-        split_sha256={
-            "voc_lt_train.txt": "2111a5e58ae8b67a112a2b2c8aa98fe8fa926ac3e1d73e2e4e0e4844c90cc047",
-            "voc_lt_test.txt": "43b2929a86e9fe685cdf3b6b72fb90b6838ff9f9f427807e8b9502111e73750a",
-            "voc_lt_captions.txt": "a986c2d493d4258aa470fe0b48b66b12c1ec338e4341dda3fb4c46ef9865f273",
-            "voc_labels.txt": "59e82ce7a1fa096b8a80c22cc72e6c86e54c598b2e1cfe08a211f1c82a0dcb2c",
-        },
-        image_lists=("voc_lt_train.txt", "voc_lt_test.txt"),
-        image_dir=".",
         archives={
             "VOCdevkit/VOC2012/": "http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
             "VOCdevkit/VOC2007/": "http://host.robots.ox.ac.uk/pascal/VOC/voc2007/VOCtest_06-Nov-2007.tar",
         },
     ),
     "coco_mlt": Benchmark(
+        DATASETS["coco_mlt"],
         lmpt_folder="coco",
-        split_sha256={
-            "coco_lt_train.txt": "8e0c354ae2214d7ced46f4a5ae24236149296be4dcd2df74f00eba2abe6be0ce",
-            "coco_lt_test.txt": "4dda722463b0ed3aada172ce1c75f46f1391e4d2bee7643760549f916a8022e5",
-            "coco_lt_captions.txt": "4bcc3de5c20e3561f6bbe90188c00cea3adf1eab58245f761e4fd9b93319fecd",
-            "coco_labels.txt": "a16d52dc65d8bc2b7abe5875199d802e951b7af142b327f8c85b496116a87f45",
-        },
-        image_lists=("coco_lt_train.txt", "coco_lt_test.txt"),
-        image_dir="images",
         archives={
             "train2017/": "http://images.cocodataset.org/zips/train2017.zip",
             "val2017/": "http://images.cocodataset.org/zips/val2017.zip",
@@ -105,7 +90,7 @@ def fetch_split_files(spec: Benchmark, dataset_dir: Path, mirror: str | None = N
     repository's copy, checked too) and downloaded from LMPT only when that has none either.
     """
     base = (mirror or os.environ.get(MIRROR_ENV) or LMPT_DATA_URL).rstrip("/")
-    for name, sha256 in spec.split_sha256.items():
+    for name, sha256 in spec.dataset.sha256.items():
         target = dataset_dir / name
         shipped = shipped_dir / name if shipped_dir is not None else None
         if not target.is_file() and shipped is not None and shipped.is_file():
@@ -121,7 +106,7 @@ def fetch_split_files(spec: Benchmark, dataset_dir: Path, mirror: str | None = N
 def listed_images(spec: Benchmark, dataset_dir: Path) -> list[str]:
     """Image paths (relative to the image root) named in the split files, in file order, once each."""
     paths = {}
-    for name in spec.image_lists:
+    for name in (spec.dataset.train_list, spec.dataset.test_list):
         for line in (dataset_dir / name).read_text().splitlines():
             if line.strip():
                 paths[line.split()[0]] = None
@@ -230,7 +215,7 @@ def download_benchmark(name: str, data_root: str | Path, full: bool = False, wor
     """
     spec = spec or BENCHMARKS[name]
     dataset_dir = Path(data_root).expanduser() / name
-    image_root = dataset_dir / spec.image_dir
+    image_root = dataset_dir / spec.dataset.image_root
     print(f"{name}: checking the split files in {dataset_dir}")
     fetch_split_files(spec, dataset_dir, mirror, progress, (shipped_root or SHIPPED_DATASETS) / name)
     paths = listed_images(spec, dataset_dir)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 from tailclip.config import CUSTOM_DATASET_FILES, Config
 from tailclip.data import build_data
+from tailclip.data.balance import GROUPS
 from tailclip.engine.batches import build_split_batches
 from tailclip.engine.checkpoint import load_checkpoint
 from tailclip.engine.distributed import init_distributed, main_process_first
@@ -40,9 +41,8 @@ from tailclip.thresholds import (
     thresholds_document,
 )
 from tailclip.tools.calibration import calibrated_report, calibration_entries
-from tailclip.wording import count
+from tailclip.wording import count, percent
 
-GROUPS = ("head", "medium", "tail")
 ZEROSHOT = "zeroshot"  # the report's name for CLIP's own weights
 # What the config file gives the evaluation of a checkpoint: where the data is and how to run
 # (a resumed run's options, less the schedule's). Every other option is what the checkpoint
@@ -174,10 +174,10 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
     }
 
 
-def _cell(value, percent: bool = True, width: int = 8) -> str:
-    if value is None or not math.isfinite(value):
-        return f"{'n/a':>{width}}"
-    return f"{100 * value:{width}.1f}" if percent else f"{value:{width}.3f}"
+def _cell(value, as_percent: bool = True, width: int = 8) -> str:
+    if as_percent or value is None or not math.isfinite(value):
+        return f"{percent(value):>{width}}"
+    return f"{value:{width}.3f}"
 
 
 def _decision_lines(report: dict) -> list[str]:

@@ -29,7 +29,15 @@ from pathlib import Path
 import torch
 
 from tailclip import REPO_ROOT
-from tailclip.config import Config, load_config, option_problem, parse_override, resolve_path
+from tailclip.config import (
+    RUNNING,
+    Config,
+    load_config,
+    option_problem,
+    options_with_role,
+    parse_override,
+    resolve_path,
+)
 from tailclip.engine import training
 from tailclip.engine.files import write_json
 from tailclip.engine.logger import METRICS_FILE, read_metrics
@@ -39,11 +47,15 @@ from tailclip.engine.training_state import RESUMABLE_OPTIONS
 from tailclip.errors import TailCLIPError
 from tailclip.tools.disk_estimate import sweep_disk_line
 from tailclip.tools.sweep_report import SWEEP_FILE, read_sweep_file
-from tailclip.wording import count
+from tailclip.wording import count, percent
 
 STUDY_FILE = "optuna.db"
 SEARCH_SPACE_ATTR = "search_space"  # the study's --range and --grid values, as last given
-RESERVED_KEYS = {"seed": "use --seeds", "run_dir": "the sweep chooses each run's folder"}
+# A sweep compares what runs learn: an option of how a run runs would train the same model
+# in every setting (`run_dir` is the sweep's to choose; give the others with --set).
+RESERVED_KEYS = {"seed": "use --seeds",
+                 **{name: "it says how a run runs, not what it learns (give it with --set)"
+                    for name in options_with_role(RUNNING)}}
 TRAIN_SCRIPT = REPO_ROOT / "train.py"
 
 
@@ -467,7 +479,7 @@ def run_search(config_path, sets: list[str], ranges: list[Range], choices: list[
         objective = _objective(config_path, sets, ranges, choices, seeds, folder, optuna, log)
         study.optimize(objective, callbacks=[optuna.study.MaxTrialsCallback(trials, states=finished_states)])
     if study.get_trials(states=(optuna.trial.TrialState.COMPLETE,)):
-        log(f"best trial {study.best_trial.user_attrs['run']}: mAP {100 * study.best_value:.1f}, "
+        log(f"best trial {study.best_trial.user_attrs['run']}: mAP {percent(study.best_value)}, "
             f"{study.best_params}")
     return study
 

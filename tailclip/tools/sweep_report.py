@@ -21,9 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from tailclip.engine.files import write_figure, write_text
-from tailclip.engine.logger import CONFIG_FILE, METRICS_FILE, RUN_ID, read_metrics
+from tailclip.engine.logger import CONFIG_FILE, METRICS_FILE, RUN_ID
 from tailclip.engine.run_folder import restore_run_files
 from tailclip.errors import TailCLIPError
+from tailclip.metrics import MAP_NAMES
 from tailclip.tools.authors_record import (
     RECORD_DATASETS,
     AuthorsRun,
@@ -32,9 +33,10 @@ from tailclip.tools.authors_record import (
     matching_runs,
     numerics_notes,
 )
-from tailclip.tools.comparison import authors_summary, best_and_last
+from tailclip.tools.comparison import authors_summary, best_and_last, read_run
+from tailclip.wording import percent
 
-GROUPS = ("mAP", "mAP_head", "mAP_medium", "mAP_tail")
+GROUPS = MAP_NAMES
 GROUP_LABELS = {"mAP": "mAP", "mAP_head": "head", "mAP_medium": "medium", "mAP_tail": "tail"}
 EPOCHS = ("best", "last")
 # The paper's test mAP (%) for its published configs, as README's Results table lists them.
@@ -47,11 +49,10 @@ RUN_FOLDER = re.compile(r"(?P<setting>.+)_seed(?P<seed>\d+)")
 LOG_SCALE_OPTIONS = ("lr",)
 
 
-def read_run(run_dir: Path) -> dict | None:
+def finished_run(run_dir: Path) -> dict | None:
     """A run's config and its best- and last-epoch test metrics, or None while the run has
     not logged its last epoch."""
-    config = json.loads((run_dir / CONFIG_FILE).read_text())
-    records = [record for record in read_metrics(run_dir) if record["epoch"] > 0]  # 0: before training
+    config, records = read_run(run_dir, evaluated=False)
     if not records or records[-1]["epoch"] < config["epochs"]:
         return None
     chosen = best_and_last(records)
@@ -112,7 +113,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str], list[str], dict]:
             restore_run_files(run_dir)
         if not match or not (run_dir / CONFIG_FILE).is_file() or not (run_dir / METRICS_FILE).is_file():
             continue
-        run = read_run(run_dir)
+        run = finished_run(run_dir)
         if run is None:
             unfinished.append(run_dir.name)
         else:
@@ -140,14 +141,14 @@ def _differing_keys(configs: list[dict]) -> list[str]:
 def _percent(mean: float, std: float) -> str:
     if not math.isfinite(mean):
         return "n/a"
-    return f"{100 * mean:.1f}" + (f" ± {100 * std:.1f}" if math.isfinite(std) else "")
+    return percent(mean) + (f" ± {percent(std)}" if math.isfinite(std) else "")
 
 
 def _authors_cell(row: dict, when: str) -> str:
     low, high = row[f"authors_{when}_mAP_min"], row[f"authors_{when}_mAP_max"]
     if low is None:
         return "-"
-    return f"{100 * low:.1f}" if f"{100 * low:.1f}" == f"{100 * high:.1f}" else f"{100 * low:.1f}-{100 * high:.1f}"
+    return percent(low) if percent(low) == percent(high) else f"{percent(low)}-{percent(high)}"
 
 
 def has_authors(rows: list[dict]) -> bool:
