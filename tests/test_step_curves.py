@@ -1,6 +1,7 @@
 """The per-step training curves: their own TensorBoard run (``steps/``) on the global step
 axis, and a resumed logger that replaces the points an interrupted run wrote after its
 checkpoint instead of duplicating them."""
+import time
 from pathlib import Path
 
 import pytest
@@ -34,14 +35,20 @@ def test_every_n_steps_each_term_and_the_learning_rate(tmp_path):
     assert not (off / STEPS_DIR).exists()
 
 
-def test_a_resumed_logger_replaces_the_steps_after_the_checkpoint(tmp_path):
+def test_a_resumed_logger_replaces_the_steps_after_the_checkpoint(tmp_path, monkeypatch):
     # An interrupted run logged steps 1-10 after its checkpoint at global step 6 (epoch 1
-    # done); the resumed run logs 7-10 again, with other values.
-    logger = RunLogger(tmp_path)
-    for step in range(1, 11):
-        logger.log_step(step, {"loss": float(step)})
-    logger.log_epoch(1, {"train/loss": 1.0})
-    logger.close()
+    # done); the resumed run logs 7-10 again, with other values. The interrupted run was an
+    # earlier process: its event files are a minute older (TensorBoard reads a folder's files
+    # in name order, the creation second first; within one second and one process the order
+    # would hang on a counter compared as text, "10" before "9").
+    now = time.time
+    with monkeypatch.context() as earlier:
+        earlier.setattr(time, "time", lambda: now() - 60)
+        logger = RunLogger(tmp_path)
+        for step in range(1, 11):
+            logger.log_step(step, {"loss": float(step)})
+        logger.log_epoch(1, {"train/loss": 1.0})
+        logger.close()
     with RunLogger(tmp_path, resume_epoch=1, resume_step=6) as resumed:
         for step in range(7, 11):
             resumed.log_step(step, {"loss": 100.0 + step})
