@@ -30,17 +30,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from tailclip.engine.boundary import run_command  # once the arguments are parsed: imports torch
+
+    return run_command(lambda: _compare(args))
+
+
+def _compare(args: argparse.Namespace) -> int:
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
     from tailclip.errors import USER_ERRORS
     from tailclip.tools.authors_record import load_record
     from tailclip.tools.comparison import summary_text, write_comparison
 
     failed = False
-    try:
-        runs = load_record()
-    except USER_ERRORS as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 1
+    runs = load_record()
     for run_dir in args.run_dirs:
         try:
             result, paths = write_comparison(run_dir, runs, tensorboard=args.tensorboard)

@@ -88,21 +88,22 @@ def describe(path: str, top: list, above: list, threshold, selected: list | None
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from tailclip.engine.boundary import run_command  # once the arguments are parsed: imports torch
+
+    return run_command(lambda: _predict(args), error_prefix="predict.py: error")
+
+
+def _predict(args: argparse.Namespace) -> int:
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
-    from tailclip.errors import USER_ERRORS
     from tailclip.thresholds import read_thresholds, selected_classes
     from tailclip.tools.predict import find_images, load_predictor, predict_files, ranked_classes, write_results
     from tailclip.wording import count
 
-    try:
-        predictor = load_predictor(args.checkpoint, args.device)
-        if args.threshold is not None:
-            predictor.check_fixed_threshold()
-        class_thresholds = (read_thresholds(args.thresholds, predictor.class_names, predictor.decision_score)
-                            if args.thresholds else None)
-    except USER_ERRORS as error:  # the user's to fix: the message says what; a bug keeps its traceback
-        print(f"predict.py: error: {error}", file=sys.stderr)
-        return 1
+    predictor = load_predictor(args.checkpoint, args.device)
+    if args.threshold is not None:
+        predictor.check_fixed_threshold()
+    class_thresholds = (read_thresholds(args.thresholds, predictor.class_names, predictor.decision_score)
+                        if args.thresholds else None)
     images, not_read = find_images(args.inputs)
     results = []
     for result in predict_files(predictor, images, args.batch_size, args.workers):

@@ -9,7 +9,7 @@ Each run trains in ``<run_dir>/NAME/<setting>_seed<k>/``. Running the same comma
 skips finished runs and resumes interrupted ones. At the end (and with ``--report``) the
 sweep folder gets ``results.md``, ``results.csv`` and ``results.png``. With ``--search``,
 ``--grid`` values are categorical choices. Exit codes: 0 done, 1 an error or a failed run,
-130 stopped by Ctrl-C (143 by SIGTERM) after the running run saved its checkpoint.
+130 stopped by Ctrl-C (143 by SIGTERM, 129 by SIGHUP) after the running run saved its checkpoint.
 """
 import argparse
 import sys
@@ -100,9 +100,14 @@ def sweep(args: argparse.Namespace) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from tailclip.engine.boundary import run_command  # once the arguments are parsed: imports torch
+
+    return run_command(lambda: _sweep_or_report(args), interrupted="sweep interrupted")
+
+
+def _sweep_or_report(args: argparse.Namespace) -> int:
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
-    from tailclip.engine.training import TrainingInterrupted
-    from tailclip.errors import USER_ERRORS
+    from tailclip.engine.boundary import CommandStopped
     from tailclip.tools.sweep_report import write_report
 
     try:
@@ -111,15 +116,9 @@ def main(argv=None) -> int:
                 print(f"wrote {path}")
             return 0
         return sweep(args)
-    except USER_ERRORS as error:  # the user's to fix: the message says what; a bug keeps its traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except TrainingInterrupted as error:
-        print(f"{error}\nsweep stopped: run the same command again to continue", file=sys.stderr)
-        return 128 + error.signal_number
-    except KeyboardInterrupt:
-        print("sweep interrupted", file=sys.stderr)
-        return 130
+    except CommandStopped as stopped:  # a run saved and stopped by a signal
+        raise CommandStopped(f"{stopped}\nsweep stopped: run the same command again to continue",
+                             stopped.signal_number) from None
 
 
 if __name__ == "__main__":

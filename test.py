@@ -73,21 +73,35 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from tailclip.engine.boundary import run_command  # once the arguments are parsed: imports torch
+
+    return run_command(lambda: _test(args))
+
+
+def _test(args: argparse.Namespace) -> int:
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
     from tailclip.config import default_run_name, load_config, resolve_path
+    from tailclip.engine.boundary import check_writable
     from tailclip.engine.distributed import cleanup, is_main_process
-    from tailclip.errors import USER_ERRORS
-    from tailclip.tools.report import evaluate_checkpoint, format_report, write_report
+    from tailclip.engine.run_folder import BEST_MAP_CHECKPOINT
+    from tailclip.tools.report import (
+        ZEROSHOT,
+        evaluate_checkpoint,
+        format_report,
+        report_folder,
+        resolve_checkpoint,
+        write_report,
+    )
 
     try:
         cfg = load_config(args.config, args.overrides)
         run_dir = resolve_path(cfg.run_dir) / (args.run_name or default_run_name(args.config))
+        source = ZEROSHOT if args.zeroshot else resolve_checkpoint(args.checkpoint or BEST_MAP_CHECKPOINT, run_dir)
+        check_writable(report_folder({"checkpoint": str(source)}, run_dir), "report folder",
+                       "--set run_dir=PATH, --run-name NAME")  # before any work
         report = evaluate_checkpoint(cfg, run_dir, args.checkpoint, args.zeroshot, args.calibrate,
                                      args.target_precision)
         writes = is_main_process()  # under torchrun only rank 0 prints and writes
-    except USER_ERRORS as error:  # the user's to fix: the message says what; a bug keeps its traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 1
     finally:
         cleanup()
     if writes:

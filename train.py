@@ -11,9 +11,10 @@ and ``lr`` (the cosine schedule rebuilt from the epoch reached) and those of how
 (device, threads, workers, ...); any other is refused in one line. On a complete run it says
 so and exits 0.
 Several GPUs or nodes: ``torchrun --nproc_per_node=N train.py ...`` (see docs/distributed.md).
-Exit codes: 0 done, 1 error (a bad config or input, a non-finite loss, no space left), 130
-stopped by Ctrl-C (143 by SIGTERM) at any moment, after saving the newest checkpoint (a second
-Ctrl-C: at once, nothing saved since the last checkpoint). Progress bars are drawn only
+Exit codes: 0 done, 1 error (a bad config or input, a non-finite loss, a folder that cannot be
+written, no space or memory left, a DataLoader worker that died: saved, continue with
+--resume), 130 stopped by Ctrl-C (143 by SIGTERM, 129 by SIGHUP) at any moment, after saving
+the newest checkpoint (a second Ctrl-C: at once, nothing saved since the last checkpoint). Progress bars are drawn only
 when stderr is a terminal (``TAILCLIP_PROGRESS=1`` or ``0`` forces them on or off); every
 epoch prints one line either way.
 """
@@ -42,25 +43,21 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    from tailclip.engine.boundary import run_command  # once the arguments are parsed: imports torch
+
+    return run_command(lambda: _train(args), interrupted="interrupted; nothing saved since the last checkpoint")
+
+
+def _train(args: argparse.Namespace) -> int:
     # Imported once the arguments are parsed, so that --help and a usage error answer at once.
     from tailclip.config import default_run_name, load_config
     from tailclip.engine.distributed import cleanup
-    from tailclip.engine.training import TrainingInterrupted, train
-    from tailclip.errors import USER_ERRORS
+    from tailclip.engine.training import train
 
     try:
         cfg = load_config(args.config, args.overrides)
         train(cfg, args.run_name or default_run_name(args.config), resume=args.resume, overwrite=args.overwrite,
               given_options=[text.partition("=")[0].strip() for text in args.overrides])
-    except USER_ERRORS as error:  # the user's to fix: the message says what; a bug keeps its traceback
-        print(f"error: {error}", file=sys.stderr)
-        return 1
-    except TrainingInterrupted as error:
-        print(str(error), file=sys.stderr)
-        return 128 + error.signal_number
-    except KeyboardInterrupt:
-        print("interrupted; nothing saved since the last checkpoint", file=sys.stderr)
-        return 130
     finally:
         cleanup()  # leave the process group of a torchrun launch
     return 0

@@ -47,7 +47,7 @@ import clip  # noqa: E402
 from tailclip import factory, training_state  # noqa: E402
 from tailclip.config import Config  # noqa: E402
 from tailclip.data import BalancedSampler, build_data  # noqa: E402
-from tailclip.engine import evaluation, training
+from tailclip.engine import evaluation, setup, training
 from tailclip.engine.batches import SplitBatches, build_split_batches  # noqa: E402
 from tailclip.engine.optim import build_optimizer, build_scheduler  # noqa: E402
 from tailclip.engine.precision import PER_OPERATOR_TF32, autocast, grad_scaler, resolve_precision, set_tf32, tf32_flags  # noqa: E402
@@ -343,7 +343,7 @@ class Bench:
         ``torch.compile`` as ``training.train`` with ``compile_model``)."""
         forward, objective = model, self.objective
         if compile_model:
-            forward, objective = training.compile_forward(forward), training.compile_forward(objective)
+            forward, objective = setup.compile_forward(forward), setup.compile_forward(objective)
         trainer = training.Trainer(model, forward, objective, optimizer, build_scheduler(self.cfg, optimizer),
                                    grad_scaler(precision, self.device), precision, self.device, 0)
         rate, _, memory = timed(lambda: train_images_per_s(trainer, batches, self.args.warmup, self.args.steps),

@@ -84,8 +84,9 @@ bench=("$python" bench/bench_train.py --device "$device" --input cache "${sizes[
 demo=("$python" train.py --config=configs/demo.py --overwrite --set device="$device")  # seed 0; a rerun replaces the run
 
 # The suite stops after 300 s (its checks so far are in gpu_suite.json), to leave the rest to the benchmarks.
+# In one process (-n 0, not the CPU suite's two workers): one GPU, one report file, undisturbed timings.
 stage gpu_suite 60 300 env TAILCLIP_GPU_REPORT="$results/gpu_suite.json" \
-  "$python" -m pytest tests/gpu -q -rA -p no:cacheprovider --timeout 240
+  "$python" -m pytest tests/gpu -q -rA -p no:cacheprovider -n 0 --timeout 240
 stage vitb16_b64_fast 100 0 "${bench[@]}" --model "$vit" --batch-size 64 --precision bf16 --tf32 \
   --paper-eval-images 500 --json "$results/vitb16_b64_fast.json"
 stage demo_fast 45 0 "${demo[@]}" --set precision=bf16 --set tf32=True --set run_dir=/tmp/tailclip-bench-fast

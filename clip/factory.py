@@ -133,8 +133,8 @@ def load_model(name_or_path: str | os.PathLike, device: str | torch.device = "cp
         path = Path(name_or_path)
     else:
         raise ClipFileNotFoundError(f"{str(name_or_path)!r} is neither a CLIP model with weights "
-                               f"({', '.join(available_models())}) nor a checkpoint file "
-                               "(clip.create_model builds any architecture with random weights)")
+                                    f"({', '.join(available_models())}) nor a checkpoint file "
+                                    "(clip.create_model builds any architecture with random weights)")
     check_weights_file(path)
     try:
         model = build_model(read_state_dict(path))

@@ -314,8 +314,13 @@ def _file_options(path: Path) -> dict[str, Any]:
             if not (name.startswith("__") and name.endswith("__"))}
 
 
+# The key of the run's id beside the options in a run's config.json (and in its metrics.jsonl records).
+RUN_ID = "run_id"
+
+
 def _run_options(path: Path) -> dict[str, Any]:
-    """The options of a run's ``config.json`` (JSON: one object, every option by name)."""
+    """The options of a run's ``config.json`` (JSON: one object, every option by name, and
+    the run's id under `RUN_ID`, which names the run, not an option)."""
     try:
         values = json.loads(path.read_text())
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -324,6 +329,7 @@ def _run_options(path: Path) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: a run's config.json holds one JSON object of options, "
                           f"not a {type(values).__name__}")
+    values.pop(RUN_ID, None)
     return values
 
 

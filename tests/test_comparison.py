@@ -2,8 +2,6 @@
 copy 1 point lower is below it; the files written, the TensorBoard export as tensorboard reads
 it, and the one-line errors."""
 import json
-import subprocess
-import sys
 
 import pytest
 
@@ -121,38 +119,22 @@ def test_tensorboard_export_has_our_tags_in_our_units(tmp_path, record, authors_
     assert events.Scalars("train/loss")[2].value == pytest.approx(authors_run.epochs[2]["train/loss"], rel=1e-6)
 
 
-def run_compare(repo_root, *args):
-    return subprocess.run([sys.executable, "compare.py", *map(str, args)], cwd=repo_root,
-                          capture_output=True, text=True, timeout=120)
-
-
-def test_command_line_prints_the_verdicts(tmp_path, repo_root, authors_run):
+def test_command_line_prints_the_verdicts(tmp_path, run_script, authors_run):
     folder = write_run_folder(tmp_path / "copy", their_config(authors_run), authors_run.epochs)
-    result = run_compare(repo_root, folder)
+    result = run_script("compare.py", folder)
     assert result.returncode == 0, result.stderr
     assert "| mAP (best) | 74.33 | 38 | 74.33 | within |" in result.stdout
     assert f"wrote {folder / 'comparison.png'}" in result.stdout
 
 
-def test_command_line_refuses_the_demo_and_a_folder_that_is_no_run_in_one_line(tmp_path, repo_root):
+def test_command_line_refuses_the_demo_and_a_folder_that_is_no_run_in_one_line(tmp_path, repo_root, run_script):
     from tailclip.config import load_config
 
     demo = write_run_folder(tmp_path / "demo", load_config(repo_root / "configs" / "demo.py").to_dict(),
                             [{"epoch": 1, **{f"val/{f}": 0.5 for f in FIGURES}}])
     (tmp_path / "empty").mkdir()
-    result = run_compare(repo_root, demo, tmp_path / "empty")  # one line per folder, both refused
+    result = run_script("compare.py", demo, tmp_path / "empty")  # one line per folder, both refused
     assert result.returncode == 1 and "Traceback" not in result.stderr
     assert result.stderr.splitlines() == [
         "error: the authors' record holds voc_mlt and coco_mlt runs only, not dataset 'synthetic_mlt'",
         f"error: {tmp_path / 'empty'} is not a TailCLIP run folder (no config.json and metrics.jsonl)"]
-
-
-def test_help_loads_neither_torch_nor_the_library(repo_root):
-    heavy = ("torch", "numpy", "matplotlib", "tensorboard", "tailclip.tools.authors_record")
-    code = ("import runpy, sys\nsys.argv = ['compare.py', '--help']\n"
-            "try:\n    runpy.run_path('compare.py', run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            f"print('loaded:', sorted(m for m in {heavy!r} if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], cwd=repo_root, capture_output=True, text=True,
-                            timeout=60, check=True)
-    assert "usage: compare.py" in result.stdout and "--tensorboard" in result.stdout
-    assert result.stdout.splitlines()[-1] == "loaded: []"

@@ -10,7 +10,7 @@ from torch._dynamo.utils import counters
 import clip
 from tailclip.config import load_config
 from tailclip.data import build_data
-from tailclip.engine import training
+from tailclip.engine import setup
 from tailclip.engine.batches import COMPILED_CAPTION_LENGTHS, build_split_batches, caption_length
 
 REPO = Path(__file__).resolve().parents[1]
@@ -50,7 +50,7 @@ def graphs_traced(caption_lengths: tuple[int, ...]) -> int:
     tokens, compiled as `compile = True` compiles the training forward pass (the "eager"
     backend: dynamo's tracing and guards, which decide recompilation, without a compiler)."""
     torch.manual_seed(0)
-    text_tower = training.compile_forward(clip.create_model("ViT-tiny").encode_text, backend="eager")
+    text_tower = setup.compile_forward(clip.create_model("ViT-tiny").encode_text, backend="eager")
     torch._dynamo.reset()
     counters.clear()
     with torch.no_grad():

@@ -1,6 +1,8 @@
 """Synthetic demo data: benchmark format, VOC-MLT's long tail, visible classes, determinism."""
 import hashlib
 import json
+import threading
+import time
 from collections import Counter
 
 import numpy as np
@@ -110,6 +112,28 @@ def test_ensure_generates_once_and_replaces_stale_data(tmp_path, monkeypatch):
     ensure_synthetic(root, seed=2)
     assert calls == [0, 2]
     assert [path.name for path in tmp_path.iterdir()] == ["synthetic_mlt"]  # no staging folders left
+
+
+def test_processes_ensuring_at_once_generate_once(tmp_path, monkeypatch):
+    # Two callers at once (as two test workers, or a node's processes, on a fresh clone): the
+    # second waits for the first's dataset instead of generating its own and renaming the
+    # first's away while it may be read.
+    calls, generate, started = [], _fake_generate([]), threading.Barrier(2)
+
+    def slow_generate(root, seed, image_size):
+        calls.append(seed)
+        time.sleep(0.5)
+        generate(root, seed, image_size)
+
+    monkeypatch.setattr(synthetic, "generate", slow_generate)
+    root = tmp_path / "synthetic_mlt"
+    callers = [threading.Thread(target=lambda: (started.wait(), ensure_synthetic(root))) for _ in range(2)]
+    for caller in callers:
+        caller.start()
+    for caller in callers:
+        caller.join()
+    assert calls == [0]
+    assert [path.name for path in tmp_path.iterdir()] == ["synthetic_mlt"]
 
 
 def test_ensure_leaves_nothing_when_generation_fails(tmp_path, monkeypatch):

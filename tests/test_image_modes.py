@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from tailclip.data.datasets import UnreadableImageError, load_image
-from tailclip.data.transforms import build_transform, resize
+from tailclip.data.transforms import Resize, build_transform
 from tailclip.engine.cache import CachedImages
 from tailclip.tools.predict import ImageFiles
 
@@ -58,7 +58,7 @@ def test_the_image_cache_and_predict_read_16_bits_as_the_8_bit_image(sixteen_bit
     path, samples = sixteen_bit
     eight_bit = Image.fromarray((samples >> 8).astype(np.uint8)).convert("RGB")
     cached = CachedImages([path], 32, tmp_path / "cache", "test", num_threads=1, progress=False)[0]
-    expected = np.asarray(resize(32)(eight_bit)).astype(int)
+    expected = np.asarray(Resize(32)(eight_bit)).astype(int)
     assert np.abs(cached.numpy().astype(int) - expected).max() <= 1
     transform = build_transform(32, False, "imagenet")
     _, tensor, error = ImageFiles([path], transform)[0]

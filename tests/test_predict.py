@@ -9,8 +9,6 @@ import csv
 import importlib.util
 import json
 import shutil
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -44,7 +42,7 @@ def _write_folder_to_predict(folder, good_image_source):
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, repo_root):
+def trained_run(tmp_path_factory, run_script):
     """Checkpoint of a real 1-epoch train.py run (ViT-tiny, 3 classes, clip + bce: a model
     whose sigmoid is a probability, for --threshold); its data is deleted."""
     root = tmp_path_factory.mktemp("predict_run")
@@ -79,8 +77,7 @@ class CFG:
     device = "cpu"
     run_dir = {str(root / "runs")!r}
 """)
-    done = subprocess.run([sys.executable, "train.py", f"--config={config}"], cwd=repo_root,
-                          capture_output=True, text=True, timeout=240)
+    done = run_script("train.py", f"--config={config}")
     assert done.returncode == 0, done.stderr[-3000:]
     checkpoint = root / "runs" / "tiny" / "best_valid_mAP.pt"
     assert checkpoint.is_file()
@@ -125,17 +122,12 @@ def predict_cli(repo_root):
     return module
 
 
-def _run_predict(repo_root, *args):
-    return subprocess.run([sys.executable, "predict.py", *map(str, args)], cwd=repo_root,
-                          capture_output=True, text=True, timeout=120)
-
-
-def test_predict_cli_csv_on_a_trained_checkpoint(trained_run, tmp_path, repo_root):
+def test_predict_cli_csv_on_a_trained_checkpoint(trained_run, tmp_path, run_script):
     checkpoint, good_image = trained_run
     folder = tmp_path / "inbox"
     _write_folder_to_predict(folder, good_image)
     output = tmp_path / "out" / "results.csv"
-    done = _run_predict(repo_root, f"--checkpoint={checkpoint}", folder, "--top-k", 2,
+    done = run_script("predict.py", f"--checkpoint={checkpoint}", folder, "--top-k", 2,
                         "--threshold", 0.2, "--output", output)
     assert done.returncode == 0, done.stderr
 
@@ -198,6 +190,16 @@ def test_predict_cli_json_on_a_trained_checkpoint(trained_run, tmp_path, predict
     assert set(errors) == {str(tmp_path / "missing.jpg"), str(folder / "broken.jpg")}
     assert errors[str(tmp_path / "missing.jpg")] == "no such file or folder"
     assert "truncated" in errors[str(folder / "broken.jpg")]
+
+
+def test_an_output_through_a_file_is_one_line(trained_run, tmp_path, predict_cli, capsys):
+    checkpoint, good_image = trained_run
+    (tmp_path / "afile").write_text("")
+    output = tmp_path / "afile" / "results.csv"
+    assert predict_cli.main([f"--checkpoint={checkpoint}", str(good_image), "--output", str(output),
+                             "--workers", "0", "--device", "cpu"]) == 1
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        f"predict.py: error: cannot write {output.parent}: it is a file, not a folder; use another folder")
 
 
 def test_exit_code_1_when_no_image_can_be_read(trained_run, tmp_path, predict_cli, capsys):

@@ -3,7 +3,7 @@ and the backbone name, and load on top of the backbone rebuilt by name; on a ran
 (pretrained = False), which no name can rebuild, they hold every weight. train.py --resume,
 test.py and predict.py use both kinds.
 
-A fixed random ViT-tiny stands in for OpenAI's weights (`clip.load` is replaced), so that
+A fixed random ViT-tiny stands in for OpenAI's weights (`clip.load_model` is replaced), so that
 nothing is downloaded."""
 import dataclasses
 import io
@@ -30,19 +30,19 @@ PROMPTS = ["a photo of a " + name for name in CLASS_NAMES]
 
 @pytest.fixture
 def openai_weights(monkeypatch):
-    """`clip.load("ViT-tiny")` gives the same random weights at every call, as a download would."""
+    """`clip.load_model("ViT-tiny")` gives the same random weights at every call, as a download would."""
     torch.manual_seed(1234)
     weights = clip.create_model("ViT-tiny").state_dict()
     available = clip.available_models()
 
-    def load(name, device="cpu", **kwargs):
+    def load_model(name, device="cpu", **kwargs):
         assert name == "ViT-tiny"
         model = clip.create_model(name)
         model.load_state_dict(weights)
-        return model.to(device).eval(), None
+        return model.to(device).eval()
 
     monkeypatch.setattr(clip, "available_models", lambda: [*available, "ViT-tiny"])
-    monkeypatch.setattr(clip, "load", load)
+    monkeypatch.setattr(clip, "load_model", load_model)
     return weights
 
 

@@ -2,6 +2,7 @@
 holds the folder (lock file), and --resume of a complete run changes nothing. Trainings run
 train.py's main on the tiny dataset, in this process; the lock's other holders are real
 processes."""
+import datetime
 import errno
 import hashlib
 import json
@@ -22,6 +23,7 @@ from tailclip.engine.checkpoint import rng_states
 from tailclip.engine.logger import read_metrics
 from tailclip.engine.run_folder import claimed_run_folder
 from tailclip.engine.run_lock import LOCK_FILE, RunFolderError, RunLock
+from tailclip.engine.stop_signals import StopSignals
 from tailclip.errors import TailCLIPError
 from tiny_dataset import write_config, write_dataset
 
@@ -92,10 +94,12 @@ def test_overwrite_replaces_the_earlier_run(train_main, finished_run, tmp_path, 
     assert LOCK_FILE not in after
 
 
-def write_lock(run_dir: Path, host: str, pid: int) -> Path:
+def write_lock(run_dir: Path, host: str, pid: int, started: str | None = None) -> Path:
+    """A lock as the training ``pid`` writes it, by default now (after that process started)."""
     run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / LOCK_FILE
-    path.write_text(json.dumps({"host": host, "pid": pid, "started": "2026-12-01T00:00:00+00:00"}))
+    started = started or datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    path.write_text(json.dumps({"host": host, "pid": pid, "started": started}))
     return path
 
 
@@ -174,7 +178,7 @@ def test_the_lock_is_released_on_sigterm_and_on_errors(tmp_path):
     run_dir = tmp_path / "run"
     previous = signal.getsignal(signal.SIGTERM)
     with pytest.raises(SystemExit) as exit_info:
-        with claimed_run_folder(run_dir, resume=False, overwrite=False):
+        with StopSignals(), claimed_run_folder(run_dir, resume=False, overwrite=False):  # as a training holds it
             assert (run_dir / LOCK_FILE).exists()
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)  # the handler interrupts this

@@ -1,11 +1,9 @@
-"""End to end: train.py on the demo config for 2 epochs (a subprocess, as a user runs it),
-then test.py's command line on its checkpoint and zero-shot (in this process, to save the
-start-up time)."""
+"""End to end: train.py on the demo config for 2 epochs (conftest's demo_run), then test.py's
+command line on its checkpoint and zero-shot. Both in this process: the process-level
+guarantees (a kill, the signals, torchrun) have their own tests."""
 import json
 import math
 import runpy
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -27,17 +25,6 @@ DECISIONS = [f"{name}{group}" for name in ("CP", "CR", "CF1") for group in ("", 
 DECISIONS += ["OP", "OR", "OF1"]
 EPOCH_TAGS += [f"val/{name}_top3" for name in DECISIONS]
 CHECKPOINTS = ["best_valid_mAP.pt", "best_valid_mAP_tail.pt", "newest_train_checkpoint.pt"]
-
-
-@pytest.fixture(scope="module")
-def demo_run(tmp_path_factory):
-    """The demo config trained for 2 epochs (a larger batch: fewer, cheaper steps)."""
-    runs = tmp_path_factory.mktemp("runs")
-    result = subprocess.run([sys.executable, "train.py", "--config=configs/demo.py",
-                             "--set", "epochs=2", "--set", "batch_size=128", "--set", f"run_dir={runs}"],
-                            cwd=REPO, capture_output=True, text=True, timeout=280)
-    assert result.returncode == 0, result.stderr[-4000:]
-    return runs, result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")
@@ -112,8 +99,8 @@ def test_best_checkpoints_hold_no_optimiser_and_are_under_half_the_newest(demo_r
         assert (runs / "demo" / name).stat().st_size < newest.stat().st_size / 2
 
 
-def test_test_py_on_best_checkpoint_and_zeroshot(demo_run, test_py, capsys):
-    runs, _ = demo_run
+def test_test_py_on_best_checkpoint_and_zeroshot(demo_run_copy, test_py, capsys):
+    runs = demo_run_copy
     run_dir = runs / "demo"
     _, *records = read_metrics(run_dir)  # the trained epochs
     assert test_py(["--config=configs/demo.py", "--checkpoint=best_valid_mAP.pt",

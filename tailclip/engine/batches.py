@@ -15,10 +15,7 @@ batch) and still counts as a step, so that a resume starts after it; under torch
 process whose own slice is unreadable trains on an empty batch while the others train on
 theirs, so that every process takes every step.
 """
-import contextlib
 import math
-import queue
-import threading
 from pathlib import Path
 
 import torch
@@ -110,47 +107,6 @@ def seed_of(*keys: int) -> int:
     return mixed_seed(*keys) >> 1
 
 
-def read_ahead(iterable, depth: int):
-    """The items of ``iterable``, read up to ``depth`` items ahead by a background thread
-    (``depth = 0``: read here, when asked for). An exception of the thread is raised here;
-    closing the generator (a loop left early) stops the thread."""
-    if depth == 0:
-        yield from iterable
-        return
-    items, stop, end = queue.Queue(maxsize=depth), threading.Event(), object()
-
-    def put(entry) -> bool:
-        while not stop.is_set():
-            with contextlib.suppress(queue.Full):
-                items.put(entry, timeout=0.05)
-                return True
-        return False
-
-    def read() -> None:
-        try:
-            for item in iterable:
-                if not put((item, None)):
-                    return
-        except BaseException as error:  # noqa: BLE001 - raised again in the consumer
-            put((end, error))
-            return
-        put((end, None))
-
-    thread = threading.Thread(target=read, name="tailclip-read-ahead", daemon=True)
-    thread.start()
-    try:
-        while True:
-            item, error = items.get()
-            if item is end:
-                if error is not None:
-                    raise error
-                return
-            yield item
-    finally:
-        stop.set()
-        thread.join()
-
-
 class SplitBatches:
     """A split's batches as device tensors ``(images, targets, caption_tokens, indices)``.
 
@@ -159,10 +115,8 @@ class SplitBatches:
     from a generator seeded by (seed, e, s), so they do not depend on where a run resumed.
     Uncached: the DataLoader decodes and transforms each JPEG, flips included.
 
-    ``read_ahead`` (cached only): batches the loader reads in a background thread ahead of
-    the one in use, so that on a GPU the next batch is gathered from the cache and pinned
-    while the device computes, not in the wait after each step. ``caption_lengths``: the
-    fixed lengths caption ids are cut at (``caption_length``); none: the batch's own.
+    ``caption_lengths``: the fixed lengths caption ids are cut at (``caption_length``); none:
+    the batch's own.
 
     ``skip_unreadable``: the loader gives None for a batch whose images were all unreadable
     (``collate_skip_none``); an empty batch of ``image_size`` images stands in for it in a
@@ -170,15 +124,10 @@ class SplitBatches:
     """
 
     def __init__(self, loader: DataLoader, sampler: ResumableSampler | None, batch_size: int,
-                 cached: bool, normalize: str, train: bool, seed: int, read_ahead: int = 0,
-                 trim_padding=trim_padding, skip_unreadable: bool = False,
-                 image_size: int | None = None, caption_lengths: tuple[int, ...] = ()):
-        if read_ahead and not cached:
-            # The JPEG path draws its flips from torch's global generator as it reads: read
-            # ahead, it would draw before a checkpoint what the steps after it use.
-            raise ValueError("read_ahead needs the decoded-image cache")
+                 cached: bool, normalize: str, train: bool, seed: int, trim_padding=trim_padding,
+                 skip_unreadable: bool = False, image_size: int | None = None,
+                 caption_lengths: tuple[int, ...] = ()):
         self.loader = loader
-        self.read_ahead = read_ahead
         self.sampler = sampler
         self.batch_size = batch_size
         self.cached = cached
@@ -205,13 +154,12 @@ class SplitBatches:
             self.sampler.skip = start_step * self.batch_size
         # Worker processes (re)started for this epoch are seeded from (seed, epoch).
         self.loader.generator.manual_seed(seed_of(self.seed, epoch, 1))
-        with contextlib.closing(read_ahead(self.loader, self.read_ahead)) as loaded:
-            for step, batch in enumerate(loaded, start=start_step):
-                if self.train:
-                    batch = self._agreed(batch)
-                    yield None if batch is None else self._on_device(batch, device, epoch, step)
-                elif batch is not None:
-                    yield self._on_device(batch, device, epoch, step)
+        for step, batch in enumerate(self.loader, start=start_step):
+            if self.train:
+                batch = self._agreed(batch)
+                yield None if batch is None else self._on_device(batch, device, epoch, step)
+            elif batch is not None:
+                yield self._on_device(batch, device, epoch, step)
 
     def _agreed(self, batch):
         """This process's part of a training step: None where the global batch has no
@@ -287,9 +235,7 @@ def build_split_batches(cfg: Config, data, train: bool, device: torch.device) ->
         loader = DataLoader(dataset, batch_size=batch_size, sampler=order,
                             collate_fn=collate_skip_none, num_workers=cfg.num_workers,
                             persistent_workers=cfg.num_workers > 0 and not train, **common)
-    # On the CPU a reading thread would take cores from the model.
     return SplitBatches(loader, sampler, batch_size, cached, cfg.normalize, train, cfg.seed,
-                        read_ahead=2 if cached and device.type == "cuda" else 0,
                         trim_padding=text_tokenizer(cfg).trim_padding,
                         skip_unreadable=cfg.skip_unreadable_images, image_size=cfg.size,
                         caption_lengths=COMPILED_CAPTION_LENGTHS if cfg.compile and train else ())

@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-from tailclip.errors import caused_by, no_space_error
+from tailclip.errors import caused_by, filesystem_error
 
 
 def write_atomic(path, write) -> Path:
@@ -23,12 +23,15 @@ def write_atomic(path, write) -> Path:
     The bytes go to a temporary file in the same folder (same file system, so the rename is
     atomic), are flushed to disk, and only then renamed over ``path``. On any failure,
     Ctrl-C included, the temporary file is removed and the old ``path`` is left as it was.
-    A lack of space is a `NoSpaceError` naming ``path``, and a Ctrl-C that a library (torch.save)
-    wrapped in a RuntimeError is a KeyboardInterrupt again.
+    A lack of space, or a write the machine refuses, is a `FileSystemError` naming ``path``, and a
+    Ctrl-C that a library (torch.save) wrapped in a RuntimeError is a KeyboardInterrupt again.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as error:
+        raise (filesystem_error(path, error) or error) from None
     try:
         os.chmod(tmp_name, 0o666 & ~_umask())  # mkstemp's 0600 -> what open() would have given
         with os.fdopen(fd, "wb") as f:
@@ -41,9 +44,9 @@ def write_atomic(path, write) -> Path:
             os.unlink(tmp_name)
         if caused_by(error, lambda cause: isinstance(cause, KeyboardInterrupt)):
             raise KeyboardInterrupt from None
-        no_space = no_space_error(path, error)
-        if no_space is not None:
-            raise no_space from None
+        refused = filesystem_error(path, error)
+        if refused is not None:
+            raise refused from None
         raise
     _fsync_directory(path.parent)
     return path

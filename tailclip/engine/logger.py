@@ -27,9 +27,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from tailclip.config import RUN_ID
 from tailclip.engine.distributed import is_main_process
 from tailclip.engine.files import write_json, write_text
-from tailclip.errors import NoSpaceError, TailCLIPError, is_no_space, no_space_error
+from tailclip.errors import FileSystemError, TailCLIPError, filesystem_error, is_filesystem_refusal
 from tailclip.thresholds import SUMMARY_NAMES
 
 METRICS_FILE = "metrics.jsonl"
@@ -40,7 +41,6 @@ CONFIG_FILE = "config.json"
 STEPS_DIR = "steps"
 STEP_TAG = "train_step"
 MAP_UNIT = "fraction"  # of mAP, AP, AUROC and the decision metrics in the files
-RUN_ID = "run_id"  # the key of the run's id in config.json and in each metrics.jsonl record
 
 
 def new_run_id() -> str:
@@ -128,16 +128,17 @@ class RunLogger:
 
     @contextlib.contextmanager
     def _writing(self, path=None):
-        """A lack of space while writing ``path`` (None: the TensorBoard events) is a
-        `NoSpaceError` naming the file, alone: the libraries' tracebacks say nothing more."""
+        """A lack of space (or a refused write) while writing ``path`` (None: the TensorBoard
+        events) is a `FileSystemError` naming the file, alone: the libraries' tracebacks say
+        nothing more."""
         try:
             yield
         except OSError as error:
             events = sorted(self.run_dir.glob("events.out.tfevents.*"), key=lambda p: p.stat().st_mtime)
-            no_space = no_space_error(path or (events[-1] if events else self.run_dir), error)
-            if no_space is None:
+            refused = filesystem_error(path or (events[-1] if events else self.run_dir), error)
+            if refused is None:
                 raise
-            raise no_space from None
+            raise refused from None
 
     def log_config(self, config: dict) -> None:
         """Write the effective config with the run's id to ``config.json``, and the config to
@@ -223,7 +224,7 @@ class RunLogger:
     def __exit__(self, exc_type, *exc):
         try:
             self.close()
-        except NoSpaceError:
+        except FileSystemError:
             if exc_type is None:  # else the error on its way out says it first
                 raise
 
@@ -237,7 +238,7 @@ def _quiet_tensorboard_writer_threads() -> None:
     report = threading.excepthook
 
     def excepthook(args):
-        if not (is_no_space(args.exc_value) and "tensorboard" in type(args.thread).__module__):
+        if not (is_filesystem_refusal(args.exc_value) and "tensorboard" in type(args.thread).__module__):
             report(args)
 
     excepthook.quiet_tensorboard = True

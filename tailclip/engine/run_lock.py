@@ -2,21 +2,23 @@
 
 A training holds the folder's lock file (``.lock``: host, process id and start time),
 created atomically and removed when the training ends, whether it finishes, fails or is
-stopped by a signal. A lock whose process no longer runs on this host is stale and removed;
-a lock from another host is left to the user, who alone can tell whether that run is dead.
+stopped by a signal (`tailclip.engine.stop_signals` turns each into an exception). A lock
+whose process no longer runs on this host is stale and removed, and so is one whose process
+id now belongs to a process started after the lock was written (the id was reused). A lock
+that cannot be read as one (any bytes, any values) is stale once nobody has written it for
+`UNFINISHED_LOCK_SECONDS`; a folder named like the lock, and a lock from another host, are
+left to the user, who alone can tell whether that run is dead.
 """
 import dataclasses
 import datetime
 import json
 import os
-import signal
 import socket
-import threading
 import time
 from pathlib import Path
 
 from tailclip.engine.logger import say
-from tailclip.errors import TailCLIPError, no_space_error
+from tailclip.errors import TailCLIPError, filesystem_error
 
 LOCK_FILE = ".lock"
 UNFINISHED_LOCK_SECONDS = 10
@@ -41,6 +43,19 @@ class LockOwner:
     def describe(self) -> str:
         return f"process {self.pid} on host {self.host} (started {self.started})"
 
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "LockOwner | None":
+        """The owner a lock file's bytes name; None unless they are the JSON this project
+        writes, with a host name, a process id this host could have, and a start time."""
+        try:
+            fields = json.loads(data.decode())
+            owner = cls(**fields)
+            datetime.datetime.fromisoformat(owner.started)
+        except (ValueError, TypeError):  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+            return None
+        pid_type = type(owner.pid) is int and 0 < owner.pid < 2 ** 31
+        return owner if pid_type and isinstance(owner.host, str) else None
+
     def is_gone(self, path: Path) -> bool:
         """Whether the process that wrote the lock ``path`` is known to have ended: only on
         this host, where its process id can be looked up. Our own process id in a lock that
@@ -49,7 +64,15 @@ class LockOwner:
             return False
         if self.pid == os.getpid():
             return path not in RunLock.held
-        return not process_runs(self.pid)
+        return not process_runs(self.pid) or self.pid_reused()
+
+    def pid_reused(self) -> bool:
+        """Whether the process now running under the lock's id started after the lock was
+        written, so that it cannot have written it. Unknown (False) where the start times of
+        processes cannot be read (no ``/proc``)."""
+        started = process_start_time(self.pid)
+        written = datetime.datetime.fromisoformat(self.started).timestamp()
+        return started is not None and started > written + PID_START_SLACK_SECONDS
 
 
 def process_runs(pid: int) -> bool:
@@ -63,19 +86,30 @@ def process_runs(pid: int) -> bool:
     return True
 
 
+# A lock's start time is whole seconds and a process's start time is reckoned from the boot
+# time in whole seconds: a process started this much later than its lock was not its writer.
+PID_START_SLACK_SECONDS = 2
+
+
+def process_start_time(pid: int) -> float | None:
+    """When process ``pid`` started (seconds since the epoch), from ``/proc``; None when
+    unknown."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        boot = next(line for line in Path("/proc/stat").read_text().splitlines() if line.startswith("btime "))
+        ticks = int(stat.rpartition(")")[2].split()[19])  # field 22, after the command name
+        return int(boot.split()[1]) + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError, StopIteration):
+        return None
+
+
 class RunLock:
-    """The lock file of a run folder, held by this process from `take` to `release`.
+    """The lock file of a run folder, held by this process from `take` to `release`."""
 
-    While held, SIGTERM and SIGHUP end the process through ``SystemExit`` (exit code 128 +
-    the signal number), so that the lock is removed on the way out; the training loop
-    handles SIGTERM itself, by saving first."""
-
-    TERMINATING = (signal.SIGTERM, signal.SIGHUP)
     held: set[Path] = set()  # the lock files that this process holds
 
     def __init__(self, path: Path):
         self.path = path
-        self.previous_handlers = {}
 
     @classmethod
     def take(cls, run_dir: Path) -> "RunLock":
@@ -84,6 +118,10 @@ class RunLock:
         run_dir.mkdir(parents=True, exist_ok=True)
         lock = cls(run_dir / LOCK_FILE)
         while not lock._create():
+            if lock.path.is_dir():
+                raise RunFolderError(f"{run_dir} may be in use by another training: {lock.path} is a folder, "
+                                     "not a lock this project writes. If no training runs in that folder, "
+                                     "delete it and start again")
             try:
                 owner = lock.owner()
             except FileNotFoundError:  # released in the meantime
@@ -95,9 +133,10 @@ class RunLock:
             if owner is None or not owner.is_gone(lock.path):
                 raise RunFolderError(lock._in_use_message(owner))
             lock.path.unlink(missing_ok=True)
-            say(f"removed the stale lock {lock.path} of {owner.describe()}, which no longer runs")
+            gone = ("whose process id now belongs to a process started after the lock" if owner.pid_reused()
+                    else "which no longer runs")
+            say(f"removed the stale lock {lock.path} of {owner.describe()}, {gone}")
         RunLock.held.add(lock.path)
-        lock._exit_on_termination()
         return lock
 
     def _create(self) -> bool:
@@ -111,7 +150,7 @@ class RunLock:
                 f.write("\n")
         except OSError as error:  # a lock that does not say whose it is must not stay
             self.path.unlink(missing_ok=True)
-            raise (no_space_error(self.path, error) or error) from None
+            raise (filesystem_error(self.path, error) or error) from None
         return True
 
     def _unfinished_long_ago(self) -> bool:
@@ -127,11 +166,7 @@ class RunLock:
     def owner(self) -> LockOwner | None:
         """Who holds the lock; None when the file cannot be read as a lock (being written,
         or damaged)."""
-        text = self.path.read_text()
-        try:
-            return LockOwner(**json.loads(text))
-        except (ValueError, TypeError):
-            return None
+        return LockOwner.from_bytes(self.path.read_bytes())
 
     def _in_use_message(self, owner: LockOwner | None) -> str:
         folder = self.path.parent
@@ -146,18 +181,10 @@ class RunLock:
                 f"another host is never removed automatically: if that run is dead, delete "
                 f"{self.path} by hand and start again")
 
-    def _exit_on_termination(self) -> None:
-        if threading.current_thread() is not threading.main_thread():
-            return  # signal handlers exist only in the main thread
-        for number in self.TERMINATING:
-            self.previous_handlers[number] = signal.signal(number, _exit_on_signal)
-
     def release(self) -> None:
-        for number, handler in self.previous_handlers.items():
-            signal.signal(number, handler)
-        self.path.unlink(missing_ok=True)
         RunLock.held.discard(self.path)
-
-
-def _exit_on_signal(signal_number, frame):
-    raise SystemExit(128 + signal_number)
+        try:
+            self.path.unlink(missing_ok=True)
+        except OSError as error:  # a folder made read-only: the lock stays, stale once this process ends
+            say(f"warning: could not remove the lock {self.path} ({error.strerror}); the next training "
+                "removes it, as this process will have ended")

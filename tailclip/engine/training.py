@@ -6,26 +6,25 @@ test split (the paper's "valid" split); one evaluation before the first epoch gi
 starting point (the untrained or zero-shot model) that the final summary compares with.
 Every epoch is logged to TensorBoard and ``metrics.jsonl`` and checkpointed atomically, and
 every ``log_every_steps`` steps the loss, its terms and the learning rate go to TensorBoard
-on the global step axis (``logger.StepCurves``);
-``resume=True`` continues from ``newest_train_checkpoint.pt`` with the same subsequent losses
-as an unbroken run.
+on the global step axis (``logger.StepCurves``); ``resume=True`` continues from
+``newest_train_checkpoint.pt`` with the same subsequent losses as an unbroken run.
 
-Crash safety: one training at a time holds the run folder, and a new run never overwrites an
-earlier one unless asked (``tailclip.engine.run_folder``). A non-finite loss, or an evaluation with
-non-finite scores, stops the run (``NonFiniteLossError``) without writing any checkpoint of
-that epoch; Ctrl-C (or SIGTERM) finishes the current step, saves the newest checkpoint and
-raises ``TrainingInterrupted``.
+The operational concerns sit behind one seam each: the run folder (`run_folder`: one training
+at a time, an earlier run never overwritten unless asked), the set-up shared with test
+reports (`setup`), stop signals (`stop_signals`: Ctrl-C, SIGTERM and SIGHUP finish the
+current step, save the newest checkpoint and raise ``TrainingInterrupted``; so does a
+DataLoader worker that dies, with ``WorkerDiedError``), checkpoints (`_save`, contents from
+`training_state`) and the machine's faults (`boundary`: a folder that cannot be written, out
+of memory). A non-finite loss, or an evaluation with non-finite scores, stops the run
+(``NonFiniteLossError``) without writing any checkpoint of that epoch.
 
 Under torchrun (``tailclip.engine.distributed``) every process trains its slice of each global batch
 in ``DistributedDataParallel`` and computes the single-process loss of the whole batch; the
 training metrics see the whole batch, evaluation is sharded and gathered, and only rank 0
 prints, logs and writes checkpoints.
 """
-import dataclasses
+import contextlib
 import math
-import os
-import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,32 +32,24 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-import clip
 from tailclip.config import Config, resolve_path
-from tailclip.data import DataBundle, build_data
-from tailclip.engine.batches import SplitBatches, build_split_batches
+from tailclip.engine.batches import SplitBatches
+from tailclip.engine.boundary import check_writable, memory_of
 from tailclip.engine.checkpoint import load_checkpoint, rng_states, save_atomic
 from tailclip.engine.distributed import (
-    DistInfo,
     all_processes_objects,
     any_over_processes,
     barrier,
-    distribute_model,
-    global_batch_objective,
     init_distributed,
     is_main_process,
-    main_process_first,
-    max_over_processes,
 )
+from tailclip.engine.epoch_summary import epoch_line, final_line, position, run_summary, update_best
 from tailclip.engine.evaluation import Evaluation, NonFiniteScoresError, evaluate_model, val_line, val_record
-from tailclip.engine.files import remove_partial_writes
-from tailclip.engine.logger import RunLogger, StepCurves, say
-from tailclip.engine.optim import build_optimizer, build_scheduler
-from tailclip.engine.precision import autocast, grad_scaler, resolve_precision, set_tf32
+from tailclip.engine.logger import StepCurves, say
+from tailclip.engine.meter import EpochMeter
+from tailclip.engine.precision import autocast
 from tailclip.engine.progress import show_progress
 from tailclip.engine.run_folder import (
-    BEST_MAP_CHECKPOINT,
-    BEST_TAIL_CHECKPOINT,
     NEWEST_CHECKPOINT,
     RESTART_ADVICE,
     check_same_run,
@@ -68,141 +59,16 @@ from tailclip.engine.run_folder import (
     resume_checkpoint,
     run_files,
 )
-from tailclip.engine.saved_model import check_checkpoint_matches
-from tailclip.engine.training_state import (
-    TrainState,
-    checkpoint_as,
-    restore_training,
-    resumed_config,
-    training_checkpoint,
-)
-from tailclip.errors import MissingFileError, NoSpaceError, TailCLIPError
-from tailclip.factory import build_model, build_objective, seed_everything, set_cpu_threads
-from tailclip.metrics import evaluate, scores_from_logits
-from tailclip.model import TailCLIP
+from tailclip.engine.setup import Run, Trainer, set_up_training
+from tailclip.engine.stop_signals import StopSignals, TrainingInterrupted, WorkerDiedError, dead_worker, signal_name
+from tailclip.engine.training_state import TrainState, checkpoint_as, resumed_config, training_checkpoint
+from tailclip.errors import FileSystemError, MissingFileError, TailCLIPError
 from tailclip.thresholds import no_threshold_reason
-from tailclip.wording import count, percent
 
 
 class NonFiniteLossError(TailCLIPError, RuntimeError):
     """The loss became NaN or infinite more often than ``max_nonfinite_steps`` allows, or an
     evaluation's scores did."""
-
-
-class TrainingInterrupted(Exception):
-    """Training stopped on a signal (Ctrl-C / SIGTERM) after saving the newest checkpoint."""
-
-    def __init__(self, message: str, signal_number: int):
-        super().__init__(message)
-        self.signal_number = signal_number
-
-
-class EpochMeter:
-    """One epoch's loss sums and training scores, kept on the device (no per-step sync)."""
-
-    def __init__(self):
-        self.loss_sums: dict[str, torch.Tensor] = {}
-        self.images = 0
-        self.scores: list[torch.Tensor] = []
-        self.targets: list[torch.Tensor] = []
-
-    def update(self, out: dict, targets: torch.Tensor, score_kind: str) -> None:
-        # With several processes, the whole global batch (`GlobalBatchObjective`'s outputs):
-        # every process keeps the single-process meter.
-        logits, targets = out.get("global_logits", out["logits"]), out.get("global_targets", targets)
-        count = targets.shape[0]
-        for name, value in out.items():
-            if name.startswith("loss"):
-                self.loss_sums[name] = self.loss_sums.get(name, 0) + value.detach().float() * count
-        self.images += count
-        self.scores.append(scores_from_logits(logits.detach().float(), score_kind))
-        self.targets.append(targets)
-
-    def state_dict(self) -> dict:
-        return {"loss_sums": {k: v.cpu() for k, v in self.loss_sums.items()}, "images": self.images,
-                "scores": [torch.cat(self.scores).cpu()] if self.scores else [],
-                "targets": [torch.cat(self.targets).cpu()] if self.targets else []}
-
-    def load_state_dict(self, state: dict, device: torch.device) -> None:
-        self.loss_sums = {k: v.to(device) for k, v in state["loss_sums"].items()}
-        self.images = state["images"]
-        self.scores = [t.to(device) for t in state["scores"]]
-        self.targets = [t.to(device) for t in state["targets"]]
-
-    def summary(self, groups) -> dict:
-        """``train/loss`` (and each term) per image, ``train/mAP*`` and ``train/AUROC``."""
-        if not self.images:
-            return {}
-        record = {f"train/{name}": (total / self.images).item() for name, total in self.loss_sums.items()}
-        metrics = evaluate(torch.cat(self.scores).cpu(), torch.cat(self.targets).cpu(), groups)
-        record.update({f"train/{name}": value for name, value in metrics.items() if name != "AP"})
-        return record
-
-
-class _StopOnSignal:
-    """Turns the first Ctrl-C (SIGINT) or SIGTERM into a request to stop at the next step
-    boundary, where the model and optimiser are consistent and can be saved; a second
-    Ctrl-C interrupts at once. Signal handlers only exist in the main thread; elsewhere a
-    Ctrl-C stays a plain KeyboardInterrupt."""
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self):
-        self.signal_number = None
-        self.previous = {}
-
-    def _handle(self, signal_number, frame):
-        if os.getpid() != self.pid:
-            return  # a DataLoader worker, forked with this handler: the training process stops it
-        if self.signal_number is not None and signal_number == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signal_number = signal_number
-        say(f"\n{signal.Signals(signal_number).name}: stopping after this step to save "
-            f"{NEWEST_CHECKPOINT} (Ctrl-C again to stop at once, without saving)")
-
-    @property
-    def requested(self) -> bool:
-        return self.signal_number is not None
-
-    def agree(self) -> bool:
-        """``requested``, agreed by all processes: a signal that reached any of them stops
-        all of them at this step, with the same signal number. Every process must call it
-        at the same points."""
-        self.signal_number = max_over_processes(self.signal_number or 0) or None
-        return self.requested
-
-    def __enter__(self):
-        self.pid = os.getpid()
-        if threading.current_thread() is threading.main_thread():
-            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc):
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-
-@dataclasses.dataclass
-class Trainer:
-    """What one training step needs."""
-    model: TailCLIP
-    forward: torch.nn.Module  # the model (in DistributedDataParallel with several processes),
-    # or its torch.compile'd version
-    objective: torch.nn.Module  # the loss of a step's outputs (of the global batch with several
-    # processes), or its torch.compile'd version
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    scaler: torch.amp.GradScaler
-    precision: str
-    device: torch.device
-    max_nonfinite_steps: int
-
-
-def compile_forward(forward: torch.nn.Module, backend: str = "inductor") -> torch.nn.Module:
-    """``forward`` through ``torch.compile``, one graph per input shape: the training batches'
-    caption lengths are a few fixed ones (``batches.COMPILED_CAPTION_LENGTHS``), so each
-    gets kernels for its own shape, not the shape-generic graph of a second length."""
-    return torch.compile(forward, backend=backend, dynamic=False)
 
 
 def train_step(trainer: Trainer, images, targets, tokens, state: TrainState, epoch: int) -> dict | None:
@@ -234,7 +100,7 @@ def train_step(trainer: Trainer, images, targets, tokens, state: TrainState, epo
 
 
 def train_one_epoch(trainer: Trainer, batches: SplitBatches, state: TrainState, meter: EpochMeter,
-                    epoch: int, epochs: int, stop: _StopOnSignal | None = None,
+                    epoch: int, epochs: int, stop: StopSignals | None = None,
                     curves: StepCurves | None = None) -> None:
     """Train on the epoch's batches from ``state.step_in_epoch`` on, updating ``state`` and
     ``meter`` and logging the per-step ``curves``; returns early (with the state at a step
@@ -269,16 +135,6 @@ def train_one_epoch(trainer: Trainer, batches: SplitBatches, state: TrainState, 
     bar.close()
 
 
-def _epoch_line(epoch: int, epochs: int, record: dict) -> str:
-    line = (f"epoch {epoch}/{epochs}  train loss {record.get('train/loss', math.nan):.4f}  "
-            f"{val_line(record)}  {record['time/epoch_s']:.1f} s, "
-            f"{record['time/train_images_per_s']:.0f} img/s")
-    if "data/unreadable_train_images" in record:
-        line += (f"  unreadable images left out: {record['data/unreadable_train_images']} train, "
-                 f"{record['data/unreadable_test_images']} test")
-    return line
-
-
 def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = False,
           on_epoch: Callable[[int, dict], None] | None = None, given_options=None) -> dict:
     """Train per ``cfg`` into ``<cfg.run_dir>/<run_name>/``; returns a summary of the run.
@@ -296,9 +152,11 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
     the epoch's ``metrics.jsonl`` record; an exception it raises (a search pruning the run)
     leaves the run resumable from that epoch.
 
-    Raises ``NonFiniteLossError`` (nothing of that epoch saved) and ``TrainingInterrupted``
-    (newest checkpoint saved); ``train.py`` turns them into exit codes. Under torchrun, joins
-    the process group (``init_distributed``; the caller ends it with ``distributed.cleanup``).
+    Raises ``NonFiniteLossError`` (nothing of that epoch saved), ``TrainingInterrupted`` and
+    ``WorkerDiedError`` (newest checkpoint saved), ``FileSystemError`` and ``OutOfMemoryError``
+    (earlier checkpoints intact); ``train.py`` turns them into exit codes. Under torchrun,
+    joins the process group (``init_distributed``; the caller ends it with
+    ``distributed.cleanup``).
     """
     if resume and overwrite:
         raise ValueError("resume and overwrite exclude each other")
@@ -320,107 +178,39 @@ def train(cfg: Config, run_name: str, resume: bool = False, overwrite: bool = Fa
         if finished.epoch >= cfg.epochs:
             restore_run_files(run_dir, checkpoint, path)
             say(f"{run_dir} is complete: {finished.epoch} of {cfg.epochs} epochs; nothing to do")
-            return _summary(finished, run_dir)
-    with claimed_run_folder(run_dir, resume, overwrite):
+            return run_summary(finished, run_dir)
+    check_writable(run_dir, "run folder", "--set run_dir=PATH")  # before anything is built
+    with StopSignals() as stop, claimed_run_folder(run_dir, resume, overwrite):
         try:
-            return _train_in(run_dir, cfg, checkpoint, processes, on_epoch)
-        except NoSpaceError as error:  # the files written before are intact
-            raise NoSpaceError(f"{error}; free some space, then {how_to_go_on(run_dir)}") from None
+            return _train_in(run_dir, cfg, checkpoint, processes.device, stop, on_epoch)
+        except FileSystemError as error:  # the files written before are intact
+            raise error.then(how_to_go_on(run_dir)) from None
 
 
-@dataclasses.dataclass
-class Run:
-    """A training's parts, as `_set_up` builds them; the loop's functions share them."""
-    cfg: Config
-    run_dir: Path
-    data: DataBundle
-    trainer: Trainer
-    objective: torch.nn.Module  # the single-process objective, for evaluation
-    train_batches: SplitBatches
-    test_batches: SplitBatches
-    logger: RunLogger
-    state: TrainState
-    meter: EpochMeter
-
-
-def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: DistInfo,
+def _train_in(run_dir: Path, cfg: Config, checkpoint: dict | None, device: torch.device, stop: StopSignals,
               on_epoch: Callable[[int, dict], None] | None) -> dict:
     """`train`, in a run folder that this training holds."""
-    run = _set_up(run_dir, cfg, checkpoint, processes)
-    with run.logger, _StopOnSignal() as stop:
+    run = set_up_training(run_dir, cfg, checkpoint, device, stop)
+    with run.logger:
+        stop.defer()
         if checkpoint is None:  # where training starts from: epoch 0 of the logs and the summary
             _evaluate_start(run)
-            if stop.agree():
-                raise _stop_here(run, stop)
+            _stop_if_asked(run)
         for epoch in range(run.state.epoch, cfg.epochs):
-            record = _train_epoch(run, epoch, stop)
+            record = _train_epoch(run, epoch)
             if on_epoch is not None:
                 on_epoch(run.state.epoch, record)
-            if stop.agree() and run.state.epoch < cfg.epochs:
-                raise _stop_here(run, stop)
-        summary = _summary(run.state, run_dir)
+            if run.state.epoch < cfg.epochs:
+                _stop_if_asked(run)
+        summary = run_summary(run.state, run_dir)
         run.logger.log_hparams(cfg.to_dict(), {f"hparam/{key}": value for key, value in summary.items()
                                                if "mAP" in key and "epoch" not in key})
         if stop.agree():  # during the last epoch: nothing is left to save, but the caller stops
             raise TrainingInterrupted(
-                f"stopped by {signal.Signals(stop.signal_number).name} during the last epoch, once "
-                f"it was saved: {run_dir} is complete ({run.state.epoch} epochs)", stop.signal_number)
-    say(_final_line(run.state, summary))
+                f"stopped by {signal_name(stop.signal_number)} during the last epoch, once it was "
+                f"saved: {run_dir} is complete ({run.state.epoch} epochs)", stop.signal_number)
+    say(final_line(run.state, summary))
     return summary
-
-
-def _set_up(run_dir: Path, cfg: Config, checkpoint: dict | None, processes: DistInfo) -> Run:
-    """The data, model, objective, optimiser, batches and logger of a run, restored from
-    ``checkpoint`` when it resumes."""
-    device = processes.device
-    precision = resolve_precision(cfg.precision, device)
-    set_tf32(cfg.tf32, device)
-    set_cpu_threads(cfg.num_threads)
-    seed_everything(cfg.seed)
-    with main_process_first():  # one process per node generates the data, downloads weights
-        data = build_data(cfg)
-        if checkpoint is not None:
-            check_checkpoint_matches(checkpoint, cfg, data.class_names, run_dir / NEWEST_CHECKPOINT)
-        model = build_model(cfg, data.label_prompts).to(device)
-        objective = build_objective(cfg, model, data.class_weights, data.class_priors).to(device)
-    trainer = _trainer(cfg, model, objective, device, precision)
-    train_batches = build_split_batches(cfg, data, train=True, device=device)
-    test_batches = build_split_batches(cfg, data, train=False, device=device)
-    meter, state = EpochMeter(), TrainState()
-    if checkpoint is not None:
-        state = restore_training(checkpoint, trainer, meter)
-        # For the lr and epochs the run has now: an extended run goes on along its new cosine.
-        trainer.scheduler = build_scheduler(cfg, trainer.optimizer, start_epoch=state.epoch)
-        start = "" if state.step_in_epoch else f", at the start of epoch {state.epoch + 1}"
-        say(f"resuming {run_dir} {_position(state)}{start}")
-    if is_main_process():
-        for leftover in remove_partial_writes(run_dir):
-            say(f"removed {leftover}, left by an interrupted write")
-    logger = RunLogger(run_dir, enabled=is_main_process(), run_id=state.run_id, records=state.records,
-                       resume_epoch=state.epoch if checkpoint is not None else None,
-                       resume_step=state.global_step if checkpoint is not None else None)
-    logger.log_config(cfg.to_dict())
-    where = f"{processes.world_size} processes ({device.type})" if processes.world_size > 1 else device
-    say(f"training {cfg.model_name} on {cfg.dataset} ({len(data.train)} train, {len(data.test)} test "
-        f"images) on {where}, {precision}, {count(cfg.epochs, 'epoch')} -> {run_dir}")
-    return Run(cfg, run_dir, data, trainer, objective, train_batches, test_batches, logger, state, meter)
-
-
-def _trainer(cfg: Config, model: TailCLIP, objective: torch.nn.Module, device: torch.device,
-             precision: str) -> Trainer:
-    """The model and objective as a training step runs them (distributed, compiled), with the
-    optimiser and schedule."""
-    if device.type == "cuda" and not isinstance(model.clip_model.visual, clip.model.VisionTransformer):
-        model = model.to(memory_format=torch.channels_last)  # cuDNN's fast layout for ResNets
-    # The text tower is idle in a step only when it encodes neither captions nor class prompts.
-    idle_text_tower = model.label_embedding_mode == "per_epoch" and not objective.uses_captions
-    forward = distribute_model(model, device, find_unused_parameters=idle_text_tower)
-    step_objective = global_batch_objective(objective, uneven_batches=cfg.skip_unreadable_images)
-    if cfg.compile:
-        forward, step_objective = compile_forward(forward), compile_forward(step_objective)
-    optimizer = build_optimizer(cfg, model.parameters(), device)
-    return Trainer(model, forward, step_objective, optimizer, build_scheduler(cfg, optimizer),
-                   grad_scaler(precision, device), precision, device, cfg.max_nonfinite_steps)
 
 
 def _evaluate_start(run: Run) -> None:
@@ -435,16 +225,18 @@ def _evaluate_start(run: Run) -> None:
         say(f"note: {no_threshold_reason(run.cfg.loss_function)}")
 
 
-def _train_epoch(run: Run, epoch: int, stop: _StopOnSignal) -> dict:
+def _train_epoch(run: Run, epoch: int) -> dict:
     """Train epoch ``epoch`` (from where the state is), evaluate, log and save; its record."""
     cfg, state = run.cfg, run.state
     started = time.perf_counter()
     lr = run.trainer.optimizer.param_groups[0]["lr"]
     images_before = run.meter.images
-    train_one_epoch(run.trainer, run.train_batches, state, run.meter, epoch, cfg.epochs, stop,
-                    StepCurves(run.logger, cfg.log_every_steps))
-    if stop.agree():
-        raise _stop_here(run, stop)
+    step_memory = (f"grad_checkpointing = True, precision = 'bf16' (a GPU's) or, in a new run, a batch_size "
+                   f"below {cfg.batch_size}")
+    with _stop_on_dead_worker(run), memory_of("a training step", step_memory, lambda: how_to_go_on(run.run_dir)):
+        train_one_epoch(run.trainer, run.train_batches, state, run.meter, epoch, cfg.epochs, run.stop,
+                        StepCurves(run.logger, cfg.log_every_steps))
+    _stop_if_asked(run)
     train_seconds = time.perf_counter() - started
     record = {**run.meter.summary(run.data.groups), "lr": lr,
               "time/train_images_per_s": (run.meter.images - images_before) / train_seconds}
@@ -457,22 +249,25 @@ def _train_epoch(run: Run, epoch: int, stop: _StopOnSignal) -> dict:
         record.update({f"data/unreadable_{split}_images":
                        int(any_over_processes(getattr(run.data, split).unreadable).sum())
                        for split in ("train", "test")})
-    names = _update_best(state, record, cfg)
+    names = update_best(state, record, cfg)
     record.update({"best/val_mAP": state.best_mAP, "best/val_mAP_tail": state.best_mAP_tail,
                    "time/eval_s": time.perf_counter() - started - train_seconds,
                    "time/epoch_s": time.perf_counter() - started})
     run.logger.log_epoch(state.epoch, record)
     _log_pictures(run, state.epoch, evaluation)
-    say(_epoch_line(state.epoch, cfg.epochs, record))
+    say(epoch_line(state.epoch, cfg.epochs, record))
     _save(run, names)
     return record
 
 
 def _validate(run: Run, when: str) -> Evaluation:
+    memory = f"an eval_batch_size below {run.cfg.eval_batch_size} or precision = 'bf16' (a GPU's)"
     try:
-        return evaluate_model(run.trainer.model, run.objective, run.test_batches.batches(run.trainer.device),
-                              run.data.test.caption_tokens, run.trainer.device, run.trainer.precision,
-                              run.data.groups)
+        with _stop_on_dead_worker(run), memory_of(f"the evaluation {when}", memory,
+                                                   lambda: how_to_go_on(run.run_dir)):
+            return evaluate_model(run.trainer.model, run.objective, run.test_batches.batches(run.trainer.device),
+                                  run.data.test.caption_tokens, run.trainer.device, run.trainer.precision,
+                                  run.data.groups)
     except NonFiniteScoresError as error:
         raise NonFiniteLossError(
             f"evaluation {when}: {error}; stopping before it is logged or saved (the "
@@ -485,6 +280,7 @@ def _log_pictures(run: Run, epoch: int, evaluation: Evaluation) -> None:
 
 
 def _save(run: Run, names: list[str]) -> None:
+    """The checkpoint seam: the training's state written to each of ``names`` (atomically)."""
     if not names:
         return
     rng = all_processes_objects(rng_states())  # each process resumes with its own
@@ -496,48 +292,28 @@ def _save(run: Run, names: list[str]) -> None:
         save_atomic(checkpoint_as(name, content), run.run_dir / name)
 
 
-def _position(state: TrainState) -> str:
-    """Where a run stands: "after epoch 3", or mid-epoch "after epoch 3, step 5 of epoch 4"."""
-    return f"after epoch {state.epoch}" + (f", step {state.step_in_epoch} of epoch {state.epoch + 1}"
-                                           if state.step_in_epoch else "")
-
-
-def _stop_here(run: Run, stop: _StopOnSignal) -> TrainingInterrupted:
+def _saved_here(run: Run) -> str:
+    """Save the newest checkpoint at this step boundary; where the run stands, and where it is."""
     _save(run, [NEWEST_CHECKPOINT])
     barrier()  # the other processes exit only once the checkpoint is written
-    return TrainingInterrupted(f"stopped by {signal.Signals(stop.signal_number).name} {_position(run.state)}; "
-                               f"saved {run.run_dir / NEWEST_CHECKPOINT} (continue with --resume)",
-                               stop.signal_number)
+    return f"{position(run.state)}; saved {run.run_dir / NEWEST_CHECKPOINT} (continue with --resume)"
 
 
-def _final_line(state: TrainState, summary: dict) -> str:
-    return (f"val mAP: start {percent(summary['start_val_mAP'])} (before training) -> end "
-            f"{percent(summary['last_val_mAP'])} (after epoch {state.epoch}); best "
-            f"{percent(state.best_mAP)} (epoch {state.best_mAP_epoch}), best tail mAP "
-            f"{percent(state.best_mAP_tail)} (epoch {state.best_mAP_tail_epoch})")
+def _stop_if_asked(run: Run) -> None:
+    """At a step boundary: a stop signal saves and ends the run."""
+    if run.stop.agree():
+        raise TrainingInterrupted(f"stopped by {signal_name(run.stop.signal_number)} {_saved_here(run)}",
+                                  run.stop.signal_number)
 
 
-def _update_best(state: TrainState, record: dict, cfg: Config) -> list[str]:
-    """Update the progress after an evaluation; the checkpoint files to write.
-
-    The newest checkpoint comes last: once it records a best value, that best file exists
-    (a run killed in between redoes the epoch on --resume).
-    """
-    names = []
-    if record["val/mAP"] > state.best_mAP:
-        state.best_mAP, state.best_mAP_epoch = record["val/mAP"], state.epoch
-        names += [BEST_MAP_CHECKPOINT] if cfg.save_best_mAP_checkpoint else []
-    if record.get("val/mAP_tail", math.nan) > state.best_mAP_tail:
-        state.best_mAP_tail, state.best_mAP_tail_epoch = record["val/mAP_tail"], state.epoch
-        names += [BEST_TAIL_CHECKPOINT] if cfg.save_best_tail_mAP_checkpoint else []
-    names += [NEWEST_CHECKPOINT] if cfg.save_newest_checkpoint else []
-    state.last_metrics = {key: value for key, value in record.items() if key.startswith("val/")}
-    return names
-
-
-def _summary(state: TrainState, run_dir: Path) -> dict:
-    return {"run_dir": str(run_dir), "epochs": state.epoch, "start_val_mAP": state.start_mAP,
-            "last_val_mAP": state.last_metrics.get("val/mAP"),
-            "best_val_mAP": state.best_mAP, "best_val_mAP_epoch": state.best_mAP_epoch,
-            "best_val_mAP_tail": state.best_mAP_tail,
-            "best_val_mAP_tail_epoch": state.best_mAP_tail_epoch}
+@contextlib.contextmanager
+def _stop_on_dead_worker(run: Run):
+    """A DataLoader worker that dies (torch raises at a step boundary, `stop_signals`): save there."""
+    try:
+        yield
+    except RuntimeError as error:
+        worker = dead_worker(error)
+        if worker is None:
+            raise
+        raise WorkerDiedError(f"{worker} (the out-of-memory killer ends processes so; fewer num_workers "
+                              f"need less memory): stopped {_saved_here(run)}") from None

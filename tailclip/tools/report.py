@@ -10,21 +10,17 @@ import math
 import warnings
 from pathlib import Path
 
-from tailclip.config import CUSTOM_DATASET_FILES, Config
-from tailclip.data import build_data
+from tailclip.config import CUSTOM_DATASET_FILES, RUNNING, Config, options_with_role
 from tailclip.data.balance import GROUPS
 from tailclip.engine.batches import build_split_batches
 from tailclip.engine.checkpoint import load_checkpoint
-from tailclip.engine.distributed import init_distributed, main_process_first
+from tailclip.engine.distributed import init_distributed
 from tailclip.engine.evaluation import evaluate_model
 from tailclip.engine.files import write_json
 from tailclip.engine.logger import MAP_UNIT, json_safe
-from tailclip.engine.precision import resolve_precision, set_tf32
 from tailclip.engine.run_folder import BEST_MAP_CHECKPOINT
-from tailclip.engine.saved_model import check_checkpoint_matches, trained_model
-from tailclip.engine.training_state import RESUMABLE_OPTIONS
+from tailclip.engine.setup import build_run_parts
 from tailclip.errors import MissingFileError
-from tailclip.factory import build_model, build_objective, seed_everything, set_cpu_threads
 from tailclip.metrics import EMPTY_AS_ZERO, pd_nd_ratio, subset_metrics
 from tailclip.thresholds import (
     DECISION_SCORES,
@@ -45,10 +41,10 @@ from tailclip.wording import count, percent
 
 ZEROSHOT = "zeroshot"  # the report's name for CLIP's own weights
 # What the config file gives the evaluation of a checkpoint: where the data is and how to run
-# (a resumed run's options, less the schedule's). Every other option is what the checkpoint
+# (the options whose role is how a run runs). Every other option is what the checkpoint
 # learnt with, and its own config's value counts.
 DATA_OPTIONS = ("dataset", "data_root", *CUSTOM_DATASET_FILES, "skip_unreadable_images")
-RUN_OPTIONS = frozenset(DATA_OPTIONS) | frozenset(RESUMABLE_OPTIONS) - {"epochs", "lr"}
+RUN_OPTIONS = frozenset(DATA_OPTIONS) | frozenset(options_with_role(RUNNING))
 
 
 def resolve_checkpoint(name: str, run_dir: Path) -> Path:
@@ -110,28 +106,18 @@ def evaluate_checkpoint(cfg, run_dir: Path, checkpoint_name: str | None, zerosho
     thresholds chosen on that split (to the F1 maximum, or to ``target_precision``) and the
     test metrics with them."""
     device = init_distributed(cfg.device).device  # under torchrun, each process scores a shard
-    precision = resolve_precision(cfg.precision, device)
-    set_tf32(cfg.tf32, device)
-    set_cpu_threads(cfg.num_threads)
-    seed_everything(cfg.seed)  # the random weights of a zero-shot run with pretrained = False
     differences = {}
-    if not zeroshot:
+    if zeroshot:
+        checkpoint, path, source, epoch = None, None, ZEROSHOT, 0
+    else:
         path = resolve_checkpoint(checkpoint_name or BEST_MAP_CHECKPOINT, run_dir)
         checkpoint = load_checkpoint(path)
         cfg, differences = checkpoint_config(checkpoint, cfg, path)
-    with main_process_first():  # one process per node generates the data, downloads weights
-        data = build_data(cfg, train_images=False)  # evaluation reads the test images only
-        if zeroshot:
-            model = build_model(cfg, data.label_prompts)
-            source, epoch = ZEROSHOT, 0
-        else:
-            check_checkpoint_matches(checkpoint, cfg, data.class_names, path)
-            model = trained_model(checkpoint, cfg, data.label_prompts, path)
-            source, epoch = str(path), checkpoint["state"]["epoch"]
+        source, epoch = str(path), checkpoint["state"]["epoch"]
+    parts = build_run_parts(cfg, device, checkpoint, path, train_images=False)  # evaluation reads the test images
+    data, model, objective, precision = parts.data, parts.model, parts.objective, parts.precision
     calibration = calibration_entries(calibrate_on, data) if calibrate_on is not None else None
-    objective = build_objective(cfg, model, data.class_weights, data.class_priors).to(device)
     trained_with = PRETRAINING_TERMS if zeroshot else cfg.loss_function
-    model.to(device)
     batches = build_split_batches(cfg, data, train=False, device=device)
     with warnings.catch_warnings():  # a class without a positive image: the report's notes say it
         warnings.filterwarnings("ignore", message="classes .* have no positive image")

@@ -352,7 +352,7 @@ def run_on_gpus(runs: list[PlannedRun], config_path, sets: list[str], gpus: list
         for process in [p for p in active if p.poll() is not None]:
             run, gpu, outcome = active.pop(process)
             free.append(gpu)
-            if process.returncode in (130, 143):
+            if process.returncode in (129, 130, 143):  # SIGHUP, Ctrl-C, SIGTERM: saved, stopping
                 stopping = True
                 outcomes[run.name] = "interrupted"
             else:

@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
+from tailclip.config import RUN_ID
 from tailclip.engine.files import write_figure, write_text
-from tailclip.engine.logger import CONFIG_FILE, METRICS_FILE, RUN_ID
+from tailclip.engine.logger import CONFIG_FILE, METRICS_FILE
 from tailclip.engine.run_folder import restore_run_files
 from tailclip.errors import TailCLIPError
 from tailclip.metrics import MAP_NAMES

@@ -8,7 +8,7 @@ import torch
 from torch._dynamo.utils import counters
 
 from gpu_models import CUDA, batch, build_model, model_config
-from tailclip.engine import training, training_state
+from tailclip.engine import setup, training, training_state
 from tailclip.engine.batches import COMPILED_CAPTION_LENGTHS, caption_length
 from tailclip.engine.optim import build_optimizer, build_scheduler
 from tailclip.engine.precision import grad_scaler, set_tf32
@@ -29,7 +29,7 @@ def test_compiled_training_equals_eager_with_one_graph_per_caption_length(exact_
     compiled_model = copy.deepcopy(eager_model)
     eager = trainer(eager_model, eager_model, objective)
     # The model alone compiled: the graphs counted are its forward's.
-    compiled = trainer(compiled_model, training.compile_forward(compiled_model), objective)
+    compiled = trainer(compiled_model, setup.compile_forward(compiled_model), objective)
     torch._dynamo.reset()
     counters.clear()
     states, losses, lengths = [training_state.TrainState(), training_state.TrainState()], [], []
@@ -62,7 +62,7 @@ def test_inductor_compiles_under_the_fast_modes_tf32_flags(record_property):
         set_tf32(True, CUDA)
         layer = torch.nn.Sequential(torch.nn.Linear(256, 256), torch.nn.GELU(), torch.nn.Linear(256, 8)).to(CUDA)
         inputs = torch.randn(64, 256, device=CUDA)
-        compiled = training.compile_forward(layer)
+        compiled = setup.compile_forward(layer)
         difference = (compiled(inputs) - layer(inputs)).abs().max().item()
     finally:
         matmul.allow_tf32, matmul.fp32_precision, conv.fp32_precision = saved

@@ -1,5 +1,5 @@
-"""The batches on CUDA: the read-ahead thread and pinned copies deliver exactly the batches
-of the plain path (read when asked for, pageable memory)."""
+"""The batches on CUDA: pinned copies deliver exactly the batches of the plain path (pageable
+memory)."""
 import dataclasses
 from pathlib import Path
 
@@ -14,20 +14,19 @@ REPO = Path(__file__).resolve().parents[2]
 CPU = torch.device("cpu")
 
 
-def test_read_ahead_and_pinned_copies_deliver_the_plain_batches(record_property):
+def test_pinned_copies_deliver_the_plain_batches(record_property):
     cfg = dataclasses.replace(load_config(REPO / "configs" / "demo.py"), device="cuda")
     data = build_data(cfg)
     compared = 0
     for train in (True, False):
         on_gpu = build_split_batches(cfg, data, train, CUDA)
         plain = build_split_batches(cfg, data, train, CPU)
-        assert on_gpu.read_ahead == 2 and on_gpu.loader.pin_memory
-        assert plain.read_ahead == 0 and not plain.loader.pin_memory
+        assert on_gpu.loader.pin_memory and not plain.loader.pin_memory
         for epoch, start in ((0, 0), (1, 5)):
-            ahead = list(on_gpu.batches(CUDA, epoch, start))
+            pinned = list(on_gpu.batches(CUDA, epoch, start))
             expected = list(plain.batches(CPU, epoch, start))
-            assert len(ahead) == len(expected) > 0
-            for got, want in zip(ahead, expected):
+            assert len(pinned) == len(expected) > 0
+            for got, want in zip(pinned, expected):
                 assert got[0].device.type == "cuda"
                 for a, b in zip(got, want):
                     assert torch.equal(a.cpu(), b)
