@@ -134,8 +134,9 @@ class AsymmetricLoss(nn.Module):
 
     p = sigmoid(logits), shifted probability p_m = max(p - clip, 0) on negatives:
     L = -mean over B*C of [ y (1 - p) ** gamma_pos log(p) + (1 - y) p_m ** gamma_neg log(1 - p_m) ].
-    The paper (and its code) sums over classes; we take the mean over all B*C entries so that
-    the term is on the same scale as ``BalancedAsymmetricLoss`` (as the TailCLIP code does).
+    Ridnik et al. sum over the batch and classes, and so did the authors' code in one logged run;
+    their later code, which this term equals, takes the mean over all B*C entries, on the same
+    scale as ``BalancedAsymmetricLoss``.
     """
 
     def __init__(self, gamma_neg=4.0, gamma_pos=0.0, clip=0.05, eps=1e-8):

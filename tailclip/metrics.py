@@ -15,6 +15,7 @@ from tailclip.data.balance import GROUPS
 
 # mAP over every class, then over each group's classes: the figures a run is judged by.
 MAP_NAMES = ("mAP", *(f"mAP_{group}" for group in GROUPS))
+MAP_LABELS = {"mAP": "mAP", **{f"mAP_{group}": group for group in GROUPS}}  # in tables and legends
 
 
 def _numpy(x, name: str) -> np.ndarray:

@@ -154,13 +154,12 @@ def test_build_data_synthetic(synthetic_bundle, synthetic_config):
     counts = bundle.train_targets.sum(0)
     assert torch.allclose(bundle.class_weights, counts.min() / counts)
     assert bundle.sample_weights.shape == (1142,) and bundle.sample_weights.max() == 1.0
-    assert bundle.train_targets.shape == (1142, 20) and bundle.test_targets.shape == (1500, 20)
-    assert bundle.train_label_sets[0] == bundle.train.entries[0].labels
-    assert bundle.test_label_sets == bundle.test.label_sets
+    assert bundle.train_targets.shape == (1142, 20) and bundle.test.targets.shape == (1500, 20)
+    assert bundle.train.label_sets[0] == bundle.train.entries[0].labels
 
     image, target, tokens, index = bundle.train[5]
     assert image.shape == (3, 64, 64) and tokens.shape == (16,) and index == 5
-    names = [bundle.class_names[label] for label in bundle.train_label_sets[5]]
+    names = [bundle.class_names[label] for label in bundle.train.label_sets[5]]
     assert bundle.train_captions[5] == "a photo of a " + ", ".join(names)
     assert torch.equal(tokens, clip.tokenize(bundle.train_captions[5], context_length=16)[0])
     assert bundle.test[0][2].shape == (16,)

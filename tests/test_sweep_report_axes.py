@@ -4,7 +4,8 @@ import itertools
 
 import pytest
 
-from tailclip.tools.sweep_report import GROUPS, figure
+from tailclip.metrics import MAP_NAMES as GROUPS
+from tailclip.tools.sweep_report import figure
 
 
 def rows_of(key, values):

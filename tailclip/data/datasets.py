@@ -236,14 +236,6 @@ class DataBundle:
     files: DataFiles
 
     @property
-    def train_label_sets(self) -> list[tuple[int, ...]]:
-        return self.train.label_sets
-
-    @property
-    def test_label_sets(self) -> list[tuple[int, ...]]:
-        return self.test.label_sets
-
-    @property
     def class_priors(self) -> torch.Tensor:
         """float64 [C]: the fraction of training images that contain each class."""
         return self.train.targets.double().mean(0)
@@ -251,10 +243,6 @@ class DataBundle:
     @property
     def train_targets(self) -> torch.Tensor:
         return self.train.targets
-
-    @property
-    def test_targets(self) -> torch.Tensor:
-        return self.test.targets
 
 
 def _train_captions(cfg, files: DataFiles, class_names, entries) -> list[str]:

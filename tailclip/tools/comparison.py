@@ -23,7 +23,7 @@ from pathlib import Path
 from tailclip.engine.files import write_figure, write_json, write_text
 from tailclip.engine.logger import CONFIG_FILE, MAP_UNIT, METRICS_FILE, percent_scalars, read_metrics
 from tailclip.errors import TailCLIPError
-from tailclip.metrics import MAP_NAMES
+from tailclip.metrics import MAP_LABELS, MAP_NAMES
 from tailclip.tools.authors_record import (
     CLASS_LOSSES,
     AuthorsRun,
@@ -37,8 +37,6 @@ from tailclip.tools.authors_record import (
 )
 from tailclip.wording import percent
 
-FIGURES = MAP_NAMES
-FIGURE_LABELS = {"mAP": "mAP", "mAP_head": "head", "mAP_medium": "medium", "mAP_tail": "tail"}
 EPOCHS = ("best", "last")
 CURVES = ("val/mAP", "val/mAP_head", "val/mAP_medium", "val/mAP_tail", "train/loss", "val/loss")
 EXPORTED_TAGS = ("train/loss", "train/mAP", "train/mAP_head", "train/mAP_medium", "train/mAP_tail",
@@ -107,7 +105,7 @@ def authors_summary(run: AuthorsRun, up_to_epoch: int | None = None) -> dict:
             "loss": run.class_loss, "loss_evidence": run.loss_evidence,
             "epochs_logged": len(run.epochs), "epochs_planned": run.planned_epochs, "complete": run.complete,
             **{f"{when}_epoch": chosen[when]["epoch"] for when in EPOCHS},
-            **{f"{when}_{figure}": chosen[when].get(f"val/{figure}") for when in EPOCHS for figure in FIGURES}}
+            **{f"{when}_{figure}": chosen[when].get(f"val/{figure}") for when in EPOCHS for figure in MAP_NAMES}}
 
 
 def compare(run_dir, runs: list[AuthorsRun] | None = None) -> dict:
@@ -127,7 +125,7 @@ def compare_records(run_dir, config: dict, records: list[dict], runs: list[Autho
               "epochs_planned": config.get("epochs"), "finished": finished,
               "ours": {**{f"{when}_epoch": ours[when]["epoch"] for when in EPOCHS},
                        **{f"{when}_{figure}": ours[when].get(f"val/{figure}") for when in EPOCHS
-                          for figure in FIGURES}},
+                          for figure in MAP_NAMES}},
               "numerics": numerics_notes(config), "authors": [], "figures": [], "per_epoch": [], "nearest": [],
               "unreproduced": [authors_summary(run) for run in unreproduced_runs(config, runs)]}
     if not matched:
@@ -138,7 +136,7 @@ def compare_records(run_dir, config: dict, records: list[dict], runs: list[Autho
     window = None if finished else last_epoch
     result["authors"] = [authors_summary(run, window) for run in matched]
     for when in EPOCHS:
-        for figure in FIGURES:
+        for figure in MAP_NAMES:
             key = f"{when}_{figure}"
             theirs = [summary[key] for summary in result["authors"] if _finite(summary[key])]
             low, high = (min(theirs), max(theirs)) if theirs else (None, None)
@@ -160,7 +158,7 @@ def per_epoch_table(records: list[dict], runs: list[AuthorsRun]) -> list[dict]:
     rows = []
     for epoch in sorted(set(ours) | set(theirs)):
         row = {"epoch": epoch, "authors_runs": len(theirs.get(epoch, []))}
-        for figure in FIGURES:
+        for figure in MAP_NAMES:
             tag = f"val/{figure}"
             values = [record[tag] for record in theirs.get(epoch, []) if _finite(record.get(tag))]
             row[f"ours_{figure}"] = ours.get(epoch, {}).get(tag)
@@ -219,16 +217,16 @@ def summary_text(result: dict, per_epoch: bool = False) -> str:
               "| figure | ours | epoch | authors | verdict |", "|---|---|---|---|---|"]
     for row in result["figures"]:
         epoch = result["ours"][f"{row['epoch']}_epoch"]
-        lines.append(f"| {FIGURE_LABELS[row['figure']]} ({row['epoch']}) | {_pct(row['ours'])} | {epoch} "
+        lines.append(f"| {MAP_LABELS[row['figure']]} ({row['epoch']}) | {_pct(row['ours'])} | {epoch} "
                      f"| {_range(row['authors_min'], row['authors_max'])} | {row['verdict']} |")
     if per_epoch:
-        header = ["epoch", *(f"{FIGURE_LABELS[f]} {who}" for f in FIGURES for who in ("ours", "authors"))]
+        header = ["epoch", *(f"{MAP_LABELS[f]} {who}" for f in MAP_NAMES for who in ("ours", "authors"))]
         lines += ["", "## Per epoch", "", "Test mAP (%): ours and the authors' minimum-maximum over "
                   "their runs that reached the epoch.", "", "| " + " | ".join(header) + " |",
                   "|" + "---|" * len(header)]
         for row in result["per_epoch"]:
             cells = [str(row["epoch"])]
-            for figure in FIGURES:
+            for figure in MAP_NAMES:
                 cells += [_pct(row[f"ours_{figure}"]),
                           _range(row[f"authors_{figure}_min"], row[f"authors_{figure}_max"])]
             lines.append("| " + " | ".join(cells) + " |")

@@ -25,7 +25,7 @@ from tailclip.engine.files import write_figure, write_text
 from tailclip.engine.logger import CONFIG_FILE, METRICS_FILE
 from tailclip.engine.run_folder import restore_run_files
 from tailclip.errors import TailCLIPError
-from tailclip.metrics import MAP_NAMES
+from tailclip.metrics import MAP_LABELS, MAP_NAMES
 from tailclip.tools.authors_record import (
     RECORD_DATASETS,
     AuthorsRun,
@@ -34,12 +34,9 @@ from tailclip.tools.authors_record import (
     matching_runs,
     numerics_notes,
 )
-from tailclip.tools.comparison import authors_summary, best_and_last, read_run
+from tailclip.tools.comparison import EPOCHS, authors_summary, best_and_last, read_run
 from tailclip.wording import percent
 
-GROUPS = MAP_NAMES
-GROUP_LABELS = {"mAP": "mAP", "mAP_head": "head", "mAP_medium": "medium", "mAP_tail": "tail"}
-EPOCHS = ("best", "last")
 # The paper's test mAP (%) for its published configs, as README's Results table lists them.
 PUBLISHED_MAP = {"voc_mlt_vitb16": "92.5", "voc_mlt_rn50": "86.1",
                  "coco_mlt_vitb16": "74.3", "coco_mlt_rn50": "58.2-58.5"}
@@ -58,7 +55,7 @@ def finished_run(run_dir: Path) -> dict | None:
         return None
     chosen = best_and_last(records)
     return {"config": config, **{f"{when}_{group}": _number(chosen[when].get(f"val/{group}"))
-                                 for when in ("best", "last") for group in GROUPS}}
+                                 for when in EPOCHS for group in MAP_NAMES}}
 
 
 def _number(value) -> float:
@@ -127,7 +124,7 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str], list[str], dict]:
         row = {"setting": setting, **{key: group[0]["config"].get(key) for key in swept},
                "seeds": len(group)}
         for when in EPOCHS:
-            for metric in GROUPS:
+            for metric in MAP_NAMES:
                 row[f"{when}_{metric}_mean"], row[f"{when}_{metric}_std"] = mean_std(
                     [run[f"{when}_{metric}"] for run in group])
         rows.append({**row, **authors_figures(group[0]["config"], record)})
@@ -167,7 +164,7 @@ def _shown(value) -> str:
 
 def markdown_table(rows: list[dict], swept: list[str], published: str | None) -> str:
     header = ["setting", *swept, "seeds",
-              *(f"{GROUP_LABELS[m]} ({when})" for when in EPOCHS for m in GROUPS)]
+              *(f"{MAP_LABELS[m]} ({when})" for when in EPOCHS for m in MAP_NAMES)]
     if published:
         header.append("paper mAP")
     authors = has_authors(rows)
@@ -176,7 +173,7 @@ def markdown_table(rows: list[dict], swept: list[str], published: str | None) ->
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in rows:
         cells = [row["setting"], *(_shown(row[key]) for key in swept), str(row["seeds"]),
-                 *(_percent(row[f"{when}_{m}_mean"], row[f"{when}_{m}_std"]) for when in EPOCHS for m in GROUPS)]
+                 *(_percent(row[f"{when}_{m}_mean"], row[f"{when}_{m}_std"]) for when in EPOCHS for m in MAP_NAMES)]
         cells += [published] if published else []
         cells += [str(row["authors_runs"]), *(_authors_cell(row, when) for when in EPOCHS)] if authors else []
         lines.append("| " + " | ".join(cells) + " |")
@@ -184,7 +181,7 @@ def markdown_table(rows: list[dict], swept: list[str], published: str | None) ->
 
 
 def write_csv(path: Path, rows: list[dict], swept: list[str], published: str | None) -> None:
-    fields = ["setting", *swept, "seeds", *(f"{when}_{m}_{stat}" for when in EPOCHS for m in GROUPS
+    fields = ["setting", *swept, "seeds", *(f"{when}_{m}_{stat}" for when in EPOCHS for m in MAP_NAMES
                                            for stat in ("mean", "std"))]
     authors = list(AUTHORS_COLUMNS) if has_authors(rows) else []
     # The paper's percent as a fraction, like the other columns ("0.582-0.585" for a range).
@@ -281,11 +278,11 @@ def _plot_against(axis, rows: list[dict], key: str, others: list[str]) -> None:
     for index, (values, series) in enumerate(combinations.items()):
         series = sorted(series, key=lambda row: row[key])
         suffix = f" ({', '.join(f'{k}={v}' for k, v in zip(others, values))})" if others else ""
-        for metric, colour in zip(GROUPS[1:], ("tab:blue", "tab:orange", "tab:red")):
+        for metric, colour in zip(MAP_NAMES[1:], ("tab:blue", "tab:orange", "tab:red")):
             means, stds = _errors(series, metric)
             axis.errorbar([row[key] for row in series], means, yerr=stds, marker="o", capsize=3,
                           color=colour, linestyle=styles[index % len(styles)],
-                          label=GROUP_LABELS[metric] + suffix)
+                          label=MAP_LABELS[metric] + suffix)
     positive = [row[key] for row in rows if row[key] > 0]
     if len(positive) == len(rows) and (key in LOG_SCALE_OPTIONS or max(positive) / min(positive) >= 100):
         _log_axis(axis, sorted(set(positive)))
@@ -309,10 +306,10 @@ def _log_axis(axis, values: list[float]) -> None:
 def _plot_bars(axis, rows: list[dict]) -> None:
     positions = np.arange(len(rows))
     width = 0.27
-    for offset, (metric, colour) in enumerate(zip(GROUPS[1:], ("tab:blue", "tab:orange", "tab:red"))):
+    for offset, (metric, colour) in enumerate(zip(MAP_NAMES[1:], ("tab:blue", "tab:orange", "tab:red"))):
         means, stds = _errors(rows, metric)
         axis.bar(positions + (offset - 1) * width, means, width, yerr=stds, capsize=3, color=colour,
-                 label=GROUP_LABELS[metric])
+                 label=MAP_LABELS[metric])
     axis.set_xticks(positions, [row["setting"] for row in rows], rotation=30, ha="right", fontsize="small")
     axis.set_ylabel("test mAP (%), last epoch")
     axis.legend(fontsize="small")
