@@ -6,8 +6,9 @@ import json
 import pytest
 
 from tailclip.config import Config
+from tailclip.metrics import MAP_NAMES as FIGURES
 from tailclip.tools.authors_record import load_record
-from tailclip.tools.comparison import FIGURES, compare, write_comparison
+from tailclip.tools.comparison import compare, write_comparison
 
 # COCO-MLT ViT-B/16, the published config: one complete curve (three copies of it).
 AUTHORS_RUN = "coco_mlt_vitb16_nocaptions_clip_bal_sw_lw_ls_7"
