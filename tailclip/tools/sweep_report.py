@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tailclip.config import RUN_ID
+from tailclip.config import LEARNT, SCHEDULE, options_with_role
 from tailclip.engine.files import write_figure, write_text
 from tailclip.engine.logger import CONFIG_FILE, METRICS_FILE
 from tailclip.engine.run_folder import restore_run_files
@@ -132,7 +132,9 @@ def collect(sweep_dir: Path) -> tuple[list[dict], list[str], list[str], dict]:
 
 
 def _differing_keys(configs: list[dict]) -> list[str]:
-    keys = [key for key in (configs[0] if configs else {}) if key not in ("seed", "run_dir", RUN_ID)]
+    """The options a sweep's settings can differ in (what runs learn; a seed is no setting) that
+    differ between ``configs``: the swept keys of a sweep.json that does not list them."""
+    keys = [key for key in options_with_role(LEARNT, SCHEDULE) if key != "seed"]
     return [key for key in keys if len({json.dumps(c.get(key)) for c in configs}) > 1]
 
 
