@@ -65,7 +65,6 @@ DEFINITIONS = ("ML-GCN's: CP, CR: means over classes of the per-class precision 
                "predicted has precision 0 and counts one prediction in OP; top-3 predicts an image's 3 "
                "highest classes that also pass the threshold (all 3 without one); recall 0 for a class "
                "without positives (ML-GCN: NaN)")
-GROUP_NAMES = ("CP", "CR", "CF1")
 
 
 def trains_probabilities(loss_terms) -> bool:

@@ -1,5 +1,5 @@
-"""SIGHUP (a closed terminal or ssh session) stops a training as SIGTERM does: at the next step
-boundary, with the newest checkpoint saved, exit 129 and a line that says so; in the middle
+"""SIGHUP (the terminal or remote connection closing) stops a training as SIGTERM does: at
+the next step boundary, with the newest checkpoint saved, exit 129 and a line that says so; in the middle
 of an epoch, and while the first checkpoint is being written (the run is then resumable, not
 to start again). Tiny custom dataset, 2 steps per epoch, CPU."""
 import runpy

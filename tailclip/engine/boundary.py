@@ -9,7 +9,8 @@ line and an exit code.
   signal) prints what it kept, exit 128 + the signal's number; Ctrl-C elsewhere, exit 130.
 - Anything else is a bug of ours and keeps its traceback.
 
-Light on purpose (no torch): the command lines import it before their arguments are parsed.
+The command lines import it once their arguments are parsed (its errors import the clip
+package, and so torch), so that --help and a usage error answer at once.
 """
 import contextlib
 import errno

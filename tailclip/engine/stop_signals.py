@@ -1,7 +1,7 @@
 """Stop signals: the one place where a training handles what ends it from outside.
 
-Ctrl-C (SIGINT), SIGTERM (a scheduler, ``kill``) and SIGHUP (a closed terminal or ssh
-session) are alike. While a run sets up, the process ends at once, leaving the run folder
+Ctrl-C (SIGINT), SIGTERM (a scheduler, ``kill``) and SIGHUP (the terminal or remote
+connection closing) are alike. While a run sets up, the process ends at once, leaving the run folder
 through its ``finally`` clauses (its lock removed): Ctrl-C as a KeyboardInterrupt, the others
 as ``SystemExit(128 + signal)``. Once it trains (`StopSignals.defer`), a signal is a request
 to stop at the next step boundary, where model and optimiser are consistent: the training
